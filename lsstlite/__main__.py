@@ -1,0 +1,5 @@
+import sys
+
+from lsstlite.cli.main import main
+
+sys.exit(main())

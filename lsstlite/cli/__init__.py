@@ -1,0 +1,1 @@
+"""The ``lsstlite`` command line: a thin layer over the Python API."""

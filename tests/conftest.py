@@ -1,0 +1,61 @@
+"""Shared fixtures: paths to real data and small synthetic exposures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+
+import lsstlite.data as lld
+
+#: Real data shipped beside the project (never copied into it).
+REAL_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real"
+
+
+@pytest.fixture(scope="session")
+def real_data() -> Path:
+    if not REAL_DATA.is_dir():
+        pytest.fail(
+            f"real test data not found at {REAL_DATA}: the project expects ../shared beside it"
+        )
+    return REAL_DATA
+
+
+def synthetic_exposure(
+    shape: tuple[int, int] = (300, 200), *, seed: int = 1, xy0: tuple[int, int] = (10, 20)
+) -> xr.Dataset:
+    """A small exposure with every kind of metadata, for round-trip tests."""
+    rng = np.random.default_rng(seed)
+    image = rng.normal(100.0, 5.0, size=shape).astype(np.float32)
+    mask = rng.integers(0, 2**15, size=shape).astype(np.int32)
+    wcs = lld.make_tan_wcs(150.0, 2.0, (100.0, 150.0), 0.2, rotation_deg=10.0)
+    return lld.make_exposure(
+        image,
+        mask=mask,
+        variance=np.abs(image) / 1.7,
+        wcs=wcs,
+        visit_info={
+            "instrument": "SimCam",
+            "exposure": 3,
+            "visit": 3,
+            "detector": 1,
+            "band": "r",
+            "physical_filter": "SIM-r",
+            "exptime": 30.0,
+            "mjd": 60000.5,
+            "airmass": 1.2,
+            "boresight_ra": 150.0,
+            "boresight_dec": 2.0,
+            "rot_angle": 0.1,
+        },
+        psf=lld.MoffatPsf(fwhm=4.0, beta=3.0, e1=0.02, e2=-0.01),
+        photo_calib=lld.PhotoCalib.from_zero_point(28.0, 0.002),
+        xy0=xy0,
+    )
+
+
+@pytest.fixture
+def exposure() -> xr.Dataset:
+    return synthetic_exposure()
