@@ -19,6 +19,7 @@ import lsstlite
 _COMMAND_MODULES = (
     "lsstlite.cli.sim",
     "lsstlite.repo.cli",
+    "lsstlite.cli.pipe",
     "lsstlite.cli.demo",
 )
 

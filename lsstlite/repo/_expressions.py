@@ -257,9 +257,7 @@ class _Parser:
                 step = self.next().value
             for part in (first, stop):
                 if not isinstance(part, _Lit) or not isinstance(part.value, int):
-                    raise ExpressionError(
-                        "range bounds must be integers", self.expr, part.pos
-                    )
+                    raise ExpressionError("range bounds must be integers", self.expr, part.pos)
             assert isinstance(first, _Lit) and isinstance(stop, _Lit)
             return _Range(first.value, stop.value, step, first.pos)
         return first

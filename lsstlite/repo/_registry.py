@@ -381,9 +381,9 @@ class Registry:
         full["datasets"] = ds[keep].reset_index(drop=True)
         assoc = full["associations"]
         old_a = (now - assoc["seq"].to_numpy()) > TOMBSTONE_TTL_NS
-        full["associations"] = assoc[
-            ~(assoc["removed"].to_numpy(dtype=bool) & old_a)
-        ].reset_index(drop=True)
+        full["associations"] = assoc[~(assoc["removed"].to_numpy(dtype=bool) & old_a)].reset_index(
+            drop=True
+        )
         full["run_removals"] = removals[
             (now - removals["seq"].to_numpy()) <= TOMBSTONE_TTL_NS
         ].reset_index(drop=True)
@@ -399,7 +399,9 @@ class Registry:
             self.storage.write_atomic(f"{SNAP_DIR}/{fname}", sink.getvalue().to_pybytes())
             files[table] = fname
         manifest = {"generation": gen, "tables": files, "created_ns": time.time_ns()}
-        if self.storage.create_exclusive(f"{SNAP_DIR}/{gen:012d}.json", json.dumps(manifest).encode()):
+        if self.storage.create_exclusive(
+            f"{SNAP_DIR}/{gen:012d}.json", json.dumps(manifest).encode()
+        ):
             return True
         for fname in files.values():
             self.storage.remove_file(f"{SNAP_DIR}/{fname}")
@@ -425,4 +427,3 @@ class Registry:
 def new_seq() -> int:
     """A registry sequence number (wall clock, ns)."""
     return time.time_ns()
-

@@ -1,0 +1,89 @@
+"""Where quanta run: a local cluster, an existing scheduler, or SLURM via dask-jobqueue.
+
+The same pipeline gives the same bytes on each: tasks are pure and single-threaded
+numerics are used inside quanta, so only *where* changes, never *what*.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = ["SlurmSettings", "cluster_client"]
+
+
+class SlurmSettings(BaseModel):
+    """Settings of a SLURM-backed Dask cluster (CLI ``--slurm ...`` or a YAML file of these keys)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    queue: str | None = Field(None, description="SLURM partition")
+    account: str | None = None
+    cores: int = Field(1, ge=1, description="cores per job")
+    processes: int = Field(1, ge=1, description="Dask worker processes per job")
+    memory: str = Field("4GB", description="memory per job")
+    walltime: str = Field("01:00:00", description="job time limit")
+    jobs: int = Field(2, ge=1, description="number of jobs to start")
+    scheduler_host: str | None = Field(
+        None, description="address the Dask scheduler listens on (default: this host's; "
+        "127.0.0.1 for a single-machine cluster)")
+    log_directory: str | None = None
+    python: str | None = Field(None, description="python on the compute nodes (default: this one)")
+    job_extra_directives: list[str] = Field(default_factory=list)
+    worker_timeout_s: float = Field(300.0, description="how long to wait for the first worker")
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> SlurmSettings:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+        return cls.model_validate(data)
+
+
+@contextlib.contextmanager
+def cluster_client(
+    *,
+    client: Any = None,
+    address: str | None = None,
+    n_workers: int | None = None,
+    slurm: SlurmSettings | Mapping[str, Any] | None = None,
+) -> Iterator[Any]:
+    """Yield a ``distributed.Client``: the given one, one connected to ``address``, a
+    SLURM cluster, or a local cluster of ``n_workers`` single-threaded processes."""
+    from distributed import Client, LocalCluster
+
+    if client is not None:
+        yield client
+        return
+    if address is not None:
+        with Client(address) as c:
+            yield c
+        return
+    if slurm is not None:
+        from dask_jobqueue import SLURMCluster
+
+        s = slurm if isinstance(slurm, SlurmSettings) else SlurmSettings.model_validate(dict(slurm))
+        kwargs: dict[str, Any] = {
+            "cores": s.cores, "processes": s.processes, "memory": s.memory, "walltime": s.walltime,
+            "queue": s.queue, "account": s.account, "job_extra_directives": list(s.job_extra_directives),
+        }
+        if s.scheduler_host:
+            kwargs["scheduler_options"] = {"host": s.scheduler_host}
+        if s.log_directory:
+            kwargs["log_directory"] = s.log_directory
+        if s.python:
+            kwargs["python"] = s.python
+        with SLURMCluster(**kwargs) as cluster:
+            cluster.scale(jobs=s.jobs)
+            with Client(cluster) as c:
+                c.wait_for_workers(1, timeout=s.worker_timeout_s)
+                yield c
+        return
+    n = n_workers or os.cpu_count() or 1
+    with LocalCluster(n_workers=n, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address=None) as cluster, Client(cluster) as c:
+        yield c

@@ -1,0 +1,365 @@
+"""Graph building: a pipeline × a repository → quanta (task × data ID), before anything runs.
+
+The builder walks the tasks in dependency order. For each task it finds the data IDs of
+its regular inputs (existing datasets in the input collections, filtered by the
+where-expression, or outputs predicted for earlier tasks), groups them by the task's
+dimensions into quanta, looks up prerequisite inputs (calibrations by the quantum's time,
+reference catalogs), and predicts the outputs. Every missing input is collected and
+reported at once, by dataset type and data ID, with the collections searched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+
+from lsstlite.pipe.pipeline import Pipeline
+from lsstlite.pipe.task import Connection, Task
+from lsstlite.repo import Butler, DatasetRef, ExpressionError
+from lsstlite.repo._dimensions import ALIASES, DIMENSIONS
+
+__all__ = ["DatasetNode", "GraphBuildError", "Quantum", "QuantumGraph", "build_graph"]
+
+#: Values carried along with a quantum's data ID (from exposure records) so that
+#: predicted outputs can still be selected by band or time, and calibrations found.
+_IMPLIED = ("band", "physical_filter", "day_obs", "mjd")
+
+
+class GraphBuildError(LookupError):
+    """The graph cannot be built; ``problems`` lists every missing or ambiguous input."""
+
+    def __init__(self, message: str, problems: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.problems = list(problems)
+
+
+def canonical_dims(dims: Iterable[str]) -> tuple[str, ...]:
+    """Dimensions with aliases folded (``visit`` → ``exposure``), in canonical order."""
+    names = {ALIASES.get(d, d) for d in dims}
+    return tuple(d for d in DIMENSIONS if d in names)
+
+
+def _key(data_id: Mapping[str, Any], dims: Sequence[str]) -> tuple[Any, ...]:
+    return tuple(data_id[d] for d in dims)
+
+
+def _fmt(data_id: Mapping[str, Any]) -> str:
+    return "{" + ", ".join(f"{k}: {v!r}" for k, v in data_id.items() if k not in ("mjd",)) + "}"
+
+
+@dataclass
+class DatasetNode:
+    """An input or output of a quantum: existing (``ref``) or predicted (``producer``)."""
+
+    dataset_type: str
+    data_id: dict[str, Any]
+    ref: DatasetRef | None = None
+    producer: int | None = None
+
+
+@dataclass
+class Quantum:
+    """One task on one data ID."""
+
+    index: int
+    label: str
+    data_id: dict[str, Any]
+    implied: dict[str, Any]
+    inputs: dict[str, list[DatasetNode]] = field(default_factory=dict)
+    outputs: dict[str, list[DatasetNode]] = field(default_factory=dict)
+    skip: bool = False
+
+    @property
+    def upstream(self) -> set[int]:
+        return {n.producer for nodes in self.inputs.values() for n in nodes if n.producer is not None}
+
+    @property
+    def name(self) -> str:
+        return f"{self.label} {_fmt(self.data_id)}"
+
+    @property
+    def key(self) -> str:
+        """A short stable identifier (used for Dask keys and log names)."""
+        digest = hashlib.sha1(json.dumps([self.label, self.data_id], sort_keys=True).encode()).hexdigest()
+        return f"{self.label}-{digest[:12]}"
+
+
+@dataclass
+class QuantumGraph:
+    """The quanta of one run, in an order where producers come before consumers."""
+
+    tasks: dict[str, Task]
+    quanta: list[Quantum]
+    input_collections: list[str]
+    output_run: str
+
+    def counts(self) -> dict[str, int]:
+        """Number of quanta per task label (skipped ones included)."""
+        counter = Counter(q.label for q in self.quanta)
+        return {label: counter.get(label, 0) for label in self.tasks}
+
+    def summary(self) -> str:
+        lines = [f"{'task':<24}{'quanta':>8}{'to skip':>9}"]
+        for label in self.tasks:
+            n = sum(1 for q in self.quanta if q.label == label)
+            s = sum(1 for q in self.quanta if q.label == label and q.skip)
+            lines.append(f"{label:<24}{n:>8}{s:>9}")
+        return "\n".join(lines)
+
+    def to_dot(self) -> str:
+        """Graphviz dot of the quanta and their dependencies."""
+        out = ["digraph quanta {", "  rankdir=TB;", "  node [shape=box, fontname=Helvetica];"]
+        for q in self.quanta:
+            style = ', style=dashed' if q.skip else ""
+            label = q.label + "\\n" + ", ".join(f"{k}={v}" for k, v in q.data_id.items() if k != "instrument")
+            out.append(f'  q{q.index} [label="{label}"{style}];')
+        for q in self.quanta:
+            for up in sorted(q.upstream):
+                out.append(f"  q{up} -> q{q.index};")
+        out.append("}")
+        return "\n".join(out)
+
+    def __len__(self) -> int:
+        return len(self.quanta)
+
+
+def _records_from_frame(frame: pd.DataFrame, dims: Sequence[str], refs: Sequence[DatasetRef]) -> list[dict[str, Any]]:
+    """Registry rows → records ``{dims..., implied..., '_ref': ref}``, aligned with ``refs``."""
+    records = []
+    cols = [c for c in _IMPLIED if c in frame.columns]
+    exp_cols = {c: f"exposure.{c}" for c in _IMPLIED if f"exposure.{c}" in frame.columns}
+    rows = frame.to_dict("records")
+    by_id = {str(r.id): r for r in refs}
+    for row in rows:
+        rec: dict[str, Any] = {}
+        for d in dims:
+            rec[d] = row[d]
+        for c in cols:
+            v = row.get(c)
+            if _isna(v) and c in exp_cols:
+                v = row.get(exp_cols[c])
+            if not _isna(v):
+                rec[c] = v.item() if hasattr(v, "item") else v
+        for c, ec in exp_cols.items():
+            if c not in rec and not _isna(row.get(ec)):
+                v = row[ec]
+                rec[c] = v.item() if hasattr(v, "item") else v
+        rec["_ref"] = by_id[str(row["id"])]
+        records.append(rec)
+    return records
+
+
+def _isna(v: Any) -> bool:
+    try:
+        return v is None or bool(pd.isna(v))
+    except (TypeError, ValueError):
+        return False
+
+
+def build_graph(
+    butler: Butler,
+    pipeline: Pipeline,
+    *,
+    input_collections: Sequence[str],
+    output_run: str,
+    where: str | None = None,
+    bind: Mapping[str, Any] | None = None,
+    skip_existing: bool = False,
+    clobber_outputs: bool = False,
+) -> QuantumGraph:
+    """Resolve ``pipeline`` against the repository into a :class:`QuantumGraph`.
+
+    Parameters
+    ----------
+    butler
+        The repository.
+    pipeline
+        The (possibly subset) pipeline.
+    input_collections
+        Search path for inputs, prerequisites and calibrations.
+    output_run
+        RUN collection the outputs go to (existing outputs there are skipped with
+        ``skip_existing`` or overwritten with ``clobber_outputs``).
+    where
+        Expression restricting the existing input datasets the graph starts from.
+    bind
+        Values for names used in ``where``.
+
+    Raises
+    ------
+    GraphBuildError
+        Listing every missing input / prerequisite / calibration, or outputs that exist
+        already when neither ``skip_existing`` nor ``clobber_outputs`` is given.
+    """
+    tasks = pipeline.make_tasks()
+    collections = list(input_collections)
+    known_collections = {c for c in butler.query_collections("*")}
+    absent = [c for c in collections if c not in known_collections]
+    if absent:
+        raise GraphBuildError(f"input collection(s) {absent} do not exist in {butler}", [])
+    available: dict[str, list[dict[str, Any]]] = {}
+    producers = {c.dataset_type for t in tasks for c in t.active_outputs().values()}
+    quanta: list[Quantum] = []
+    problems: list[str] = []
+    existing_outputs: dict[str, set[tuple[Any, ...]]] = {}
+    search_text = ", ".join(collections)
+
+    def existing_records(conn: Connection) -> list[dict[str, Any]]:
+        dt = conn.dataset_type
+        if dt not in available:
+            dims = butler.get_dataset_type(dt).dimensions
+            try:
+                frame = butler.query_datasets(dt, where=where, bind=bind, collections=collections, as_frame=True)
+            except ExpressionError as exc:
+                raise GraphBuildError(f"--where {where!r} cannot select {dt!r}: {exc}") from None
+            refs = butler.query_datasets(dt, where=where, bind=bind, collections=collections)
+            assert isinstance(frame, pd.DataFrame) and isinstance(refs, list)
+            available[dt] = _records_from_frame(frame, dims, refs)
+        return available[dt]
+
+    def outputs_in_run(dt: str, dims: Sequence[str]) -> set[tuple[Any, ...]]:
+        if dt not in existing_outputs:
+            try:
+                refs = butler.query_datasets(dt, collections=[output_run])
+            except Exception:  # noqa: BLE001 - a run that does not exist yet has no outputs
+                refs = []
+            assert isinstance(refs, list)
+            existing_outputs[dt] = {_key(r.data_id, dims) for r in refs}
+        return existing_outputs[dt]
+
+    registered = {dt.name for dt in butler.query_dataset_types("*")}
+    for task in tasks:
+        for name, conn in task.active_inputs().items():
+            if conn.dataset_type not in registered and conn.dataset_type not in producers:
+                problems.append(f"{task.label}.{name}: dataset type {conn.dataset_type!r} is not registered "
+                                f"in the repository, so no {'calibration' if conn.calibration else 'input'} "
+                                f"of that type can exist in collections [{search_text}]")
+    if problems:
+        raise GraphBuildError("cannot build the graph:\n  " + "\n  ".join(problems), problems)
+    for task in tasks:
+        tdims = canonical_dims(task.dimensions)
+        inputs = {n: c for n, c in task.active_inputs().items()}
+        regular = {n: c for n, c in inputs.items() if not c.prerequisite}
+        prereq = {n: c for n, c in inputs.items() if c.prerequisite}
+        if not regular:
+            raise GraphBuildError(f"{task.label}: a task needs at least one non-prerequisite input")
+        # 1. records of every regular input, with their projection onto the task dimensions
+        per_input: dict[str, tuple[tuple[str, ...], list[dict[str, Any]]]] = {}
+        for name, conn in regular.items():
+            cdims = canonical_dims(conn.dimensions)
+            records = available.get(conn.dataset_type) if conn.dataset_type in producers else None
+            if records is None:
+                records = existing_records(conn)
+            shared = tuple(d for d in tdims if d in cdims)
+            per_input[name] = (shared, records)
+        # 2. quantum data IDs: the join of the inputs that cover all the task's dimensions
+        covering = [n for n, (shared, _) in per_input.items() if len(shared) == len(tdims)]
+        if not covering:
+            raise GraphBuildError(
+                f"{task.label}: no regular input has all of the task's dimensions {list(tdims)}; "
+                "such tasks must override quantum grouping"
+            )
+        quantum_ids: dict[tuple[Any, ...], dict[str, Any]] = {}
+        first = covering[0]
+        for rec in per_input[first][1]:
+            k = _key(rec, tdims)
+            if k not in quantum_ids:
+                quantum_ids[k] = {c: rec[c] for c in _IMPLIED if c in rec}
+        # group every input's records by its projection
+        grouped: dict[str, dict[tuple[Any, ...], list[dict[str, Any]]]] = {}
+        for name, (shared, records) in per_input.items():
+            g: dict[tuple[Any, ...], list[dict[str, Any]]] = defaultdict(list)
+            for rec in records:
+                g[_key(rec, shared)].append(rec)
+            grouped[name] = g
+        # 3. build each quantum
+        for qkey in sorted(quantum_ids, key=lambda k: tuple(str(v) for v in k)):
+            data_id = dict(zip(tdims, qkey, strict=True))
+            implied = quantum_ids[qkey]
+            quantum = Quantum(len(quanta), task.label, data_id, implied)
+            ok = True
+            for name, conn in regular.items():
+                shared = per_input[name][0]
+                recs = grouped[name].get(tuple(data_id[d] for d in shared), [])
+                if not recs and not conn.optional:
+                    want = {d: data_id[d] for d in shared}
+                    problems.append(f"{task.label} {_fmt(data_id)}: missing input {conn.dataset_type!r} "
+                                    f"{_fmt(want)} in collections [{search_text}]")
+                    ok = False
+                    continue
+                if not conn.multiple and len(recs) > 1:
+                    problems.append(f"{task.label} {_fmt(data_id)}: {len(recs)} datasets of "
+                                    f"{conn.dataset_type!r} match; declare multiple=True or narrow --where")
+                    ok = False
+                    continue
+                quantum.inputs[name] = [
+                    DatasetNode(conn.dataset_type, {d: r[d] for d in canonical_dims(conn.dimensions)},
+                                ref=r.get("_ref"), producer=r.get("_producer"))
+                    for r in recs
+                ]
+            full_id = {**implied, **data_id}
+            for name, conn in prereq.items():
+                cdims = canonical_dims(conn.dimensions)
+                lookup = {d: full_id[d] for d in cdims if d in full_id}
+                if len(lookup) < len(cdims):
+                    lacking = [d for d in cdims if d not in full_id]
+                    problems.append(f"{task.label} {_fmt(data_id)}: cannot look up {conn.dataset_type!r}: "
+                                    f"the quantum has no value for {lacking}")
+                    ok = False
+                    continue
+                mjd = implied.get("mjd") if conn.calibration else None
+                try:
+                    ref = butler.find_dataset(conn.dataset_type, lookup, collections=collections, mjd=mjd)
+                except LookupError as exc:
+                    ref, note = None, f" ({exc})"
+                else:
+                    note = ""
+                if ref is None:
+                    if conn.optional:
+                        quantum.inputs[name] = []
+                        continue
+                    when = ""
+                    if conn.calibration:
+                        when = f" valid at MJD {mjd}" + (f" (day_obs {implied['day_obs']})" if "day_obs" in implied else "")
+                    problems.append(f"{task.label} {_fmt(data_id)}: missing {'calibration' if conn.calibration else 'prerequisite'} "
+                                    f"{conn.dataset_type!r} {_fmt(lookup)}{when} in collections [{search_text}]{note}")
+                    ok = False
+                    continue
+                quantum.inputs[name] = [DatasetNode(conn.dataset_type, dict(lookup), ref=ref)]
+            if not ok:
+                continue
+            outputs_exist = []
+            for name, conn in task.active_outputs().items():
+                cdims = canonical_dims(conn.dimensions)
+                out_id = {d: full_id[d] for d in cdims}
+                node = DatasetNode(conn.dataset_type, out_id, producer=quantum.index)
+                quantum.outputs[name] = [node]
+                outputs_exist.append(_key(out_id, cdims) in outputs_in_run(conn.dataset_type, cdims))
+            if outputs_exist and all(outputs_exist) and skip_existing:
+                quantum.skip = True
+            elif any(outputs_exist) and not clobber_outputs:
+                problems.append(f"{task.label} {_fmt(data_id)}: outputs already exist in run {output_run!r}; "
+                                "use --skip-existing to resume or --clobber-outputs to replace them")
+                continue
+            quanta.append(quantum)
+            for name, nodes in quantum.outputs.items():
+                conn = task.active_outputs()[name]
+                for node in nodes:
+                    rec = {**node.data_id, **{k: v for k, v in implied.items()}, "_producer": quantum.index}
+                    available.setdefault(conn.dataset_type, []).append(rec)
+        for conn in task.active_outputs().values():
+            available.setdefault(conn.dataset_type, [])
+    if problems:
+        head = f"cannot build the graph: {len(problems)} problem(s)"
+        raise GraphBuildError(head + ":\n  " + "\n  ".join(problems), problems)
+    if not quanta:
+        raise GraphBuildError(
+            f"the graph is empty: no input datasets match --where {where!r} in collections [{search_text}]"
+        )
+    return QuantumGraph({t.label: t for t in tasks}, quanta, collections, output_run)

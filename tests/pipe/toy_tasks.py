@@ -1,0 +1,100 @@
+"""Small tasks for testing the execution layer (no science)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from lsstlite.pipe import Config, Input, Output, PrerequisiteInput, Task, TaskResult
+
+DET = ("instrument", "exposure", "detector")
+
+
+class ScaleConfig(Config):
+    factor: float = 2.0
+    fail_detector: int = -1
+
+
+class ScaleTask(Task):
+    """Multiply an image by a factor; fails on one detector when told to."""
+
+    ConfigClass = ScaleConfig
+    dimensions = DET
+    inputs = {"image": Input("toy_image", DET)}
+    outputs = {"scaled": Output("toy_scaled", DET)}
+
+    def run(self, image: xr.Dataset) -> TaskResult:
+        if image.attrs["visit_info"]["detector"] == self.config.fail_detector:
+            raise RuntimeError(f"detector {self.config.fail_detector} is broken on purpose")
+        out = image.copy()
+        out["image"] = image["image"] * np.float32(self.config.factor)
+        return TaskResult(scaled=out)
+
+
+class SumTask(Task):
+    """Sum the scaled images of all detectors of an exposure."""
+
+    dimensions = ("instrument", "exposure")
+    inputs = {"images": Input("toy_scaled", DET, multiple=True)}
+    outputs = {"total": Output("toy_sum", ("instrument", "exposure"), storage_class="Json")}
+
+    def run(self, images: list[xr.Dataset]) -> TaskResult:
+        total = float(sum(float(im["image"].sum()) for im in images))
+        return TaskResult(total={"sum": total, "n": len(images)})
+
+
+class NeedsFlatTask(Task):
+    """Needs a calibration that nobody certified."""
+
+    dimensions = DET
+    inputs = {
+        "image": Input("toy_image", DET),
+        "flat": PrerequisiteInput("toy_flat", ("instrument", "detector", "physical_filter"), calibration=True),
+    }
+    outputs = {"flattened": Output("toy_flattened", DET)}
+
+    def run(self, image: xr.Dataset, flat: Any) -> TaskResult:
+        return TaskResult(flattened=image)
+
+
+class SlowConfig(Config):
+    sleep_s: float = 0.2
+
+
+class SlowTask(Task):
+    """Like ScaleTask but takes a while (for killing things mid-run)."""
+
+    ConfigClass = SlowConfig
+    dimensions = DET
+    inputs = {"image": Input("toy_image", DET)}
+    outputs = {"slow": Output("toy_slow", DET)}
+
+    def run(self, image: xr.Dataset) -> TaskResult:
+        import time
+
+        time.sleep(self.config.sleep_s)
+        out = image.copy()
+        out["image"] = image["image"] + np.float32(1.0)
+        return TaskResult(slow=out)
+
+
+def make_toy_repo(root: str, *, n_exposures: int = 3, n_detectors: int = 4) -> None:
+    """A repository with ``toy_image`` exposures in run ``toy/raw`` and exposure records."""
+    import lsstlite.data as lld
+    from lsstlite.repo import Butler
+    from lsstlite.repo._dataset_types import DatasetType
+
+    butler = Butler.create(root, run="toy/raw")
+    butler.register_dataset_type(DatasetType("toy_image", DET, "Exposure"))
+    butler.register_exposures(
+        [{"instrument": "Toy", "exposure": e, "band": "r" if e % 2 else "i", "physical_filter": "T-r" if e % 2 else "T-i",
+          "mjd": 60000.0 + e, "day_obs": 20230101 + e} for e in range(n_exposures)]
+    )
+    rng = np.random.default_rng(5)
+    for e in range(n_exposures):
+        for det in range(n_detectors):
+            img = lld.make_exposure(rng.normal(e * 10 + det, 1.0, (32, 48)).astype(np.float32),
+                                    visit_info={"instrument": "Toy", "exposure": e, "detector": det})
+            butler.put(img, "toy_image", {"instrument": "Toy", "exposure": e, "detector": det})
