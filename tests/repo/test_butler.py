@@ -276,3 +276,18 @@ def test_bulk_register_and_fast_query(butler: Butler) -> None:
         (rows.band == "r") & (rows.exposure <= 100) & (rows.exposure >= 1) & (rows.detector > 7)
     ]
     assert len(refs) == len(expected) > 0
+
+
+def test_fsspec_repository() -> None:
+    root = f"memory://lsstlite-test-{uuid.uuid4().hex[:8]}"
+    b = Butler.create(root, run="demo")
+    b.put({"a": 1}, "psf", DID)
+    b.put(pd.DataFrame({"x": [1, 2]}), "src", DID)
+    assert b.compact()
+    fresh = Butler(root, collections="demo")
+    assert fresh.get("psf", DID) == {"a": 1}
+    assert list(fresh.get("src", DID)["x"]) == [1, 2]
+    assert [r.dataset_type for r in fresh.query_datasets("*", "detector = 12 OR visit = 12")] == [
+        "psf",
+        "src",
+    ]
