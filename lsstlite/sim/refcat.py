@@ -9,8 +9,6 @@ the survey's.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pandas as pd
 
@@ -55,5 +53,4 @@ def make_refcat(catalog: pd.DataFrame, config: SurveyConfig, seed: int) -> pd.Da
         rel = 0.002 + 0.01 * 10.0 ** (0.4 * (njy_to_mag(flux) - 20.0))
         out[f"{band}_flux"] = flux * (1.0 + rel * rng.normal(0.0, 1.0, n))
         out[f"{band}_flux_err"] = flux * rel
-    assert math.isfinite(float(out["ra"].sum())) or n == 0
     return out.reset_index(drop=True)

@@ -220,8 +220,8 @@ def render_true_image(catalog: pd.DataFrame, visit: Visit, camera: SimCam, detec
     psf = true_psf_for(visit, camera, detector)
     x = np.arange(g.det_nx, dtype=np.float64)[None, :]
     y = np.arange(g.det_ny, dtype=np.float64)[:, None]
-    image = np.ascontiguousarray(np.broadcast_to(sky_level(visit, camera, detector, x, y),
-                                                 (g.det_ny, g.det_nx)), dtype=np.float64)
+    image = np.empty((g.det_ny, g.det_nx))
+    image[:] = sky_level(visit, camera, detector, x, y)
     stars = objects[objects["is_star"]]
     for row in stars.itertuples():
         m = psf.params_at(row.x, row.y)
