@@ -15,7 +15,9 @@ import yaml
 def add_commands(subparsers: Any) -> None:
     p = subparsers.add_parser("pipeline", help="inspect pipelines")
     sub = p.add_subparsers(dest="pipeline_command", metavar="SUBCOMMAND", required=True)
-    show = sub.add_parser("show", help="print tasks, dataset flow and configs; write the graph as dot/PNG")
+    show = sub.add_parser(
+        "show", help="print tasks, dataset flow and configs; write the graph as dot/PNG"
+    )
     show.add_argument("pipeline", help="PIPELINE.yaml[#subset] (packaged: drp.yaml, calibs.yaml)")
     show.add_argument("--config", metavar="LABEL", help="also dump the full config of LABEL")
     show.add_argument("--dot", metavar="FILE", help="write the task/dataset graph as Graphviz dot")
@@ -23,28 +25,57 @@ def add_commands(subparsers: Any) -> None:
     _add_config_option(show)
     show.set_defaults(func=_show)
 
-    for name, helptext in (("run", "build the graph and run it"), ("qgraph", "build the graph only and report it")):
+    for name, helptext in (
+        ("run", "build the graph and run it"),
+        ("qgraph", "build the graph only and report it"),
+    ):
         r = subparsers.add_parser(name, help=helptext)
         r.add_argument("repo", help="repository")
         r.add_argument("-p", "--pipeline", required=True, help="PIPELINE.yaml[#subset]")
-        r.add_argument("-i", "--input", required=True, help="input collections, comma-separated, in search order")
+        r.add_argument(
+            "-i",
+            "--input",
+            required=True,
+            help="input collections, comma-separated, in search order",
+        )
         r.add_argument("-o", "--output", required=True, help="output CHAINED collection")
-        r.add_argument("-d", "--where", default=None, help="data ID expression selecting the inputs")
-        r.add_argument("--skip-existing", action="store_true", help="resume: skip quanta whose outputs exist")
-        r.add_argument("--extend-run", action="store_true", help="write into the newest RUN of OUTPUT")
+        r.add_argument(
+            "-d", "--where", default=None, help="data ID expression selecting the inputs"
+        )
+        r.add_argument(
+            "--skip-existing", action="store_true", help="resume: skip quanta whose outputs exist"
+        )
+        r.add_argument(
+            "--extend-run", action="store_true", help="write into the newest RUN of OUTPUT"
+        )
         r.add_argument("--clobber-outputs", action="store_true", help="replace outputs that exist")
         _add_config_option(r)
         if name == "qgraph":
             r.add_argument("--dot", metavar="FILE", help="write the quantum graph as Graphviz dot")
             r.set_defaults(func=_qgraph)
             continue
-        r.add_argument("--clobber-config", action="store_true", help="replace a RUN's recorded config")
+        r.add_argument(
+            "--clobber-config", action="store_true", help="replace a RUN's recorded config"
+        )
         r.add_argument("--fail-fast", action="store_true", help="stop at the first failure")
         where = r.add_mutually_exclusive_group()
-        where.add_argument("-j", "--jobs", type=int, default=None, help="local worker processes (default: all cores)")
-        where.add_argument("--address", help="scheduler address of a running Dask cluster (tcp://...)")
-        where.add_argument("--slurm", nargs="?", const="", metavar="YAML",
-                           help="run on SLURM through dask-jobqueue (optional YAML of settings)")
+        where.add_argument(
+            "-j",
+            "--jobs",
+            type=int,
+            default=None,
+            help="local worker processes (default: all cores)",
+        )
+        where.add_argument(
+            "--address", help="scheduler address of a running Dask cluster (tcp://...)"
+        )
+        where.add_argument(
+            "--slurm",
+            nargs="?",
+            const="",
+            metavar="YAML",
+            help="run on SLURM through dask-jobqueue (optional YAML of settings)",
+        )
         r.add_argument("--queue", help="SLURM partition")
         r.add_argument("--cores", type=int, help="SLURM cores per job")
         r.add_argument("--memory", help="SLURM memory per job, e.g. 4GB")
@@ -56,8 +87,14 @@ def add_commands(subparsers: Any) -> None:
 
 
 def _add_config_option(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-c", "--config-override", action="append", default=[], metavar="LABEL:KEY=VALUE",
-                   help="override a config value (YAML value), e.g. isr:do_flat=false")
+    p.add_argument(
+        "-c",
+        "--config-override",
+        action="append",
+        default=[],
+        metavar="LABEL:KEY=VALUE",
+        help="override a config value (YAML value), e.g. isr:do_flat=false",
+    )
 
 
 def _overrides(items: list[str]) -> dict[str, dict[str, Any]]:
@@ -85,7 +122,9 @@ def _show(args: argparse.Namespace) -> int:
     if args.png:
         exe = shutil.which("dot")
         if exe is None:
-            raise ValueError("--png needs Graphviz's 'dot' program (apt-get install graphviz); --dot works without")
+            raise ValueError(
+                "--png needs Graphviz's 'dot' program (apt-get install graphviz); --dot works without"
+            )
         subprocess.run([exe, "-Tpng", "-o", args.png], input=dot.encode(), check=True)
         print(f"wrote {args.png}")
     return 0
@@ -94,10 +133,17 @@ def _show(args: argparse.Namespace) -> int:
 def _qgraph(args: argparse.Namespace) -> int:
     from lsstlite.pipe.run import prepare_run
 
-    _, graph = prepare_run(args.repo, args.pipeline, inputs=args.input.split(","), output=args.output,
-                           where=args.where, skip_existing=args.skip_existing, extend_run=args.extend_run,
-                           clobber_outputs=args.clobber_outputs,
-                           config_overrides=_overrides(args.config_override))
+    _, graph = prepare_run(
+        args.repo,
+        args.pipeline,
+        inputs=args.input.split(","),
+        output=args.output,
+        where=args.where,
+        skip_existing=args.skip_existing,
+        extend_run=args.extend_run,
+        clobber_outputs=args.clobber_outputs,
+        config_overrides=_overrides(args.config_override),
+    )
     print(f"{len(graph)} quanta, output run {graph.output_run}")
     print(graph.summary())
     if args.dot:
@@ -122,7 +168,12 @@ class _Progress:
         width = 30
         filled = int(width * done / max(total, 1))
         bar = "#" * filled + "." * (width - filled)
-        print(f"\r[{bar}] {done}/{total} quanta, {self.failed} failed", end="", file=sys.stderr, flush=True)
+        print(
+            f"\r[{bar}] {done}/{total} quanta, {self.failed} failed",
+            end="",
+            file=sys.stderr,
+            flush=True,
+        )
         if done == total:
             print(file=sys.stderr)
 
@@ -136,8 +187,14 @@ def _run(args: argparse.Namespace) -> int:
         values: dict[str, Any] = {}
         if args.slurm:
             values.update(SlurmSettings.from_yaml(args.slurm).model_dump(exclude_unset=True))
-        for key, attr in (("queue", "queue"), ("cores", "cores"), ("memory", "memory"),
-                          ("walltime", "walltime"), ("jobs", "slurm_jobs"), ("scheduler_host", "scheduler_host")):
+        for key, attr in (
+            ("queue", "queue"),
+            ("cores", "cores"),
+            ("memory", "memory"),
+            ("walltime", "walltime"),
+            ("jobs", "slurm_jobs"),
+            ("scheduler_host", "scheduler_host"),
+        ):
             if getattr(args, attr) is not None:
                 values[key] = getattr(args, attr)
         slurm = SlurmSettings.model_validate(values)
@@ -147,11 +204,22 @@ def _run(args: argparse.Namespace) -> int:
         print(graph.summary())
 
     report = run_pipeline(
-        args.repo, args.pipeline, inputs=args.input.split(","), output=args.output, where=args.where,
-        address=args.address, n_workers=args.jobs, slurm=slurm, skip_existing=args.skip_existing,
-        extend_run=args.extend_run, clobber_outputs=args.clobber_outputs, clobber_config=args.clobber_config,
-        fail_fast=args.fail_fast, config_overrides=_overrides(args.config_override),
-        progress=_Progress(not args.no_progress), on_graph=on_graph,
+        args.repo,
+        args.pipeline,
+        inputs=args.input.split(","),
+        output=args.output,
+        where=args.where,
+        address=args.address,
+        n_workers=args.jobs,
+        slurm=slurm,
+        skip_existing=args.skip_existing,
+        extend_run=args.extend_run,
+        clobber_outputs=args.clobber_outputs,
+        clobber_config=args.clobber_config,
+        fail_fast=args.fail_fast,
+        config_overrides=_overrides(args.config_override),
+        progress=_Progress(not args.no_progress),
+        on_graph=on_graph,
     )
     print(report.table())
     print(f"outputs: collection {args.output} (run {report.output_run})")

@@ -31,8 +31,10 @@ class SlurmSettings(BaseModel):
     walltime: str = Field("01:00:00", description="job time limit")
     jobs: int = Field(2, ge=1, description="number of jobs to start")
     scheduler_host: str | None = Field(
-        None, description="address the Dask scheduler listens on (default: this host's; "
-        "127.0.0.1 for a single-machine cluster)")
+        None,
+        description="address the Dask scheduler listens on (default: this host's; "
+        "127.0.0.1 for a single-machine cluster)",
+    )
     log_directory: str | None = None
     python: str | None = Field(None, description="python on the compute nodes (default: this one)")
     job_extra_directives: list[str] = Field(default_factory=list)
@@ -68,8 +70,13 @@ def cluster_client(
 
         s = slurm if isinstance(slurm, SlurmSettings) else SlurmSettings.model_validate(dict(slurm))
         kwargs: dict[str, Any] = {
-            "cores": s.cores, "processes": s.processes, "memory": s.memory, "walltime": s.walltime,
-            "queue": s.queue, "account": s.account, "job_extra_directives": list(s.job_extra_directives),
+            "cores": s.cores,
+            "processes": s.processes,
+            "memory": s.memory,
+            "walltime": s.walltime,
+            "queue": s.queue,
+            "account": s.account,
+            "job_extra_directives": list(s.job_extra_directives),
         }
         if s.scheduler_host:
             kwargs["scheduler_options"] = {"host": s.scheduler_host}
@@ -84,6 +91,14 @@ def cluster_client(
                 yield c
         return
     n = n_workers or os.cpu_count() or 1
-    with LocalCluster(n_workers=n, threads_per_worker=1, processes=True, host="127.0.0.1",
-                      dashboard_address=None) as cluster, Client(cluster) as c:
+    with (
+        LocalCluster(
+            n_workers=n,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address=None,
+        ) as cluster,
+        Client(cluster) as c,
+    ):
         yield c

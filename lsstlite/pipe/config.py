@@ -85,11 +85,17 @@ class Config(BaseModel):
     def from_yaml(cls, path_or_text: str | Path, *, label: str = "") -> Self:
         """Load from a YAML file path or YAML text."""
         text = Path(path_or_text).read_text() if isinstance(path_or_text, Path) else path_or_text
-        if isinstance(path_or_text, str) and "\n" not in path_or_text and Path(path_or_text).is_file():
+        if (
+            isinstance(path_or_text, str)
+            and "\n" not in path_or_text
+            and Path(path_or_text).is_file()
+        ):
             text = Path(path_or_text).read_text()
         data = yaml.safe_load(text) or {}
         if not isinstance(data, dict):
-            raise ConfigError(f"{label or cls.__name__}: YAML must be a mapping, got {type(data).__name__}")
+            raise ConfigError(
+                f"{label or cls.__name__}: YAML must be a mapping, got {type(data).__name__}"
+            )
         return cls.build(data, label=label)
 
 
@@ -104,7 +110,9 @@ def apply_overrides(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> di
             if not isinstance(child, dict):
                 child = {} if child is None else child
                 if not isinstance(child, dict):
-                    raise ConfigError(f"{'.'.join(parts[:-1])}: is not a nested config, cannot set {key}")
+                    raise ConfigError(
+                        f"{'.'.join(parts[:-1])}: is not a nested config, cannot set {key}"
+                    )
                 node[part] = child
             node = child
         leaf = parts[-1]

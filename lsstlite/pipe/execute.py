@@ -65,7 +65,9 @@ class RunReport:
         lines = [head, "-" * len(head)]
         for label in labels:
             mine = [o for o in self.outcomes if o.label == label]
-            counts = [sum(1 for o in mine if o.status == s) for s in (SUCCEEDED, SKIPPED, FAILED, BLOCKED)]
+            counts = [
+                sum(1 for o in mine if o.status == s) for s in (SUCCEEDED, SKIPPED, FAILED, BLOCKED)
+            ]
             lines.append(f"{label:<24}{counts[0]:>10}{counts[1]:>9}{counts[2]:>8}{counts[3]:>9}")
         totals = [self.count(s) for s in (SUCCEEDED, SKIPPED, FAILED, BLOCKED)]
         lines.append(f"{'total':<24}{totals[0]:>10}{totals[1]:>9}{totals[2]:>8}{totals[3]:>9}")
@@ -85,8 +87,14 @@ class _ThreadLogCapture(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         if record.thread == self.thread:
-            self.records.append({"time": record.created, "level": record.levelname,
-                                 "name": record.name, "message": record.getMessage()})
+            self.records.append(
+                {
+                    "time": record.created,
+                    "level": record.levelname,
+                    "name": record.name,
+                    "message": record.getMessage(),
+                }
+            )
 
 
 def _dims_only(data_id: Mapping[str, Any]) -> dict[str, Any]:
@@ -103,8 +111,13 @@ def run_quantum(
     blocked_by = [u for u in upstream if u.status in (FAILED, BLOCKED)]
     if blocked_by:
         first = blocked_by[0]
-        return QuantumOutcome(key, label, data_id, BLOCKED,
-                              error=f"upstream {first.label} {first.data_id} {first.status}")
+        return QuantumOutcome(
+            key,
+            label,
+            data_id,
+            BLOCKED,
+            error=f"upstream {first.label} {first.data_id} {first.status}",
+        )
     if payload["skip"]:
         return QuantumOutcome(key, label, data_id, SKIPPED)
     start = time.perf_counter()
@@ -114,8 +127,11 @@ def run_quantum(
     previous_level = root_logger.level
     if root_logger.level == logging.NOTSET or root_logger.level > logging.INFO:
         root_logger.setLevel(logging.INFO)
-    butler = Butler(repo, collections=[payload["output_run"], *payload["input_collections"]],
-                    run=payload["output_run"])
+    butler = Butler(
+        repo,
+        collections=[payload["output_run"], *payload["input_collections"]],
+        run=payload["output_run"],
+    )
     status, error, tb = SUCCEEDED, None, None
     try:
         module_name, _, cls_name = payload["class_path"].rpartition(".")
@@ -128,30 +144,53 @@ def run_quantum(
                 if ref is not None:
                     values.append(butler.get(ref))
                 else:
-                    values.append(butler.get(dataset_type, input_id, collections=[payload["output_run"]]))
+                    values.append(
+                        butler.get(dataset_type, input_id, collections=[payload["output_run"]])
+                    )
             inputs[name] = values if spec["multiple"] else (values[0] if values else None)
         logging.getLogger(f"lsstlite.task.{label}").info("running %s %s", label, data_id)
         result = task.run(**inputs)
         for name, spec in payload["outputs"].items():
             if name not in result:
-                raise KeyError(f"{label}.run() did not return output {name!r} (returned {sorted(result)})")
-            butler.put(result[name], spec["dataset_type"], {**_dims_only(payload["implied"]), **spec["data_id"]},
-                       run=payload["output_run"], replace=True,
-                       provenance={"task": label, "quantum": key, "config": payload["config"]})
-    except Exception as exc:  # noqa: BLE001 - a failing quantum must not stop the run
+                raise KeyError(
+                    f"{label}.run() did not return output {name!r} (returned {sorted(result)})"
+                )
+            butler.put(
+                result[name],
+                spec["dataset_type"],
+                {**_dims_only(payload["implied"]), **spec["data_id"]},
+                run=payload["output_run"],
+                replace=True,
+                provenance={"task": label, "quantum": key, "config": payload["config"]},
+            )
+    except Exception as exc:
         status, error, tb = FAILED, f"{type(exc).__name__}: {exc}", traceback.format_exc()
         logging.getLogger(f"lsstlite.task.{label}").error("%s %s failed: %s", label, data_id, error)
     finally:
         root_logger.removeHandler(capture)
         root_logger.setLevel(previous_level)
     seconds = time.perf_counter() - start
-    log_doc = {"quantum": key, "label": label, "data_id": data_id, "status": status,
-               "seconds": seconds, "error": error, "traceback": tb, "records": capture.records,
-               "host": os.uname().nodename, "pid": os.getpid()}
+    log_doc = {
+        "quantum": key,
+        "label": label,
+        "data_id": data_id,
+        "status": status,
+        "seconds": seconds,
+        "error": error,
+        "traceback": tb,
+        "records": capture.records,
+        "host": os.uname().nodename,
+        "pid": os.getpid(),
+    }
     try:
-        butler.put(log_doc, f"{label}_log", {**_dims_only(payload["implied"]), **data_id},
-                   run=payload["output_run"], replace=True)
-    except Exception as exc:  # noqa: BLE001 - losing a log must not fail a good quantum
+        butler.put(
+            log_doc,
+            f"{label}_log",
+            {**_dims_only(payload["implied"]), **data_id},
+            run=payload["output_run"],
+            replace=True,
+        )
+    except Exception as exc:
         log.warning("could not write the log of %s: %s", key, exc)
     return QuantumOutcome(key, label, data_id, status, error, tb, seconds)
 
@@ -201,8 +240,12 @@ def execute_graph(
     for q in graph.quanta:
         deps = [futures[i] for i in sorted(q.upstream) if i in futures]
         futures[q.index] = client.submit(
-            run_quantum, repo, _payload(graph, q.index), *deps,
-            key=f"{q.key}-{token}", pure=False,
+            run_quantum,
+            repo,
+            _payload(graph, q.index),
+            *deps,
+            key=f"{q.key}-{token}",
+            pure=False,
         )
     report = RunReport(graph.output_run, output_collection)
     by_key = {f.key: graph.quanta[i] for i, f in futures.items()}
@@ -211,9 +254,10 @@ def execute_graph(
         q = by_key[future.key]
         try:
             outcome = future.result()
-        except Exception as exc:  # noqa: BLE001 - e.g. KilledWorker after repeated worker deaths
-            outcome = QuantumOutcome(q.key, q.label, q.data_id, FAILED,
-                                     error=f"{type(exc).__name__}: {exc}")
+        except Exception as exc:
+            outcome = QuantumOutcome(
+                q.key, q.label, q.data_id, FAILED, error=f"{type(exc).__name__}: {exc}"
+            )
         report.outcomes.append(outcome)
         done += 1
         if progress is not None:
@@ -223,10 +267,16 @@ def execute_graph(
             client.cancel(remaining)
             for f in remaining:
                 rq = by_key[f.key]
-                report.outcomes.append(QuantumOutcome(rq.key, rq.label, rq.data_id, BLOCKED,
-                                                      error="not run: --fail-fast after a failure"))
+                report.outcomes.append(
+                    QuantumOutcome(
+                        rq.key,
+                        rq.label,
+                        rq.data_id,
+                        BLOCKED,
+                        error="not run: --fail-fast after a failure",
+                    )
+                )
             break
     order = {q.key: q.index for q in graph.quanta}
     report.outcomes.sort(key=lambda o: order.get(o.key, 0))
     return report
-

@@ -77,7 +77,9 @@ class Quantum:
 
     @property
     def upstream(self) -> set[int]:
-        return {n.producer for nodes in self.inputs.values() for n in nodes if n.producer is not None}
+        return {
+            n.producer for nodes in self.inputs.values() for n in nodes if n.producer is not None
+        }
 
     @property
     def name(self) -> str:
@@ -86,7 +88,9 @@ class Quantum:
     @property
     def key(self) -> str:
         """A short stable identifier (used for Dask keys and log names)."""
-        digest = hashlib.sha1(json.dumps([self.label, self.data_id], sort_keys=True).encode()).hexdigest()
+        digest = hashlib.sha1(
+            json.dumps([self.label, self.data_id], sort_keys=True).encode()
+        ).hexdigest()
         return f"{self.label}-{digest[:12]}"
 
 
@@ -116,8 +120,12 @@ class QuantumGraph:
         """Graphviz dot of the quanta and their dependencies."""
         out = ["digraph quanta {", "  rankdir=TB;", "  node [shape=box, fontname=Helvetica];"]
         for q in self.quanta:
-            style = ', style=dashed' if q.skip else ""
-            label = q.label + "\\n" + ", ".join(f"{k}={v}" for k, v in q.data_id.items() if k != "instrument")
+            style = ", style=dashed" if q.skip else ""
+            label = (
+                q.label
+                + "\\n"
+                + ", ".join(f"{k}={v}" for k, v in q.data_id.items() if k != "instrument")
+            )
             out.append(f'  q{q.index} [label="{label}"{style}];')
         for q in self.quanta:
             for up in sorted(q.upstream):
@@ -129,27 +137,30 @@ class QuantumGraph:
         return len(self.quanta)
 
 
-def _records_from_frame(frame: pd.DataFrame, dims: Sequence[str], refs: Sequence[DatasetRef]) -> list[dict[str, Any]]:
-    """Registry rows → records ``{dims..., implied..., '_ref': ref}``, aligned with ``refs``."""
-    records = []
-    cols = [c for c in _IMPLIED if c in frame.columns]
-    exp_cols = {c: f"exposure.{c}" for c in _IMPLIED if f"exposure.{c}" in frame.columns}
-    rows = frame.to_dict("records")
+def _scalar(value: Any) -> Any:
+    """A plain Python value (None for NA), for JSON-able data IDs."""
+    if _isna(value):
+        return None
+    return value.item() if hasattr(value, "item") else value
+
+
+def _records_from_frame(
+    frame: pd.DataFrame, dims: Sequence[str], refs: Sequence[DatasetRef]
+) -> list[dict[str, Any]]:
+    """Registry rows → records ``{dims..., implied..., '_ref': ref}``.
+
+    Implied values come from the dataset's own columns, else from its exposure record.
+    """
     by_id = {str(r.id): r for r in refs}
-    for row in rows:
-        rec: dict[str, Any] = {}
-        for d in dims:
-            rec[d] = row[d]
-        for c in cols:
-            v = row.get(c)
-            if _isna(v) and c in exp_cols:
-                v = row.get(exp_cols[c])
-            if not _isna(v):
-                rec[c] = v.item() if hasattr(v, "item") else v
-        for c, ec in exp_cols.items():
-            if c not in rec and not _isna(row.get(ec)):
-                v = row[ec]
-                rec[c] = v.item() if hasattr(v, "item") else v
+    records = []
+    for row in frame.to_dict("records"):
+        rec: dict[str, Any] = {d: _scalar(row[d]) for d in dims}
+        for c in _IMPLIED:
+            value = _scalar(row.get(c))
+            if value is None:
+                value = _scalar(row.get(f"exposure.{c}"))
+            if value is not None:
+                rec[c] = value
         rec["_ref"] = by_id[str(row["id"])]
         records.append(rec)
     return records
@@ -215,7 +226,9 @@ def build_graph(
         if dt not in available:
             dims = butler.get_dataset_type(dt).dimensions
             try:
-                frame = butler.query_datasets(dt, where=where, bind=bind, collections=collections, as_frame=True)
+                frame = butler.query_datasets(
+                    dt, where=where, bind=bind, collections=collections, as_frame=True
+                )
             except ExpressionError as exc:
                 raise GraphBuildError(f"--where {where!r} cannot select {dt!r}: {exc}") from None
             refs = butler.query_datasets(dt, where=where, bind=bind, collections=collections)
@@ -227,19 +240,43 @@ def build_graph(
         if dt not in existing_outputs:
             try:
                 refs = butler.query_datasets(dt, collections=[output_run])
-            except Exception:  # noqa: BLE001 - a run that does not exist yet has no outputs
+            except Exception:
                 refs = []
             assert isinstance(refs, list)
             existing_outputs[dt] = {_key(r.data_id, dims) for r in refs}
         return existing_outputs[dt]
 
     registered = {dt.name for dt in butler.query_dataset_types("*")}
+    prereq_index: dict[tuple[str, float | None], dict[tuple[Any, ...], DatasetRef]] = {}
+    dims_cache: dict[str, tuple[str, ...]] = {}
+
+    def type_dims(dataset_type: str) -> tuple[str, ...]:
+        if dataset_type not in dims_cache:
+            dims_cache[dataset_type] = butler.get_dataset_type(dataset_type).dimensions
+        return dims_cache[dataset_type]
+
+    def find_prerequisite(
+        dataset_type: str, lookup: Mapping[str, Any], mjd: float | None
+    ) -> DatasetRef | None:
+        """One registry query per (dataset type, observation time), not one per quantum."""
+        cache_key = (dataset_type, mjd)
+        dims = type_dims(dataset_type)
+        if cache_key not in prereq_index:
+            refs = butler.query_datasets(dataset_type, collections=collections, mjd=mjd)
+            assert isinstance(refs, list)
+            prereq_index[cache_key] = {_key(r.data_id, dims): r for r in refs}
+        if any(d not in lookup for d in dims):
+            return None
+        return prereq_index[cache_key].get(_key(lookup, dims))
+
     for task in tasks:
         for name, conn in task.active_inputs().items():
             if conn.dataset_type not in registered and conn.dataset_type not in producers:
-                problems.append(f"{task.label}.{name}: dataset type {conn.dataset_type!r} is not registered "
-                                f"in the repository, so no {'calibration' if conn.calibration else 'input'} "
-                                f"of that type can exist in collections [{search_text}]")
+                problems.append(
+                    f"{task.label}.{name}: dataset type {conn.dataset_type!r} is not registered "
+                    f"in the repository, so no {'calibration' if conn.calibration else 'input'} "
+                    f"of that type can exist in collections [{search_text}]"
+                )
     if problems:
         raise GraphBuildError("cannot build the graph:\n  " + "\n  ".join(problems), problems)
     for task in tasks:
@@ -289,18 +326,26 @@ def build_graph(
                 recs = grouped[name].get(tuple(data_id[d] for d in shared), [])
                 if not recs and not conn.optional:
                     want = {d: data_id[d] for d in shared}
-                    problems.append(f"{task.label} {_fmt(data_id)}: missing input {conn.dataset_type!r} "
-                                    f"{_fmt(want)} in collections [{search_text}]")
+                    problems.append(
+                        f"{task.label} {_fmt(data_id)}: missing input {conn.dataset_type!r} "
+                        f"{_fmt(want)} in collections [{search_text}]"
+                    )
                     ok = False
                     continue
                 if not conn.multiple and len(recs) > 1:
-                    problems.append(f"{task.label} {_fmt(data_id)}: {len(recs)} datasets of "
-                                    f"{conn.dataset_type!r} match; declare multiple=True or narrow --where")
+                    problems.append(
+                        f"{task.label} {_fmt(data_id)}: {len(recs)} datasets of "
+                        f"{conn.dataset_type!r} match; declare multiple=True or narrow --where"
+                    )
                     ok = False
                     continue
                 quantum.inputs[name] = [
-                    DatasetNode(conn.dataset_type, {d: r[d] for d in canonical_dims(conn.dimensions)},
-                                ref=r.get("_ref"), producer=r.get("_producer"))
+                    DatasetNode(
+                        conn.dataset_type,
+                        {d: r[d] for d in canonical_dims(conn.dimensions)},
+                        ref=r.get("_ref"),
+                        producer=r.get("_producer"),
+                    )
                     for r in recs
                 ]
             full_id = {**implied, **data_id}
@@ -309,26 +354,27 @@ def build_graph(
                 lookup = {d: full_id[d] for d in cdims if d in full_id}
                 if len(lookup) < len(cdims):
                     lacking = [d for d in cdims if d not in full_id]
-                    problems.append(f"{task.label} {_fmt(data_id)}: cannot look up {conn.dataset_type!r}: "
-                                    f"the quantum has no value for {lacking}")
+                    problems.append(
+                        f"{task.label} {_fmt(data_id)}: cannot look up {conn.dataset_type!r}: "
+                        f"the quantum has no value for {lacking}"
+                    )
                     ok = False
                     continue
                 mjd = implied.get("mjd") if conn.calibration else None
-                try:
-                    ref = butler.find_dataset(conn.dataset_type, lookup, collections=collections, mjd=mjd)
-                except LookupError as exc:
-                    ref, note = None, f" ({exc})"
-                else:
-                    note = ""
+                ref = find_prerequisite(conn.dataset_type, lookup, mjd)
                 if ref is None:
                     if conn.optional:
                         quantum.inputs[name] = []
                         continue
                     when = ""
                     if conn.calibration:
-                        when = f" valid at MJD {mjd}" + (f" (day_obs {implied['day_obs']})" if "day_obs" in implied else "")
-                    problems.append(f"{task.label} {_fmt(data_id)}: missing {'calibration' if conn.calibration else 'prerequisite'} "
-                                    f"{conn.dataset_type!r} {_fmt(lookup)}{when} in collections [{search_text}]{note}")
+                        when = f" valid at MJD {mjd}" + (
+                            f" (day_obs {implied['day_obs']})" if "day_obs" in implied else ""
+                        )
+                    problems.append(
+                        f"{task.label} {_fmt(data_id)}: missing {'calibration' if conn.calibration else 'prerequisite'} "
+                        f"{conn.dataset_type!r} {_fmt(lookup)}{when} in collections [{search_text}]"
+                    )
                     ok = False
                     continue
                 quantum.inputs[name] = [DatasetNode(conn.dataset_type, dict(lookup), ref=ref)]
@@ -340,18 +386,26 @@ def build_graph(
                 out_id = {d: full_id[d] for d in cdims}
                 node = DatasetNode(conn.dataset_type, out_id, producer=quantum.index)
                 quantum.outputs[name] = [node]
-                outputs_exist.append(_key(out_id, cdims) in outputs_in_run(conn.dataset_type, cdims))
+                outputs_exist.append(
+                    _key(out_id, cdims) in outputs_in_run(conn.dataset_type, cdims)
+                )
             if outputs_exist and all(outputs_exist) and skip_existing:
                 quantum.skip = True
             elif any(outputs_exist) and not clobber_outputs:
-                problems.append(f"{task.label} {_fmt(data_id)}: outputs already exist in run {output_run!r}; "
-                                "use --skip-existing to resume or --clobber-outputs to replace them")
+                problems.append(
+                    f"{task.label} {_fmt(data_id)}: outputs already exist in run {output_run!r}; "
+                    "use --skip-existing to resume or --clobber-outputs to replace them"
+                )
                 continue
             quanta.append(quantum)
             for name, nodes in quantum.outputs.items():
                 conn = task.active_outputs()[name]
                 for node in nodes:
-                    rec = {**node.data_id, **{k: v for k, v in implied.items()}, "_producer": quantum.index}
+                    rec = {
+                        **node.data_id,
+                        **{k: v for k, v in implied.items()},
+                        "_producer": quantum.index,
+                    }
                     available.setdefault(conn.dataset_type, []).append(rec)
         for conn in task.active_outputs().values():
             available.setdefault(conn.dataset_type, [])

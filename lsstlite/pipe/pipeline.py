@@ -57,7 +57,9 @@ class TaskSpec:
             module = importlib.import_module(module_name)
             cls = getattr(module, attr)
         except (ImportError, AttributeError) as exc:
-            raise PipelineError(f"{self.label}: cannot import task class {self.class_path!r} ({exc})") from exc
+            raise PipelineError(
+                f"{self.label}: cannot import task class {self.class_path!r} ({exc})"
+            ) from exc
         if not (isinstance(cls, type) and issubclass(cls, Task)):
             raise PipelineError(f"{self.label}: {self.class_path!r} is not a lsstlite Task")
         return cls
@@ -80,7 +82,9 @@ class Pipeline:
 
     # -- construction ---------------------------------------------------------------------
     @classmethod
-    def from_tasks(cls, tasks: Iterable[type[Task] | tuple[str, type[Task], Mapping[str, Any]]]) -> Pipeline:
+    def from_tasks(
+        cls, tasks: Iterable[type[Task] | tuple[str, type[Task], Mapping[str, Any]]]
+    ) -> Pipeline:
         """Build in code: task classes, or ``(label, class, config overrides)`` tuples."""
         specs: dict[str, TaskSpec] = {}
         for item in tasks:
@@ -89,7 +93,9 @@ class Pipeline:
             else:
                 task_cls, config = item, {}
                 label = task_cls(label=None).label
-            specs[label] = TaskSpec(label, f"{task_cls.__module__}.{task_cls.__qualname__}", dict(config))
+            specs[label] = TaskSpec(
+                label, f"{task_cls.__module__}.{task_cls.__qualname__}", dict(config)
+            )
         return cls(specs)
 
     def select(self, selector: str | None) -> Pipeline:
@@ -119,9 +125,13 @@ class Pipeline:
         tasks = dict(self.tasks)
         for label, values in overrides.items():
             if label not in tasks:
-                raise PipelineError(f"config override for unknown label {label!r}; labels: {list(tasks)}")
+                raise PipelineError(
+                    f"config override for unknown label {label!r}; labels: {list(tasks)}"
+                )
             spec = tasks[label]
-            tasks[label] = TaskSpec(label, spec.class_path, apply_overrides(dict(spec.config), values))
+            tasks[label] = TaskSpec(
+                label, spec.class_path, apply_overrides(dict(spec.config), values)
+            )
         return Pipeline(tasks, self.subsets, self.description, self.source)
 
     # -- use --------------------------------------------------------------------------------
@@ -145,8 +155,10 @@ class Pipeline:
         lines = [f"pipeline {self.source}" + (f": {self.description}" if self.description else "")]
         tasks = self.make_tasks()
         for task in tasks:
-            lines.append(f"  {task.label}  ({type(task).__module__}.{type(task).__name__})"
-                         f"  dimensions={list(task.dimensions)}")
+            lines.append(
+                f"  {task.label}  ({type(task).__module__}.{type(task).__name__})"
+                f"  dimensions={list(task.dimensions)}"
+            )
             for name, conn in task.active_inputs().items():
                 lines.append(f"      in  {name}: {_conn_text(conn)}")
             for name, conn in task.active_outputs().items():
@@ -158,7 +170,9 @@ class Pipeline:
         if config_label:
             match = [t for t in tasks if t.label == config_label]
             if not match:
-                raise PipelineError(f"no label {config_label!r} in {self.source}; labels: {list(self.tasks)}")
+                raise PipelineError(
+                    f"no label {config_label!r} in {self.source}; labels: {list(self.tasks)}"
+                )
             lines.append(f"config of {config_label}:")
             lines.extend("  " + line for line in match[0].config.to_yaml().splitlines())
         return "\n".join(lines)
@@ -169,16 +183,22 @@ class Pipeline:
         out = ["digraph pipeline {", "  rankdir=TB;", '  node [fontname="Helvetica"];']
         seen: set[str] = set()
         for task in tasks:
-            out.append(f'  "task:{task.label}" [shape=box, style=filled, fillcolor="#cfe2f3", label="{task.label}"];')
+            out.append(
+                f'  "task:{task.label}" [shape=box, style=filled, fillcolor="#cfe2f3", label="{task.label}"];'
+            )
             for conn in task.active_inputs().values():
                 if conn.dataset_type not in seen:
                     seen.add(conn.dataset_type)
-                    out.append(f'  "ds:{conn.dataset_type}" [shape=ellipse, label="{conn.dataset_type}"];')
+                    out.append(
+                        f'  "ds:{conn.dataset_type}" [shape=ellipse, label="{conn.dataset_type}"];'
+                    )
                 out.append(f'  "ds:{conn.dataset_type}" -> "task:{task.label}";')
             for conn in task.active_outputs().values():
                 if conn.dataset_type not in seen:
                     seen.add(conn.dataset_type)
-                    out.append(f'  "ds:{conn.dataset_type}" [shape=ellipse, label="{conn.dataset_type}"];')
+                    out.append(
+                        f'  "ds:{conn.dataset_type}" [shape=ellipse, label="{conn.dataset_type}"];'
+                    )
                 out.append(f'  "task:{task.label}" -> "ds:{conn.dataset_type}";')
         out.append("}")
         return "\n".join(out)
@@ -186,7 +206,9 @@ class Pipeline:
 
 def _conn_text(conn: Connection) -> str:
     flags = [f for f in ("multiple", "prerequisite", "calibration", "optional") if getattr(conn, f)]
-    return f"{conn.dataset_type} {list(conn.dimensions)}" + (f" [{', '.join(flags)}]" if flags else "")
+    return f"{conn.dataset_type} {list(conn.dimensions)}" + (
+        f" [{', '.join(flags)}]" if flags else ""
+    )
 
 
 def _sort_tasks(tasks: list[Task]) -> list[Task]:
@@ -202,8 +224,11 @@ def _sort_tasks(tasks: list[Task]) -> list[Task]:
             producers[conn.dataset_type] = task.label
     by_label = {t.label: t for t in tasks}
     deps = {
-        t.label: {producers[c.dataset_type] for c in t.active_inputs().values()
-                  if c.dataset_type in producers and producers[c.dataset_type] != t.label}
+        t.label: {
+            producers[c.dataset_type]
+            for c in t.active_inputs().values()
+            if c.dataset_type in producers and producers[c.dataset_type] != t.label
+        }
         for t in tasks
     }
     for task in tasks:
@@ -235,8 +260,10 @@ def _resolve_location(location: str, base: Path | None) -> Path:
     packaged = resources.files("lsstlite.pipelines").joinpath(path.name)
     if packaged.is_file():
         return Path(str(packaged))
-    raise PipelineError(f"pipeline file {location!r} not found (looked in {[str(c) for c in candidates]} "
-                        "and among the pipelines packaged with lsstlite)")
+    raise PipelineError(
+        f"pipeline file {location!r} not found (looked in {[str(c) for c in candidates]} "
+        "and among the pipelines packaged with lsstlite)"
+    )
 
 
 def load_pipeline(uri: str | Path, *, _seen: frozenset[Path] = frozenset()) -> Pipeline:
@@ -260,7 +287,9 @@ def load_pipeline(uri: str | Path, *, _seen: frozenset[Path] = frozenset()) -> P
     for item in data.get("imports") or []:
         if isinstance(item, str):
             item = {"location": item}
-        sub = load_pipeline(str(_resolve_location(item["location"], path.parent)), _seen=_seen | {path})
+        sub = load_pipeline(
+            str(_resolve_location(item["location"], path.parent)), _seen=_seen | {path}
+        )
         exclude = set(item.get("exclude") or [])
         tasks.update({k: v for k, v in sub.tasks.items() if k not in exclude})
         subsets.update({k: [x for x in v if x not in exclude] for k, v in sub.subsets.items()})
@@ -272,9 +301,14 @@ def load_pipeline(uri: str | Path, *, _seen: frozenset[Path] = frozenset()) -> P
         extra = set(spec) - {"class", "config"}
         if extra:
             raise PipelineError(f"{path}: task {label!r} has unknown key(s) {sorted(extra)}")
-        base_config = dict(tasks[label].config) if label in tasks and tasks[label].class_path == spec["class"] else {}
-        tasks[label] = TaskSpec(str(label), str(spec["class"]),
-                                apply_overrides(base_config, spec.get("config") or {}))
+        base_config = (
+            dict(tasks[label].config)
+            if label in tasks and tasks[label].class_path == spec["class"]
+            else {}
+        )
+        tasks[label] = TaskSpec(
+            str(label), str(spec["class"]), apply_overrides(base_config, spec.get("config") or {})
+        )
     for name, sub_spec in (data.get("subsets") or {}).items():
         labels = sub_spec.get("subset") if isinstance(sub_spec, dict) else sub_spec
         if not isinstance(labels, list):

@@ -28,8 +28,20 @@ __all__ = ["ConfigMismatchError", "prepare_run", "run_pipeline", "software_versi
 
 log = logging.getLogger(__name__)
 
-_PACKAGES = ("lsstlite", "numpy", "scipy", "astropy", "xarray", "dask", "distributed", "zarr",
-             "sep", "pyarrow", "pandas", "numba")
+_PACKAGES = (
+    "lsstlite",
+    "numpy",
+    "scipy",
+    "astropy",
+    "xarray",
+    "dask",
+    "distributed",
+    "zarr",
+    "sep",
+    "pyarrow",
+    "pandas",
+    "numba",
+)
 
 
 class ConfigMismatchError(ValueError):
@@ -53,10 +65,16 @@ def _choose_run(butler: Butler, output: str, reuse: bool) -> tuple[str, bool]:
     if output in existing:
         kind = butler.collection_type(output)
         if kind is not CollectionType.CHAINED:
-            raise ValueError(f"output collection {output!r} exists and is a {kind.name} collection, not CHAINED")
+            raise ValueError(
+                f"output collection {output!r} exists and is a {kind.name} collection, not CHAINED"
+            )
         if reuse:
             chain = butler.get_chain(output)
-            runs = [c for c in chain if butler.collection_type(c) is CollectionType.RUN and c.startswith(output + "/")]
+            runs = [
+                c
+                for c in chain
+                if butler.collection_type(c) is CollectionType.RUN and c.startswith(output + "/")
+            ]
             if runs:
                 return runs[0], True
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%S%fZ")
@@ -66,13 +84,28 @@ def _choose_run(butler: Butler, output: str, reuse: bool) -> tuple[str, bool]:
 def _register_types(butler: Butler, graph: QuantumGraph) -> None:
     for label, task in graph.tasks.items():
         for conn in task.active_outputs().values():
-            butler.register_dataset_type(DatasetType(conn.dataset_type, canonical_dims(conn.dimensions),
-                                                     conn.storage_class, doc=conn.doc))
-        butler.register_dataset_type(DatasetType(f"{label}_log", canonical_dims(task.dimensions), "Json",
-                                                 doc=f"log of each {label} quantum"))
-        butler.register_dataset_type(DatasetType(f"{label}_config", (), "Json",
-                                                 doc=f"full config of {label} in this run"))
-    butler.register_dataset_type(DatasetType("packages", (), "Json", doc="software versions of the run"))
+            butler.register_dataset_type(
+                DatasetType(
+                    conn.dataset_type,
+                    canonical_dims(conn.dimensions),
+                    conn.storage_class,
+                    doc=conn.doc,
+                )
+            )
+        butler.register_dataset_type(
+            DatasetType(
+                f"{label}_log",
+                canonical_dims(task.dimensions),
+                "Json",
+                doc=f"log of each {label} quantum",
+            )
+        )
+        butler.register_dataset_type(
+            DatasetType(f"{label}_config", (), "Json", doc=f"full config of {label} in this run")
+        )
+    butler.register_dataset_type(
+        DatasetType("packages", (), "Json", doc="software versions of the run")
+    )
 
 
 def _record_provenance(butler: Butler, graph: QuantumGraph, run: str, clobber_config: bool) -> None:
@@ -126,8 +159,16 @@ def prepare_run(
         pipe = pipe.with_config(config_overrides)
     run, _ = _choose_run(butler, output, reuse=skip_existing or extend_run)
     inputs = [c for c in inputs if c != output]
-    graph = build_graph(butler, pipe, input_collections=inputs, output_run=run, where=where, bind=bind,
-                        skip_existing=skip_existing, clobber_outputs=clobber_outputs)
+    graph = build_graph(
+        butler,
+        pipe,
+        input_collections=inputs,
+        output_run=run,
+        where=where,
+        bind=bind,
+        skip_existing=skip_existing,
+        clobber_outputs=clobber_outputs,
+    )
     return butler, graph
 
 
@@ -182,9 +223,18 @@ def run_pipeline(
         Per-quantum outcomes; ``report.ok`` is False if anything failed or was blocked.
     """
     inputs = [inputs] if isinstance(inputs, str) else list(inputs)
-    butler, graph = prepare_run(repo, pipeline, inputs=inputs, output=output, where=where, bind=bind,
-                                skip_existing=skip_existing, extend_run=extend_run,
-                                clobber_outputs=clobber_outputs, config_overrides=config_overrides)
+    butler, graph = prepare_run(
+        repo,
+        pipeline,
+        inputs=inputs,
+        output=output,
+        where=where,
+        bind=bind,
+        skip_existing=skip_existing,
+        extend_run=extend_run,
+        clobber_outputs=clobber_outputs,
+        config_overrides=config_overrides,
+    )
     if on_graph is not None:
         on_graph(graph)
     run = graph.output_run
@@ -193,9 +243,14 @@ def run_pipeline(
     _record_provenance(butler, graph, run, clobber_config)
     chain = [run]
     if output in set(butler.query_collections(output)):
-        chain += [c for c in butler.get_chain(output) if c not in chain and c not in graph.input_collections]
+        chain += [
+            c
+            for c in butler.get_chain(output)
+            if c not in chain and c not in graph.input_collections
+        ]
     butler.set_chain(output, [*chain, *graph.input_collections])
     log.info("running %d quanta into %s", len(graph), run)
     with cluster_client(client=client, address=address, n_workers=n_workers, slurm=slurm) as c:
-        return execute_graph(graph, str(repo), c, fail_fast=fail_fast, progress=progress,
-                             output_collection=output)
+        return execute_graph(
+            graph, str(repo), c, fail_fast=fail_fast, progress=progress, output_collection=output
+        )

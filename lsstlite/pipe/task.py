@@ -75,17 +75,17 @@ class Connection:
     is_output: bool = field(default=False, repr=False)
 
 
-def Input(dataset_type: str, dimensions: tuple[str, ...], **kwargs: Any) -> Connection:  # noqa: N802
+def Input(dataset_type: str, dimensions: tuple[str, ...], **kwargs: Any) -> Connection:
     """An input produced by this pipeline or already in the input collections."""
     return Connection(dataset_type, tuple(dimensions), **kwargs)
 
 
-def PrerequisiteInput(dataset_type: str, dimensions: tuple[str, ...], **kwargs: Any) -> Connection:  # noqa: N802
+def PrerequisiteInput(dataset_type: str, dimensions: tuple[str, ...], **kwargs: Any) -> Connection:
     """An input that must exist in the input collections before the run starts."""
     return Connection(dataset_type, tuple(dimensions), prerequisite=True, **kwargs)
 
 
-def Output(dataset_type: str, dimensions: tuple[str, ...], **kwargs: Any) -> Connection:  # noqa: N802
+def Output(dataset_type: str, dimensions: tuple[str, ...], **kwargs: Any) -> Connection:
     """A dataset the task writes."""
     return Connection(dataset_type, tuple(dimensions), is_output=True, **kwargs)
 
@@ -123,23 +123,32 @@ class Task:
         extra = [
             n
             for n in names
-            if n not in cls.inputs and params[n].default is inspect.Parameter.empty
-            and params[n].kind not in (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL)
+            if n not in cls.inputs
+            and params[n].default is inspect.Parameter.empty
+            and params[n].kind
+            not in (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL)
         ]
         if missing or extra:
             raise TaskDefinitionError(
                 f"{cls.__name__}: declared inputs {sorted(cls.inputs)} must match run() arguments "
-                f"{names}" + (f"; not in run(): {missing}" if missing else "")
+                f"{names}"
+                + (f"; not in run(): {missing}" if missing else "")
                 + (f"; not declared: {extra}" if extra else "")
             )
         for name, conn in cls.outputs.items():
             if not conn.is_output:
-                raise TaskDefinitionError(f"{cls.__name__}.outputs[{name!r}] must be made with Output()")
+                raise TaskDefinitionError(
+                    f"{cls.__name__}.outputs[{name!r}] must be made with Output()"
+                )
         for name, conn in cls.inputs.items():
             if conn.is_output:
-                raise TaskDefinitionError(f"{cls.__name__}.inputs[{name!r}] is declared with Output()")
+                raise TaskDefinitionError(
+                    f"{cls.__name__}.inputs[{name!r}] is declared with Output()"
+                )
         for name, conn in {**cls.inputs, **cls.outputs}.items():
-            if not conn.multiple and not set(conn.dimensions) <= set(cls.dimensions) | {"instrument"}:
+            if not conn.multiple and not set(conn.dimensions) <= set(cls.dimensions) | {
+                "instrument"
+            }:
                 # A single dataset per quantum must be identified by the quantum's data ID;
                 # calibrations are the exception (found by time, coarser dimensions).
                 if not (set(conn.dimensions) - set(cls.dimensions)) <= _CALIB_FREE_DIMS:
@@ -148,7 +157,9 @@ class Task:
                         f"the task's dimensions {cls.dimensions}; declare multiple=True"
                     )
 
-    def __init__(self, config: Config | Mapping[str, Any] | None = None, *, label: str | None = None) -> None:
+    def __init__(
+        self, config: Config | Mapping[str, Any] | None = None, *, label: str | None = None
+    ) -> None:
         self.label = label or _default_label(type(self))
         if config is None:
             config = self.ConfigClass.build({}, label=self.label)

@@ -28,7 +28,10 @@ from lsstlite.instruments.simcam import OBS_TYPE_TO_OBSTYPE, SimCam, day_obs_fro
 from lsstlite.sim.calibs import bias_structure_adu
 from lsstlite.sim.observe import iso_date
 
-__all__ = ["electrons_to_adu", "primary_header", "raw_path", "write_raw"]
+__all__ = ["bias_levels", "electrons_to_adu", "primary_header", "raw_path", "write_raw"]
+
+#: Child-seed stream of the per-exposure bias offsets and drifts.
+BIAS_STREAM = 3
 
 
 def raw_path(outdir: str | Path, obs_type: str, exposure: int, detector: int) -> Path:
@@ -91,12 +94,33 @@ def primary_header(camera: SimCam, detector: int, *, exposure: int, obs_type: st
     return h
 
 
+def bias_levels(seed: int, exposure: int, detector: int, camera: SimCam) -> NDArray[np.float64]:
+    """Bias level (ADU) of every row of every amplifier in one exposure, ``(n_amps, ny)``.
+
+    Nominal level + a per-exposure offset (σ = 8 ADU) + a slow row drift (a 1–4 ADU
+    sinusoid of period 0.5–3 detector heights plus a ±3 ADU ramp). Every column of the
+    row, prescan and overscan included, carries it, so per-row overscan removes it.
+    """
+    g = camera.geometry
+    rng = np.random.default_rng(np.random.SeedSequence([seed, exposure, detector, BIAS_STREAM]))
+    y = np.arange(g.det_ny, dtype=np.float64)
+    out = np.empty((g.n_amps, g.det_ny))
+    for amp in camera.amplifier_parameters(detector):
+        offset = rng.normal(0.0, 8.0)
+        amplitude, period = rng.uniform(1.0, 4.0), rng.uniform(0.5, 3.0) * g.det_ny
+        phase, slope = rng.uniform(0.0, 2.0 * math.pi), rng.uniform(-3.0, 3.0)
+        out[amp.index] = (amp.bias_level + offset + amplitude * np.sin(2 * math.pi * y / period + phase)
+                          + slope * y / g.det_ny)
+    return out
+
+
 def electrons_to_adu(electrons: NDArray[np.float64], camera: SimCam, detector: int,
-                     rng: np.random.Generator) -> list[NDArray[np.uint16]]:
+                     levels: NDArray[np.float64], rng: np.random.Generator
+                     ) -> list[NDArray[np.uint16]]:
     """Read a detector out: one ``uint16`` raw array per amplifier, in readout order.
 
-    ``electrons`` is the assembled-frame charge after bleeding (e⁻). ``rng`` draws the
-    read noise and the exposure's bias offset and row drift.
+    ``electrons`` is the assembled-frame charge after bleeding (e⁻); ``levels`` the
+    exposure's bias levels (:func:`bias_levels`); ``rng`` draws the read noise.
     """
     g = camera.geometry
     amps = camera.amplifier_parameters(detector)
@@ -113,7 +137,6 @@ def electrons_to_adu(electrons: NDArray[np.float64], camera: SimCam, detector: i
         # The amplifier's output saturates at the ADC ceiling; crosstalk sees that signal.
         signals.append(np.minimum(sig, 65535.0 - amp.bias_level))
     out = []
-    y = np.arange(g.det_ny, dtype=np.float64)[:, None]
     for amp in amps:
         raw = np.empty((g.det_ny, g.raw_amp_width), np.float64)
         ya, yb, xa, xb = amp.data_section
@@ -126,11 +149,7 @@ def electrons_to_adu(electrons: NDArray[np.float64], camera: SimCam, detector: i
         data += bstruct[:, ::-1] if amp.flip_x else bstruct
         raw[:, :] = 0.0
         raw[ya:yb, xa:xb] = data
-        offset = rng.normal(0.0, 8.0)
-        drift = (rng.uniform(1.0, 4.0) * np.sin(2 * math.pi * y / (rng.uniform(0.5, 3.0) * g.det_ny)
-                                                 + rng.uniform(0, 2 * math.pi))
-                 + rng.uniform(-3.0, 3.0) * y / g.det_ny)
-        raw += amp.bias_level + offset + drift
+        raw += levels[amp.index][:, None]
         raw += rng.standard_normal(raw.shape, dtype=np.float32) * (amp.read_noise / amp.gain)
         out.append(np.clip(np.rint(raw), 0, 65535).astype(np.uint16))
     return out

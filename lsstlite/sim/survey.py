@@ -3,7 +3,7 @@
 Determinism: every random draw comes from a ``SeedSequence`` keyed by the survey seed
 and a stream number — catalog ``[seed, 0]``, visit plan ``[seed, 1]``, reference catalog
 ``[seed, 5]``, and per (exposure, detector) ``[seed, exposure, detector, stream]`` with
-stream 1 (photon and read noise, bias offsets) and 2 (cosmic rays). Files can therefore
+stream 1 (photon and read noise), 2 (cosmic rays) and 3 (bias offsets and drifts). Files can therefore
 be written by any number of processes, in any order, and still be byte-identical.
 
 Resumption: raws and truth files are written to a temporary name and renamed, so a file
@@ -43,7 +43,7 @@ from lsstlite.sim.observe import (
     true_psf_for,
     true_wcs_for,
 )
-from lsstlite.sim.raw import electrons_to_adu, primary_header, raw_path, write_raw
+from lsstlite.sim.raw import bias_levels, electrons_to_adu, primary_header, raw_path, write_raw
 from lsstlite.sim.refcat import make_refcat
 from lsstlite.sim.render import apply_brighter_fatter, detector_objects, render_true_image
 from lsstlite.sim.sky import make_catalog
@@ -192,7 +192,8 @@ def _write_one(task: tuple[int, int, str]) -> tuple[int, float]:
     for amp in camera.amplifier_parameters(detector):
         full_well[amp.detector_section[2]:amp.detector_section[3]] = amp.full_well
     _kernels.bleed_columns(electrons, full_well)
-    amps = electrons_to_adu(electrons, camera, detector, rng)
+    amps = electrons_to_adu(electrons, camera, detector,
+                            bias_levels(state.seed, exposure, detector, camera), rng)
     if obs_type == "science":
         header = primary_header(
             camera, detector, exposure=exposure, obs_type="science",
@@ -330,6 +331,13 @@ def simulate_survey(outdir: str | Path, *, preset: str = "small", seed: int = 1,
             cr.insert(0, "exposure", np.int32(exposure))
             crs.append(cr)
     write_parquet(pd.concat(crs, ignore_index=True), truth / "cosmic_rays.parquet")
+    levels = [
+        {"exposure": exposure, "detector": det, "amp": amp, "mean_level_adu": float(row.mean()),
+         "min_level_adu": float(row.min()), "max_level_adu": float(row.max())}
+        for exposure in sorted([*state.visits, *state.calibs]) for det in camera.detectors
+        for amp, row in enumerate(bias_levels(seed, exposure, det, camera))
+    ]
+    write_parquet(pd.DataFrame(levels), truth / "bias_levels.parquet")
     (truth / "camera.json").write_text(camera.constants_json)
     refcat = make_refcat(state.catalog, config, seed)
     write_parquet(refcat, out / "refcat" / "refcat.parquet")

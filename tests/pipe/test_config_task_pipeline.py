@@ -9,7 +9,14 @@ from pydantic import Field
 
 from lsstlite.pipe.config import Config, ConfigError, config_diff
 from lsstlite.pipe.pipeline import Pipeline, PipelineError, load_pipeline
-from lsstlite.pipe.task import Input, Output, PrerequisiteInput, Task, TaskDefinitionError, TaskResult
+from lsstlite.pipe.task import (
+    Input,
+    Output,
+    PrerequisiteInput,
+    Task,
+    TaskDefinitionError,
+    TaskResult,
+)
 
 
 class BackgroundConfig(Config):
@@ -27,7 +34,9 @@ class ToyTask(Task):
     dimensions = ("instrument", "exposure", "detector")
     inputs = {
         "raw": Input("raw", ("instrument", "exposure", "detector"), storage_class="Raw"),
-        "flat": PrerequisiteInput("flat", ("instrument", "detector", "physical_filter"), calibration=True),
+        "flat": PrerequisiteInput(
+            "flat", ("instrument", "detector", "physical_filter"), calibration=True
+        ),
     }
     outputs = {"post_isr": Output("post_isr", ("instrument", "exposure", "detector"))}
 
@@ -53,7 +62,9 @@ class SummaryTask(Task):
 def test_config_errors_name_the_key() -> None:
     with pytest.raises(ConfigError, match=r"^isr\.n_sigma: expected a number, got 'ten'$"):
         ToyConfig.build({"n_sigma": "ten"}, label="isr")
-    with pytest.raises(ConfigError, match=r"isr\.background\.mesh_size: expected an integer, got 'big'"):
+    with pytest.raises(
+        ConfigError, match=r"isr\.background\.mesh_size: expected an integer, got 'big'"
+    ):
         ToyConfig.build({"background": {"mesh_size": "big"}}, label="isr")
     with pytest.raises(ConfigError, match=r"isr\.nsigma: unknown key"):
         ToyConfig.build({"nsigma": 2}, label="isr")
@@ -70,15 +81,18 @@ def test_config_is_frozen_and_round_trips() -> None:
 
 def test_task_connections_must_match_run() -> None:
     with pytest.raises(TaskDefinitionError, match="not in run"):
-        class Bad(Task):  # noqa: F841
+
+        class Bad(Task):
             dimensions = ("instrument",)
             inputs = {"a": Input("x", ("instrument",))}
             outputs = {}
 
             def run(self, b):  # type: ignore[no-untyped-def]
                 return TaskResult()
+
     with pytest.raises(TaskDefinitionError, match="multiple=True"):
-        class Bad2(Task):  # noqa: F841
+
+        class Bad2(Task):
             dimensions = ("instrument", "exposure")
             inputs = {"a": Input("x", ("instrument", "exposure", "detector"))}
             outputs = {}
@@ -91,7 +105,7 @@ def test_task_config_from_mapping_and_label() -> None:
     task = ToyTask({"do_flat": False})
     assert task.label == "toy" and task.config.do_flat is False
     assert "flat" not in task.active_inputs()
-    with pytest.raises(ConfigError, match="toy.n_sigma"):
+    with pytest.raises(ConfigError, match=r"toy\.n_sigma"):
         ToyTask({"n_sigma": "x"})
 
 
@@ -140,10 +154,15 @@ def test_pipeline_imports_and_overrides(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "text, match",
     [
-        ("tasks:\n  isr:\n    class: tests.pipe.test_config_task_pipeline.ToyTask\n    config: {n_sigma: ten}\n",
-         r"isr\.n_sigma: expected a number"),
+        (
+            "tasks:\n  isr:\n    class: tests.pipe.test_config_task_pipeline.ToyTask\n    config: {n_sigma: ten}\n",
+            r"isr\.n_sigma: expected a number",
+        ),
         ("tasks:\n  isr: no.such.module.Task\n", "cannot import task class"),
-        ("tasks:\n  isr: tests.pipe.test_config_task_pipeline.ToyTask\nsubsets:\n  s: [nope]\n", "unknown label"),
+        (
+            "tasks:\n  isr: tests.pipe.test_config_task_pipeline.ToyTask\nsubsets:\n  s: [nope]\n",
+            "unknown label",
+        ),
         ("taks: {}\n", "unknown top-level key"),
     ],
 )

@@ -33,7 +33,10 @@ def test_run_succeeds_and_records_provenance(toy_repo: str, client: Any) -> None
     assert report.ok and report.count("succeeded") == 12 + 3
     butler = Butler(toy_repo, collections="u/out")
     total = butler.get("toy_sum", {"instrument": "Toy", "exposure": 1})
-    raw = [butler.get("toy_image", {"instrument": "Toy", "exposure": 1, "detector": d}) for d in range(4)]
+    raw = [
+        butler.get("toy_image", {"instrument": "Toy", "exposure": 1, "detector": d})
+        for d in range(4)
+    ]
     expected = 2.0 * sum(float(r["image"].sum()) for r in raw)
     assert total["n"] == 4 and total["sum"] == pytest.approx(expected, rel=1e-6)
     # OUT is a chain: new RUN first, then the inputs
@@ -42,14 +45,20 @@ def test_run_succeeds_and_records_provenance(toy_repo: str, client: Any) -> None
     assert butler.get("scale_config", {})["factor"] == 2.0
     assert "numpy" in butler.get("packages", {})
     log = butler.get("scale_log", {"instrument": "Toy", "exposure": 0, "detector": 1})
-    assert log["status"] == "succeeded" and any("running scale" in r["message"] for r in log["records"])
+    assert log["status"] == "succeeded" and any(
+        "running scale" in r["message"] for r in log["records"]
+    )
 
 
 def test_failure_blocks_dependents_only(toy_repo: str, client: Any) -> None:
     pipe = PIPE.with_config({"scale": {"fail_detector": 2}})
     report = run_pipeline(toy_repo, pipe, inputs="toy/raw", output="u/fail", client=client)
     assert not report.ok
-    assert report.count("succeeded") == 9 and report.count("failed") == 3 and report.count("blocked") == 3
+    assert (
+        report.count("succeeded") == 9
+        and report.count("failed") == 3
+        and report.count("blocked") == 3
+    )
     failed = [o for o in report.outcomes if o.status == "failed"]
     assert {o.data_id["detector"] for o in failed} == {2}
     assert "broken on purpose" in (failed[0].traceback or "")
@@ -61,25 +70,44 @@ def test_failure_blocks_dependents_only(toy_repo: str, client: Any) -> None:
 
 def test_fail_fast_stops(toy_repo: str) -> None:
     pipe = PIPE.with_config({"scale": {"fail_detector": 0}})
-    report = run_pipeline(toy_repo, pipe, inputs="toy/raw", output="u/ff", n_workers=1, fail_fast=True)
+    report = run_pipeline(
+        toy_repo, pipe, inputs="toy/raw", output="u/ff", n_workers=1, fail_fast=True
+    )
     assert report.count("failed") >= 1
     assert report.count("succeeded") + report.count("failed") < 15
 
 
 def test_where_selects(toy_repo: str, client: Any) -> None:
-    report = run_pipeline(toy_repo, PIPE, inputs="toy/raw", output="u/where", client=client,
-                          where="band = 'r' AND detector IN (0, 3)")
+    report = run_pipeline(
+        toy_repo,
+        PIPE,
+        inputs="toy/raw",
+        output="u/where",
+        client=client,
+        where="band = 'r' AND detector IN (0, 3)",
+    )
     assert report.ok
     done = {(o.label, tuple(sorted(o.data_id.items()))) for o in report.outcomes}
-    assert len([d for d in done if d[0] == "scale"]) == 2 and len([d for d in done if d[0] == "sum"]) == 1
+    assert (
+        len([d for d in done if d[0] == "scale"]) == 2
+        and len([d for d in done if d[0] == "sum"]) == 1
+    )
 
 
 def test_missing_calibration_reported_all_at_once(toy_repo: str) -> None:
     butler = Butler(toy_repo)
-    butler.register_dataset_type(DatasetType("toy_flat", ("instrument", "detector", "physical_filter"), "Exposure",
-                                             is_calibration=True))
+    butler.register_dataset_type(
+        DatasetType(
+            "toy_flat",
+            ("instrument", "detector", "physical_filter"),
+            "Exposure",
+            is_calibration=True,
+        )
+    )
     with pytest.raises(GraphBuildError) as info:
-        prepare_run(toy_repo, Pipeline.from_tasks([NeedsFlatTask]), inputs=["toy/raw"], output="u/flat")
+        prepare_run(
+            toy_repo, Pipeline.from_tasks([NeedsFlatTask]), inputs=["toy/raw"], output="u/flat"
+        )
     problems = info.value.problems
     assert len(problems) == 12, problems
     assert all("toy_flat" in p and "toy/raw" in p and "MJD" in p for p in problems)
@@ -88,7 +116,9 @@ def test_missing_calibration_reported_all_at_once(toy_repo: str) -> None:
 
 def test_unregistered_prerequisite_is_named(toy_repo: str) -> None:
     with pytest.raises(GraphBuildError, match="'toy_flat' is not registered"):
-        prepare_run(toy_repo, Pipeline.from_tasks([NeedsFlatTask]), inputs=["toy/raw"], output="u/flat")
+        prepare_run(
+            toy_repo, Pipeline.from_tasks([NeedsFlatTask]), inputs=["toy/raw"], output="u/flat"
+        )
 
 
 def test_empty_selection_and_unknown_collection(toy_repo: str) -> None:
@@ -99,21 +129,42 @@ def test_empty_selection_and_unknown_collection(toy_repo: str) -> None:
 
 
 def test_skip_existing_clobber_and_config_mismatch(toy_repo: str, client: Any) -> None:
-    first = run_pipeline(toy_repo, PIPE.with_config({"scale": {"fail_detector": 1}}), inputs="toy/raw",
-                         output="u/resume", client=client)
+    first = run_pipeline(
+        toy_repo,
+        PIPE.with_config({"scale": {"fail_detector": 1}}),
+        inputs="toy/raw",
+        output="u/resume",
+        client=client,
+    )
     assert first.count("failed") == 3
     # rerun into the same RUN without the failure: only the missing quanta run
     with pytest.raises(ConfigMismatchError, match=r"scale\.fail_detector"):
-        run_pipeline(toy_repo, PIPE, inputs="toy/raw", output="u/resume", client=client, skip_existing=True)
-    second = run_pipeline(toy_repo, PIPE, inputs="toy/raw", output="u/resume", client=client,
-                          skip_existing=True, clobber_config=True)
+        run_pipeline(
+            toy_repo, PIPE, inputs="toy/raw", output="u/resume", client=client, skip_existing=True
+        )
+    second = run_pipeline(
+        toy_repo,
+        PIPE,
+        inputs="toy/raw",
+        output="u/resume",
+        client=client,
+        skip_existing=True,
+        clobber_config=True,
+    )
     assert second.ok and second.output_run == first.output_run
     assert second.count("skipped") == 9 and second.count("succeeded") == 6
     # existing outputs without a flag are refused at graph building
     with pytest.raises(GraphBuildError, match="--skip-existing"):
         prepare_run(toy_repo, PIPE, inputs=["toy/raw"], output="u/resume", extend_run=True)
-    clobbered = run_pipeline(toy_repo, PIPE, inputs="toy/raw", output="u/resume", client=client,
-                             extend_run=True, clobber_outputs=True)
+    clobbered = run_pipeline(
+        toy_repo,
+        PIPE,
+        inputs="toy/raw",
+        output="u/resume",
+        client=client,
+        extend_run=True,
+        clobber_outputs=True,
+    )
     assert clobbered.ok and clobbered.count("succeeded") == 15
 
 
@@ -129,20 +180,71 @@ def test_same_bytes_on_one_process_and_a_client(toy_repo: str, client: Any) -> N
             assert a[key] == b[key], key
 
 
-def test_cli_run_and_qgraph(toy_repo: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_run_and_qgraph(
+    toy_repo: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from lsstlite.cli.main import main
 
     pipe = tmp_path / "toy.yaml"
-    pipe.write_text("tasks:\n  scale: tests.pipe.toy_tasks.ScaleTask\n  sum: tests.pipe.toy_tasks.SumTask\n"
-                    "subsets:\n  step1: [scale]\n")
-    assert main(["qgraph", toy_repo, "-p", f"{pipe}#step1", "-i", "toy/raw", "-o", "u/cli",
-                 "--dot", str(tmp_path / "q.dot")]) == 0
+    pipe.write_text(
+        "tasks:\n  scale: tests.pipe.toy_tasks.ScaleTask\n  sum: tests.pipe.toy_tasks.SumTask\n"
+        "subsets:\n  step1: [scale]\n"
+    )
+    assert (
+        main(
+            [
+                "qgraph",
+                toy_repo,
+                "-p",
+                f"{pipe}#step1",
+                "-i",
+                "toy/raw",
+                "-o",
+                "u/cli",
+                "--dot",
+                str(tmp_path / "q.dot"),
+            ]
+        )
+        == 0
+    )
     assert "12 quanta" in capsys.readouterr().out
     assert (tmp_path / "q.dot").read_text().count("->") == 0
-    code = main(["run", toy_repo, "-p", str(pipe), "-i", "toy/raw", "-o", "u/cli", "-j", "1",
-                 "-c", "scale:fail_detector=3", "--no-progress"])
+    code = main(
+        [
+            "run",
+            toy_repo,
+            "-p",
+            str(pipe),
+            "-i",
+            "toy/raw",
+            "-o",
+            "u/cli",
+            "-j",
+            "1",
+            "-c",
+            "scale:fail_detector=3",
+            "--no-progress",
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 1 and "failed" in out and "total" in out
-    assert main(["run", toy_repo, "-p", str(pipe), "-i", "toy/raw", "-o", "u/cli2", "-j", "1",
-                 "-c", "scale:factor=ten"]) == 2
+    assert (
+        main(
+            [
+                "run",
+                toy_repo,
+                "-p",
+                str(pipe),
+                "-i",
+                "toy/raw",
+                "-o",
+                "u/cli2",
+                "-j",
+                "1",
+                "-c",
+                "scale:factor=ten",
+            ]
+        )
+        == 2
+    )
     assert "scale.factor: expected a number, got 'ten'" in capsys.readouterr().err

@@ -23,8 +23,10 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def _slow_outputs(repo: str, collection: str) -> dict[tuple[int, int], bytes]:
     butler = Butler(repo, collections=collection)
-    return {(r.data_id["exposure"], r.data_id["detector"]): butler.get(r)["image"].values.tobytes()
-            for r in butler.query_datasets("toy_slow")}
+    return {
+        (r.data_id["exposure"], r.data_id["detector"]): butler.get(r)["image"].values.tobytes()
+        for r in butler.query_datasets("toy_slow")
+    }
 
 
 @pytest.fixture
@@ -39,8 +41,16 @@ def test_sigkill_a_worker_mid_run(big_repo: str) -> None:
 
     pipe = Pipeline.from_tasks([("slow", SlowTask, {"sleep_s": 0.15})])
     killed: list[int] = []
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-                      dashboard_address=None) as cluster, Client(cluster) as client:
+    with (
+        LocalCluster(
+            n_workers=2,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address=None,
+        ) as cluster,
+        Client(cluster) as client,
+    ):
 
         def progress(done: int, total: int, outcome: Any) -> None:
             if done == 8 and not killed:
@@ -49,7 +59,9 @@ def test_sigkill_a_worker_mid_run(big_repo: str) -> None:
                 os.kill(victim, signal.SIGKILL)
                 killed.append(victim)
 
-        report = run_pipeline(big_repo, pipe, inputs="toy/raw", output="u/kill", client=client, progress=progress)
+        report = run_pipeline(
+            big_repo, pipe, inputs="toy/raw", output="u/kill", client=client, progress=progress
+        )
     assert killed, "the worker was never killed"
     assert report.ok, report.table()
     assert report.count("succeeded") == 60
@@ -58,20 +70,44 @@ def test_sigkill_a_worker_mid_run(big_repo: str) -> None:
     butler = Butler(big_repo, collections="u/kill")
     for exposure, detector in [(0, 0), (4, 11), (2, 5)]:
         did = {"instrument": "Toy", "exposure": exposure, "detector": detector}
-        np.testing.assert_array_equal(butler.get("toy_slow", did)["image"].values,
-                                      butler.get("toy_image", did)["image"].values + np.float32(1))
+        np.testing.assert_array_equal(
+            butler.get("toy_slow", did)["image"].values,
+            butler.get("toy_image", did)["image"].values + np.float32(1),
+        )
 
 
 def test_kill_the_driver_then_resume(big_repo: str, tmp_path: Path) -> None:
     pipe = tmp_path / "slow.yaml"
-    pipe.write_text("tasks:\n  slow:\n    class: tests.pipe.toy_tasks.SlowTask\n    config: {sleep_s: 0.15}\n")
+    pipe.write_text(
+        "tasks:\n  slow:\n    class: tests.pipe.toy_tasks.SlowTask\n    config: {sleep_s: 0.15}\n"
+    )
     reference = run_pipeline(big_repo, str(pipe), inputs="toy/raw", output="u/ref", n_workers=2)
     assert reference.ok
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    cmd = [sys.executable, "-m", "lsstlite", "run", big_repo, "-p", str(pipe), "-i", "toy/raw",
-           "-o", "u/crash", "-j", "2", "--no-progress"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    cmd = [
+        sys.executable,
+        "-m",
+        "lsstlite",
+        "run",
+        big_repo,
+        "-p",
+        str(pipe),
+        "-i",
+        "toy/raw",
+        "-o",
+        "u/crash",
+        "-j",
+        "2",
+        "--no-progress",
+    ]
+    proc = subprocess.Popen(
+        cmd,
+        cwd=ROOT,
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 120
     n_done = 0
     try:
@@ -79,7 +115,7 @@ def test_kill_the_driver_then_resume(big_repo: str, tmp_path: Path) -> None:
             time.sleep(0.3)
             try:
                 n_done = len(Butler(big_repo).query_datasets("toy_slow", collections=["u/crash"]))
-            except Exception:  # noqa: BLE001 - the output chain may not exist yet
+            except Exception:
                 n_done = 0
             if n_done >= 10:
                 break
@@ -87,8 +123,14 @@ def test_kill_the_driver_then_resume(big_repo: str, tmp_path: Path) -> None:
         os.killpg(proc.pid, signal.SIGKILL)  # the driver and its local workers die at once
         proc.wait()
     assert 10 <= n_done < 60, f"the driver was not killed mid-run ({n_done} outputs)"
-    resumed = subprocess.run([*cmd[:-1], "--skip-existing", "--no-progress"], cwd=ROOT, env=env,
-                             capture_output=True, text=True, timeout=300)
+    resumed = subprocess.run(
+        [*cmd[:-1], "--skip-existing", "--no-progress"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert "skipped" in resumed.stdout
     assert _slow_outputs(big_repo, "u/crash") == _slow_outputs(big_repo, "u/ref")

@@ -63,8 +63,20 @@ def slurm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
         if not Path("/etc/munge/munge.key").exists():
             subprocess.run(["mungekey", "--create"], check=True)
             shutil.chown("/etc/munge/munge.key", "munge", "munge")
-        started.append(subprocess.Popen(["runuser", "-u", "munge", "--", _which("munged") or "munged",
-                                         "--foreground", "--force"], start_new_session=True))
+        started.append(
+            subprocess.Popen(
+                [
+                    "runuser",
+                    "-u",
+                    "munge",
+                    "--",
+                    _which("munged") or "munged",
+                    "--foreground",
+                    "--force",
+                ],
+                start_new_session=True,
+            )
+        )
         for _ in range(50):
             if _munge_running():
                 break
@@ -100,11 +112,25 @@ NodeName={host} NodeAddr=127.0.0.1 CPUs={os.cpu_count() or 1} RealMemory=4000 St
 PartitionName=test Nodes={host} Default=YES MaxTime=INFINITE State=UP
 """)
     env = {**os.environ, "SLURM_CONF": str(conf)}
-    started.append(subprocess.Popen([_which("slurmctld") or "slurmctld", "-D", "-f", str(conf)], env=env,
-                                    start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    started.append(
+        subprocess.Popen(
+            [_which("slurmctld") or "slurmctld", "-D", "-f", str(conf)],
+            env=env,
+            start_new_session=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+    )
     time.sleep(1.0)
-    started.append(subprocess.Popen([_which("slurmd") or "slurmd", "-D", "-N", host, "-f", str(conf)], env=env,
-                                    start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    started.append(
+        subprocess.Popen(
+            [_which("slurmd") or "slurmd", "-D", "-N", host, "-f", str(conf)],
+            env=env,
+            start_new_session=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+    )
     sinfo = _which("sinfo") or "sinfo"
     ready = False
     for _ in range(60):
@@ -134,11 +160,37 @@ def test_run_on_slurm(slurm: dict[str, str], tmp_path: Path) -> None:
     repo = str(tmp_path / "repo")
     make_toy_repo(repo, n_exposures=2, n_detectors=3)
     pipe = tmp_path / "toy.yaml"
-    pipe.write_text("tasks:\n  scale: tests.pipe.toy_tasks.ScaleTask\n  sum: tests.pipe.toy_tasks.SumTask\n")
+    pipe.write_text(
+        "tasks:\n  scale: tests.pipe.toy_tasks.ScaleTask\n  sum: tests.pipe.toy_tasks.SumTask\n"
+    )
     env = {**slurm, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    cmd = [sys.executable, "-m", "lsstlite", "run", repo, "-p", str(pipe), "-i", "toy/raw", "-o", "u/slurm",
-           "--slurm", "--queue", "test", "--cores", "1", "--memory", "1GB", "--walltime", "00:10:00",
-           "--slurm-jobs", "2", "--scheduler-host", "127.0.0.1", "--no-progress"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "lsstlite",
+        "run",
+        repo,
+        "-p",
+        str(pipe),
+        "-i",
+        "toy/raw",
+        "-o",
+        "u/slurm",
+        "--slurm",
+        "--queue",
+        "test",
+        "--cores",
+        "1",
+        "--memory",
+        "1GB",
+        "--walltime",
+        "00:10:00",
+        "--slurm-jobs",
+        "2",
+        "--scheduler-host",
+        "127.0.0.1",
+        "--no-progress",
+    ]
     result = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     butler = Butler(repo, collections="u/slurm")

@@ -51,7 +51,9 @@ class NeedsFlatTask(Task):
     dimensions = DET
     inputs = {
         "image": Input("toy_image", DET),
-        "flat": PrerequisiteInput("toy_flat", ("instrument", "detector", "physical_filter"), calibration=True),
+        "flat": PrerequisiteInput(
+            "toy_flat", ("instrument", "detector", "physical_filter"), calibration=True
+        ),
     }
     outputs = {"flattened": Output("toy_flattened", DET)}
 
@@ -89,12 +91,23 @@ def make_toy_repo(root: str, *, n_exposures: int = 3, n_detectors: int = 4) -> N
     butler = Butler.create(root, run="toy/raw")
     butler.register_dataset_type(DatasetType("toy_image", DET, "Exposure"))
     butler.register_exposures(
-        [{"instrument": "Toy", "exposure": e, "band": "r" if e % 2 else "i", "physical_filter": "T-r" if e % 2 else "T-i",
-          "mjd": 60000.0 + e, "day_obs": 20230101 + e} for e in range(n_exposures)]
+        [
+            {
+                "instrument": "Toy",
+                "exposure": e,
+                "band": "r" if e % 2 else "i",
+                "physical_filter": "T-r" if e % 2 else "T-i",
+                "mjd": 60000.0 + e,
+                "day_obs": 20230101 + e,
+            }
+            for e in range(n_exposures)
+        ]
     )
     rng = np.random.default_rng(5)
     for e in range(n_exposures):
         for det in range(n_detectors):
-            img = lld.make_exposure(rng.normal(e * 10 + det, 1.0, (32, 48)).astype(np.float32),
-                                    visit_info={"instrument": "Toy", "exposure": e, "detector": det})
+            img = lld.make_exposure(
+                rng.normal(e * 10 + det, 1.0, (32, 48)).astype(np.float32),
+                visit_info={"instrument": "Toy", "exposure": e, "detector": det},
+            )
             butler.put(img, "toy_image", {"instrument": "Toy", "exposure": e, "detector": det})
