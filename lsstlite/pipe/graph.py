@@ -221,20 +221,28 @@ def build_graph(
     existing_outputs: dict[str, set[tuple[Any, ...]]] = {}
     search_text = ", ".join(collections)
 
+    existing: dict[tuple[str, str | None], list[dict[str, Any]]] = {}
+
     def existing_records(conn: Connection) -> list[dict[str, Any]]:
+        """Existing datasets of an input, selected by the user's and the connection's where."""
         dt = conn.dataset_type
-        if dt not in available:
+        cache_key = (dt, conn.where)
+        if cache_key not in existing:
+            clauses = [f"({w})" for w in (where, conn.where) if w]
+            expression = " AND ".join(clauses) or None
             dims = butler.get_dataset_type(dt).dimensions
             try:
                 frame = butler.query_datasets(
-                    dt, where=where, bind=bind, collections=collections, as_frame=True
+                    dt, where=expression, bind=bind, collections=collections, as_frame=True
+                )
+                refs = butler.query_datasets(
+                    dt, where=expression, bind=bind, collections=collections
                 )
             except ExpressionError as exc:
-                raise GraphBuildError(f"--where {where!r} cannot select {dt!r}: {exc}") from None
-            refs = butler.query_datasets(dt, where=where, bind=bind, collections=collections)
+                raise GraphBuildError(f"where {expression!r} cannot select {dt!r}: {exc}") from None
             assert isinstance(frame, pd.DataFrame) and isinstance(refs, list)
-            available[dt] = _records_from_frame(frame, dims, refs)
-        return available[dt]
+            existing[cache_key] = _records_from_frame(frame, dims, refs)
+        return existing[cache_key]
 
     def outputs_in_run(dt: str, dims: Sequence[str]) -> set[tuple[Any, ...]]:
         if dt not in existing_outputs:
@@ -290,10 +298,14 @@ def build_graph(
         per_input: dict[str, tuple[tuple[str, ...], list[dict[str, Any]]]] = {}
         for name, conn in regular.items():
             cdims = canonical_dims(conn.dimensions)
-            records = available.get(conn.dataset_type) if conn.dataset_type in producers else None
-            if records is None:
+            if conn.dataset_type in producers:
+                records = available.get(conn.dataset_type, [])
+            else:
                 records = existing_records(conn)
-            shared = tuple(d for d in tdims if d in cdims)
+            # Implied values (band, physical_filter, day_obs) group as well as dimensions:
+            # a flat per physical_filter gathers the raws whose exposure had that filter.
+            implied_here = {c for c in _IMPLIED if records and all(c in r for r in records)}
+            shared = tuple(d for d in tdims if d in cdims or d in implied_here)
             per_input[name] = (shared, records)
         # 2. quantum data IDs: the join of the inputs that cover all the task's dimensions
         covering = [n for n, (shared, _) in per_input.items() if len(shared) == len(tdims)]

@@ -60,6 +60,9 @@ class Connection:
         Looked up in CALIBRATION collections by the quantum's observation time.
     optional
         The quantum may run without it (``run`` then receives ``None`` / an empty list).
+    where
+        Expression (repository query syntax) that always restricts this input, e.g.
+        ``"exposure.obs_type = 'bias'"`` for the raws a master bias is built from.
     doc
         One line for ``lsstlite pipeline show``.
     """
@@ -71,6 +74,7 @@ class Connection:
     prerequisite: bool = False
     calibration: bool = False
     optional: bool = False
+    where: str | None = None
     doc: str = ""
     is_output: bool = field(default=False, repr=False)
 

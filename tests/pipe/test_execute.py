@@ -248,3 +248,16 @@ def test_cli_run_and_qgraph(
         == 2
     )
     assert "scale.factor: expected a number, got 'ten'" in capsys.readouterr().err
+
+
+def test_grouping_by_implied_filter_with_connection_where(toy_repo: str) -> None:
+    from tests.pipe.toy_tasks import StackTask
+
+    _, graph = prepare_run(
+        toy_repo, Pipeline.from_tasks([StackTask]), inputs=["toy/raw"], output="u/stack"
+    )
+    # exposures 0 and 2 are band i (filter T-i); the connection's where drops exposure 1
+    assert len(graph) == 4
+    for q in graph.quanta:
+        assert q.data_id["physical_filter"] == "T-i"
+        assert sorted(n.data_id["exposure"] for n in q.inputs["images"]) == [0, 2]

@@ -111,3 +111,23 @@ def make_toy_repo(root: str, *, n_exposures: int = 3, n_detectors: int = 4) -> N
                 visit_info={"instrument": "Toy", "exposure": e, "detector": det},
             )
             butler.put(img, "toy_image", {"instrument": "Toy", "exposure": e, "detector": det})
+
+
+class StackTask(Task):
+    """Stack every image of one detector and filter (as a master flat is built)."""
+
+    dimensions = ("instrument", "detector", "physical_filter")
+    inputs = {"images": Input("toy_image", DET, multiple=True, where="band = 'i'")}
+    outputs = {
+        "stack": Output(
+            "toy_stack", ("instrument", "detector", "physical_filter"), storage_class="Json"
+        )
+    }
+
+    def run(self, images: list[xr.Dataset]) -> TaskResult:
+        return TaskResult(
+            stack={
+                "n": len(images),
+                "exposures": sorted(im.attrs["visit_info"]["exposure"] for im in images),
+            }
+        )
