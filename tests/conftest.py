@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -59,3 +60,25 @@ def synthetic_exposure(
 @pytest.fixture
 def exposure() -> xr.Dataset:
     return synthetic_exposure()
+
+
+@pytest.fixture(scope="session")
+def sim_small(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """The ``small`` simulated survey (seed 1), generated once per test session."""
+    from lsstlite.sim import simulate_survey
+
+    return simulate_survey(tmp_path_factory.mktemp("sim_small"), preset="small", seed=1)
+
+
+@pytest.fixture(scope="session")
+def sim_repo(sim_small: Any, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A repository with the small survey's raws (``SimCam/raw/all``, direct) and its
+    reference catalog (``refcats``, name ``sim``). Shared: tests write only into their own runs."""
+    from lsstlite.repo import Butler, ingest_raws, ingest_refcat
+
+    root = str(tmp_path_factory.mktemp("sim_repo") / "repo")
+    butler = Butler.create(root)
+    report = ingest_raws(butler, Path(sim_small.outdir) / "raw", transfer="direct")
+    assert not report.failed, report
+    ingest_refcat(butler, Path(sim_small.outdir) / "refcat" / "refcat.parquet", name="sim")
+    return root
