@@ -1,13 +1,29 @@
-"""lsstlite: survey image processing, from raw frames to multi-band catalogs, on xarray, zarr and Dask."""
+"""lsstlite: survey image processing, from raw frames to multi-band catalogs, on xarray, zarr and Dask.
+
+>>> import lsstlite as ll
+>>> butler = ll.Butler("repo", collections="demo/drp")          # doctest: +SKIP
+>>> calexp = butler.get("calexp", visit=101, detector=0, instrument="SimCam")  # doctest: +SKIP
+>>> ll.run_pipeline("repo", "drp.yaml#step1", inputs=["SimCam/raw/all"], output="u/me/step1")  # doctest: +SKIP
+"""
 
 from importlib.metadata import PackageNotFoundError, version
 
 from lsstlite import data
 from lsstlite.data import make_exposure, open_exposure_zarr, read_exposure_fits
+from lsstlite.pipe.run import run_pipeline
+from lsstlite.repo import Butler
 
 try:
     __version__ = version("lsstlite")
 except PackageNotFoundError:  # running from a source tree without installation
     __version__ = "0.0.0+unknown"
 
-__all__ = ["__version__", "data", "make_exposure", "open_exposure_zarr", "read_exposure_fits"]
+__all__ = [
+    "Butler",
+    "__version__",
+    "data",
+    "make_exposure",
+    "open_exposure_zarr",
+    "read_exposure_fits",
+    "run_pipeline",
+]

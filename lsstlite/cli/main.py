@@ -37,7 +37,13 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     parser.add_argument("--version", action="version", version=f"lsstlite {lsstlite.__version__}")
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
+        help="more log output (and full tracebacks on errors)",
+    )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in _COMMAND_MODULES:
         try:
@@ -61,9 +67,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
+    from lsstlite.repo import RepoError
+
     try:
         result = args.func(args)
-    except (UserError, ValueError, FileNotFoundError, FileExistsError, LookupError) as exc:
+    except (
+        UserError,
+        RepoError,
+        ValueError,
+        FileNotFoundError,
+        FileExistsError,
+        LookupError,
+    ) as exc:
+        if args.verbose:
+            raise
         print(f"lsstlite {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -28,7 +28,8 @@ import json
 import math
 import re
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from functools import cached_property
 from pathlib import Path
@@ -406,7 +407,8 @@ class SimCam(Instrument):
 
         Charge moves as ``ΔI = ½ ∇·(I ∇(K ∗ I))`` (electrons): accumulated charge pushes
         later charge away, so bright stars grow. ``K`` is positive and peaked; its amplitude
-        makes a star with a 90 ke⁻ peak ~1.5% larger (second moments) than a faint one.
+        makes a star with a 90 ke⁻ peak ~1.5% larger (square root of Gaussian-weighted
+        second moments) than a faint one.
         """
         y, x = np.mgrid[-4:5, -4:5].astype(np.float64)
         r2 = x * x + y * y
@@ -604,11 +606,12 @@ class SimCam(Instrument):
         )
 
 
-#: Amplitude of the brighter-fatter kernel (tuned for ~1.5% growth at a 90 ke⁻ peak).
-BF_KERNEL_AMPLITUDE = 2.0e-7
+#: Amplitude of the brighter-fatter kernel: a 0.8″ star with a 90 ke⁻ peak is 1.5% larger
+#: (square root of Gaussian-weighted second moments) than a faint one.
+BF_KERNEL_AMPLITUDE = 9.0e-7
 
-_WCS_PREFIXES = ("CTYPE", "CRVAL", "CRPIX", "CD1_", "CD2_", "CUNIT", "A_", "B_", "AP_", "BP_",
-                 "RADESYS", "EQUINOX", "LONPOLE", "LATPOLE", "WCSAXES", "MJDREF")
+_WCS_PREFIXES = ("CTYPE", "CRVAL", "CRPIX", "CD1_", "CD2_", "PC1_", "PC2_", "CDELT", "CUNIT",
+                 "A_", "B_", "AP_", "BP_", "RADESYS", "EQUINOX", "LONPOLE", "LATPOLE")
 
 
 def _is_wcs_key(key: str) -> bool:
@@ -623,50 +626,53 @@ def _plain(value: Any) -> Any:
     return str(value)
 
 
-class _open_fits:  # noqa: N801  (used like a function in a with statement)
-    """Open a FITS file fully (headers and data), turning every failure into RawReadError."""
+_FITS_ERRORS = (OSError, ValueError, TypeError, IndexError, KeyError, Warning)
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
 
-    def __enter__(self) -> fits.HDUList:
-        if not self.path.exists():
-            raise FileNotFoundError(f"raw file '{self.path}' does not exist")
+@contextmanager
+def _open_fits(path: Path) -> Iterator[fits.HDUList]:
+    """Open a FITS file fully (headers and data); any failure becomes RawReadError.
+
+    We open the file ourselves: when astropy fails half-way through a truncated file it
+    leaves its own file handle open.
+    """
+    if not path.exists():
+        raise FileNotFoundError(f"raw file '{path}' does not exist")
+    with open(path, "rb") as fh:
         try:
             with warnings.catch_warnings():
                 # astropy only *warns* about truncated files; promote that to an error.
                 warnings.simplefilter("error")
-                hdul = fits.open(self.path, memmap=False, lazy_load_hdus=False)
+                hdul = fits.open(fh, memmap=False, lazy_load_hdus=False)
                 for hdu in hdul:
-                    if hdu.header.get("NAXIS", 0) > 0:
-                        data = hdu.data
-                        expected = tuple(hdu.header[f"NAXIS{i}"]
-                                         for i in range(hdu.header["NAXIS"], 0, -1))
-                        if data is None or data.shape != expected:
+                    naxis = hdu.header.get("NAXIS", 0)
+                    if naxis > 0:
+                        expected = tuple(hdu.header[f"NAXIS{i}"] for i in range(naxis, 0, -1))
+                        if hdu.data is None or hdu.data.shape != expected:
                             raise ValueError(f"HDU data shape does not match NAXIS {expected}")
-        except (OSError, ValueError, TypeError, IndexError, KeyError, Warning) as exc:
+        except _FITS_ERRORS as exc:
             raise RawReadError(
-                f"raw file '{self.path}': not a complete FITS file ({type(exc).__name__}: {exc})"
+                f"raw file '{path}': not a complete FITS file ({type(exc).__name__}: {exc})"
             ) from None
-        self.hdul = hdul
-        return hdul
-
-    def __exit__(self, *exc: object) -> None:
-        self.hdul.close()
+        try:
+            yield hdul
+        finally:
+            hdul.close()
 
 
 def _read_primary_header(path: str | Path) -> fits.Header:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"raw file '{path}' does not exist")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")
-            return fits.getheader(path, 0)
-    except (OSError, ValueError, TypeError, IndexError, KeyError, Warning) as exc:
-        raise RawReadError(
-            f"raw file '{path}': not a readable FITS file ({type(exc).__name__}: {exc})"
-        ) from None
+    with open(path, "rb") as fh:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")
+                return fits.Header.fromfile(fh)
+        except _FITS_ERRORS as exc:
+            raise RawReadError(
+                f"raw file '{path}': not a readable FITS file ({type(exc).__name__}: {exc})"
+            ) from None
 
 
 def _metadata_from_header(

@@ -89,10 +89,13 @@ class SurveyConfig:
 
 
 PRESETS: dict[str, SurveyConfig] = {
-    # Tests: tiny detectors, so the cosmic-ray rate is boosted to put several on each
-    # science image; the pair densities are boosted so each detector has a few blends.
+    # Tests: tiny detectors (0.0016 deg²), so the star density is that of a field ~10° from
+    # the Galactic plane (≥ 100 stars with S/N > 20 per detector), the cosmic-ray rate is
+    # boosted to put several on each science image and the pair densities are boosted so
+    # each detector has a few blends.
     "small": SurveyConfig(
         name="small",
+        star_density_deg2=130_000.0,
         geometry="small",
         bands=("r", "i"),
         n_visits_per_band=3,
