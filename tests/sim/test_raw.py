@@ -29,8 +29,9 @@ def test_overscan_equals_bias_level(small_dir) -> None:
                 over = raw["image"].values[y0:y1, x0:x1].astype(float)
                 sigma = amp.read_noise / amp.gain
                 n = over.size
-                assert np.median(over) == pytest.approx(levels[amp.index].mean(),
-                                                         abs=max(3 * 1.25 * sigma / math.sqrt(n), 0.5))
+                # the median of integers is quantised: allow half an ADU on top of the noise
+                assert np.median(over) == pytest.approx(
+                    levels[amp.index].mean(), abs=3 * 1.25 * sigma / math.sqrt(n) + 0.5)
                 rows = over.mean(axis=1) - levels[amp.index]
                 assert abs(rows.mean()) < 5 * sigma / math.sqrt(n) + 0.05
                 # the residual per row is read noise (+ rounding) only: the drift is modelled
@@ -100,7 +101,7 @@ def _isolated_stars(small_dir, exposure: int, det: int) -> pd.DataFrame:
     good = []
     for s in on[on.is_star & (on.flux_e > 2e5) & (on.flux_e < 1.5e6)].itertuples():
         d = np.hypot(objects.x - s.x, objects.y - s.y)
-        near = (d > 0) & (d < 30) & (objects.flux_e > 1e-3 * s.flux_e)
+        near = (d > 0) & (d < 45) & (objects.flux_e > 2e-4 * s.flux_e)
         cr_near = np.hypot(crs.x - s.x, crs.y - s.y).min() < 30 if len(crs) else False
         def_near = np.any((np.abs(defects.x0 - s.x) < 30) & (defects.y0 - 30 < s.y)
                           & (defects.y0 + defects.height + 30 > s.y))
@@ -125,7 +126,11 @@ def test_star_position_and_flux_in_raw(small_dir, small_survey) -> None:
             yy, xx = np.mgrid[iy - 30:iy + 31, ix - 30:ix + 31].astype(float)
             stamp = image[iy - 30:iy + 31, ix - 30:ix + 31]
             r = np.hypot(xx - s.x, yy - s.y)
-            background = np.median(stamp[(r > 22) & (r < 30)])
+            annulus = stamp[(r > 22) & (r < 30)]
+            for _ in range(5):  # 3σ-clipped mean: robust to faint neighbours' wings
+                keep = np.abs(annulus - annulus.mean()) < 3 * annulus.std()
+                annulus = annulus[keep]
+            background = annulus.mean()
             signal = stamp - background
             # Iterated Gaussian-weighted centroid: unbiased for point-symmetric profiles.
             xc, yc = float(s.x) + 0.3, float(s.y) - 0.3
