@@ -173,6 +173,45 @@ def _isna(v: Any) -> bool:
         return False
 
 
+def _standard_plans(
+    label: str,
+    tdims: tuple[str, ...],
+    per_input: Mapping[str, tuple[tuple[str, ...], list[dict[str, Any]]]],
+) -> list[tuple[dict[str, Any], dict[str, Any], dict[str, list[dict[str, Any]]]]]:
+    """Quanta as the join of the inputs on the task's dimensions.
+
+    The quantum data IDs come from the first input that has every task dimension (as a
+    dimension or an implied value); every input's records are matched on the dimensions
+    it shares with the task.
+    """
+    covering = [n for n, (shared, _) in per_input.items() if len(shared) == len(tdims)]
+    if not covering:
+        raise GraphBuildError(
+            f"{label}: no regular input has all of the task's dimensions {list(tdims)}; "
+            "such a task must group its quanta itself (Task.group_quanta)"
+        )
+    quantum_ids: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for rec in per_input[covering[0]][1]:
+        k = _key(rec, tdims)
+        if k not in quantum_ids:
+            quantum_ids[k] = {c: rec[c] for c in _IMPLIED if c in rec}
+    grouped: dict[str, dict[tuple[Any, ...], list[dict[str, Any]]]] = {}
+    for name, (shared, records) in per_input.items():
+        g: dict[tuple[Any, ...], list[dict[str, Any]]] = defaultdict(list)
+        for rec in records:
+            g[_key(rec, shared)].append(rec)
+        grouped[name] = g
+    plans = []
+    for qkey in sorted(quantum_ids, key=lambda k: tuple(str(v) for v in k)):
+        data_id = dict(zip(tdims, qkey, strict=True))
+        inputs = {
+            name: grouped[name].get(tuple(data_id[d] for d in shared), [])
+            for name, (shared, _) in per_input.items()
+        }
+        plans.append((data_id, quantum_ids[qkey], inputs))
+    return plans
+
+
 def build_graph(
     butler: Butler,
     pipeline: Pipeline,
@@ -307,36 +346,19 @@ def build_graph(
             implied_here = {c for c in _IMPLIED if records and all(c in r for r in records)}
             shared = tuple(d for d in tdims if d in cdims or d in implied_here)
             per_input[name] = (shared, records)
-        # 2. quantum data IDs: the join of the inputs that cover all the task's dimensions
-        covering = [n for n, (shared, _) in per_input.items() if len(shared) == len(tdims)]
-        if not covering:
-            raise GraphBuildError(
-                f"{task.label}: no regular input has all of the task's dimensions {list(tdims)}; "
-                "such tasks must override quantum grouping"
-            )
-        quantum_ids: dict[tuple[Any, ...], dict[str, Any]] = {}
-        first = covering[0]
-        for rec in per_input[first][1]:
-            k = _key(rec, tdims)
-            if k not in quantum_ids:
-                quantum_ids[k] = {c: rec[c] for c in _IMPLIED if c in rec}
-        # group every input's records by its projection
-        grouped: dict[str, dict[tuple[Any, ...], list[dict[str, Any]]]] = {}
-        for name, (shared, records) in per_input.items():
-            g: dict[tuple[Any, ...], list[dict[str, Any]]] = defaultdict(list)
-            for rec in records:
-                g[_key(rec, shared)].append(rec)
-            grouped[name] = g
+        # 2. quantum plans: a task's own spatial/custom grouping, or the standard join
+        records_by_name = {name: recs for name, (_, recs) in per_input.items()}
+        custom = task.group_quanta(records_by_name, butler=butler, collections=collections)
+        plans = custom if custom is not None else _standard_plans(task.label, tdims, per_input)
         # 3. build each quantum
-        for qkey in sorted(quantum_ids, key=lambda k: tuple(str(v) for v in k)):
-            data_id = dict(zip(tdims, qkey, strict=True))
-            implied = quantum_ids[qkey]
-            quantum = Quantum(len(quanta), task.label, data_id, implied)
+        for plan_id, implied, plan_inputs in plans:
+            data_id = {d: plan_id[d] for d in tdims}
+            quantum = Quantum(len(quanta), task.label, data_id, dict(implied))
             ok = True
             for name, conn in regular.items():
-                shared = per_input[name][0]
-                recs = grouped[name].get(tuple(data_id[d] for d in shared), [])
+                recs = plan_inputs.get(name, [])
                 if not recs and not conn.optional:
+                    shared = per_input[name][0]
                     want = {d: data_id[d] for d in shared}
                     problems.append(
                         f"{task.label} {_fmt(data_id)}: missing input {conn.dataset_type!r} "

@@ -18,7 +18,7 @@ the result, checked when the class is defined::
 from __future__ import annotations
 
 import inspect
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -182,6 +182,25 @@ class Task:
     def active_outputs(self) -> dict[str, Connection]:
         """The outputs this configuration writes."""
         return dict(self.outputs)
+
+    def group_quanta(
+        self,
+        records: Mapping[str, list[dict[str, Any]]],
+        *,
+        butler: Any,
+        collections: Sequence[str],
+    ) -> list[tuple[dict[str, Any], dict[str, Any], dict[str, list[dict[str, Any]]]]] | None:
+        """Group input datasets into quanta when the standard join cannot.
+
+        The graph builder calls this with, for each regular input, the candidate records
+        (dicts of dimension values, implied values such as ``band``, and ``"_ref"`` — the
+        existing ``DatasetRef`` — or ``"_producer"`` for predicted datasets). Return
+        ``None`` (the default) for the standard join on the task's dimensions, or a list of
+        ``(data_id, implied, {input name: [records]})``, e.g. calexps × the patches they
+        overlap for a coadd. Runs on the driver at graph-build time and may read the
+        repository (``butler``) but must not write.
+        """
+        return None
 
     def run(self, **inputs: Any) -> TaskResult:
         """Compute the outputs from the inputs. Pure: no I/O, no global state."""

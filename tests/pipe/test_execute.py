@@ -261,3 +261,18 @@ def test_grouping_by_implied_filter_with_connection_where(toy_repo: str) -> None
     for q in graph.quanta:
         assert q.data_id["physical_filter"] == "T-i"
         assert sorted(n.data_id["exposure"] for n in q.inputs["images"]) == [0, 2]
+
+
+def test_custom_quantum_grouping(toy_repo: str, client: Any) -> None:
+    from tests.pipe.toy_tasks import TractTask
+
+    report = run_pipeline(
+        toy_repo,
+        Pipeline.from_tasks([TractTask]),
+        inputs="toy/raw",
+        output="u/tract",
+        client=client,
+    )
+    assert report.ok and report.count("succeeded") == 2
+    butler = Butler(toy_repo, collections="u/tract")
+    assert butler.get("toy_tract", {"skymap": "toy", "tract": 1}) == {"n": 6}

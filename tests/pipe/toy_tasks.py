@@ -131,3 +131,23 @@ class StackTask(Task):
                 "exposures": sorted(im.attrs["visit_info"]["exposure"] for im in images),
             }
         )
+
+
+class TractTask(Task):
+    """A spatial join in miniature: detectors 0–1 lie in tract 0, detectors 2–3 in tract 1."""
+
+    dimensions = ("skymap", "tract")
+    inputs = {"images": Input("toy_image", DET, multiple=True)}
+    outputs = {"summary": Output("toy_tract", ("skymap", "tract"), storage_class="Json")}
+
+    def group_quanta(self, records, *, butler, collections):  # type: ignore[no-untyped-def]
+        plans: dict[int, list[dict[str, Any]]] = {}
+        for rec in records["images"]:
+            plans.setdefault(rec["detector"] // 2, []).append(rec)
+        return [
+            ({"skymap": "toy", "tract": t}, {}, {"images": recs})
+            for t, recs in sorted(plans.items())
+        ]
+
+    def run(self, images: list[xr.Dataset]) -> TaskResult:
+        return TaskResult(summary={"n": len(images)})
