@@ -108,6 +108,21 @@ def _overrides(items: list[str]) -> dict[str, dict[str, Any]]:
     return out
 
 
+def _graph_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The options ``run`` and ``qgraph`` share, as keyword arguments of ``prepare_run``."""
+    return {
+        "repo": args.repo,
+        "pipeline": args.pipeline,
+        "inputs": args.input.split(","),
+        "output": args.output,
+        "where": args.where,
+        "skip_existing": args.skip_existing,
+        "extend_run": args.extend_run,
+        "clobber_outputs": args.clobber_outputs,
+        "config_overrides": _overrides(args.config_override),
+    }
+
+
 def _show(args: argparse.Namespace) -> int:
     from lsstlite.pipe import load_pipeline
 
@@ -133,17 +148,7 @@ def _show(args: argparse.Namespace) -> int:
 def _qgraph(args: argparse.Namespace) -> int:
     from lsstlite.pipe.run import prepare_run
 
-    _, graph = prepare_run(
-        args.repo,
-        args.pipeline,
-        inputs=args.input.split(","),
-        output=args.output,
-        where=args.where,
-        skip_existing=args.skip_existing,
-        extend_run=args.extend_run,
-        clobber_outputs=args.clobber_outputs,
-        config_overrides=_overrides(args.config_override),
-    )
+    _, graph = prepare_run(**_graph_options(args))
     print(f"{len(graph)} quanta, output run {graph.output_run}")
     print(graph.summary())
     if args.dot:
@@ -204,20 +209,12 @@ def _run(args: argparse.Namespace) -> int:
         print(graph.summary())
 
     report = run_pipeline(
-        args.repo,
-        args.pipeline,
-        inputs=args.input.split(","),
-        output=args.output,
-        where=args.where,
+        **_graph_options(args),
         address=args.address,
         n_workers=args.jobs,
         slurm=slurm,
-        skip_existing=args.skip_existing,
-        extend_run=args.extend_run,
-        clobber_outputs=args.clobber_outputs,
         clobber_config=args.clobber_config,
         fail_fast=args.fail_fast,
-        config_overrides=_overrides(args.config_override),
         progress=_Progress(not args.no_progress),
         on_graph=on_graph,
     )

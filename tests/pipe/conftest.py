@@ -19,16 +19,7 @@ def toy_repo(tmp_path: Path) -> str:
 @pytest.fixture(scope="module")
 def client() -> Iterator[Any]:
     """Two single-threaded worker processes on loopback, shared by a test module."""
-    from distributed import Client, LocalCluster
+    from lsstlite.pipe.clusters import cluster_client
 
-    with (
-        LocalCluster(
-            n_workers=2,
-            threads_per_worker=1,
-            processes=True,
-            host="127.0.0.1",
-            dashboard_address=None,
-        ) as cluster,
-        Client(cluster) as c,
-    ):
+    with cluster_client(n_workers=2) as c:
         yield c

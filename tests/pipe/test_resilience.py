@@ -37,20 +37,11 @@ def big_repo(tmp_path: Path) -> str:
 
 
 def test_sigkill_a_worker_mid_run(big_repo: str) -> None:
-    from distributed import Client, LocalCluster
+    from lsstlite.pipe.clusters import cluster_client
 
     pipe = Pipeline.from_tasks([("slow", SlowTask, {"sleep_s": 0.15})])
     killed: list[int] = []
-    with (
-        LocalCluster(
-            n_workers=2,
-            threads_per_worker=1,
-            processes=True,
-            host="127.0.0.1",
-            dashboard_address=None,
-        ) as cluster,
-        Client(cluster) as client,
-    ):
+    with cluster_client(n_workers=2) as client:
 
         def progress(done: int, total: int, outcome: Any) -> None:
             if done == 8 and not killed:
