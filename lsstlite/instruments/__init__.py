@@ -32,8 +32,19 @@ _BUILTIN = {"SimCam": "lsstlite.instruments.simcam:SimCam"}
 
 #: Keys every ``read_raw_metadata`` result carries.
 METADATA_KEYS = (
-    "instrument", "exposure", "detector", "band", "physical_filter", "day_obs", "obs_type",
-    "mjd", "exptime", "ra", "dec", "airmass", "rot_angle",
+    "instrument",
+    "exposure",
+    "detector",
+    "band",
+    "physical_filter",
+    "day_obs",
+    "obs_type",
+    "mjd",
+    "exptime",
+    "ra",
+    "dec",
+    "airmass",
+    "rot_angle",
 )
 
 

@@ -65,8 +65,20 @@ OBS_TYPE_TO_OBSTYPE = {v: k for k, v in OBSTYPE_TO_OBS_TYPE.items()}
 
 #: Primary-header keys that :meth:`SimCam.read_raw_metadata` needs.
 REQUIRED_KEYS = (
-    "INSTRUME", "EXPNUM", "DETECTOR", "FILTER", "OBSTYPE", "EXPTIME", "DARKTIME", "MJD-OBS",
-    "DATE-OBS", "RA", "DEC", "AIRMASS", "ROTANGLE", "SIMGEOM",
+    "INSTRUME",
+    "EXPNUM",
+    "DETECTOR",
+    "FILTER",
+    "OBSTYPE",
+    "EXPTIME",
+    "DARKTIME",
+    "MJD-OBS",
+    "DATE-OBS",
+    "RA",
+    "DEC",
+    "AIRMASS",
+    "ROTANGLE",
+    "SIMGEOM",
 )
 #: Amplifier-HDU keys that :meth:`SimCam.read_raw` needs.
 REQUIRED_AMP_KEYS = ("EXTNAME", "DATASEC", "BIASSEC", "DETSEC", "GAIN", "RDNOISE", "SATURATE")
@@ -203,8 +215,10 @@ class DetectorLayout:
         r = self.rotation_matrix
         dx = np.asarray(x, dtype=np.float64) - (self.nx - 1) / 2.0
         dy = np.asarray(y, dtype=np.float64) - (self.ny - 1) / 2.0
-        return (r[0, 0] * dx + r[0, 1] * dy + self.x_center,
-                r[1, 0] * dx + r[1, 1] * dy + self.y_center)
+        return (
+            r[0, 0] * dx + r[0, 1] * dy + self.x_center,
+            r[1, 0] * dx + r[1, 1] * dy + self.y_center,
+        )
 
     @property
     def optical_axis_pixel(self) -> tuple[float, float]:
@@ -249,7 +263,10 @@ class SimCam(Instrument):
 
     name: ClassVar[str] = "SimCam"
     filter_to_band: ClassVar[Mapping[str, str]] = {
-        "SIM-g": "g", "SIM-r": "r", "SIM-i": "i", "SIM-z": "z"
+        "SIM-g": "g",
+        "SIM-r": "r",
+        "SIM-i": "i",
+        "SIM-z": "z",
     }
 
     def __init__(self, geometry: str | CameraGeometry = "full") -> None:
@@ -428,15 +445,36 @@ class SimCam(Instrument):
         for _ in range(3):
             length = int(rng.integers(g.det_ny // 8, g.det_ny // 2))
             y0 = int(rng.integers(0, g.det_ny - length))
-            out.append({"kind": "bad_column", "x0": int(rng.integers(10, g.det_nx - 10)),
-                        "y0": y0, "width": 1, "height": length})
+            out.append(
+                {
+                    "kind": "bad_column",
+                    "x0": int(rng.integers(10, g.det_nx - 10)),
+                    "y0": y0,
+                    "width": 1,
+                    "height": length,
+                }
+            )
         for _ in range(2):
             w, h = (int(v) for v in rng.integers(2, 6, size=2))
-            out.append({"kind": "hot_box", "x0": int(rng.integers(10, g.det_nx - 10)),
-                        "y0": int(rng.integers(10, g.det_ny - 10)), "width": w, "height": h})
+            out.append(
+                {
+                    "kind": "hot_box",
+                    "x0": int(rng.integers(10, g.det_nx - 10)),
+                    "y0": int(rng.integers(10, g.det_ny - 10)),
+                    "width": w,
+                    "height": h,
+                }
+            )
         for _ in range(8):
-            out.append({"kind": "hot_pixel", "x0": int(rng.integers(0, g.det_nx)),
-                        "y0": int(rng.integers(0, g.det_ny)), "width": 1, "height": 1})
+            out.append(
+                {
+                    "kind": "hot_pixel",
+                    "x0": int(rng.integers(0, g.det_nx)),
+                    "y0": int(rng.integers(0, g.det_ny)),
+                    "width": 1,
+                    "height": 1,
+                }
+            )
         return out
 
     def hot_pixel_rates(self, detector: int) -> list[float]:
@@ -555,27 +593,30 @@ class SimCam(Instrument):
                 def shift(s: tuple[int, int, int, int], off: int = x_offset) -> list[int]:
                     return [s[0], s[1], s[2] + off, s[3] + off]
 
-                amplifiers.append({
-                    "name": str(h.get("AMPNAME", h["EXTNAME"])),
-                    "bbox_raw": [0, ny, x_offset, x_offset + nx],
-                    "data_section": shift(dsec),
-                    "serial_overscan": shift(bsec),
-                    "prescan": shift(psec),
-                    "detector_section": list(detsec),
-                    "flip_x": flip_x,
-                    "flip_y": flip_y,
-                    "gain": float(h["GAIN"]),
-                    "read_noise": float(h["RDNOISE"]),
-                    "saturation_adu": float(h["SATURATE"]),
-                })
+                amplifiers.append(
+                    {
+                        "name": str(h.get("AMPNAME", h["EXTNAME"])),
+                        "bbox_raw": [0, ny, x_offset, x_offset + nx],
+                        "data_section": shift(dsec),
+                        "serial_overscan": shift(bsec),
+                        "prescan": shift(psec),
+                        "detector_section": list(detsec),
+                        "flip_x": flip_x,
+                        "flip_y": flip_y,
+                        "gain": float(h["GAIN"]),
+                        "read_noise": float(h["RDNOISE"]),
+                        "saturation_adu": float(h["SATURATE"]),
+                    }
+                )
                 blocks.append(np.asarray(data, dtype=np.float32))
                 x_offset += nx
             if not blocks:
                 raise RawReadError(f"raw file '{path}': no amplifier HDUs")
             image = np.concatenate(blocks, axis=1)
-            wcs_cards = {k: _plain(v) for k, v in header.items()
-                         if _is_wcs_key(k)}
-            header_dict = {k: _plain(v) for k, v in header.items() if k not in ("COMMENT", "HISTORY", "")}
+            wcs_cards = {k: _plain(v) for k, v in header.items() if _is_wcs_key(k)}
+            header_dict = {
+                k: _plain(v) for k, v in header.items() if k not in ("COMMENT", "HISTORY", "")
+            }
         visit_info = {
             "instrument": meta["instrument"],
             "exposure": meta["exposure"],
@@ -610,8 +651,25 @@ class SimCam(Instrument):
 #: (square root of Gaussian-weighted second moments) than a faint one.
 BF_KERNEL_AMPLITUDE = 9.0e-7
 
-_WCS_PREFIXES = ("CTYPE", "CRVAL", "CRPIX", "CD1_", "CD2_", "PC1_", "PC2_", "CDELT", "CUNIT",
-                 "A_", "B_", "AP_", "BP_", "RADESYS", "EQUINOX", "LONPOLE", "LATPOLE")
+_WCS_PREFIXES = (
+    "CTYPE",
+    "CRVAL",
+    "CRPIX",
+    "CD1_",
+    "CD2_",
+    "PC1_",
+    "PC2_",
+    "CDELT",
+    "CUNIT",
+    "A_",
+    "B_",
+    "AP_",
+    "BP_",
+    "RADESYS",
+    "EQUINOX",
+    "LONPOLE",
+    "LATPOLE",
+)
 
 
 def _is_wcs_key(key: str) -> bool:

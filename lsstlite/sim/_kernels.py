@@ -22,8 +22,9 @@ __all__ = ["add_moffat", "bleed_columns", "moffat_grid", "sersic_grid"]
 
 
 @numba.njit(cache=True, fastmath=False)
-def _moffat_value(dx: float, dy: float, i00: float, i01: float, i11: float,
-                  inv_a2: float, beta: float) -> float:
+def _moffat_value(
+    dx: float, dy: float, i00: float, i01: float, i11: float, inv_a2: float, beta: float
+) -> float:
     r2 = i00 * dx * dx + 2.0 * i01 * dx * dy + i11 * dy * dy
     return math.exp(-beta * math.log1p(r2 * inv_a2))
 
@@ -57,8 +58,8 @@ def add_moffat(
     alpha = fwhm / (2.0 * math.sqrt(2.0 ** (1.0 / beta) - 1.0))
     inv_a2 = 1.0 / (alpha * alpha)
     norm = flux * (beta - 1.0) / (math.pi * alpha * alpha)
-    ix = int(math.floor(x + 0.5))
-    iy = int(math.floor(y + 0.5))
+    ix = math.floor(x + 0.5)
+    iy = math.floor(y + 0.5)
     r_in2 = (2.0 * fwhm) ** 2
     r_mid2 = (4.0 * fwhm) ** 2
     for py in range(max(iy - radius, 0), min(iy + radius + 1, ny)):
@@ -82,8 +83,9 @@ def add_moffat(
 
 
 @numba.njit(cache=True)
-def moffat_grid(size: int, step: float, fwhm: float, beta: float, e1: float, e2: float
-                ) -> NDArray[np.float64]:
+def moffat_grid(
+    size: int, step: float, fwhm: float, beta: float, e1: float, e2: float
+) -> NDArray[np.float64]:
     """Moffat sampled at the centres of a ``size × size`` grid of cells of side ``step`` px.
 
     The grid is centred on the middle cell (``size`` odd); values are the profile times
@@ -101,27 +103,40 @@ def moffat_grid(size: int, step: float, fwhm: float, beta: float, e1: float, e2:
     half = size // 2
     for j in range(size):
         for i in range(size):
-            out[j, i] = norm * _moffat_value((i - half) * step, (j - half) * step,
-                                             i00, i01, i11, inv_a2, beta)
+            out[j, i] = norm * _moffat_value(
+                (i - half) * step, (j - half) * step, i00, i01, i11, inv_a2, beta
+            )
     return out
 
 
 @numba.njit(cache=True)
-def sersic_grid(size: int, step: float, cx: float, cy: float, n: float, b_n: float,
-                r_e: float, m00: float, m01: float, m11: float, r_trunc: float
-                ) -> NDArray[np.float64]:
+def sersic_grid(
+    size: int,
+    step: float,
+    cx: float,
+    cy: float,
+    n: float,
+    b_n: float,
+    r_e: float,
+    m00: float,
+    m01: float,
+    m11: float,
+    r_trunc: float,
+) -> NDArray[np.float64]:
     """Unnormalised Sérsic profile on a ``size × size`` grid of cells of side ``step`` px.
 
     ``(cx, cy)`` is the centre in grid-cell units (cell centres at integers); ``m`` is the
     inverse of the unit-determinant shape matrix (so ``r² = dᵀ m d`` is the circularised
     radius²); the profile is ``exp(-b_n (r / r_e)^(1/n))``, zero beyond ``r_trunc``. Cells
-    within 2 r_e are the mean of 3 × 3 sub-samples (for the steep n = 4 core), the others
-    are sampled at their centre.
+    within r_e are the mean of 3 × 3 sub-samples, those within r_e / 4 (and the cells
+    next to the centre) of 9 × 9 (for the steep n = 4 cusp); the others are sampled at
+    their centre.
     """
     out = np.zeros((size, size))
     inv_n = 1.0 / n
     rt2 = r_trunc * r_trunc
-    inner2 = 4.0 * r_e * r_e
+    inner2 = r_e * r_e
+    core2 = 0.0625 * r_e * r_e + 2.0 * step * step
     for j in range(size):
         for i in range(size):
             dy = (j - cy) * step
@@ -131,14 +146,15 @@ def sersic_grid(size: int, step: float, cx: float, cy: float, n: float, b_n: flo
                 if r2 < rt2:
                     out[j, i] = math.exp(-b_n * (math.sqrt(r2) / r_e) ** inv_n)
                 continue
+            k = 9 if r2 < core2 else 3  # the n = 4 cusp needs fine sampling
             acc = 0.0
-            for ky in range(3):
-                sy = (j - cy + (ky - 1) / 3.0) * step
-                for kx in range(3):
-                    sx = (i - cx + (kx - 1) / 3.0) * step
+            for ky in range(k):
+                sy = (j - cy + (ky + 0.5) / k - 0.5) * step
+                for kx in range(k):
+                    sx = (i - cx + (kx + 0.5) / k - 0.5) * step
                     s2 = m00 * sx * sx + 2.0 * m01 * sx * sy + m11 * sy * sy
                     acc += math.exp(-b_n * (math.sqrt(s2) / r_e) ** inv_n)
-            out[j, i] = acc / 9.0
+            out[j, i] = acc / (k * k)
     return out
 
 

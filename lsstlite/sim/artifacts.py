@@ -23,8 +23,9 @@ __all__ = ["add_trail", "cosmic_rays", "deposit_cosmic_rays", "trail_for_detecto
 CR_STREAM = 2
 
 
-def cosmic_rays(config: SurveyConfig, seed: int, exposure: int, detector: int,
-                darktime: float, camera: SimCam) -> pd.DataFrame:
+def cosmic_rays(
+    config: SurveyConfig, seed: int, exposure: int, detector: int, darktime: float, camera: SimCam
+) -> pd.DataFrame:
     """Cosmic-ray hits of one exposure of one detector, one row per pixel hit.
 
     The number of events is Poisson with mean ``rate × area × (darktime + readout)``.
@@ -61,7 +62,8 @@ def cosmic_rays(config: SurveyConfig, seed: int, exposure: int, detector: int,
         for (py, px), c in zip(pix, counts, strict=True):
             rows.append((k, int(px), int(py), float(total * c / n_step)))
     return pd.DataFrame(rows, columns=["cr_id", "x", "y", "electrons"]).astype(
-        {"cr_id": np.int32, "x": np.int32, "y": np.int32, "electrons": np.float64})
+        {"cr_id": np.int32, "x": np.int32, "y": np.int32, "electrons": np.float64}
+    )
 
 
 def deposit_cosmic_rays(image: NDArray[np.float64], crs: pd.DataFrame) -> None:
@@ -69,8 +71,7 @@ def deposit_cosmic_rays(image: NDArray[np.float64], crs: pd.DataFrame) -> None:
     np.add.at(image, (crs["y"].to_numpy(), crs["x"].to_numpy()), crs["electrons"].to_numpy())
 
 
-def trail_for_detector(visit: Visit, camera: SimCam, detector: int
-                       ) -> dict[str, float] | None:
+def trail_for_detector(visit: Visit, camera: SimCam, detector: int) -> dict[str, float] | None:
     """A visit's satellite trail as seen by one detector, or None if it misses it.
 
     The trail is a straight line across the focal plane (the optical distortion's slight
@@ -99,8 +100,14 @@ def trail_for_detector(visit: Visit, camera: SimCam, detector: int
         lo, hi = max(lo, s0), min(hi, s1)
     if lo >= hi:
         return None
-    return {"x0": px + lo * ux, "y0": py + lo * uy, "x1": px + hi * ux, "y1": py + hi * uy,
-            "fwhm_px": fwhm, "peak_e": peak}
+    return {
+        "x0": px + lo * ux,
+        "y0": py + lo * uy,
+        "x1": px + hi * ux,
+        "y1": py + hi * uy,
+        "fwhm_px": fwhm,
+        "peak_e": peak,
+    }
 
 
 def add_trail(image: NDArray[np.float64], trail: dict[str, float]) -> None:
@@ -129,5 +136,6 @@ def add_trail(image: NDArray[np.float64], trail: dict[str, float]) -> None:
             x = np.arange(bx, min(bx + block, nx), dtype=np.float64)[None, :]
             dist = (x - trail["x0"]) * nxu + (y - trail["y0"]) * nyu
             frac = 0.5 * (erf((dist + half) / s2) - erf((dist - half) / s2))
-            image[by:by + y.shape[0], bx:bx + x.shape[1]] += (
-                trail["peak_e"] * math.sqrt(2.0 * math.pi) * sigma * frac / (2.0 * half))
+            image[by : by + y.shape[0], bx : bx + x.shape[1]] += (
+                trail["peak_e"] * math.sqrt(2.0 * math.pi) * sigma * frac / (2.0 * half)
+            )

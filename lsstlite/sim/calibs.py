@@ -54,8 +54,11 @@ def bias_structure_adu(geometry: str, detector: int) -> NDArray[np.float32]:
             xr = xr[:, ::-1]
         columns = rng.normal(0.0, 1.2, size=(1, x1 - x0))
         ramp = 3.0 * np.exp(-y / 30.0)
-        wave = 0.8 * np.sin(2 * math.pi * y / g.det_ny + rng.uniform(0, 2 * math.pi)) * np.cos(
-            math.pi * xr / (x1 - x0))
+        wave = (
+            0.8
+            * np.sin(2 * math.pi * y / g.det_ny + rng.uniform(0, 2 * math.pi))
+            * np.cos(math.pi * xr / (x1 - x0))
+        )
         out[:, x0:x1] = columns + ramp + wave
     return out
 
@@ -86,8 +89,9 @@ def _pixel_response(geometry: str, detector: int) -> NDArray[np.float32]:
     return (prnu / prnu.mean()).astype(np.float32)
 
 
-def _vignetting(cam: SimCam, detector: int, band: str, x: NDArray[np.float64],
-                y: NDArray[np.float64]) -> NDArray[np.float64]:
+def _vignetting(
+    cam: SimCam, detector: int, band: str, x: NDArray[np.float64], y: NDArray[np.float64]
+) -> NDArray[np.float64]:
     fx, fy = cam.layout(detector).to_focal_plane(x, y)
     rho2 = (fx * fx + fy * fy) / cam.geometry.field_radius**2
     return 1.0 - VIGNETTING[band] * rho2
@@ -95,7 +99,7 @@ def _vignetting(cam: SimCam, detector: int, band: str, x: NDArray[np.float64],
 
 def _vignetting_mean(cam: SimCam, band: str) -> float:
     g = cam.geometry
-    yy, xx = np.mgrid[0:g.det_ny:64j, 0:g.det_nx:64j]
+    yy, xx = np.mgrid[0 : g.det_ny : 64j, 0 : g.det_nx : 64j]
     return float(np.mean([_vignetting(cam, d, band, xx, yy).mean() for d in cam.detectors]))
 
 
@@ -112,11 +116,15 @@ def flat_field(geometry: str, detector: int, band: str) -> NDArray[np.float32]:
     cx, cy = rng.uniform(-0.6, -0.3) * g.det_nx, rng.uniform(-0.3, 0.0) * g.det_ny
     r = np.sqrt((x - cx) ** 2 + (y - cy) ** 2)
     period = 40.0 * (1.0 + 0.2 * np.sin(r / 300.0))
-    rings = 1.0 + TREE_RING_AMPLITUDE * np.sin(2 * math.pi * r / period + rng.uniform(0, 2 * math.pi))
+    rings = 1.0 + TREE_RING_AMPLITUDE * np.sin(
+        2 * math.pi * r / period + rng.uniform(0, 2 * math.pi)
+    )
     flat = flat * rings * _pixel_response(geometry, detector)
     for d in cam.defects(detector):
         if d["kind"] == "bad_column":
-            flat[d["y0"]:d["y0"] + d["height"], d["x0"]:d["x0"] + d["width"]] *= DEAD_COLUMN_RESPONSE
+            flat[d["y0"] : d["y0"] + d["height"], d["x0"] : d["x0"] + d["width"]] *= (
+                DEAD_COLUMN_RESPONSE
+            )
     return flat.astype(np.float32)
 
 

@@ -60,7 +60,9 @@ class SurveyConfig:
     zero_point_1s: dict[str, float] = field(
         default_factory=lambda: _sky(g=28.51, r=28.36, i=28.17, z=27.78)
     )
-    extinction: dict[str, float] = field(default_factory=lambda: _sky(g=0.18, r=0.12, i=0.09, z=0.06))
+    extinction: dict[str, float] = field(
+        default_factory=lambda: _sky(g=0.18, r=0.12, i=0.09, z=0.06)
+    )
     #: Dark-sky brightness at zenith (mag / arcsec²).
     sky_mag: dict[str, float] = field(default_factory=lambda: _sky(g=22.3, r=21.2, i=20.5, z=19.6))
     moon_brightening_mag: tuple[float, float] = (0.0, 0.4)
@@ -113,7 +115,7 @@ PRESETS: dict[str, SurveyConfig] = {
         bands=("r", "i"),
         n_visits_per_band=5,
         dither_arcsec=120.0,
-        galaxy_mag_range=(17.0, 24.5),
+        galaxy_mag_range=(17.0, 24.0),  # keeps generation under ~90 s on 2 cores
     ),
     "full": SurveyConfig(
         name="full",

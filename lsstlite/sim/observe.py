@@ -124,29 +124,41 @@ def make_visits(config: SurveyConfig, seed: int) -> list[Visit]:
             phi = rng.uniform(0.0, 2.0 * math.pi)
             ddec = r_dither * math.sin(phi) / 3600.0
             dra = r_dither * math.cos(phi) / 3600.0 / math.cos(math.radians(config.dec_deg))
-            zp = (config.zero_point_1s[band] + 2.5 * math.log10(config.exptime)
-                  - config.extinction[band] * airmass
-                  + float(rng.normal(0.0, config.zero_point_jitter_mag)))
+            zp = (
+                config.zero_point_1s[band]
+                + 2.5 * math.log10(config.exptime)
+                - config.extinction[band] * airmass
+                + float(rng.normal(0.0, config.zero_point_jitter_mag))
+            )
             # Sky emission is not extinguished; it brightens with airmass and moonlight.
-            mu = (config.sky_mag[band] - float(rng.uniform(*config.moon_brightening_mag))
-                  - 0.5 * (airmass - 1.0))
+            mu = (
+                config.sky_mag[band]
+                - float(rng.uniform(*config.moon_brightening_mag))
+                - 0.5 * (airmass - 1.0)
+            )
             mu_pix = mu - 5.0 * math.log10(PIXEL_SCALE_ARCSEC)
             zp_sky = config.zero_point_1s[band] + 2.5 * math.log10(config.exptime)
             sky_e = 10.0 ** (-0.4 * (mu_pix - zp_sky))
             grad_angle = rng.uniform(0.0, 2.0 * math.pi)
             grad = config.sky_gradient * float(rng.uniform(0.3, 1.0))
-            fringe = (float(rng.uniform(*config.fringe_fraction)) * sky_e
-                      if band == config.fringe_band else 0.0)
+            fringe = (
+                float(rng.uniform(*config.fringe_fraction)) * sky_e
+                if band == config.fringe_band
+                else 0.0
+            )
             err_r = float(rng.uniform(*config.pointing_error_arcsec))
             err_phi = rng.uniform(0.0, 2.0 * math.pi)
             seeing = float(rng.uniform(*config.seeing_fwhm_arcsec))
             trail = None
             if rng.uniform() < config.trail_probability:
                 # Tuple order: X0, Y0 (px), angle (deg), peak (e⁻/px), FWHM (px).
-                trail = (float(rng.uniform(-500.0, 500.0)), float(rng.uniform(-500.0, 500.0)),
-                         float(rng.uniform(0.0, 180.0)),
-                         float(rng.uniform(*config.trail_surface_brightness_sky)) * sky_e,
-                         seeing / PIXEL_SCALE_ARCSEC)
+                trail = (
+                    float(rng.uniform(-500.0, 500.0)),
+                    float(rng.uniform(-500.0, 500.0)),
+                    float(rng.uniform(0.0, 180.0)),
+                    float(rng.uniform(*config.trail_surface_brightness_sky)) * sky_e,
+                    seeing / PIXEL_SCALE_ARCSEC,
+                )
             visits.append(
                 Visit(
                     exposure=exposure,
@@ -182,10 +194,15 @@ def calib_exposures(config: SurveyConfig) -> list[CalibExposure]:
     mjd = config.first_mjd + 0.8
     exposure = 1
     red = config.fringe_band
-    plan = ([("bias", red, 0.0, 0.0)] * config.n_bias
-            + [("dark", red, config.dark_exptime, 0.0)] * config.n_dark
-            + [("flat", b, config.flat_exptime, config.flat_level_e)
-               for b in config.bands for _ in range(config.n_flat)])
+    plan = (
+        [("bias", red, 0.0, 0.0)] * config.n_bias
+        + [("dark", red, config.dark_exptime, 0.0)] * config.n_dark
+        + [
+            ("flat", b, config.flat_exptime, config.flat_level_e)
+            for b in config.bands
+            for _ in range(config.n_flat)
+        ]
+    )
     for obs_type, band, exptime, level in plan:
         out.append(CalibExposure(exposure, obs_type, band, round(mjd, 8), exptime, level))
         mjd += (exptime + 30.0) / 86400.0
@@ -198,8 +215,9 @@ def _rot(deg: float) -> NDArray[np.float64]:
     return np.array([[math.cos(t), -math.sin(t)], [math.sin(t), math.cos(t)]])
 
 
-def _sip_coefficients(camera: SimCam, detector: int, order: int = 3
-                      ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+def _sip_coefficients(
+    camera: SimCam, detector: int, order: int = 3
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
     """SIP A, B matrices of a detector: the distortion in its pixel frame about the axis.
 
     The distortion is a polynomial of orders 2 and 3 in focal-plane coordinates, and
@@ -210,7 +228,7 @@ def _sip_coefficients(camera: SimCam, detector: int, order: int = 3
     rot = layout.rotation_matrix
     g = camera.geometry
     u0, v0 = layout.optical_axis_pixel
-    yy, xx = np.mgrid[0:g.det_ny:9j, 0:g.det_nx:9j]
+    yy, xx = np.mgrid[0 : g.det_ny : 9j, 0 : g.det_nx : 9j]
     u, v = xx.ravel() - u0, yy.ravel() - v0
     fx = rot[0, 0] * u + rot[0, 1] * v
     fy = rot[1, 0] * u + rot[1, 1] * v
@@ -261,14 +279,16 @@ def header_wcs(visit: Visit, camera: SimCam, detector: int) -> WCS:
     return _build_wcs(ra, dec, visit.rot_deg + visit.rotation_error_deg, camera, detector)
 
 
-def _field_psf(visit: Visit, camera: SimCam, fx: NDArray[np.float64], fy: NDArray[np.float64]
-               ) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
+def _field_psf(
+    visit: Visit, camera: SimCam, fx: NDArray[np.float64], fy: NDArray[np.float64]
+) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
     """FWHM (px), e1, e2 of the PSF at focal-plane positions (focal-plane axes)."""
     r_fp = camera.geometry.field_radius
     x, y = fx / r_fp, fy / r_fp
     fwhm0 = visit.seeing_fwhm_arcsec / PIXEL_SCALE_ARCSEC
-    fwhm = fwhm0 * (1.0 + visit.fwhm_radial * (x * x + y * y)
-                    + visit.fwhm_tilt[0] * x + visit.fwhm_tilt[1] * y)
+    fwhm = fwhm0 * (
+        1.0 + visit.fwhm_radial * (x * x + y * y) + visit.fwhm_tilt[0] * x + visit.fwhm_tilt[1] * y
+    )
     e1 = visit.e0[0] + visit.e_astig[0] * (x * x - y * y)
     e2 = visit.e0[1] + visit.e_astig[1] * 2.0 * x * y
     return fwhm, e1, e2
@@ -285,10 +305,13 @@ def true_psf_for(visit: Visit, camera: SimCam, detector: int) -> VaryingMoffatPs
     g = camera.geometry
     x0, y0 = (g.det_nx - 1) / 2.0, (g.det_ny - 1) / 2.0
     scale = 1000.0
-    yy, xx = np.mgrid[0:g.det_ny:7j, 0:g.det_nx:7j]
+    yy, xx = np.mgrid[0 : g.det_ny : 7j, 0 : g.det_nx : 7j]
     fx, fy = layout.to_focal_plane(xx.ravel(), yy.ravel())
     fwhm, e1, e2 = _field_psf(visit, camera, fx, fy)
-    c, s = math.cos(2 * math.radians(layout.rotation_deg)), math.sin(2 * math.radians(layout.rotation_deg))
+    c, s = (
+        math.cos(2 * math.radians(layout.rotation_deg)),
+        math.sin(2 * math.radians(layout.rotation_deg)),
+    )
     e1d, e2d = c * e1 + s * e2, -s * e1 + c * e2
     u, v = (xx.ravel() - x0) / scale, (yy.ravel() - y0) / scale
     design = np.stack([np.ones_like(u), u, v, u * u, u * v, v * v], axis=1)
@@ -297,12 +320,20 @@ def true_psf_for(visit: Visit, camera: SimCam, detector: int) -> VaryingMoffatPs
         coeffs, *_ = np.linalg.lstsq(design, values, rcond=None)
         return [float(c) for c in coeffs]
 
-    return VaryingMoffatPsf(fwhm_coeffs=fit(fwhm), e1_coeffs=fit(e1d), e2_coeffs=fit(e2d),
-                            beta=visit.beta, x0=x0, y0=y0, scale=scale)
+    return VaryingMoffatPsf(
+        fwhm_coeffs=fit(fwhm),
+        e1_coeffs=fit(e1d),
+        e2_coeffs=fit(e2d),
+        beta=visit.beta,
+        x0=x0,
+        y0=y0,
+        scale=scale,
+    )
 
 
-def sky_level(visit: Visit, camera: SimCam, detector: int, x: NDArray[np.float64],
-              y: NDArray[np.float64]) -> NDArray[np.float64]:
+def sky_level(
+    visit: Visit, camera: SimCam, detector: int, x: NDArray[np.float64], y: NDArray[np.float64]
+) -> NDArray[np.float64]:
     """Sky (e⁻/px, before the flat) at detector pixels: a plane across the focal plane."""
     fx, fy = camera.layout(detector).to_focal_plane(x, y)
     r_fp = camera.geometry.field_radius

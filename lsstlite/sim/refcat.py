@@ -41,13 +41,15 @@ def make_refcat(catalog: pd.DataFrame, config: SurveyConfig, seed: int) -> pd.Da
     pos_err = 0.02 + 0.5 * 10.0 ** (0.4 * (mag - 20.0))  # mas
     dec = stars["dec"].to_numpy()
     cos_dec = np.cos(np.radians(dec))
-    out = pd.DataFrame({
-        "id": stars["id"].to_numpy(),
-        "ra": stars["ra"].to_numpy() + rng.normal(0.0, 1.0, n) * pos_err / 3.6e6 / cos_dec,
-        "dec": dec + rng.normal(0.0, 1.0, n) * pos_err / 3.6e6,
-        "ra_err": pos_err,
-        "dec_err": pos_err,
-    })
+    out = pd.DataFrame(
+        {
+            "id": stars["id"].to_numpy(),
+            "ra": stars["ra"].to_numpy() + rng.normal(0.0, 1.0, n) * pos_err / 3.6e6 / cos_dec,
+            "dec": dec + rng.normal(0.0, 1.0, n) * pos_err / 3.6e6,
+            "ra_err": pos_err,
+            "dec_err": pos_err,
+        }
+    )
     for band in config.bands:
         flux = stars[f"flux_{band}"].to_numpy()
         rel = 0.002 + 0.01 * 10.0 ** (0.4 * (njy_to_mag(flux) - 20.0))

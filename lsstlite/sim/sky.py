@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -19,7 +20,7 @@ from numpy.typing import NDArray
 from lsstlite.instruments.simcam import GEOMETRIES, PIXEL_SCALE_ARCSEC
 from lsstlite.sim.config import SurveyConfig
 
-__all__ = ["make_catalog", "mag_to_njy", "njy_to_mag", "sky_half_width_deg"]
+__all__ = ["mag_to_njy", "make_catalog", "njy_to_mag", "sky_half_width_deg"]
 
 #: Nominal seeing used to place blended pairs (pairs are 1.5–4 × this FWHM apart).
 NOMINAL_FWHM_ARCSEC = 0.8
@@ -41,16 +42,18 @@ def sky_half_width_deg(config: SurveyConfig) -> float:
     return (g.field_radius * PIXEL_SCALE_ARCSEC + config.dither_arcsec + 20.0) / 3600.0
 
 
-def _power_law_mags(rng: np.random.Generator, n: int, lo: float, hi: float,
-                    slope: float) -> NDArray[np.float64]:
+def _power_law_mags(
+    rng: np.random.Generator, n: int, lo: float, hi: float, slope: float
+) -> NDArray[np.float64]:
     """Magnitudes in [lo, hi) with dN/dm ∝ 10^(slope m) (inverse CDF)."""
     u = rng.uniform(size=n)
     a, b = 10.0 ** (slope * lo), 10.0 ** (slope * hi)
     return np.log10(a + u * (b - a)) / slope
 
 
-def _deproject(ra0: float, dec0: float, xi: NDArray[np.float64], eta: NDArray[np.float64]
-               ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+def _deproject(
+    ra0: float, dec0: float, xi: NDArray[np.float64], eta: NDArray[np.float64]
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
     """Gnomonic de-projection: tangent-plane (xi east, eta north; deg) → (ra, dec) deg."""
     a0, d0 = math.radians(ra0), math.radians(dec0)
     x, y = np.radians(xi), np.radians(eta)
@@ -86,8 +89,9 @@ class _Block:
     blend_group: NDArray[np.int64]
 
 
-def _galaxy_shapes(rng: np.random.Generator, mag_r: NDArray[np.float64],
-                   config: SurveyConfig) -> dict[str, NDArray[np.float64]]:
+def _galaxy_shapes(
+    rng: np.random.Generator, mag_r: NDArray[np.float64], config: SurveyConfig
+) -> dict[str, NDArray[np.float64]]:
     n = mag_r.size
     is_dev = rng.uniform(size=n) < config.galaxy_fraction_dev
     lo, hi = config.galaxy_hlr_arcsec
@@ -140,7 +144,10 @@ def make_catalog(config: SurveyConfig, seed: int) -> pd.DataFrame:
 
     # Injected close pairs: primary + companion 1.5-4 FWHM away, sharing a blend_group.
     group = 1
-    for kind, density in (("ss", config.n_star_pairs_deg2), ("sg", config.n_star_galaxy_pairs_deg2)):
+    for kind, density in (
+        ("ss", config.n_star_pairs_deg2),
+        ("sg", config.n_star_galaxy_pairs_deg2),
+    ):
         n_pair = int(rng.poisson(density * area))
         xi, eta = uniform_positions(n_pair)
         sep = rng.uniform(*config.pair_separation_fwhm, size=n_pair) * NOMINAL_FWHM_ARCSEC / 3600
@@ -154,7 +161,7 @@ def make_catalog(config: SurveyConfig, seed: int) -> pd.DataFrame:
         blocks.append(_Block(xi, eta, m1, kind == "ss", groups))
         blocks.append(_Block(xi2, eta2, m2, True, groups))
 
-    columns: dict[str, list[NDArray[np.float64]]] = {}
+    columns: dict[str, list[NDArray[Any]]] = {}
     all_bands = ("g", "r", "i", "z")
     for block in blocks:
         n = block.xi.size
@@ -169,7 +176,7 @@ def make_catalog(config: SurveyConfig, seed: int) -> pd.DataFrame:
         if not block.is_star and np.any(block.blend_group > 0):
             # Galaxies in star-galaxy pairs are compact (0.2-0.8″) so the pair stays a blend.
             shapes["hlr_arcsec"] = np.minimum(shapes["hlr_arcsec"], 0.8)
-        values: dict[str, NDArray[np.float64]] = {
+        values: dict[str, NDArray[Any]] = {
             "ra": ra,
             "dec": dec,
             "is_star": np.full(n, block.is_star),
@@ -180,7 +187,18 @@ def make_catalog(config: SurveyConfig, seed: int) -> pd.DataFrame:
         for key, val in values.items():
             columns.setdefault(key, []).append(val)
     table = pd.DataFrame({k: np.concatenate(v) for k, v in columns.items()})
-    table = table[["ra", "dec", "is_star", *(f"flux_{b}" for b in config.bands),
-                   "sersic_n", "hlr_arcsec", "q", "pa_deg", "blend_group"]]
+    table = table[
+        [
+            "ra",
+            "dec",
+            "is_star",
+            *(f"flux_{b}" for b in config.bands),
+            "sersic_n",
+            "hlr_arcsec",
+            "q",
+            "pa_deg",
+            "blend_group",
+        ]
+    ]
     table.insert(0, "id", np.arange(1, len(table) + 1, dtype=np.int64))
     return table.reset_index(drop=True)

@@ -135,7 +135,9 @@ def _build_state(config: SurveyConfig, seed: int) -> _State:
 
 def _config_from_dict(data: dict[str, Any]) -> SurveyConfig:
     fields = {f.name: f for f in dataclasses.fields(SurveyConfig)}
-    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in fields}
+    kwargs: dict[str, Any] = {
+        k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in fields
+    }
     return SurveyConfig(**kwargs)
 
 
@@ -154,8 +156,12 @@ def _science_electrons(state: _State, visit: Visit, detector: int) -> np.ndarray
     if trail is not None:
         add_trail(image, trail)
     image *= flat_field(geom, detector, visit.band)
-    apply_brighter_fatter(image, objects[objects["is_star"]], true_psf_for(visit, camera, detector),
-                          camera.bf_kernel())
+    apply_brighter_fatter(
+        image,
+        objects[objects["is_star"]],
+        true_psf_for(visit, camera, detector),
+        camera.bf_kernel(),
+    )
     image += dark_current_map(geom, detector) * visit.darktime
     return image
 
@@ -169,8 +175,8 @@ def _calib_electrons(state: _State, calib: CalibExposure, detector: int) -> np.n
 
 
 def _write_one(task: tuple[int, int, str]) -> tuple[int, float]:
-    """Render, read out and write one raw; returns (bytes, seconds)."""
-    t0 = time.perf_counter()
+    """Render, read out and write one raw; returns (bytes, CPU seconds of this process)."""
+    t0 = time.process_time()
     exposure, detector, outdir = task
     state = _STATE
     assert state is not None, "worker state not initialised"
@@ -184,44 +190,67 @@ def _write_one(task: tuple[int, int, str]) -> tuple[int, float]:
         calib = state.calibs[exposure]
         expected = _calib_electrons(state, calib, detector)
         obs_type, darktime = calib.obs_type, calib.darktime
-    rng = np.random.default_rng(np.random.SeedSequence([state.seed, exposure, detector, NOISE_STREAM]))
+    rng = np.random.default_rng(
+        np.random.SeedSequence([state.seed, exposure, detector, NOISE_STREAM])
+    )
     electrons = rng.poisson(expected).astype(np.float64)
-    deposit_cosmic_rays(electrons, cosmic_rays(config, state.seed, exposure, detector,
-                                               darktime, camera))
+    deposit_cosmic_rays(
+        electrons, cosmic_rays(config, state.seed, exposure, detector, darktime, camera)
+    )
     full_well = np.empty(camera.geometry.det_nx)
     for amp in camera.amplifier_parameters(detector):
-        full_well[amp.detector_section[2]:amp.detector_section[3]] = amp.full_well
+        full_well[amp.detector_section[2] : amp.detector_section[3]] = amp.full_well
     _kernels.bleed_columns(electrons, full_well)
-    amps = electrons_to_adu(electrons, camera, detector,
-                            bias_levels(state.seed, exposure, detector, camera), rng)
+    amps = electrons_to_adu(
+        electrons, camera, detector, bias_levels(state.seed, exposure, detector, camera), rng
+    )
     if obs_type == "science":
         header = primary_header(
-            camera, detector, exposure=exposure, obs_type="science",
-            physical_filter=visit.physical_filter, exptime=visit.exptime,
-            darktime=visit.darktime, mjd=visit.mjd,
-            ra=visit.boresight_ra + visit.pointing_error_arcsec[0] / 3600.0
-            / np.cos(np.radians(visit.boresight_dec)),
+            camera,
+            detector,
+            exposure=exposure,
+            obs_type="science",
+            physical_filter=visit.physical_filter,
+            exptime=visit.exptime,
+            darktime=visit.darktime,
+            mjd=visit.mjd,
+            ra=visit.boresight_ra
+            + visit.pointing_error_arcsec[0] / 3600.0 / np.cos(np.radians(visit.boresight_dec)),
             dec=visit.boresight_dec + visit.pointing_error_arcsec[1] / 3600.0,
-            rot_deg=visit.rot_deg + visit.rotation_error_deg, airmass=visit.airmass,
-            object_name="SIMFIELD", wcs=header_wcs(visit, camera, detector))
+            rot_deg=visit.rot_deg + visit.rotation_error_deg,
+            airmass=visit.airmass,
+            object_name="SIMFIELD",
+            wcs=header_wcs(visit, camera, detector),
+        )
     else:
         header = primary_header(
-            camera, detector, exposure=exposure, obs_type=obs_type,
-            physical_filter=calib.physical_filter, exptime=calib.exptime,
-            darktime=calib.darktime, mjd=calib.mjd, ra=config.ra_deg, dec=config.dec_deg,
-            rot_deg=0.0, airmass=1.0, object_name={"flat": "domeflat"}.get(obs_type, obs_type),
-            wcs=None)
-    n_bytes = write_raw(raw_path(outdir, obs_type, exposure, detector), header, amps, camera,
-                        detector)
-    return n_bytes, time.perf_counter() - t0
+            camera,
+            detector,
+            exposure=exposure,
+            obs_type=obs_type,
+            physical_filter=calib.physical_filter,
+            exptime=calib.exptime,
+            darktime=calib.darktime,
+            mjd=calib.mjd,
+            ra=config.ra_deg,
+            dec=config.dec_deg,
+            rot_deg=0.0,
+            airmass=1.0,
+            object_name={"flat": "domeflat"}.get(obs_type, obs_type),
+            wcs=None,
+        )
+    n_bytes = write_raw(
+        raw_path(outdir, obs_type, exposure, detector), header, amps, camera, detector
+    )
+    return n_bytes, time.process_time() - t0
 
 
 def _write_calib_truth(task: tuple[int, int, str]) -> tuple[int, float]:
-    t0 = time.perf_counter()
+    t0 = time.process_time()
     _, detector, outdir = task
     assert _STATE is not None
     write_calib_truth(Path(outdir), _STATE.config, detector)
-    return 0, time.perf_counter() - t0
+    return 0, time.process_time() - t0
 
 
 def _dispatch(task: tuple[int, int, str]) -> tuple[int, float]:
@@ -238,8 +267,14 @@ def _read_json(path: Path) -> dict[str, Any] | None:
         return None
 
 
-def simulate_survey(outdir: str | Path, *, preset: str = "small", seed: int = 1,
-                    overwrite: bool = False, n_workers: int | None = None) -> SurveySummary:
+def simulate_survey(
+    outdir: str | Path,
+    *,
+    preset: str = "small",
+    seed: int = 1,
+    overwrite: bool = False,
+    n_workers: int | None = None,
+) -> SurveySummary:
     """Simulate a survey: raw FITS (science and calibration), reference catalog and truth.
 
     Parameters
@@ -282,11 +317,9 @@ def simulate_survey(outdir: str | Path, *, preset: str = "small", seed: int = 1,
         same = marker is not None and {k: marker.get(k) for k in ident} == ident
         if same and not overwrite:
             assert marker is not None
-            summary = dict(marker["summary"])
-            summary["outdir"] = out
-            summary["resumed"] = True
-            summary["elapsed_s"] = time.perf_counter() - t_start
-            return SurveySummary(**summary)
+            saved = dict(marker["summary"])
+            saved.update(outdir=out, resumed=True, elapsed_s=time.perf_counter() - t_start)
+            return SurveySummary(**saved)
         if overwrite:
             for name in _OWNED:
                 p = out / name
@@ -297,8 +330,11 @@ def simulate_survey(outdir: str | Path, *, preset: str = "small", seed: int = 1,
         elif marker is None and started is not None and {k: started.get(k) for k in ident} == ident:
             resumed = True
         else:
-            what = (f"a simulation with preset={marker.get('preset')!r}, seed={marker.get('seed')}"
-                    if marker else "other files")
+            what = (
+                f"a simulation with preset={marker.get('preset')!r}, seed={marker.get('seed')}"
+                if marker
+                else "other files"
+            )
             raise FileExistsError(
                 f"output directory '{out}' is not empty (it holds {what}); choose an empty "
                 f"directory or pass overwrite=True to replace a previous simulation"
@@ -317,14 +353,18 @@ def simulate_survey(outdir: str | Path, *, preset: str = "small", seed: int = 1,
     truth = out / "truth"
     write_parquet(state.catalog, truth / "objects.parquet")
     write_parquet(exposures_table(config, visits, camera), truth / "exposures.parquet")
-    write_parquet(calib_exposures_table(list(state.calibs.values())),
-                  truth / "calib_exposures.parquet")
+    write_parquet(
+        calib_exposures_table(list(state.calibs.values())), truth / "calib_exposures.parquet"
+    )
     write_parquet(trails_table(visits, camera), truth / "trails.parquet")
     write_parquet(defects_table(camera), truth / "defects.parquet")
     crs = []
     for exposure in sorted([*state.visits, *state.calibs]):
-        darktime = (state.visits[exposure].darktime if exposure in state.visits
-                    else state.calibs[exposure].darktime)
+        darktime = (
+            state.visits[exposure].darktime
+            if exposure in state.visits
+            else state.calibs[exposure].darktime
+        )
         for det in camera.detectors:
             cr = cosmic_rays(config, seed, exposure, det, darktime, camera)
             cr.insert(0, "detector", np.int32(det))
@@ -332,9 +372,16 @@ def simulate_survey(outdir: str | Path, *, preset: str = "small", seed: int = 1,
             crs.append(cr)
     write_parquet(pd.concat(crs, ignore_index=True), truth / "cosmic_rays.parquet")
     levels = [
-        {"exposure": exposure, "detector": det, "amp": amp, "mean_level_adu": float(row.mean()),
-         "min_level_adu": float(row.min()), "max_level_adu": float(row.max())}
-        for exposure in sorted([*state.visits, *state.calibs]) for det in camera.detectors
+        {
+            "exposure": exposure,
+            "detector": det,
+            "amp": amp,
+            "mean_level_adu": float(row.mean()),
+            "min_level_adu": float(row.min()),
+            "max_level_adu": float(row.max()),
+        }
+        for exposure in sorted([*state.visits, *state.calibs])
+        for det in camera.detectors
         for amp, row in enumerate(bias_levels(seed, exposure, det, camera))
     ]
     write_parquet(pd.DataFrame(levels), truth / "bias_levels.parquet")
@@ -365,8 +412,9 @@ def simulate_survey(outdir: str | Path, *, preset: str = "small", seed: int = 1,
     else:
         # fork: workers inherit the imported modules and numba's compiled kernels.
         ctx = mp.get_context("fork")
-        with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
-                                 initargs=(state,)) as pool:
+        with ProcessPoolExecutor(
+            workers, mp_context=ctx, initializer=_init_worker, initargs=(state,)
+        ) as pool:
             chunk = max(1, len(tasks) // (4 * workers))
             results = list(pool.map(_dispatch, tasks, chunksize=chunk))
     timings["raws"] = time.perf_counter() - t0
@@ -389,7 +437,11 @@ def simulate_survey(outdir: str | Path, *, preset: str = "small", seed: int = 1,
         timings=timings,
         resumed=resumed,
     )
-    record = {**ident, "config": config.to_dict(), "summary": summary.to_dict()}
+    # Timings and the directory vary from run to run: keep them out of the file so that
+    # every file of two runs with the same seed is byte-identical.
+    saved = {**summary.to_dict(), "elapsed_s": 0.0, "timings": {}, "resumed": False}
+    del saved["outdir"]
+    record = {**ident, "config": config.to_dict(), "summary": saved}
     (out / MARKER).write_text(json.dumps(record, sort_keys=True, indent=1))
     return summary
 
@@ -404,14 +456,20 @@ def _load(outdir: str | Path | SurveySummary) -> _State:
     record = _read_json(out / MARKER) or _read_json(out / STARTED)
     if record is None:
         raise FileNotFoundError(f"'{out}' holds no lsstlite simulation (no {MARKER})")
-    return _state_for(str(out.resolve()), record["preset"], int(record["seed"]),
-                      json.dumps(record["config"], sort_keys=True))
+    return _state_for(
+        str(out.resolve()),
+        record["preset"],
+        int(record["seed"]),
+        json.dumps(record["config"], sort_keys=True),
+    )
 
 
 def _visit(state: _State, exposure: int, detector: int) -> Visit:
     if exposure not in state.visits:
-        raise KeyError(f"exposure {exposure} is not a science visit of this simulation; "
-                       f"visits: {sorted(state.visits)}")
+        raise KeyError(
+            f"exposure {exposure} is not a science visit of this simulation; "
+            f"visits: {sorted(state.visits)}"
+        )
     if detector not in state.camera.detectors:
         raise KeyError(f"detector {detector} does not exist; detectors: {state.camera.detectors}")
     return state.visits[exposure]

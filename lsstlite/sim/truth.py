@@ -49,40 +49,51 @@ def exposures_table(config: SurveyConfig, visits: list[Visit], camera: SimCam) -
             psf = true_psf_for(v, camera, det)
             wcs = true_wcs_for(v, camera, det)
             e1, e2 = psf.ellipticity_at(xc, yc)
-            rows.append({
-                "visit": v.exposure,
-                "detector": det,
-                "band": v.band,
-                "physical_filter": v.physical_filter,
-                "mjd": v.mjd,
-                "exptime": v.exptime,
-                "airmass": v.airmass,
-                "boresight_ra": v.boresight_ra,
-                "boresight_dec": v.boresight_dec,
-                "rot_angle": v.rot_deg,
-                "wcs_header": wcs.to_header(relax=True).tostring(),
-                "psf_fwhm_arcsec": psf.fwhm_at(xc, yc) * PIXEL_SCALE_ARCSEC,
-                "psf_e1": e1,
-                "psf_e2": e2,
-                "psf_beta": v.beta,
-                "psf_model": json.dumps(psf.to_dict(), sort_keys=True),
-                "sky": float(sky_level(v, camera, det, np.array(xc), np.array(yc))),
-                "zero_point": v.zero_point,
-                "fringe_amplitude": v.fringe_e,
-                "has_trail": trail_for_detector(v, camera, det) is not None,
-                "header_pointing_error_arcsec": float(np.hypot(*v.pointing_error_arcsec)),
-                "header_rotation_error_deg": v.rotation_error_deg,
-            })
+            rows.append(
+                {
+                    "visit": v.exposure,
+                    "detector": det,
+                    "band": v.band,
+                    "physical_filter": v.physical_filter,
+                    "mjd": v.mjd,
+                    "exptime": v.exptime,
+                    "airmass": v.airmass,
+                    "boresight_ra": v.boresight_ra,
+                    "boresight_dec": v.boresight_dec,
+                    "rot_angle": v.rot_deg,
+                    "wcs_header": wcs.to_header(relax=True).tostring(),
+                    "psf_fwhm_arcsec": psf.fwhm_at(xc, yc) * PIXEL_SCALE_ARCSEC,
+                    "psf_e1": e1,
+                    "psf_e2": e2,
+                    "psf_beta": v.beta,
+                    "psf_model": json.dumps(psf.to_dict(), sort_keys=True),
+                    "sky": float(sky_level(v, camera, det, np.array(xc), np.array(yc))),
+                    "zero_point": v.zero_point,
+                    "fringe_amplitude": v.fringe_e,
+                    "has_trail": trail_for_detector(v, camera, det) is not None,
+                    "header_pointing_error_arcsec": float(np.hypot(*v.pointing_error_arcsec)),
+                    "header_rotation_error_deg": v.rotation_error_deg,
+                }
+            )
     return pd.DataFrame(rows)
 
 
 def calib_exposures_table(calibs: list[CalibExposure]) -> pd.DataFrame:
     """One row per calibration exposure (all detectors share it)."""
-    return pd.DataFrame([{
-        "exposure": c.exposure, "obs_type": c.obs_type, "band": c.band,
-        "physical_filter": c.physical_filter, "mjd": c.mjd, "exptime": c.exptime,
-        "flat_level_e": c.level_e,
-    } for c in calibs])
+    return pd.DataFrame(
+        [
+            {
+                "exposure": c.exposure,
+                "obs_type": c.obs_type,
+                "band": c.band,
+                "physical_filter": c.physical_filter,
+                "mjd": c.mjd,
+                "exptime": c.exptime,
+                "flat_level_e": c.level_e,
+            }
+            for c in calibs
+        ]
+    )
 
 
 def trails_table(visits: list[Visit], camera: SimCam) -> pd.DataFrame:
@@ -104,8 +115,7 @@ def defects_table(camera: SimCam) -> pd.DataFrame:
         rates = iter(camera.hot_pixel_rates(det))
         for d in camera.defects(det):
             rate = {"bad_column": np.nan, "hot_box": 1.0}.get(d["kind"])
-            rows.append({"detector": det, **d,
-                         "dark_rate": next(rates) if rate is None else rate})
+            rows.append({"detector": det, **d, "dark_rate": next(rates) if rate is None else rate})
     return pd.DataFrame(rows)
 
 

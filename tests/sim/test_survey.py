@@ -18,9 +18,11 @@ from lsstlite.sim.survey import _build_state, _init_worker, _write_one
 
 
 def _hashes(root) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file() and p.name != "simulation.json"
-            and p.suffix != ".json" or p.name == "camera.json"}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_same_seed_same_bytes_serial_vs_parallel(small_dir, tmp_path) -> None:
@@ -63,7 +65,10 @@ def test_counts_and_truth_tables(small_survey) -> None:
     n_calib = cfg.n_bias + cfg.n_dark + cfg.n_flat * len(cfg.bands)
     assert small_survey.n_science_raws == len(cfg.bands) * cfg.n_visits_per_band * 2
     assert small_survey.n_calib_raws == n_calib * 2
-    assert len(list((root / "raw").rglob("*.fits"))) == small_survey.n_science_raws + small_survey.n_calib_raws
+    assert (
+        len(list((root / "raw").rglob("*.fits")))
+        == small_survey.n_science_raws + small_survey.n_calib_raws
+    )
     objects = pd.read_parquet(root / "truth" / "objects.parquet")
     exposures = pd.read_parquet(root / "truth" / "exposures.parquet")
     assert set(exposures.band) == {"r", "i"}
@@ -82,10 +87,18 @@ def test_counts_and_truth_tables(small_survey) -> None:
         snr = flux_e / np.sqrt(flux_e + nea * (row.sky + 36.0))
         assert (snr > 20).sum() >= 100
         assert (flux_e * 0.04 > 1e5).sum() >= 1  # and a saturated one
-    # galaxy counts rise faster than star counts and dominate faint
+    # counts: stars rise ~0.15 dex/mag, galaxies ~0.35 dex/mag
     mag = 31.4 - 2.5 * np.log10(objects.flux_r)
-    faint = mag.between(22, 24)
-    assert (faint & ~objects.is_star).sum() > (faint & objects.is_star).sum()
+    for is_star, slope in ((True, 0.15), (False, 0.35)):
+        n1 = ((mag > 21) & (mag < 22) & (objects.is_star == is_star)).sum()
+        n2 = ((mag > 23) & (mag < 24) & (objects.is_star == is_star)).sum()
+        assert np.log10(n2 / n1) / 2 == pytest.approx(slope, abs=0.06)
+    # in the default (high-latitude-like) density, galaxies dominate beyond r ≈ 21
+    ci = make_catalog(PRESETS["ci"], 1)
+    mag = 31.4 - 2.5 * np.log10(ci.flux_r)
+    for lo in (21.5, 22.5, 23.5):
+        sel = (mag > lo) & (mag < lo + 1)
+        assert (sel & ~ci.is_star).sum() > (sel & ci.is_star).sum()
     pairs = objects[objects.blend_group > 0].groupby("blend_group").size()
     assert (pairs == 2).all() and len(pairs) > 10
     crs = pd.read_parquet(root / "truth" / "cosmic_rays.parquet")
@@ -93,9 +106,35 @@ def test_counts_and_truth_tables(small_survey) -> None:
     assert science.groupby(["exposure", "detector"]).cr_id.nunique().min() >= 1
     assert crs.electrons.max() > 1000
     refcat = pd.read_parquet(root / "refcat" / "refcat.parquet")
-    assert {"id", "ra", "dec", "ra_err", "dec_err", "r_flux", "r_flux_err", "i_flux",
-            "i_flux_err"} <= set(refcat.columns)
+    assert {
+        "id",
+        "ra",
+        "dec",
+        "ra_err",
+        "dec_err",
+        "r_flux",
+        "r_flux_err",
+        "i_flux",
+        "i_flux_err",
+    } <= set(refcat.columns)
     assert refcat.ra_err.between(0.01, 2.0).all()
     camera = json.loads((root / "truth" / "camera.json").read_text())
     assert camera["geometry"]["name"] == "small"
     assert len(camera["detectors"]) == len(cam.detectors)
+
+
+def test_interrupted_run_resumes(small_dir, tmp_path) -> None:
+    """Without the final marker, a rerun rewrites only what is missing, to the same bytes."""
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(small_dir, copy)
+    (copy / "simulation.json").unlink()
+    victim = copy / "raw" / "science" / "0000103" / "SimCam_0000103_001.fits"
+    victim.unlink()
+    untouched = copy / "raw" / "science" / "0000101" / "SimCam_0000101_000.fits"
+    mtime = untouched.stat().st_mtime_ns
+    summary = simulate_survey(copy, preset="small", seed=1, n_workers=1)
+    assert summary.resumed
+    assert untouched.stat().st_mtime_ns == mtime
+    assert _hashes(copy) == _hashes(small_dir)

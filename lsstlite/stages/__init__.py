@@ -1,0 +1,1 @@
+"""Pipeline stages: ISR, characterisation, calibration, coaddition and measurement."""

@@ -1,0 +1,195 @@
+"""Master-calibration ops: clipped stacks, flat levels, defect finding, fringe frames.
+
+Inputs are exposures from :func:`lsstlite.stages.isr.ops.isr_chain` (electrons, with a
+variance plane). Every op is lazy except the ones that return small tables
+(:func:`find_defects`), which say so.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import dask.array as da
+import numpy as np
+import pandas as pd
+import xarray as xr
+from numpy.typing import NDArray
+from scipy import ndimage
+
+from lsstlite.data.exposure import make_exposure
+from lsstlite.data.masks import mask_bits, mask_planes
+from lsstlite.stages.isr import _kernels
+
+__all__ = [
+    "combine_exposures",
+    "find_defects",
+    "fringe_from_exposures",
+    "robust_mean_level",
+]
+
+F32 = np.float32
+
+
+def _arr(ds: xr.Dataset, name: str) -> da.Array:
+    data = ds[name].data
+    return data if isinstance(data, da.Array) else da.from_array(data, chunks=data.shape)
+
+
+def combine_exposures(
+    exposures: Sequence[xr.Dataset],
+    *,
+    scales: Sequence[float] | None = None,
+    n_sigma: float = 5.0,
+    units: str = "electron",
+) -> xr.Dataset:
+    """Sigma-clipped mean of exposures, each divided by its ``scales`` entry (default 1).
+
+    Values more than ``n_sigma`` σ (each pixel's own noise from its variance plane) from
+    the median (three or more inputs) or the minimum (two) are rejected: cosmic rays
+    vanish even from a pair of darks.
+
+    Notes
+    -----
+    Lazy ``map_blocks`` over the stacked inputs (chunks of the first input; all inputs
+    are rechunked to match). No halo.
+    """
+    if not exposures:
+        raise ValueError("combine_exposures needs at least one exposure")
+    scales = [1.0] * len(exposures) if scales is None else list(scales)
+    if len(scales) != len(exposures):
+        raise ValueError(f"{len(scales)} scales for {len(exposures)} exposures")
+    chunks = _arr(exposures[0], "image").chunks
+    imgs = da.stack([_arr(e, "image").rechunk(chunks) / F32(s) for e, s in zip(exposures, scales, strict=True)])
+    vars_ = da.stack([_arr(e, "variance").rechunk(chunks) / F32(s * s) for e, s in zip(exposures, scales, strict=True)])
+    n = len(exposures)
+    imgs, vars_ = imgs.rechunk({0: n}), vars_.rechunk({0: n})
+    comb = da.map_blocks(_kernels.clipped_combine, imgs, vars_, n_sigma, drop_axis=0, dtype=F32,
+                         meta=np.empty((0, 0), F32))
+    var = (vars_.sum(axis=0) / F32(n * n)).astype(F32)
+    first = exposures[0]
+    return make_exposure(comb, variance=var, wcs=None, units=units,
+                         xy0=(int(first["x"][0]), int(first["y"][0])),
+                         attrs={"n_inputs": n, "scales": [float(s) for s in scales]})
+
+
+def robust_mean_level(
+    exp: xr.Dataset, *, n_sigma: float = 4.0, bad_planes: Sequence[str] = ("BAD", "SAT")
+) -> da.Array:
+    """Mean of the unmasked pixels after clipping at ``n_sigma`` MADs (0-d dask array).
+
+    Notes
+    -----
+    Lazy: a median and a MAD (``da.percentile``-free: exact on the flattened image, small
+    detectors) then one masked mean.
+    """
+    img = _arr(exp, "image").ravel()
+    bad = (_arr(exp, "mask").ravel() & mask_bits(mask_planes(exp), list(bad_planes))) != 0
+    vals = da.where(bad, np.nan, img)
+    med = da.nanmedian(vals.rechunk(-1), axis=0)
+    mad = 1.4826 * da.nanmedian(da.fabs(vals - med).rechunk(-1), axis=0)
+    keep = da.fabs(vals - med) <= n_sigma * mad
+    return da.where(keep, vals, 0).sum() / keep.sum()
+
+
+def find_defects(
+    dark: xr.Dataset,
+    flats: Sequence[xr.Dataset],
+    *,
+    hot_rate: float = 0.2,
+    dead_fraction: float = 0.5,
+    window: int = 15,
+) -> pd.DataFrame:
+    """Defect boxes: hot pixels from a master dark, dead/dim pixels from flats. Computes.
+
+    Hot: dark current above ``hot_rate`` e⁻/s. Dead: the mean of the median-normalised
+    flats below ``dead_fraction`` of its local median along the row (``window`` px).
+    Each connected group becomes its bounding box.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``kind`` (``hot`` / ``dead``), ``x0``, ``y0``, ``width``, ``height`` (detector
+        frame, 0-based), ``n_pixels``.
+    """
+    rate = np.asarray(dark["image"].values, dtype=np.float64)
+    hot = rate > hot_rate
+    norm = [np.asarray(f["image"].values, dtype=np.float64) for f in flats]
+    mean_flat = np.mean([f / np.median(f) for f in norm], axis=0) if norm else np.ones_like(rate)
+    local = ndimage.median_filter(mean_flat, size=(1, window), mode="nearest")
+    dead = mean_flat < dead_fraction * local
+    rows = []
+    for kind, plane in (("hot", hot), ("dead", dead)):
+        labels, _ = ndimage.label(plane, structure=np.ones((3, 3)))
+        for k, sl in enumerate(ndimage.find_objects(labels), start=1):
+            if sl is None:
+                continue
+            ys, xs = sl
+            rows.append({"kind": kind, "x0": xs.start, "y0": ys.start, "width": xs.stop - xs.start,
+                         "height": ys.stop - ys.start,
+                         "n_pixels": int((labels[sl] == k).sum())})
+    cols = ["kind", "x0", "y0", "width", "height", "n_pixels"]
+    return pd.DataFrame(rows, columns=cols).astype(
+        {"x0": np.int64, "y0": np.int64, "width": np.int64, "height": np.int64, "n_pixels": np.int64})
+
+
+def _plane_fit(img: NDArray[np.float64], good: NDArray[np.bool_]) -> NDArray[np.float64]:
+    ny, nx = img.shape
+    yy, xx = np.mgrid[0:ny, 0:nx].astype(np.float64)
+    design = np.stack([np.ones(good.sum()), xx[good], yy[good]], axis=1)
+    coef, *_ = np.linalg.lstsq(design, img[good], rcond=None)
+    return coef[0] + coef[1] * xx + coef[2] * yy
+
+
+def fringe_from_exposures(
+    exposures: Sequence[xr.Dataset],
+    *,
+    n_sigma: float = 3.0,
+    smooth_px: float = 3.0,
+    bad_planes: Sequence[str] = ("BAD", "SAT", "INTRP", "UNMASKEDNAN"),
+) -> xr.Dataset:
+    """A zero-mean fringe frame (fraction of the sky) from flat-fielded science exposures.
+
+    Each exposure: fit a plane to the sky (sources clipped at ``n_sigma`` √variance,
+    twice), divide the residual by it, mask sources (dilated); the median over exposures
+    is smoothed by a Gaussian of ``smooth_px`` (normalised for masked pixels) and made
+    zero-mean (its constant is degenerate with the sky).
+
+    Notes
+    -----
+    Each exposure is one delayed block (a plane fit needs the whole detector); computes
+    nothing until asked. Needs whole exposures in memory.
+    """
+    import dask
+
+    def one(img: NDArray[np.float32], var: NDArray[np.float32], msk: NDArray[np.int32], bad: int) -> NDArray[np.float32]:
+        im = np.asarray(img, dtype=np.float64)
+        good = ((msk & bad) == 0) & np.isfinite(im)
+        sky = np.full_like(im, np.median(im[good]))
+        for _ in range(2):
+            src = im > sky + n_sigma * np.sqrt(np.maximum(var, 1.0))
+            src = ndimage.binary_dilation(src, iterations=3)
+            sky = _plane_fit(im, good & ~src)
+        frac = np.where(good & ~src, im / sky - 1.0, np.nan)
+        return frac.astype(F32)
+
+    fracs = []
+    for e in exposures:
+        bad = mask_bits(mask_planes(e), list(bad_planes))
+        delayed = dask.delayed(one, pure=True)(e["image"].data, e["variance"].data, e["mask"].data, bad)
+        fracs.append(da.from_delayed(delayed, shape=e["image"].shape, dtype=F32, meta=np.empty((0, 0), F32)))
+
+    def finish(stack: NDArray[np.float32]) -> NDArray[np.float32]:
+        # Pixels masked in every exposure: fill before the median (no all-NaN warning;
+        # catch_warnings is not thread-safe on a Dask worker), then restore the NaN.
+        none = ~np.isfinite(stack).any(axis=0)
+        med = np.nanmedian(np.where(none[None], 0.0, stack), axis=0)
+        med[none] = np.nan
+        ok = np.isfinite(med)
+        num = ndimage.gaussian_filter(np.where(ok, med, 0.0).astype(np.float64), smooth_px)
+        den = ndimage.gaussian_filter(ok.astype(np.float64), smooth_px)
+        out = np.where(den > 1e-3, num / np.maximum(den, 1e-3), 0.0)
+        return (out - out.mean()).astype(F32)
+
+    stack = da.stack(fracs).rechunk(-1)
+    frame = da.map_blocks(finish, stack, drop_axis=0, dtype=F32, meta=np.empty((0, 0), F32))
+    return make_exposure(frame, units="electron", attrs={"n_inputs": len(exposures)})

@@ -1,0 +1,41 @@
+"""Single-frame characterisation: background, detection, cosmic rays, PSF, measurement."""
+
+from lsstlite.stages.characterize.config import (
+    BackgroundConfig,
+    CharacterizeConfig,
+    CosmicRayConfig,
+    DetectionConfig,
+    MeasurementConfig,
+    PsfConfig,
+    StarSelectionConfig,
+)
+from lsstlite.stages.characterize.ops import (
+    CharacterizeResult,
+    PsfFitError,
+    characterize_exposure,
+    detect_sources,
+    fit_psf,
+    measure_sources,
+    repair_cosmic_rays,
+    select_psf_stars,
+    subtract_background,
+)
+
+__all__ = [
+    "BackgroundConfig",
+    "CharacterizeConfig",
+    "CharacterizeResult",
+    "CosmicRayConfig",
+    "DetectionConfig",
+    "MeasurementConfig",
+    "PsfConfig",
+    "PsfFitError",
+    "StarSelectionConfig",
+    "characterize_exposure",
+    "detect_sources",
+    "fit_psf",
+    "measure_sources",
+    "repair_cosmic_rays",
+    "select_psf_stars",
+    "subtract_background",
+]

@@ -1,0 +1,175 @@
+"""Numba kernels of the coadd: per-pixel combination of a stack of warps (one block).
+
+Stacks are ``(n_inputs, ny, nx)``; ``use`` says which input pixels may enter (finite,
+not masked bad). No I/O, no dask.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+from numpy.typing import NDArray
+
+__all__ = ["combine_clipped", "combine_mean", "combine_median"]
+
+
+@numba.njit(cache=True, nogil=True)
+def combine_mean(
+    img: NDArray[np.float32],
+    var: NDArray[np.float32],
+    use: NDArray[np.bool_],
+    weights: NDArray[np.float64],
+) -> tuple[NDArray[np.float32], NDArray[np.float32], NDArray[np.int32]]:
+    """Weighted mean ``Σ wᵢ xᵢ / Σ wᵢ`` with variance ``Σ wᵢ² vᵢ / (Σ wᵢ)²`` and the count of
+    inputs used (NaN where none).
+    """
+    n, ny, nx = img.shape
+    out = np.empty((ny, nx), np.float32)
+    ovar = np.empty((ny, nx), np.float32)
+    count = np.zeros((ny, nx), np.int32)
+    for j in range(ny):
+        for i in range(nx):
+            s = 0.0
+            sv = 0.0
+            sw = 0.0
+            c = 0
+            for k in range(n):
+                if use[k, j, i]:
+                    w = weights[k]
+                    s += w * img[k, j, i]
+                    sv += w * w * var[k, j, i]
+                    sw += w
+                    c += 1
+            if c == 0 or sw <= 0.0:
+                out[j, i] = np.nan
+                ovar[j, i] = np.nan
+            else:
+                out[j, i] = s / sw
+                ovar[j, i] = sv / (sw * sw)
+            count[j, i] = c
+    return out, ovar, count
+
+
+@numba.njit(cache=True, inline="always")
+def _median(values: NDArray[np.float64], m: int) -> float:
+    """Median of ``values[:m]`` (sorts it in place; insertion sort: m is small)."""
+    for a in range(1, m):
+        v = values[a]
+        b = a - 1
+        while b >= 0 and values[b] > v:
+            values[b + 1] = values[b]
+            b -= 1
+        values[b + 1] = v
+    if m % 2 == 1:
+        return values[m // 2]
+    return 0.5 * (values[m // 2 - 1] + values[m // 2])
+
+
+@numba.njit(cache=True, nogil=True)
+def combine_clipped(
+    img: NDArray[np.float32],
+    var: NDArray[np.float32],
+    use: NDArray[np.bool_],
+    weights: NDArray[np.float64],
+    n_sigma: float,
+    amp_frac: float,
+    n_iter: int,
+) -> tuple[NDArray[np.float32], NDArray[np.float32], NDArray[np.bool_]]:
+    """Clipped weighted mean (SWarp's CLIPPED rule, Gruen et al. 2014).
+
+    Input ``k`` is clipped where ``|xₖ − c| > n_sigma × sqrt(vₖ + (amp_frac × c)²)``; the
+    centre ``c`` starts at the median and becomes the weighted mean of the survivors for
+    each further iteration. The amplitude term keeps the cores of stars (whose PSF varies
+    between epochs) from being clipped. Returns the mean, its variance and the clipped
+    flags ``(n, ny, nx)``.
+    """
+    n, ny, nx = img.shape
+    out = np.empty((ny, nx), np.float32)
+    ovar = np.empty((ny, nx), np.float32)
+    clipped = np.zeros((n, ny, nx), np.bool_)
+    vals = np.empty(n)
+    keep = np.empty(n, np.bool_)
+    for j in range(ny):
+        for i in range(nx):
+            m = 0
+            for k in range(n):
+                keep[k] = use[k, j, i]
+                if keep[k]:
+                    vals[m] = img[k, j, i]
+                    m += 1
+            if m == 0:
+                out[j, i] = np.nan
+                ovar[j, i] = np.nan
+                continue
+            c = _median(vals, m) if m > 2 else 0.0
+            if m <= 2:
+                s = 0.0
+                sw = 0.0
+                for k in range(n):
+                    if keep[k]:
+                        s += weights[k] * img[k, j, i]
+                        sw += weights[k]
+                c = s / sw
+            s = 0.0
+            sv = 0.0
+            sw = 0.0
+            for _ in range(n_iter if m > 2 else 0):
+                s = 0.0
+                sw = 0.0
+                amp = amp_frac * c
+                for k in range(n):
+                    if not use[k, j, i]:
+                        continue
+                    d = img[k, j, i] - c
+                    keep[k] = d * d <= n_sigma * n_sigma * (var[k, j, i] + amp * amp)
+                    if keep[k]:
+                        s += weights[k] * img[k, j, i]
+                        sw += weights[k]
+                if sw <= 0.0:  # everything clipped: fall back to the centre's inputs
+                    for k in range(n):
+                        keep[k] = use[k, j, i]
+                    break
+                c = s / sw
+            s = 0.0
+            sv = 0.0
+            sw = 0.0
+            for k in range(n):
+                if keep[k]:
+                    w = weights[k]
+                    s += w * img[k, j, i]
+                    sv += w * w * var[k, j, i]
+                    sw += w
+                elif use[k, j, i]:
+                    clipped[k, j, i] = True
+            out[j, i] = s / sw
+            ovar[j, i] = sv / (sw * sw)
+    return out, ovar, clipped
+
+
+@numba.njit(cache=True, nogil=True)
+def combine_median(
+    img: NDArray[np.float32], var: NDArray[np.float32], use: NDArray[np.bool_]
+) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
+    """Median of the usable inputs; variance ``π/2 × mean(v) / m`` (Gaussian efficiency)."""
+    n, ny, nx = img.shape
+    out = np.empty((ny, nx), np.float32)
+    ovar = np.empty((ny, nx), np.float32)
+    vals = np.empty(n)
+    for j in range(ny):
+        for i in range(nx):
+            m = 0
+            sv = 0.0
+            for k in range(n):
+                if use[k, j, i]:
+                    vals[m] = img[k, j, i]
+                    sv += var[k, j, i]
+                    m += 1
+            if m == 0:
+                out[j, i] = np.nan
+                ovar[j, i] = np.nan
+            else:
+                out[j, i] = _median(vals, m)
+                ovar[j, i] = (math.pi / 2.0 if m > 2 else 1.0) * sv / (m * m)
+    return out, ovar

@@ -1,0 +1,574 @@
+"""Coaddition: warp and combine calexps onto a patch in one lazy graph, chunk by chunk.
+
+The warps are never materialised: each output chunk is one task that reads, from every
+calexp overlapping it, only the input region its pixels map to (plus the kernel and
+artifact-rejection halos), warps those regions, combines them and returns the chunk.
+Memory is therefore bounded by ``n_inputs × chunk`` whatever the patch size, and the
+chunks of one patch spread over every worker of a cluster.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import dask
+import dask.array as da
+import numpy as np
+import xarray as xr
+from numpy.typing import NDArray
+from scipy import ndimage, signal
+
+from lsstlite.data.exposure import PhotoCalib, make_exposure
+from lsstlite.data.masks import DEFAULT_MASK_PLANES, mask_bits, mask_planes
+from lsstlite.data.psf import psf_from_dict
+from lsstlite.data.skymap import PatchGeometry
+from lsstlite.data.wcs import wcs_from_cards
+from lsstlite.stages.coadd._kernels import combine_clipped, combine_mean, combine_median
+from lsstlite.stages.coadd.psf import CoaddPsf
+from lsstlite.stages.skymap.ops import exposure_corners
+from lsstlite.stages.warp._kernels import KERNEL_RADIUS
+from lsstlite.stages.warp.ops import (
+    COVARIANCE_NOTE,
+    BlockMapping,
+    WarpError,
+    data_id_of,
+    detector_box,
+    input_wcs,
+    map_block,
+    matching_kernel,
+    model_psf_image,
+    warp_arrays,
+)
+from lsstlite.stages.warp.psf import WarpedPsf
+
+__all__ = [
+    "ArtifactConfig",
+    "CoaddInput",
+    "coadd_exposures",
+    "input_weights",
+    "select_inputs",
+]
+
+log = logging.getLogger(__name__)
+
+Method = Literal["mean", "clipped", "median", "compare_warp"]
+METHODS = ("mean", "clipped", "median", "compare_warp")
+
+#: Input mask planes that keep a pixel out of the coadd.
+DEFAULT_BAD_MASK_PLANES = ("NO_DATA", "BAD", "SAT", "SUSPECT", "CR")
+
+
+@dataclass(frozen=True)
+class ArtifactConfig:
+    """CompareWarp artifact rejection parameters.
+
+    Attributes
+    ----------
+    model_psf_fwhm_px
+        FWHM (coadd pixels) of the Gaussian model PSF the warps are matched to before
+        comparison; None: 1.3 × the largest input PSF FWHM.
+    detect_n_sigma
+        Threshold of ``(psf-matched warp − template) / σ`` for an outlier pixel.
+    template_frac
+        Fractional error allowed on the template (PSF-matching residuals of bright stars):
+        ``σ² = var_warp + var_template + (template_frac × local max of template)²``.
+    sharp_detect_n_sigma, sharp_template_frac
+        The same at native resolution (unmatched warps against their own clipped
+        template), for sharp artifacts (cosmic rays) that PSF matching smooths away.
+    max_fraction_epochs, max_num_epochs
+        A pixel is *transient* if it is an outlier in at most
+        ``max(max_num_epochs, floor(max_fraction_epochs × n_inputs))`` epochs.
+    spatial_threshold
+        An outlier footprint is an artifact if more than this fraction of its pixels is
+        transient.
+    grow_px
+        Artifact footprints are grown by this many pixels before being masked REJECTED.
+    halo_px
+        Extra border around each chunk over which footprints are found.
+    matching_kernel_size
+        Side of the PSF-matching kernel (odd).
+    """
+
+    model_psf_fwhm_px: float | None = None
+    detect_n_sigma: float = 5.0
+    template_frac: float = 0.05
+    sharp_detect_n_sigma: float = 5.0
+    sharp_template_frac: float = 0.3
+    max_fraction_epochs: float = 0.4
+    max_num_epochs: int = 1
+    spatial_threshold: float = 0.5
+    grow_px: int = 2
+    halo_px: int = 24
+    matching_kernel_size: int = 25
+
+
+@dataclass(frozen=True)
+class CoaddInput:
+    """One usable input of a coadd (metadata only)."""
+
+    exposure: xr.Dataset
+    data_id: dict[str, Any]
+    det_box: tuple[int, int, int, int]
+    weight: float
+
+
+def select_inputs(
+    calexps: Sequence[xr.Dataset], patch: PatchGeometry
+) -> tuple[list[int], list[dict[str, Any]]]:
+    """Which calexps can go into a coadd of ``patch``.
+
+    Returns the indices of the usable calexps and one record ``{"data_id", "reason"}`` per
+    calexp left out: a broken WCS (also logged at WARNING), or no overlap with the patch.
+    Metadata only.
+    """
+    usable, skipped = [], []
+    wout = patch.wcs()
+    px0, py0, px1, py1 = patch.bbox
+    for k, ds in enumerate(calexps):
+        did = data_id_of(ds)
+        try:
+            input_wcs(ds)
+            ra, dec = exposure_corners(ds, n_per_side=5)
+        except (WarpError, ValueError) as exc:
+            log.warning("coadd: leaving out calexp %s: %s", did, exc)
+            skipped.append({"data_id": did, "reason": f"broken WCS: {exc}"})
+            continue
+        x, y = wout.all_world2pix(ra, dec, 0, quiet=True)
+        if not (np.all(np.isfinite(x)) and np.all(np.isfinite(y))) or not (
+            x.min() < px1 and x.max() > px0 - 1 and y.min() < py1 and y.max() > py0 - 1
+        ):
+            log.info("coadd: calexp %s does not overlap the patch", did)
+            skipped.append({"data_id": did, "reason": "no overlap with the patch"})
+            continue
+        usable.append(k)
+    return usable, skipped
+
+
+def input_weights(
+    calexps: Sequence[xr.Dataset], *, bad_mask_planes: Sequence[str] = DEFAULT_BAD_MASK_PLANES
+) -> list[float]:
+    """Coadd weight of each calexp: ``1 / mean variance`` of its good pixels.
+
+    Notes
+    -----
+    The one eager step of coaddition: a streaming reduction (one scalar per chunk) over
+    each calexp's variance and mask, computed with the current scheduler. The weights
+    must be numbers before the coadd graph is built, because the coadd PSF (an attr,
+    written with the pixels) is the sum of the input PSFs with these same weights. Pass
+    ``weights=`` to :func:`coadd_exposures` to skip it (e.g. from a visit summary).
+    """
+    terms = []
+    for ds in calexps:
+        bits = mask_bits(mask_planes(ds), [p for p in bad_mask_planes if p in mask_planes(ds)])
+        var = ds["variance"].data
+        good = ((ds["mask"].data & bits) == 0) & da.isfinite(var) if isinstance(var, da.Array) else (
+            ((ds["mask"].data & bits) == 0) & np.isfinite(var)
+        )
+        terms.append((da.where(good, var, 0.0).sum(), da.asarray(good).sum()))
+    (values,) = dask.compute(terms)
+    out = []
+    for ds, (s, n) in zip(calexps, values, strict=True):
+        if n == 0 or not s > 0:
+            raise ValueError(f"calexp {data_id_of(ds)}: no good pixel with positive variance")
+        out.append(float(n / s))
+    return out
+
+
+def _pixel_scale(cards: dict[str, Any], x: float, y: float) -> float:
+    w = wcs_from_cards(cards)
+    ra, dec = w.all_pix2world([x, x + 1.0, x], [y, y, y + 1.0], 0)
+    c = math.cos(math.radians(dec[0]))
+    jac = np.array([[(ra[1] - ra[0]) * c, (ra[2] - ra[0]) * c], [dec[1] - dec[0], dec[2] - dec[0]]])
+    return math.sqrt(abs(np.linalg.det(jac))) * 3600.0
+
+
+def _input_fwhm_out(ds: xr.Dataset, patch: PatchGeometry) -> float:
+    """FWHM of an input's PSF at its centre, in coadd pixels."""
+    x = float(ds["x"].values.mean())
+    y = float(ds["y"].values.mean())
+    psf = psf_from_dict(ds.attrs["psf"])
+    try:
+        fwhm = psf.fwhm_at(x, y)
+    except NotImplementedError:
+        fwhm = WarpedPsf(dict(ds.attrs["psf"]), dict(ds.attrs["wcs"]), dict(ds.attrs["wcs"])).fwhm_at(x, y)
+    cx, cy = (patch.xy0[0] + patch.shape[1] / 2.0, patch.xy0[1] + patch.shape[0] / 2.0)
+    return fwhm * _pixel_scale(ds.attrs["wcs"], x, y) / _pixel_scale(patch.wcs_cards, cx, cy)
+
+
+# -- the block task ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _BlockInput:
+    img: Any
+    var: Any
+    msk: Any
+    mapping: BlockMapping
+    det_box: tuple[int, int, int, int]
+    index: int
+
+
+@dataclass(frozen=True)
+class _Params:
+    method: str
+    kernel: str
+    bad_bits: int
+    no_data: int
+    sensor_edge: int
+    planes: dict[str, int]
+    n_sigma: float
+    amp_frac: float
+    n_iter: int
+    artifacts: ArtifactConfig
+    model_fwhm: float
+    n_inputs_total: int
+    wcs_out: dict[str, Any]
+
+
+def _psf_match(
+    img: NDArray[np.float32], var: NDArray[np.float32], valid: NDArray[np.bool_],
+    kern: NDArray[np.float64],
+) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.bool_]]:
+    """Convolve a warp block with a matching kernel, normalised over the valid pixels.
+
+    Normalised convolution (divide by the kernel's weight on valid pixels) keeps pixels
+    near a detector edge usable for artifact detection: an eroded mask would lose a
+    kernel radius along every edge, where trails and cosmic rays are just as common.
+    """
+    v = valid.astype(np.float64)
+    norm = signal.fftconvolve(v, kern, mode="same")
+    ok = valid & (norm > 0.8)
+    safe = np.where(ok, norm, 1.0)
+    pm = signal.fftconvolve(np.where(valid, img, 0.0), kern, mode="same") / safe
+    pv = signal.fftconvolve(np.where(valid, var, 0.0), kern * kern, mode="same") / safe**2
+    return pm, pv, ok
+
+
+def _outliers(
+    img: NDArray[np.floating[Any]],
+    var: NDArray[np.floating[Any]],
+    valid: NDArray[np.bool_],
+    template: NDArray[np.float32],
+    tvar: NDArray[np.float32],
+    n_sigma: float,
+    frac: float,
+    fwhm: float,
+) -> NDArray[np.bool_]:
+    """Positive outliers of each warp against a template.
+
+    The fractional term uses the template's local maximum (over a PSF FWHM), not its
+    value: PSF-matching residuals of a bright star peak in a ring around its core, where
+    the template itself is already much fainter than the core.
+    """
+    size = 2 * math.ceil(fwhm) + 1
+    peak = ndimage.maximum_filter(np.nan_to_num(np.abs(template)), size=size)
+    sigma2 = var + tvar[None] + (frac * peak[None]) ** 2
+    with np.errstate(invalid="ignore"):
+        return valid & ((img - template[None]) > n_sigma * np.sqrt(sigma2))
+
+
+def _reject_artifacts(
+    img: NDArray[np.float32],
+    var: NDArray[np.float32],
+    use: NDArray[np.bool_],
+    psfs: list[WarpedPsf],
+    center: tuple[float, float],
+    weights: NDArray[np.float64],
+    p: _Params,
+) -> NDArray[np.bool_]:
+    """CompareWarp: flags ``(n, ny, nx)`` of artifact pixels (grown footprints) per warp."""
+    cfg = p.artifacts
+    n = img.shape[0]
+    size = cfg.matching_kernel_size
+    model = model_psf_image(p.model_fwhm, size)
+    pm = np.empty(img.shape, np.float32)
+    pv = np.empty(img.shape, np.float32)
+    ok = np.empty(img.shape, bool)
+    for k in range(n):
+        stamp = psfs[k].image(*center, size=size, center=(size // 2, size // 2))
+        kern = matching_kernel(stamp, model)
+        pm[k], pv[k], ok[k] = _psf_match(img[k], var[k], use[k], kern)
+    # Template: clipped mean of the PSF-matched warps (robust to the artifacts themselves).
+    template, tvar, _ = combine_clipped(pm, pv, ok, weights, 3.0, 0.1, 2)
+    outlier = _outliers(pm, pv, ok, template, tvar, cfg.detect_n_sigma, cfg.template_frac, p.model_fwhm)
+    # Sharp artifacts (cosmic rays) are smoothed below threshold by PSF matching: look for
+    # them at native resolution too, against a clipped template with a generous
+    # fractional term (epoch-to-epoch PSF differences make star cores differ by ~20%).
+    ntemplate, ntvar, _ = combine_clipped(img, var, use, weights, 3.0, cfg.sharp_template_frac, 2)
+    outlier |= _outliers(
+        img, var, use, ntemplate, ntvar, cfg.sharp_detect_n_sigma, cfg.sharp_template_frac,
+        p.model_fwhm,
+    )
+    count = outlier.sum(axis=0)
+    max_epochs = max(cfg.max_num_epochs, math.floor(cfg.max_fraction_epochs * p.n_inputs_total))
+    transient = count <= max_epochs
+    rejected = np.zeros(img.shape, bool)
+    structure = np.ones((3, 3), bool)
+    for k in range(n):
+        if not outlier[k].any():
+            continue
+        labels, n_fp = ndimage.label(outlier[k], structure=structure)
+        size_fp = np.bincount(labels.ravel(), minlength=n_fp + 1)
+        n_trans = np.bincount(labels.ravel(), weights=transient.ravel(), minlength=n_fp + 1)
+        is_artifact = n_trans > cfg.spatial_threshold * np.maximum(size_fp, 1)
+        is_artifact[0] = False
+        flagged = is_artifact[labels]
+        if cfg.grow_px > 0 and flagged.any():
+            flagged = ndimage.binary_dilation(flagged, structure, iterations=cfg.grow_px)
+        rejected[k] = flagged & use[k]
+    return rejected
+
+
+def _coadd_block(
+    inputs: list[_BlockInput],
+    ext_box: tuple[int, int, int, int],
+    out_box: tuple[int, int, int, int],
+    weights_all: NDArray[np.float64],
+    psf_dicts: list[dict[str, Any]],
+    wcs_in: list[dict[str, Any]],
+    p: _Params,
+) -> tuple[NDArray[np.float32], NDArray[np.float32], NDArray[np.int32]]:
+    ex0, ey0, ex1, ey1 = ext_box
+    shape = (ey1 - ey0, ex1 - ex0)
+    n = len(inputs)
+    img = np.empty((n, *shape), np.float32)
+    var = np.empty((n, *shape), np.float32)
+    msk = np.empty((n, *shape), np.int32)
+    for k, inp in enumerate(inputs):
+        img[k], var[k], msk[k] = warp_arrays(
+            np.asarray(inp.img), np.asarray(inp.var), np.asarray(inp.msk), inp.mapping,
+            inp.det_box, ext_box, kernel=p.kernel, no_data=p.no_data, sensor_edge=p.sensor_edge,
+        )
+    weights = np.array([weights_all[inp.index] for inp in inputs], dtype=np.float64)
+    covered = (msk & p.no_data) == 0
+    use = covered & ((msk & p.bad_bits) == 0) & np.isfinite(img) & np.isfinite(var)
+    flag_clipped = np.zeros(img.shape, bool)
+    flag_rejected = np.zeros(img.shape, bool)
+    if p.method == "compare_warp":
+        psfs = [WarpedPsf(psf_dicts[inp.index], wcs_in[inp.index], p.wcs_out) for inp in inputs]
+        center = ((out_box[0] + out_box[2] - 1) / 2.0, (out_box[1] + out_box[3] - 1) / 2.0)
+        flag_rejected = _reject_artifacts(img, var, use, psfs, center, weights, p)
+        use &= ~flag_rejected
+    if p.method == "clipped":
+        out, ovar, flag_clipped = combine_clipped(img, var, use, weights, p.n_sigma, p.amp_frac, p.n_iter)
+    elif p.method == "median":
+        out, ovar = combine_median(img, var, use)
+    else:
+        out, ovar, _ = combine_mean(img, var, use, weights)
+    # Back to the output box (drop the halo).
+    sy = slice(out_box[1] - ey0, out_box[3] - ey0)
+    sx = slice(out_box[0] - ex0, out_box[2] - ex0)
+    planes = p.planes
+    mask = np.zeros(out[sy, sx].shape, np.int32)
+    used = use[:, sy, sx]
+    cov = covered[:, sy, sx]
+    mask[~used.any(axis=0)] |= p.no_data
+    inexact = (cov & ~used).any(axis=0) | ((msk[:, sy, sx] & p.sensor_edge) != 0).any(axis=0)
+    mask[inexact] |= 1 << planes["INEXACT_PSF"]
+    mask[flag_clipped[:, sy, sx].any(axis=0)] |= 1 << planes["CLIPPED"]
+    mask[flag_rejected[:, sy, sx].any(axis=0)] |= 1 << planes["REJECTED"]
+    return out[sy, sx].astype(np.float32), ovar[sy, sx].astype(np.float32), mask
+
+
+def coadd_exposures(
+    calexps: Sequence[xr.Dataset],
+    patch: PatchGeometry,
+    *,
+    method: Method = "compare_warp",
+    weights: Sequence[float] | None = None,
+    kernel: str = "lanczos3",
+    chunks: tuple[int, int] = (512, 512),
+    bad_mask_planes: Sequence[str] = DEFAULT_BAD_MASK_PLANES,
+    clip_n_sigma: float = 4.0,
+    clip_amp_frac: float = 0.3,
+    clip_n_iter: int = 2,
+    artifacts: ArtifactConfig | None = None,
+    grid_step_px: int = 16,
+) -> xr.Dataset:
+    """Warp and combine calexps onto a patch (a lazy coadd exposure).
+
+    Parameters
+    ----------
+    calexps
+        Calexps (lazy xarray Datasets, e.g. opened from zarr) of one band, in nJy, with
+        WCS and PSF. Those that do not overlap the patch are skipped; those with a broken
+        WCS are logged and left out (both listed in ``attrs["coadd_skipped"]``).
+    patch
+        The output grid (``tract.patch(p).geometry``).
+    method
+        ``"compare_warp"`` (default: artifact rejection on PSF-matched warps, then the
+        weighted mean), ``"mean"`` (inverse-variance weighted), ``"clipped"`` (weighted
+        mean after SWarp-style sigma clipping) or ``"median"``.
+    weights
+        One weight per calexp; default :func:`input_weights` (computed eagerly).
+    kernel
+        Warping kernel (``"lanczos3"``, ``"bilinear"``, ...).
+    chunks
+        Output chunk shape.
+    bad_mask_planes
+        Input mask planes excluded from the combination.
+    clip_n_sigma, clip_amp_frac, clip_n_iter
+        Clipping rule of ``"clipped"`` (see :func:`~lsstlite.stages.coadd._kernels.combine_clipped`).
+    artifacts
+        :class:`ArtifactConfig` of ``"compare_warp"``.
+    grid_step_px
+        Spacing of the exact WCS evaluations the warp interpolates.
+
+    Returns
+    -------
+    xarray.Dataset
+        The coadd on the patch grid (nJy), dask-backed. Mask: NO_DATA where no input
+        contributes, INEXACT_PSF where an input covers a pixel but does not contribute
+        (masked, rejected, clipped, or at its sensor edge), REJECTED / CLIPPED where an
+        input was rejected / clipped. Attrs: ``psf`` (:class:`CoaddPsf`),
+        ``coadd_inputs`` (visit, detector, weight), ``coadd_skipped``, ``coadd``
+        (method and parameters), ``band``.
+
+    Raises
+    ------
+    ValueError
+        If ``method`` is unknown, no calexp is usable, or ``weights`` has the wrong length.
+
+    Notes
+    -----
+    Lazy: one task per output chunk; it depends only on the chunks of each calexp that
+    overlap the region the output chunk maps to, grown by the halo: the kernel radius
+    (3 px for Lanczos3) plus, for ``compare_warp``, ``artifacts.halo_px`` around the
+    chunk (footprints are found on the grown chunk, and the matching kernel is spatially
+    constant per chunk, computed at its centre). Peak memory per task is about
+    ``n_overlapping_inputs × (chunk + halo)² × 13 bytes`` (× ~4 for compare_warp).
+    ``"mean"``, ``"clipped"`` and ``"median"`` do not depend on the chunking (bit for
+    bit); ``"compare_warp"`` may differ only where an outlier footprint is cut by a halo
+    edge. Only ``weights=None`` computes anything while building (see
+    :func:`input_weights`).
+    """
+    if method not in METHODS:
+        raise ValueError(f"coadd method: expected one of {METHODS}, got {method!r}")
+    if kernel not in KERNEL_RADIUS:
+        raise ValueError(f"coadd kernel: expected one of {sorted(KERNEL_RADIUS)}, got {kernel!r}")
+    usable, skipped = select_inputs(calexps, patch)
+    if not usable:
+        raise ValueError(
+            f"coadd: none of the {len(calexps)} calexps overlaps the patch with a usable WCS: "
+            + "; ".join(f"{s['data_id']}: {s['reason']}" for s in skipped)
+        )
+    if weights is not None and len(weights) != len(calexps):
+        raise ValueError(f"coadd weights: {len(weights)} given for {len(calexps)} calexps")
+    inputs = [calexps[k] for k in usable]
+    w = (
+        [float(weights[k]) for k in usable]
+        if weights is not None
+        else input_weights(inputs, bad_mask_planes=bad_mask_planes)
+    )
+    planes = dict(DEFAULT_MASK_PLANES)
+    for ds in inputs:
+        for name, bit in mask_planes(ds).items():
+            if planes.get(name, bit) != bit:
+                raise ValueError(
+                    f"calexp {data_id_of(ds)}: mask plane {name!r} has bit {bit}, other inputs "
+                    f"use {planes[name]}"
+                )
+            planes[name] = bit
+    art = artifacts or ArtifactConfig()
+    missing_psf = [data_id_of(ds) for ds in inputs if not ds.attrs.get("psf")]
+    if missing_psf:
+        raise ValueError(f"coadd: calexps without a PSF model: {missing_psf}")
+    model_fwhm = art.model_psf_fwhm_px or 1.3 * max(_input_fwhm_out(ds, patch) for ds in inputs)
+    params = _Params(
+        method=method,
+        kernel=kernel,
+        bad_bits=mask_bits(planes, [p for p in bad_mask_planes if p in planes]),
+        no_data=mask_bits(planes, "NO_DATA"),
+        sensor_edge=mask_bits(planes, "SENSOR_EDGE"),
+        planes=planes,
+        n_sigma=clip_n_sigma,
+        amp_frac=clip_amp_frac,
+        n_iter=clip_n_iter,
+        artifacts=art,
+        model_fwhm=float(model_fwhm),
+        n_inputs_total=len(inputs),
+        wcs_out=dict(patch.wcs_cards),
+    )
+    halo = art.halo_px if method == "compare_warp" else 0
+    wcs_out = patch.wcs()
+    wcs_ins = [input_wcs(ds) for ds in inputs]
+    boxes = [detector_box(ds) for ds in inputs]
+    psf_dicts = [dict(ds.attrs["psf"]) for ds in inputs]
+    wcs_cards = [dict(ds.attrs["wcs"]) for ds in inputs]
+    weights_arr = np.asarray(w, dtype=np.float64)
+    radius = KERNEL_RADIUS[kernel]
+    px0, py0, px1, py1 = patch.bbox
+    ny, nx = patch.shape
+    rows: list[list[tuple[Any, Any, Any]]] = []
+    for y in range(0, ny, chunks[0]):
+        row = []
+        for x in range(0, nx, chunks[1]):
+            out_box = (px0 + x, py0 + y, px0 + min(x + chunks[1], nx), py0 + min(y + chunks[0], ny))
+            ext_box = (out_box[0] - halo, out_box[1] - halo, out_box[2] + halo, out_box[3] + halo)
+            shape = (out_box[3] - out_box[1], out_box[2] - out_box[0])
+            block_inputs = []
+            for k, ds in enumerate(inputs):
+                mapping = map_block(wcs_out, wcs_ins[k], ext_box, boxes[k], step=grid_step_px, radius=radius)
+                if mapping.region is None:
+                    continue
+                bx0, by0 = boxes[k][0], boxes[k][1]
+                rx0, ry0, rx1, ry1 = mapping.region
+                sl = (slice(ry0 - by0, ry1 - by0), slice(rx0 - bx0, rx1 - bx0))
+                block_inputs.append(
+                    _BlockInput(ds["image"].data[sl], ds["variance"].data[sl], ds["mask"].data[sl], mapping, boxes[k], k)
+                )
+            if not block_inputs:
+                row.append((
+                    da.full(shape, np.nan, dtype=np.float32),
+                    da.full(shape, np.nan, dtype=np.float32),
+                    da.full(shape, params.no_data, dtype=np.int32),
+                ))
+                continue
+            res = dask.delayed(_coadd_block, nout=3, pure=True)(
+                block_inputs, ext_box, out_box, weights_arr, psf_dicts, wcs_cards, params
+            )
+            row.append(tuple(
+                da.from_delayed(res[i], shape, dtype=dt, meta=np.empty((0, 0), dt))
+                for i, dt in enumerate((np.float32, np.float32, np.int32))
+            ))
+        rows.append(row)
+    image = da.block([[b[0] for b in r] for r in rows])
+    variance = da.block([[b[1] for b in r] for r in rows])
+    mask = da.block([[b[2] for b in r] for r in rows])
+    components = []
+    table = []
+    for k, ds in enumerate(inputs):
+        did = data_id_of(ds)
+        components.append({
+            "psf": psf_dicts[k], "wcs_in": wcs_cards[k], "det_box": list(boxes[k]),
+            "weight": w[k], "visit": did.get("visit"), "detector": did.get("detector"),
+        })
+        table.append({"visit": did.get("visit"), "detector": did.get("detector"), "weight": w[k]})
+    bands = {(ds.attrs.get("visit_info") or {}).get("band") for ds in inputs}
+    return make_exposure(
+        image,
+        mask=mask,
+        variance=variance,
+        wcs=patch.wcs_cards,
+        psf=CoaddPsf(components, dict(patch.wcs_cards)),
+        photo_calib=PhotoCalib(njy_per_count=1.0),
+        units="nJy",
+        xy0=patch.xy0,
+        mask_planes=planes,
+        attrs={
+            "band": bands.pop() if len(bands) == 1 else None,
+            "coadd_inputs": table,
+            "coadd_skipped": skipped,
+            "coadd": {
+                "method": method,
+                "kernel": kernel,
+                "bad_mask_planes": list(bad_mask_planes),
+                "model_psf_fwhm_px": params.model_fwhm if method == "compare_warp" else None,
+                "covariance": COVARIANCE_NOTE,
+            },
+        },
+    )

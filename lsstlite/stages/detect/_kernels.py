@@ -1,0 +1,203 @@
+"""Detection kernels on one in-memory image: thresholds, footprints, peaks, spans.
+
+No I/O, no dask. Images are float64 ``(ny, nx)`` arrays in the exposure's pixel grid;
+positions are 0-based array indices (the ops add the parent-frame origin).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+from numpy.typing import NDArray
+from scipy import ndimage
+
+__all__ = [
+    "decode_spans",
+    "encode_spans",
+    "find_peaks",
+    "footprint_labels",
+    "gaussian_snr",
+]
+
+#: 8-connectivity: diagonal neighbours belong to the same footprint (as in LSST).
+_EIGHT = np.ones((3, 3), dtype=bool)
+
+
+def gaussian_snr(
+    image: NDArray[np.float64],
+    variance: NDArray[np.float64],
+    sigma: float,
+    bad: NDArray[np.bool_],
+) -> NDArray[np.float64]:
+    """Matched-filter significance: ``(G ∗ I) / sqrt(G² ∗ V)`` with a Gaussian ``G``.
+
+    ``bad`` pixels count as zero signal and infinite variance. Returns 0 where no pixel
+    of the kernel is usable. The halo of the filter is ``ceil(4 sigma)`` pixels.
+    """
+    img = np.where(bad, 0.0, image)
+    var = np.where(bad, 0.0, variance)
+    smooth = ndimage.gaussian_filter(img, sigma, mode="constant", truncate=4.0)
+    # G² is a Gaussian of sigma/√2 with peak 1/(4π σ²); gaussian_filter normalises to 1.
+    noise2 = ndimage.gaussian_filter(var, sigma / math.sqrt(2.0), mode="constant", truncate=4.0)
+    noise2 /= 4.0 * math.pi * sigma * sigma
+    with np.errstate(invalid="ignore", divide="ignore"):
+        snr = np.where(noise2 > 0, smooth / np.sqrt(noise2), 0.0)
+    return np.asarray(snr, dtype=np.float64)
+
+
+def footprint_labels(
+    above: NDArray[np.bool_], *, min_area: int, grow_px: int
+) -> tuple[NDArray[np.int32], int]:
+    """Label 8-connected regions of ``above`` with ≥ ``min_area`` pixels, grown by a disc.
+
+    Returns the label image (0 = background, 1..n) and n. Growing can join footprints;
+    labels are assigned after growing, in raster order of each region's first pixel.
+    """
+    labels, n = ndimage.label(above, structure=_EIGHT)
+    if n == 0:
+        return labels.astype(np.int32), 0
+    areas = np.bincount(labels.ravel(), minlength=n + 1)
+    keep = areas >= min_area
+    keep[0] = False
+    mask = keep[labels]
+    if grow_px > 0:
+        r = int(grow_px)
+        yy, xx = np.mgrid[-r : r + 1, -r : r + 1]
+        mask = ndimage.binary_dilation(mask, structure=(xx * xx + yy * yy) <= r * r)
+    out, n = ndimage.label(mask, structure=_EIGHT)
+    return out.astype(np.int32), int(n)
+
+
+def find_peaks(
+    smooth: NDArray[np.float64],
+    noise: NDArray[np.float64],
+    labels: NDArray[np.int32],
+    *,
+    min_snr: float,
+    min_dip_sigma: float,
+    window: int = 3,
+) -> NDArray[np.int64]:
+    """Peaks of ``smooth`` inside footprints, as an ``(n, 3)`` array ``(label, iy, ix)``.
+
+    A candidate is a local maximum over a ``window × window`` box with
+    ``smooth / noise >= min_snr``. Within a footprint, candidates are taken in decreasing
+    order and one is kept only if, towards every brighter kept peak, the profile along
+    the straight line between them dips at least ``min_dip_sigma × noise`` below it (the
+    saddle test of multi-threshold deblenders, on one line instead of a threshold tree).
+    Rows are sorted by footprint label, then by decreasing peak value.
+    """
+    local_max = smooth == ndimage.maximum_filter(smooth, size=window, mode="nearest")
+    with np.errstate(invalid="ignore", divide="ignore"):
+        snr = np.where(noise > 0, smooth / noise, 0.0)
+    cand = local_max & (labels > 0) & (snr >= min_snr)
+    iy, ix = np.nonzero(cand)
+    if iy.size == 0:
+        return np.zeros((0, 3), dtype=np.int64)
+    lab = labels[iy, ix].astype(np.int64)
+    val = smooth[iy, ix]
+    order = np.lexsort((-val, lab))
+    return _select_peaks(
+        smooth, noise, lab[order], iy[order].astype(np.int64), ix[order].astype(np.int64),
+        float(min_dip_sigma),
+    )  # fmt: skip
+
+
+@numba.njit(cache=True)
+def _select_peaks(
+    smooth: NDArray[np.float64],
+    noise: NDArray[np.float64],
+    lab: NDArray[np.int64],
+    iy: NDArray[np.int64],
+    ix: NDArray[np.int64],
+    min_dip_sigma: float,
+) -> NDArray[np.int64]:
+    n = lab.size
+    keep = np.zeros(n, dtype=np.bool_)
+    start = 0
+    while start < n:
+        stop = start
+        while stop < n and lab[stop] == lab[start]:
+            stop += 1
+        for i in range(start, stop):
+            vi = smooth[iy[i], ix[i]]
+            ok = True
+            for j in range(start, i):
+                if not keep[j]:
+                    continue
+                dy = iy[j] - iy[i]
+                dx = ix[j] - ix[i]
+                steps = max(abs(dy), abs(dx))
+                lowest = vi
+                for s in range(1, steps):
+                    py = math.floor(iy[i] + dy * s / steps + 0.5)
+                    px = math.floor(ix[i] + dx * s / steps + 0.5)
+                    v = smooth[py, px]
+                    if v < lowest:
+                        lowest = v
+                if vi - lowest < min_dip_sigma * noise[iy[i], ix[i]]:
+                    ok = False
+                    break
+            keep[i] = ok
+        start = stop
+    count = 0
+    for i in range(n):
+        if keep[i]:
+            count += 1
+    out = np.empty((count, 3), dtype=np.int64)
+    k = 0
+    for i in range(n):
+        if keep[i]:
+            out[k, 0] = lab[i]
+            out[k, 1] = iy[i]
+            out[k, 2] = ix[i]
+            k += 1
+    return out
+
+
+@numba.njit(cache=True)
+def encode_spans(labels: NDArray[np.int32]) -> NDArray[np.int64]:
+    """Runs of equal non-zero labels along rows: ``(n, 4)`` rows ``(label, y, x0, x1)``.
+
+    ``x1`` is exclusive. Rows are in raster order.
+    """
+    ny, nx = labels.shape
+    count = 0
+    for y in range(ny):
+        prev = 0
+        for x in range(nx):
+            v = labels[y, x]
+            if v != 0 and v != prev:
+                count += 1
+            prev = v
+    out = np.empty((count, 4), dtype=np.int64)
+    k = 0
+    for y in range(ny):
+        x = 0
+        while x < nx:
+            v = labels[y, x]
+            if v == 0:
+                x += 1
+                continue
+            x0 = x
+            while x < nx and labels[y, x] == v:
+                x += 1
+            out[k, 0] = v
+            out[k, 1] = y
+            out[k, 2] = x0
+            out[k, 3] = x
+            k += 1
+    return out
+
+
+def decode_spans(
+    ys: NDArray[np.int64], x0s: NDArray[np.int64], x1s: NDArray[np.int64]
+) -> tuple[tuple[int, int, int, int], NDArray[np.bool_]]:
+    """Footprint mask from spans: ``((ymin, ymax + 1, xmin, xmax), mask)`` in its bbox."""
+    ya, yb = int(ys.min()), int(ys.max()) + 1
+    xa, xb = int(x0s.min()), int(x1s.max())
+    mask = np.zeros((yb - ya, xb - xa), dtype=bool)
+    for y, x0, x1 in zip(ys, x0s, x1s, strict=True):
+        mask[int(y) - ya, int(x0) - xa : int(x1) - xa] = True
+    return (ya, yb, xa, xb), mask

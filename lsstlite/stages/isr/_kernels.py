@@ -1,0 +1,379 @@
+"""ISR kernels: numpy / numba on one block of pixels. No dask, no I/O.
+
+Conventions: images are ``(rows, columns)``; amplifier geometry comes as small integer
+arrays (one entry per amplifier); sections are 0-based half-open. Every function here is
+a pure function of its arguments, so a block computed with a halo gives the same pixels
+as the whole image.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+from numpy.typing import NDArray
+from scipy import interpolate, ndimage
+
+__all__ = [
+    "bf_correct",
+    "clipped_combine",
+    "crosstalk_readout",
+    "fit_overscan",
+    "fringe_normal_equations",
+    "grow_mask",
+    "interpolate_rows",
+    "isr_fused",
+    "rasterize_boxes",
+]
+
+F32 = np.float32
+F64 = np.float64
+
+#: Overscan modes (see :func:`fit_overscan`).
+OVERSCAN_MODES = ("median", "median_per_row", "poly", "spline")
+
+
+def fit_overscan(
+    row_medians: NDArray[np.floating],
+    *,
+    mode: str,
+    order: int,
+    knot_rows: int,
+    n_sigma: float,
+    n_iter: int,
+) -> NDArray[np.float32]:
+    """Overscan level of every row from per-row medians: constant, raw, polynomial or spline.
+
+    The polynomial (Legendre) and spline (cubic, knots every ``knot_rows``) fits are
+    iteratively sigma-clipped (``n_sigma``, ``n_iter`` rounds; σ from the MAD).
+    """
+    y = np.asarray(row_medians, dtype=F64)
+    n = y.size
+    if mode == "median":
+        return np.full(n, np.median(y), dtype=F32)
+    if mode == "median_per_row":
+        return y.astype(F32)
+    if mode not in OVERSCAN_MODES:
+        raise ValueError(f"overscan mode must be one of {OVERSCAN_MODES}, got {mode!r}")
+    t = np.linspace(-1.0, 1.0, n)
+    keep = np.ones(n, dtype=bool)
+    model = np.zeros(n)
+    for _ in range(max(n_iter, 1)):
+        if mode == "poly":
+            coef = np.polynomial.legendre.legfit(t[keep], y[keep], order)
+            model = np.polynomial.legendre.legval(t, coef)
+        else:
+            idx = np.flatnonzero(keep)
+            knots = np.arange(knot_rows, n - knot_rows, knot_rows, dtype=F64)
+            knots = knots[(knots > idx[0]) & (knots < idx[-1])]
+            spline = interpolate.LSQUnivariateSpline(idx.astype(F64), y[keep], knots, k=3)
+            model = spline(np.arange(n, dtype=F64))
+        resid = y - model
+        sigma = 1.4826 * np.median(np.abs(resid[keep] - np.median(resid[keep])))
+        new_keep = np.abs(resid) <= n_sigma * max(sigma, 1e-12)
+        if new_keep.sum() < order + 2 or np.array_equal(new_keep, keep):
+            break
+        keep = new_keep
+    return model.astype(F32)
+
+
+@numba.njit(cache=True, nogil=True)
+def _lin(v: float, c2: float, c3: float, c4: float) -> float:
+    return v + v * v * (c2 + v * (c3 + v * c4))
+
+
+@numba.njit(cache=True, nogil=True)
+def isr_fused(
+    raw: NDArray[np.float32],
+    overscan: NDArray[np.float32],
+    amp_raw_x0: NDArray[np.int64],
+    amp_det_x0: NDArray[np.int64],
+    amp_flip: NDArray[np.bool_],
+    width: int,
+    det_nx: int,
+    gain: NDArray[np.float64],
+    read_noise: NDArray[np.float64],
+    sat_adu: NDArray[np.float64],
+    lin: NDArray[np.float64],
+    xtalk: NDArray[np.float64],
+    bias: NDArray[np.float32],
+    dark: NDArray[np.float32],
+    dark_time: float,
+    flags: NDArray[np.bool_],
+    bits: NDArray[np.int32],
+) -> tuple[NDArray[np.float32], NDArray[np.float32], NDArray[np.int32]]:
+    """The per-pixel ISR chain of one block of rows, raw ADU → electrons, in one pass.
+
+    ``raw`` holds rows of the untrimmed raw frame (all amplifiers, readout order);
+    ``overscan`` the matching ``(n_amps, rows)`` levels. Each output pixel of the assembled
+    ``(rows, det_nx)`` block gets: saturation flag on the raw value; overscan; crosstalk
+    from the other amplifiers at the same readout position (ADU); bias (ADU); linearity
+    (ADU); gain (e⁻); variance ``max(e, 0) + read_noise²``; non-finite check; dark
+    (``dark × dark_time``). ``flags`` = (overscan, crosstalk, bias, linearity, dark,
+    saturation); ``bits`` = (SAT, UNMASKEDNAN). Absent calibrations are
+    ``(0, 0)`` arrays with their flag off.
+    """
+    n_rows = raw.shape[0]
+    n_amps = amp_raw_x0.size
+    image = np.empty((n_rows, det_nx), dtype=np.float32)
+    var = np.empty((n_rows, det_nx), dtype=np.float32)
+    mask = np.zeros((n_rows, det_nx), dtype=np.int32)
+    do_os, do_xt, do_bias, do_lin, do_dark, do_sat = (
+        flags[0], flags[1], flags[2], flags[3], flags[4], flags[5]
+    )
+    src = np.empty(n_amps, dtype=np.float64)
+    for r in range(n_rows):
+        for j in range(width):
+            for a in range(n_amps):
+                v = np.float64(raw[r, amp_raw_x0[a] + j])
+                if do_os:
+                    v -= overscan[a, r]
+                src[a] = v
+            for a in range(n_amps):
+                x = amp_det_x0[a] + (width - 1 - j if amp_flip[a] else j)
+                v = src[a]
+                m = np.int32(0)
+                if do_sat and raw[r, amp_raw_x0[a] + j] >= sat_adu[a]:
+                    m |= bits[0]
+                if do_xt:
+                    corr = 0.0
+                    for s in range(n_amps):
+                        if s != a:
+                            corr += xtalk[s, a] * src[s]
+                    v -= corr
+                if do_bias:
+                    v -= bias[r, x]
+                if do_lin:
+                    v = _lin(v, lin[a, 0], lin[a, 1], lin[a, 2])
+                e = v * gain[a]
+                rn = read_noise[a]
+                if math.isfinite(e):
+                    var[r, x] = max(e, 0.0) + rn * rn
+                else:
+                    m |= bits[1]
+                    e = 0.0
+                    var[r, x] = np.inf
+                if do_dark:
+                    e -= dark[r, x] * dark_time
+                image[r, x] = e
+                mask[r, x] = m
+    return image, var, mask
+
+
+@numba.njit(cache=True, nogil=True)
+def crosstalk_readout(
+    image: NDArray[np.float32],
+    amp_raw_x0: NDArray[np.int64],
+    width: int,
+    xtalk: NDArray[np.float64],
+) -> NDArray[np.float32]:
+    """Subtract crosstalk in the untrimmed raw frame (readout order, overscan removed).
+
+    The victim ``a`` at readout column ``j`` loses ``Σ_s xtalk[s, a] × source_s[j]``.
+    """
+    out = image.copy()
+    n_amps = amp_raw_x0.size
+    for r in range(image.shape[0]):
+        for j in range(width):
+            for a in range(n_amps):
+                corr = 0.0
+                for s in range(n_amps):
+                    if s != a:
+                        corr += xtalk[s, a] * image[r, amp_raw_x0[s] + j]
+                out[r, amp_raw_x0[a] + j] = image[r, amp_raw_x0[a] + j] - corr
+    return out
+
+
+def rasterize_boxes(
+    boxes: NDArray[np.int64], y0: int, x0: int, shape: tuple[int, int]
+) -> NDArray[np.bool_]:
+    """Boolean mask of a block at ``(y0, x0)`` covered by boxes ``(x0, y0, width, height)``."""
+    out = np.zeros(shape, dtype=bool)
+    for bx, by, bw, bh in np.asarray(boxes, dtype=np.int64).reshape(-1, 4):
+        ya, yb = max(by - y0, 0), min(by + bh - y0, shape[0])
+        xa, xb = max(bx - x0, 0), min(bx + bw - x0, shape[1])
+        if ya < yb and xa < xb:
+            out[ya:yb, xa:xb] = True
+    return out
+
+
+def grow_mask(mask: NDArray[np.int32], bit: int, radius: int) -> NDArray[np.int32]:
+    """Grow mask plane ``bit`` by a square of half-size ``radius`` (pixels)."""
+    if radius <= 0:
+        return mask
+    plane = (mask & bit) != 0
+    grown = ndimage.maximum_filter(plane, size=2 * radius + 1, mode="constant")
+    return np.where(grown, mask | bit, mask).astype(np.int32)
+
+
+@numba.njit(cache=True, nogil=True)
+def interpolate_rows(
+    image: NDArray[np.float32],
+    var: NDArray[np.float32],
+    mask: NDArray[np.int32],
+    bad_bits: int,
+    intrp_bit: int,
+    max_width: int,
+) -> tuple[NDArray[np.float32], NDArray[np.float32], NDArray[np.int32]]:
+    """Linear interpolation along rows over runs of ``bad_bits`` pixels ≤ ``max_width`` long.
+
+    A run needs a good pixel on both sides; interpolated pixels get ``intrp_bit`` and the
+    mean variance of the two ends. Longer runs (saturated star cores) are left alone.
+    """
+    img = image.copy()
+    v = var.copy()
+    m = mask.copy()
+    ny, nx = image.shape
+    for r in range(ny):
+        x = 0
+        while x < nx:
+            if (mask[r, x] & bad_bits) == 0:
+                x += 1
+                continue
+            start = x
+            while x < nx and (mask[r, x] & bad_bits) != 0:
+                x += 1
+            stop = x  # run is [start, stop)
+            if start == 0 or stop == nx or stop - start > max_width:
+                continue
+            left, right = image[r, start - 1], image[r, stop]
+            vl, vr = var[r, start - 1], var[r, stop]
+            n = stop - start + 1
+            for k in range(start, stop):
+                t = (k - start + 1) / n
+                img[r, k] = left + t * (right - left)
+                v[r, k] = 0.5 * (vl + vr)
+                m[r, k] |= intrp_bit
+    return img, v, m
+
+
+@numba.njit(cache=True, nogil=True)
+def _bf_delta(
+    image: NDArray[np.float64], kernel: NDArray[np.float64], active: NDArray[np.bool_]
+) -> NDArray[np.float64]:
+    """``ΔI = ½ ∇·(I ∇(K ∗ I))`` at ``active`` pixels (0 elsewhere); no flux through edges."""
+    ny, nx = image.shape
+    kh = kernel.shape[0] // 2
+    need = np.zeros((ny, nx), dtype=np.bool_)
+    for y in range(ny):
+        for x in range(nx):
+            if active[y, x]:
+                for dy in range(-1, 2):
+                    for dx in range(-1, 2):
+                        yy, xx = y + dy, x + dx
+                        if 0 <= yy < ny and 0 <= xx < nx:
+                            need[yy, xx] = True
+    phi = np.zeros((ny, nx))
+    for y in range(ny):
+        for x in range(nx):
+            if need[y, x]:
+                acc = 0.0
+                for ky in range(-kh, kh + 1):
+                    yy = y - ky
+                    if yy < 0 or yy >= ny:
+                        continue
+                    for kx in range(-kh, kh + 1):
+                        xx = x - kx
+                        if 0 <= xx < nx:
+                            acc += kernel[ky + kh, kx + kh] * image[yy, xx]
+                phi[y, x] = acc
+    delta = np.zeros((ny, nx))
+    for y in range(ny):
+        for x in range(nx):
+            if not active[y, x]:
+                continue
+            i0, p0 = image[y, x], phi[y, x]
+            d = 0.0
+            if x + 1 < nx:
+                d += 0.5 * (image[y, x + 1] + i0) * (phi[y, x + 1] - p0)
+            if x > 0:
+                d -= 0.5 * (image[y, x - 1] + i0) * (p0 - phi[y, x - 1])
+            if y + 1 < ny:
+                d += 0.5 * (image[y + 1, x] + i0) * (phi[y + 1, x] - p0)
+            if y > 0:
+                d -= 0.5 * (image[y - 1, x] + i0) * (p0 - phi[y - 1, x])
+            delta[y, x] = 0.5 * d
+    return delta
+
+
+def bf_correct(
+    image: NDArray[np.float32],
+    kernel: NDArray[np.float64],
+    *,
+    threshold: float,
+    radius: int,
+    n_iter: int,
+) -> NDArray[np.float32]:
+    """Undo the brighter-fatter effect: ``I ← I_obs − ΔI(I)``, iterated ``n_iter`` times.
+
+    ``ΔI`` scales as I², so it is evaluated only within ``radius`` px of pixels brighter
+    than ``threshold`` (e⁻); the active set is a function of the neighbourhood only, so a
+    block with halo ``n_iter × (kernel half-size + 1) + radius`` matches the whole image.
+    """
+    obs = np.asarray(image, dtype=F64)
+    bright = obs > threshold
+    if not bright.any():
+        return np.asarray(image, dtype=F32)
+    active = ndimage.maximum_filter(bright, size=2 * radius + 1, mode="constant")
+    work = np.where(np.isfinite(obs), obs, 0.0)
+    cur = work
+    k = np.asarray(kernel, dtype=F64)
+    for _ in range(n_iter):
+        cur = work - _bf_delta(cur, k, active)
+    return np.where(active, cur, obs).astype(F32)
+
+
+def fringe_normal_equations(
+    image: NDArray[np.float32],
+    var: NDArray[np.float32],
+    mask: NDArray[np.int32],
+    fringe: NDArray[np.float32],
+    y0: int,
+    x0: int,
+    shape: tuple[int, int],
+    sky: float,
+    n_sigma: float,
+    bad_bits: int,
+) -> NDArray[np.float64]:
+    """Normal equations (``4 × 5``: matrix | vector) of ``I = c0 + c1 x + c2 y + A F``.
+
+    Pixels flagged in ``bad_bits``, non-finite, or brighter than ``sky + n_sigma √var``
+    (sources) are left out. Coordinates are scaled to [-1, 1] over the full ``shape``.
+    """
+    ny, nx = image.shape
+    yy = (np.arange(y0, y0 + ny, dtype=F64)[:, None] / max(shape[0] - 1, 1)) * 2 - 1
+    xx = (np.arange(x0, x0 + nx, dtype=F64)[None, :] / max(shape[1] - 1, 1)) * 2 - 1
+    img = np.asarray(image, dtype=F64)
+    good = (
+        ((mask & bad_bits) == 0)
+        & np.isfinite(img)
+        & np.isfinite(fringe)
+        & (img < sky + n_sigma * np.sqrt(np.maximum(var, 0)))
+    )
+    cols = [np.ones_like(img), np.broadcast_to(xx, img.shape), np.broadcast_to(yy, img.shape),
+            np.asarray(fringe, dtype=F64)]
+    design = np.stack([c[good] for c in cols], axis=1)
+    out = np.zeros((4, 5))
+    out[:, :4] = design.T @ design
+    out[:, 4] = design.T @ img[good]
+    return out
+
+
+def clipped_combine(
+    stack: NDArray[np.float32], var: NDArray[np.float32], n_sigma: float
+) -> NDArray[np.float32]:
+    """Mean over axis 0 after rejecting values more than ``n_sigma`` σ from a robust reference.
+
+    The reference is the median for three or more frames and the minimum for two (a
+    cosmic ray then only ever raises one value); σ is each value's own noise
+    (``√var``), so rejection works with as few as two frames. Pixels where everything is
+    rejected fall back to the reference.
+    """
+    data = np.asarray(stack, dtype=F64)
+    sig = np.sqrt(np.maximum(np.asarray(var, dtype=F64), 1e-12))
+    ref = np.median(data, axis=0) if data.shape[0] >= 3 else np.min(data, axis=0)
+    keep = np.abs(data - ref) <= n_sigma * sig
+    n = keep.sum(axis=0)
+    total = np.where(keep, data, 0.0).sum(axis=0)
+    return np.where(n > 0, total / np.maximum(n, 1), ref).astype(F32)

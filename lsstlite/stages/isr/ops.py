@@ -1,0 +1,831 @@
+"""ISR operations on xarray objects: lazy, chunked, usable on any raw from a notebook.
+
+A *raw* is the Dataset of :meth:`lsstlite.instruments.simcam.SimCam.read_raw` (or
+:func:`raw_from_fits` for a generic single-HDU frame): the untrimmed frame in readout
+order with ``attrs['amplifiers']``. The step-by-step ops, in the order :class:`IsrTask`
+applies them::
+
+    raw = mask_saturation(raw)                  # raw ADU ≥ amplifier saturation → SAT
+    raw = subtract_overscan(raw)                # per amplifier, per row
+    raw = correct_crosstalk(raw, matrix)        # ADU, readout order (before linearity)
+    exp = assemble(raw)                         # trim, flip, place: ADU exposure
+    exp = subtract_bias(exp, bias)
+    exp = apply_linearity(exp, coeffs)
+    exp = apply_gain(exp)                       # electrons; variance = e + read_noise²
+    exp = mask_defects(mask_nans(exp), defects)
+    exp = subtract_dark(exp, dark)
+    exp = correct_brighter_fatter(exp, kernel)
+    exp = remove_fringe(divide_flat(exp, flat), fringe)
+    exp = interpolate_bad(grow_mask_plane(exp, "SAT", 1))
+
+:func:`isr_chain` does the per-pixel part of the same sequence in one fused kernel per
+block of rows (the task's path); the two agree to float32 rounding.
+
+No op computes: each returns lazy dask-backed xarray objects.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import dask
+import dask.array as da
+import numpy as np
+import pandas as pd
+import xarray as xr
+from astropy.io import fits
+from numpy.typing import NDArray
+
+from lsstlite.data.exposure import VisitInfo, make_exposure
+from lsstlite.data.masks import mask_bits, mask_planes
+from lsstlite.stages.isr import _kernels
+
+__all__ = [
+    "DEFAULT_CHUNK_ROWS",
+    "apply_gain",
+    "apply_linearity",
+    "assemble",
+    "correct_brighter_fatter",
+    "correct_crosstalk",
+    "divide_flat",
+    "fit_fringe_amplitude",
+    "grow_mask_plane",
+    "interpolate_bad",
+    "isr_chain",
+    "mask_defects",
+    "mask_nans",
+    "mask_saturation",
+    "overscan_levels",
+    "raw_from_fits",
+    "remove_fringe",
+    "subtract_bias",
+    "subtract_dark",
+    "subtract_overscan",
+]
+
+#: Rows per chunk of the fused chain (full rows: crosstalk pairs pixels across amplifiers).
+DEFAULT_CHUNK_ROWS = 512
+
+F32 = np.float32
+
+
+# -- geometry helpers ------------------------------------------------------------------
+
+
+def _amps(raw: xr.Dataset) -> list[dict[str, Any]]:
+    amps = raw.attrs.get("amplifiers")
+    if not amps:
+        raise ValueError(
+            f"raw {raw.attrs.get('filename', '')!r} has no attrs['amplifiers']; read it with an "
+            "instrument's read_raw or lsstlite.stages.isr.ops.raw_from_fits"
+        )
+    return list(amps)
+
+
+def _dask(arr: xr.DataArray) -> da.Array:
+    data = arr.data
+    return data if isinstance(data, da.Array) else da.from_array(data, chunks=data.shape)
+
+
+def _detector_shape(amps: Sequence[Mapping[str, Any]]) -> tuple[int, int]:
+    return (max(a["detector_section"][1] for a in amps), max(a["detector_section"][3] for a in amps))
+
+
+def _column_values(amps: Sequence[Mapping[str, Any]], nx: int, values: Sequence[float]) -> NDArray[np.float64]:
+    """Per-column array (assembled frame) of a per-amplifier constant."""
+    out = np.zeros(nx)
+    for amp, value in zip(amps, values, strict=True):
+        _, _, x0, x1 = amp["detector_section"]
+        out[x0:x1] = value
+    return out
+
+
+def _readout_geometry(raw: xr.Dataset) -> dict[str, Any]:
+    """Arrays describing where each amplifier's data lies (raw) and goes (assembled)."""
+    amps = _amps(raw)
+    widths = {a["data_section"][3] - a["data_section"][2] for a in amps}
+    if len(widths) != 1:
+        raise ValueError(f"amplifiers of {raw.attrs.get('filename', 'raw')!r} differ in width {sorted(widths)}")
+    ny, nx = _detector_shape(amps)
+    for a in amps:
+        ya, yb = a["data_section"][:2]
+        if (ya, yb) != (a["detector_section"][0], a["detector_section"][1]) or a.get("flip_y"):
+            raise ValueError(
+                f"amplifier {a.get('name')!r}: only full-height, non-y-flipped data sections are "
+                f"supported (data {a['data_section']}, detector {a['detector_section']})"
+            )
+    return {
+        "raw_x0": np.array([a["data_section"][2] for a in amps], dtype=np.int64),
+        "det_x0": np.array([a["detector_section"][2] for a in amps], dtype=np.int64),
+        "flip": np.array([bool(a.get("flip_x")) for a in amps], dtype=np.bool_),
+        "width": int(widths.pop()),
+        "shape": (ny, nx),
+        "gain": np.array([float(a["gain"]) for a in amps]),
+        "read_noise": np.array([float(a["read_noise"]) for a in amps]),
+        "saturation": np.array([float(a.get("saturation_adu", np.inf)) for a in amps]),
+    }
+
+
+def _visit_info(attrs: Mapping[str, Any]) -> dict[str, Any] | None:
+    info = attrs.get("visit_info")
+    if not info:
+        return None
+    keep = set(VisitInfo.model_fields)
+    return {k: v for k, v in info.items() if k in keep}
+
+
+def _with(exp: xr.Dataset, **variables: Any) -> xr.Dataset:
+    """A shallow copy of ``exp`` with some variables' data replaced (attrs kept)."""
+    out = exp.copy()
+    for name, data in variables.items():
+        out[name] = (("y", "x"), data, exp[name].attrs)
+    return out
+
+
+def _add_steps(exp: xr.Dataset, *steps: str) -> xr.Dataset:
+    exp.attrs["isr_steps"] = [*exp.attrs.get("isr_steps", []), *steps]
+    return exp
+
+
+# -- reading a generic raw -------------------------------------------------------------
+
+
+def _parse_section(text: str) -> tuple[int, int, int, int]:
+    from lsstlite.instruments.simcam import parse_section
+
+    box, _, _ = parse_section(text)
+    return box
+
+
+def raw_from_fits(
+    path: str | Path,
+    *,
+    hdu: int = 0,
+    biassec_key: str = "BIASSEC",
+    trimsec_key: str = "TRIMSEC",
+    gain_key: str = "GAIN",
+    rdnoise_key: str = "RDNOISE",
+    saturation_key: str = "SATURATE",
+    chunks: tuple[int, int] | None = None,
+) -> xr.Dataset:
+    """A single-amplifier raw Dataset (same layout as ``SimCam.read_raw``) from any FITS image.
+
+    Parameters
+    ----------
+    path
+        FITS file; the image is HDU ``hdu``.
+    biassec_key, trimsec_key, gain_key, rdnoise_key, saturation_key
+        Header keys of the overscan (or prescan) section, the data section (IRAF
+        ``[x1:x2,y1:y2]``), the gain (e⁻/ADU), read noise (e⁻) and saturation (ADU,
+        optional: ∞ when absent).
+    chunks
+        Dask chunks of ``image`` (default: one chunk).
+
+    Raises
+    ------
+    KeyError
+        If a required key is missing, naming the file and the key.
+
+    Notes
+    -----
+    Reads the pixels eagerly (a FITS file is not chunked storage) and wraps them in dask.
+    """
+    path = Path(path)
+    with fits.open(path, memmap=False) as hdul:
+        header = hdul[hdu].header
+        data = np.asarray(hdul[hdu].data, dtype=F32)
+    for key in (biassec_key, trimsec_key, gain_key, rdnoise_key):
+        if key not in header:
+            raise KeyError(f"raw file '{path}': header key {key!r} (HDU {hdu}) is missing")
+    bsec = _parse_section(str(header[biassec_key]))
+    tsec = _parse_section(str(header[trimsec_key]))
+    ny, nx = data.shape
+    amp = {
+        "name": "A",
+        "bbox_raw": [0, ny, 0, nx],
+        "data_section": list(tsec),
+        "serial_overscan": list(bsec),
+        "prescan": [0, ny, 0, 0],
+        "detector_section": [0, tsec[1] - tsec[0], 0, tsec[3] - tsec[2]],
+        "flip_x": False,
+        "flip_y": False,
+        "gain": float(header[gain_key]),
+        "read_noise": float(header[rdnoise_key]),
+        "saturation_adu": float(header.get(saturation_key, np.inf)),
+    }
+    plain = {k: (v if isinstance(v, bool | int | float | str) else str(v))
+             for k, v in header.items() if k not in ("COMMENT", "HISTORY", "")}
+    exptime = float(header.get("EXPTIME", 0.0))
+    visit_info = {"instrument": str(header.get("INSTRUME", "unknown")), "exposure": 0,
+                  "exptime": exptime, "darktime": float(header.get("DARKTIME", exptime))}
+    return xr.Dataset(
+        {"image": (("y", "x"), da.from_array(data, chunks=chunks or data.shape))},
+        attrs={"amplifiers": [amp], "visit_info": visit_info, "wcs": {}, "header": plain,
+               "filename": str(path)},
+    )
+
+
+# -- overscan ----------------------------------------------------------------------------
+
+
+def overscan_levels(
+    raw: xr.Dataset,
+    *,
+    mode: str = "median_per_row",
+    order: int = 3,
+    knot_rows: int = 128,
+    n_sigma: float = 3.0,
+    n_iter: int = 3,
+) -> xr.DataArray:
+    """Overscan level of every row of every amplifier, ``("amp", "y")`` float32 (ADU).
+
+    ``mode``: ``"median"`` (one level per amplifier), ``"median_per_row"``, ``"poly"``
+    (clipped Legendre fit of the per-row medians, ``order``) or ``"spline"`` (clipped cubic
+    spline, a knot every ``knot_rows`` rows).
+
+    Notes
+    -----
+    Lazy: the per-row medians are a ``map_blocks`` over row chunks of the overscan columns;
+    the fit is one small delayed reduction per amplifier. No halo.
+    """
+    if mode not in _kernels.OVERSCAN_MODES:
+        raise ValueError(f"overscan mode must be one of {_kernels.OVERSCAN_MODES}, got {mode!r}")
+    image = _dask(raw["image"])
+    levels = []
+    for amp in _amps(raw):
+        y0, y1, x0, x1 = amp["serial_overscan"]
+        if x1 <= x0:
+            raise ValueError(f"amplifier {amp.get('name')!r} has no overscan columns ({amp['serial_overscan']})")
+        cols = image[y0:y1, x0:x1].rechunk({1: -1})
+        med = cols.map_blocks(
+            lambda b: np.median(b, axis=1).astype(F32), drop_axis=1, dtype=F32,
+            meta=np.empty((0,), F32),
+        )
+        if mode == "median_per_row":
+            levels.append(med)
+            continue
+        fit = dask.delayed(_kernels.fit_overscan, pure=True)(
+            med.rechunk(-1), mode=mode, order=order, knot_rows=knot_rows, n_sigma=n_sigma, n_iter=n_iter
+        )
+        levels.append(da.from_delayed(fit, shape=(y1 - y0,), dtype=F32, meta=np.empty((0,), F32)))
+    return xr.DataArray(da.stack(levels), dims=("amp", "y"), name="overscan")
+
+
+def subtract_overscan(raw: xr.Dataset, *, levels: xr.DataArray | None = None, **fit: Any) -> xr.Dataset:
+    """The raw with each amplifier's overscan level (per row) subtracted from its columns.
+
+    ``levels`` from :func:`overscan_levels` (computed with ``**fit`` when not given).
+
+    Notes
+    -----
+    Lazy, elementwise per amplifier column range: any chunking works, no halo.
+    """
+    if levels is None:
+        levels = overscan_levels(raw, **fit)
+    image = _dask(raw["image"])
+    amps = sorted(enumerate(_amps(raw)), key=lambda t: t[1]["bbox_raw"][2])
+    pieces, x_prev = [], 0
+    for k, amp in amps:
+        y0, y1, x0, x1 = amp["bbox_raw"]
+        if x0 != x_prev or (y0, y1) != (0, image.shape[0]):
+            raise ValueError(f"amplifier bounding boxes must tile the raw along x; got {amp['bbox_raw']}")
+        lev = _dask(levels)[k]
+        pieces.append(image[:, x0:x1] - lev[:, None])
+        x_prev = x1
+    out = raw.copy()
+    out["image"] = (("y", "x"), da.concatenate(pieces, axis=1).astype(F32))
+    return _add_steps(out, "overscan")
+
+
+def mask_saturation(raw: xr.Dataset) -> xr.Dataset:
+    """Add (or update) a raw-frame ``mask`` with SAT where raw ADU ≥ the amplifier's saturation.
+
+    Must run on the untouched raw (the threshold includes the bias level).
+
+    Notes
+    -----
+    Lazy, elementwise: any chunking, no halo. Grow the plane after assembly with
+    :func:`grow_mask_plane` to cover the edges of bleed trails.
+    """
+    from lsstlite.data.masks import DEFAULT_MASK_PLANES
+
+    image = _dask(raw["image"])
+    sat_cols = np.full(image.shape[1], np.inf)
+    for amp in _amps(raw):
+        _, _, x0, x1 = amp["bbox_raw"]
+        sat_cols[x0:x1] = float(amp.get("saturation_adu", np.inf))
+    bit = 1 << DEFAULT_MASK_PLANES["SAT"]
+    old = _dask(raw["mask"]) if "mask" in raw else da.zeros(image.shape, np.int32, chunks=image.chunks)
+    new = da.where(image >= sat_cols[None, :], old | np.int32(bit), old).astype(np.int32)
+    out = raw.copy()
+    out["mask"] = (("y", "x"), new, {"planes": dict(DEFAULT_MASK_PLANES)})
+    return _add_steps(out, "saturation")
+
+
+def correct_crosstalk(raw: xr.Dataset, matrix: NDArray[np.floating]) -> xr.Dataset:
+    """Remove inter-amplifier crosstalk from an overscan-subtracted raw (ADU, readout order).
+
+    ``matrix[source, victim]``: the victim's signal gained that fraction of the source's
+    signal at the same readout position. Applied before linearity: the crosstalk arises
+    in the electronics, on the already nonlinear signal.
+
+    Notes
+    -----
+    Lazy ``map_blocks``; every amplifier of a row is needed, so the op rechunks x to one
+    chunk (rows stay chunked). No halo in y.
+    """
+    geo = _readout_geometry(raw)
+    c = np.asarray(matrix, dtype=np.float64)
+    n = geo["raw_x0"].size
+    if c.shape != (n, n):
+        raise ValueError(f"crosstalk matrix has shape {c.shape}, the raw has {n} amplifiers")
+    image = _dask(raw["image"]).rechunk({1: -1})
+    out_img = image.map_blocks(
+        _kernels.crosstalk_readout, geo["raw_x0"], geo["width"], c, dtype=F32, meta=np.empty((0, 0), F32)
+    )
+    out = raw.copy()
+    out["image"] = (("y", "x"), out_img)
+    return _add_steps(out, "crosstalk")
+
+
+def assemble(raw: xr.Dataset) -> xr.Dataset:
+    """Trim and assemble the amplifiers' data sections into the detector frame (ADU exposure).
+
+    x-flipped amplifiers (read from the right) are reversed. The raw's ``mask`` (if any)
+    follows the pixels; ``attrs['amplifiers']`` is kept (``detector_section`` gives each
+    amplifier's place) with the raw's WCS cards and visit info.
+
+    Notes
+    -----
+    Lazy slicing and concatenation: the output chunks follow the input's; no halo.
+    """
+    amps = _amps(raw)
+    ny, nx = _detector_shape(amps)
+
+    def place(arr: da.Array) -> da.Array:
+        pieces = []
+        for amp in sorted(amps, key=lambda a: a["detector_section"][2]):
+            ya, yb, xa, xb = amp["data_section"]
+            piece = arr[ya:yb, xa:xb]
+            if amp.get("flip_x"):
+                piece = piece[:, ::-1]
+            if amp.get("flip_y"):
+                piece = piece[::-1, :]
+            pieces.append(piece)
+        out = da.concatenate(pieces, axis=1)
+        if out.shape != (ny, nx):
+            raise ValueError(f"amplifier detector sections do not tile a {ny}×{nx} detector")
+        return out
+
+    image = place(_dask(raw["image"]))
+    mask = place(_dask(raw["mask"])) if "mask" in raw else None
+    exp = make_exposure(
+        image, mask=mask, wcs=raw.attrs.get("wcs") or None, visit_info=_visit_info(raw.attrs),
+        units="adu",
+        attrs={"amplifiers": amps, "isr_steps": [*raw.attrs.get("isr_steps", []), "assemble"]},
+    )
+    return exp
+
+
+# -- assembled-frame steps ---------------------------------------------------------------
+
+
+def _amp_columns(exp: xr.Dataset, values: Sequence[float]) -> xr.DataArray:
+    amps = exp.attrs["amplifiers"]
+    return xr.DataArray(_column_values(amps, exp.sizes["x"], values).astype(np.float64),
+                        dims=("x",), coords={"x": exp["x"]})
+
+
+def subtract_bias(exp: xr.Dataset, bias: xr.Dataset) -> xr.Dataset:
+    """Subtract a master bias (same units as ``exp``, ADU before :func:`apply_gain`).
+
+    Notes
+    -----
+    Lazy, elementwise; chunks follow ``exp``; no halo.
+    """
+    _check_same_shape(exp, bias, "bias")
+    out = _with(exp, image=(exp["image"] - bias["image"].data).data.astype(F32))
+    return _add_steps(out, "bias")
+
+
+def apply_linearity(exp: xr.Dataset, coeffs: NDArray[np.floating] | Sequence[Any]) -> xr.Dataset:
+    """Linearise bias-subtracted ADU: ``a + a²(d2 + a(d3 + a d4))`` per amplifier.
+
+    ``coeffs``: ``(n_amps, 3)`` array of ``(d2, d3, d4)`` or a list of objects with
+    ``correction_coeffs`` (``SimCam.linearity``).
+
+    Notes
+    -----
+    Lazy, elementwise; no halo.
+    """
+    c = _linearity_array(coeffs)
+    a = exp["image"].astype(np.float64)
+    d2, d3, d4 = (_amp_columns(exp, c[:, k]) for k in range(3))
+    lin = a + a * a * (d2 + a * (d3 + a * d4))
+    out = _with(exp, image=lin.astype(F32).transpose("y", "x").data)
+    return _add_steps(out, "linearity")
+
+
+def _linearity_array(coeffs: Any) -> NDArray[np.float64]:
+    if isinstance(coeffs, np.ndarray):
+        return np.asarray(coeffs, dtype=np.float64).reshape(-1, 3)
+    return np.array([list(getattr(c, "correction_coeffs", c)) for c in coeffs], dtype=np.float64)
+
+
+def apply_gain(exp: xr.Dataset) -> xr.Dataset:
+    """ADU → electrons with each amplifier's gain; variance ``max(e, 0) + read_noise²``.
+
+    Notes
+    -----
+    Lazy, elementwise; no halo.
+    """
+    amps = exp.attrs["amplifiers"]
+    gain = _amp_columns(exp, [a["gain"] for a in amps])
+    rn = _amp_columns(exp, [a["read_noise"] for a in amps])
+    e = exp["image"].astype(np.float64) * gain
+    var = np.maximum(e, 0.0) + rn * rn
+    out = _with(exp, image=e.astype(F32).transpose("y", "x").data,
+                variance=var.astype(F32).transpose("y", "x").data)
+    out.attrs["units"] = "electron"
+    out["image"].attrs["units"] = "electron"
+    out["variance"].attrs["units"] = "electron^2"
+    return _add_steps(out, "gain", "variance")
+
+
+def mask_nans(exp: xr.Dataset) -> xr.Dataset:
+    """Flag non-finite pixels UNMASKEDNAN (value 0, variance ∞) so they get interpolated.
+
+    Notes
+    -----
+    Lazy, elementwise; no halo.
+    """
+    bit = mask_bits(mask_planes(exp), "UNMASKEDNAN")
+    bad = ~np.isfinite(exp["image"])
+    out = _with(
+        exp,
+        image=exp["image"].where(~bad, 0.0).data,
+        variance=exp["variance"].where(~bad, np.inf).astype(F32).data,
+        mask=xr.where(bad, exp["mask"] | bit, exp["mask"]).astype(np.int32).data,
+    )
+    return _add_steps(out, "nans")
+
+
+def mask_defects(exp: xr.Dataset, defects: pd.DataFrame | NDArray[np.integer]) -> xr.Dataset:
+    """Set BAD inside defect boxes (``x0, y0, width, height`` in the detector frame).
+
+    Notes
+    -----
+    Lazy ``map_blocks``: each block rasterises only the boxes that touch it; no halo,
+    any chunking.
+    """
+    boxes = _boxes(defects)
+    bit = np.int32(mask_bits(mask_planes(exp), "BAD"))
+    mask = _dask(exp["mask"])
+    y0, x0 = int(exp["y"][0]), int(exp["x"][0])
+
+    def block(m: NDArray[np.int32], block_info: dict[Any, Any] | None = None) -> NDArray[np.int32]:
+        (ya, _), (xa, _) = block_info[0]["array-location"] if block_info else ((0, 0), (0, 0))
+        hit = _kernels.rasterize_boxes(boxes, y0 + ya, x0 + xa, m.shape)
+        return np.where(hit, m | bit, m).astype(np.int32)
+
+    out = _with(exp, mask=mask.map_blocks(block, dtype=np.int32, meta=np.empty((0, 0), np.int32)))
+    return _add_steps(out, "defects")
+
+
+def _boxes(defects: pd.DataFrame | NDArray[np.integer]) -> NDArray[np.int64]:
+    if isinstance(defects, pd.DataFrame):
+        missing = {"x0", "y0", "width", "height"} - set(defects.columns)
+        if missing:
+            raise ValueError(f"defects table lacks columns {sorted(missing)}")
+        return defects[["x0", "y0", "width", "height"]].to_numpy(dtype=np.int64)
+    return np.asarray(defects, dtype=np.int64).reshape(-1, 4)
+
+
+def _dark_time(exp: xr.Dataset, dark_time: float | None) -> float:
+    if dark_time is not None:
+        return float(dark_time)
+    info = exp.attrs.get("visit_info") or {}
+    value = info.get("darktime") if info.get("darktime") is not None else info.get("exptime")
+    if value is None:
+        raise ValueError("exposure has no darktime/exptime in visit_info; pass dark_time=")
+    return float(value)
+
+
+def subtract_dark(exp: xr.Dataset, dark: xr.Dataset, *, dark_time: float | None = None) -> xr.Dataset:
+    """Subtract a master dark (e⁻/s) scaled by the exposure's dark time (default visit_info).
+
+    Notes
+    -----
+    Lazy, elementwise; no halo.
+    """
+    _check_same_shape(exp, dark, "dark")
+    t = _dark_time(exp, dark_time)
+    out = _with(exp, image=(exp["image"] - F32(t) * dark["image"].data).data.astype(F32))
+    return _add_steps(out, "dark")
+
+
+def bf_halo(kernel: NDArray[np.floating], radius: int, n_iter: int) -> int:
+    """Halo (pixels) that makes :func:`correct_brighter_fatter` chunk-independent."""
+    half = np.asarray(kernel).shape[0] // 2
+    return n_iter * (half + 1) + radius
+
+
+def correct_brighter_fatter(
+    exp: xr.Dataset,
+    kernel: NDArray[np.floating],
+    *,
+    threshold: float = 10_000.0,
+    radius: int = 12,
+    n_iter: int = 2,
+) -> xr.Dataset:
+    """Undo the brighter-fatter effect, ``ΔI = ½ ∇·(I ∇(K ∗ I))`` (electrons, before the flat).
+
+    Evaluated within ``radius`` px of pixels brighter than ``threshold`` e⁻ (``ΔI`` ∝ I²).
+
+    Notes
+    -----
+    Lazy ``map_overlap`` with halo ``n_iter × (kernel half-size + 1) + radius``
+    (:func:`bf_halo`), boundary ``none`` (no charge flows through the detector edge);
+    any chunking gives the same result.
+    """
+    depth = bf_halo(kernel, radius, n_iter)
+    k = np.asarray(kernel, dtype=np.float64)
+    img = _dask(exp["image"]).map_overlap(
+        _kernels.bf_correct, depth=depth, boundary="none", dtype=F32, meta=np.empty((0, 0), F32),
+        kernel=k, threshold=threshold, radius=radius, n_iter=n_iter,
+    )
+    return _add_steps(_with(exp, image=img), "brighter_fatter")
+
+
+def divide_flat(exp: xr.Dataset, flat: xr.Dataset) -> xr.Dataset:
+    """Divide by a master flat (variance by its square); flat ≤ 0 or non-finite → BAD, 0.
+
+    Notes
+    -----
+    Lazy, elementwise; no halo.
+    """
+    _check_same_shape(exp, flat, "flat")
+    f = flat["image"].data
+    ok = da.isfinite(f) & (f > 0)
+    safe = da.where(ok, f, F32(1.0))
+    bit = np.int32(mask_bits(mask_planes(exp), "BAD"))
+    out = _with(
+        exp,
+        image=da.where(ok, _dask(exp["image"]) / safe, F32(0)).astype(F32),
+        variance=da.where(ok, _dask(exp["variance"]) / (safe * safe), np.inf).astype(F32),
+        mask=da.where(ok, _dask(exp["mask"]), _dask(exp["mask"]) | bit).astype(np.int32),
+    )
+    return _add_steps(out, "flat")
+
+
+def fit_fringe_amplitude(
+    exp: xr.Dataset, fringe: xr.Dataset, *, n_sigma: float = 3.0,
+    bad_planes: Sequence[str] = ("BAD", "SAT", "UNMASKEDNAN"),
+) -> da.Array:
+    """Fringe amplitude of an exposure: least squares of ``I = plane + A F`` (0-d dask array).
+
+    Sources are excluded (above ``sky + n_sigma √variance``, ``sky`` the median of the
+    block medians) as are pixels in ``bad_planes``.
+
+    Notes
+    -----
+    Lazy: a ``map_blocks`` of per-block 4×5 normal equations summed by one small
+    reduction; needs the variance plane (run after :func:`apply_gain`). No halo.
+    """
+    _check_same_shape(exp, fringe, "fringe")
+    img, var, msk = (_dask(exp[v]) for v in ("image", "variance", "mask"))
+    frg = _dask(fringe["image"]).rechunk(img.chunks)
+    bad = mask_bits(mask_planes(exp), list(bad_planes))
+    meds = img.map_blocks(
+        lambda b: np.atleast_2d(np.nanmedian(b)).astype(np.float64), chunks=((1,) * img.numblocks[0], (1,) * img.numblocks[1]),
+        dtype=np.float64, meta=np.empty((0, 0), np.float64),
+    )
+    sky = da.median(meds.ravel(), axis=0)
+    shape = img.shape
+
+    def block(i: Any, v: Any, m: Any, f: Any, s: Any, block_info: dict[Any, Any] | None = None) -> Any:
+        (ya, _), (xa, _) = block_info[0]["array-location"] if block_info else ((0, 0), (0, 0))
+        eq = _kernels.fringe_normal_equations(i, v, m, f, ya, xa, shape, float(s), n_sigma, bad)
+        return eq[None, None]
+
+    eqs = da.map_blocks(
+        block, img, var, msk, frg, sky, new_axis=[2, 3], chunks=(1, 1, 4, 5), dtype=np.float64,
+        meta=np.empty((0, 0, 0, 0), np.float64),
+    )
+    total = eqs.sum(axis=(0, 1))
+    return da.map_blocks(
+        lambda t: np.asarray(np.linalg.solve(t[:, :4], t[:, 4])[3]), total, drop_axis=[0, 1],
+        chunks=(), dtype=np.float64, meta=np.empty((), np.float64),
+    )
+
+
+def remove_fringe(
+    exp: xr.Dataset, fringe: xr.Dataset, *, amplitude: float | da.Array | None = None, n_sigma: float = 3.0
+) -> xr.Dataset:
+    """Subtract ``amplitude × fringe`` (amplitude fitted per exposure when not given).
+
+    The fringe frame should have zero mean: its constant part is degenerate with the sky.
+
+    Notes
+    -----
+    Lazy: one small reduction for the amplitude (:func:`fit_fringe_amplitude`) then an
+    elementwise subtraction; no halo.
+    """
+    amp = fit_fringe_amplitude(exp, fringe, n_sigma=n_sigma) if amplitude is None else amplitude
+    frg = _dask(fringe["image"]).rechunk(_dask(exp["image"]).chunks)
+    img = (_dask(exp["image"]) - amp * frg).astype(F32)
+    out = _add_steps(_with(exp, image=img), "fringe")
+    return out
+
+
+def grow_mask_plane(exp: xr.Dataset, plane: str, radius: int) -> xr.Dataset:
+    """Grow a mask plane by a square of half-size ``radius`` (e.g. SAT over bleed edges).
+
+    Notes
+    -----
+    Lazy ``map_overlap`` with halo ``radius``; any chunking.
+    """
+    if radius <= 0:
+        return exp
+    bit = mask_bits(mask_planes(exp), plane)
+    m = _dask(exp["mask"]).map_overlap(
+        _kernels.grow_mask, depth=radius, boundary="none", dtype=np.int32,
+        meta=np.empty((0, 0), np.int32), bit=bit, radius=radius,
+    )
+    return _with(exp, mask=m)
+
+
+def interpolate_bad(
+    exp: xr.Dataset,
+    *,
+    planes: Sequence[str] = ("BAD", "SAT", "UNMASKEDNAN"),
+    max_width: int = 32,
+) -> xr.Dataset:
+    """Interpolate linearly along rows over masked runs ≤ ``max_width`` px; set INTRP.
+
+    Notes
+    -----
+    Lazy ``map_overlap`` with halo ``max_width + 1`` along x only (a bad column needs
+    its neighbours in the row); any chunking.
+    """
+    planes_map = mask_planes(exp)
+    bad, intrp = mask_bits(planes_map, list(planes)), mask_bits(planes_map, "INTRP")
+    stacked = da.stack(
+        [_dask(exp["image"]), _dask(exp["variance"]), _dask(exp["mask"]).view(F32)]
+    ).rechunk({0: 3})
+
+    def block(s: NDArray[np.float32]) -> NDArray[np.float32]:
+        img, var, m = _kernels.interpolate_rows(s[0], s[1], s[2].view(np.int32), bad, intrp, max_width)
+        return np.stack([img, var, m.view(F32)])
+
+    res = stacked.map_overlap(block, depth={0: 0, 1: 0, 2: max_width + 1}, boundary="none",
+                              dtype=F32, meta=np.empty((0, 0, 0), F32))
+    out = _with(exp, image=res[0], variance=res[1], mask=res[2].view(np.int32))
+    return _add_steps(out, "interpolate")
+
+
+def _check_same_shape(exp: xr.Dataset, calib: xr.Dataset, what: str) -> None:
+    if calib["image"].shape != exp["image"].shape:
+        raise ValueError(
+            f"{what} has shape {calib['image'].shape}, the exposure {exp['image'].shape}"
+        )
+
+
+# -- the fused chain ---------------------------------------------------------------------
+
+
+def _rows(arr: xr.Dataset | None, rows: tuple[int, ...]) -> da.Array:
+    if arr is None:
+        return da.zeros((0, 0), dtype=F32, chunks=(0, 0))
+    return _dask(arr["image"]).astype(F32).rechunk((rows, -1))
+
+
+def isr_chain(
+    raw: xr.Dataset,
+    *,
+    overscan: xr.DataArray | None = None,
+    crosstalk: NDArray[np.floating] | None = None,
+    bias: xr.Dataset | None = None,
+    linearity: Any = None,
+    dark: xr.Dataset | None = None,
+    dark_time: float | None = None,
+    do_saturation: bool = True,
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+) -> xr.Dataset:
+    """The per-pixel ISR of a raw in one fused kernel: raw ADU → electrons, up to the dark.
+
+    Same result as :func:`mask_saturation`, :func:`subtract_overscan` (given ``overscan``
+    levels), :func:`correct_crosstalk`, :func:`assemble`, :func:`subtract_bias`,
+    :func:`apply_linearity`, :func:`apply_gain`, :func:`mask_nans` and
+    :func:`subtract_dark` in sequence; a ``None`` argument skips its step.
+
+    Notes
+    -----
+    Lazy: one ``map_blocks`` over blocks of ``chunk_rows`` full rows (crosstalk pairs
+    pixels of every amplifier of a row), reading the raw rows, the per-row overscan
+    levels and the calibration rows; no halo. The output is chunked ``(chunk_rows, nx)``.
+    """
+    geo = _readout_geometry(raw)
+    ny, nx = geo["shape"]
+    n_amps = geo["raw_x0"].size
+    image = _dask(raw["image"]).astype(F32)
+    row_chunks = tuple(min(chunk_rows, ny - y) for y in range(0, ny, chunk_rows))
+    image = image.rechunk((row_chunks, -1))
+    steps = []
+    if overscan is not None:
+        os_arr = _dask(overscan).astype(F32).rechunk((n_amps, row_chunks))
+        steps.append("overscan")
+    else:
+        os_arr = da.zeros((n_amps, ny), dtype=F32, chunks=(n_amps, row_chunks))
+    xt = np.zeros((n_amps, n_amps)) if crosstalk is None else np.asarray(crosstalk, np.float64)
+    lin = np.zeros((n_amps, 3)) if linearity is None else _linearity_array(linearity)
+    for name, cal in (("bias", bias), ("dark", dark)):
+        if cal is not None and cal["image"].shape != (ny, nx):
+            raise ValueError(f"{name} has shape {cal['image'].shape}, the assembled raw is {(ny, nx)}")
+    flags = np.array([overscan is not None, crosstalk is not None, bias is not None,
+                      linearity is not None, dark is not None, do_saturation])
+    from lsstlite.data.masks import DEFAULT_MASK_PLANES as planes
+
+    bits = np.array([1 << planes["SAT"], 1 << planes["UNMASKEDNAN"]], dtype=np.int32)
+    t = _dark_time(raw, dark_time) if dark is not None else 0.0
+    bias_rows = _rows(bias, row_chunks) if bias is not None else None
+    dark_rows = _rows(dark, row_chunks) if dark is not None else None
+    empty = np.zeros((0, 0), F32)
+
+    def block(raw_b: Any, os_b: Any, bias_b: Any = None, dark_b: Any = None) -> Any:
+        img, var, msk = _kernels.isr_fused(
+            raw_b, os_b, geo["raw_x0"], geo["det_x0"], geo["flip"], geo["width"], nx,
+            geo["gain"], geo["read_noise"], geo["saturation"], lin, xt,
+            empty if bias_b is None else bias_b, empty if dark_b is None else dark_b, t,
+            flags, bits,
+        )
+        return np.stack([img, var, msk.view(F32)])
+
+    cal_args = [(a, "yz") for a in (bias_rows, dark_rows) if a is not None]
+
+    def dispatch(raw_b: Any, os_b: Any, *cal: Any) -> Any:
+        it = iter(cal)
+        return block(raw_b, os_b, next(it) if bias is not None else None,
+                     next(it) if dark is not None else None)
+
+    res = da.blockwise(
+        dispatch, "vyx", image, "yx", os_arr, "ay",
+        *[x for pair in cal_args for x in pair],
+        new_axes={"v": 3}, adjust_chunks={"x": nx}, concatenate=True, dtype=F32,
+        meta=np.empty((0, 0, 0), F32),
+    )
+    steps += ["crosstalk"] * (crosstalk is not None) + ["assemble"]
+    steps += ["bias"] * (bias is not None) + ["linearity"] * (linearity is not None)
+    steps += ["gain", "variance", "nans"] + ["dark"] * (dark is not None)
+    if do_saturation:
+        steps.insert(0, "saturation")
+    amps = _amps(raw)
+    return make_exposure(
+        res[0], variance=res[1], mask=res[2].view(np.int32), wcs=raw.attrs.get("wcs") or None,
+        visit_info=_visit_info(raw.attrs), units="electron",
+        attrs={"amplifiers": amps, "isr_steps": steps},
+    )
+
+
+def isr_post_dark(
+    exp: xr.Dataset,
+    *,
+    defects: pd.DataFrame | None = None,
+    bf_kernel: NDArray[np.floating] | None = None,
+    bf_threshold: float = 10_000.0,
+    bf_radius: int = 12,
+    bf_n_iter: int = 2,
+    flat: xr.Dataset | None = None,
+    fringe: xr.Dataset | None = None,
+    fringe_n_sigma: float = 3.0,
+    saturated_grow: int = 1,
+    interpolate_planes: Sequence[str] | None = ("BAD", "SAT", "UNMASKEDNAN"),
+    interp_max_width: int = 32,
+) -> xr.Dataset:
+    """The rest of the ISR after :func:`isr_chain`: defects, BF, flat, fringe, interpolation.
+
+    A ``None`` argument skips its step.
+
+    Notes
+    -----
+    Lazy. Defects and flat are elementwise (fused by dask with the chain); BF is a
+    ``map_overlap`` (:func:`bf_halo`); the fringe amplitude one small reduction; SAT
+    growth and interpolation ``map_overlap`` with halos ``saturated_grow`` and
+    ``interp_max_width + 1``.
+    """
+    if defects is not None:
+        exp = mask_defects(exp, defects)
+    if bf_kernel is not None:
+        exp = correct_brighter_fatter(exp, bf_kernel, threshold=bf_threshold, radius=bf_radius,
+                                      n_iter=bf_n_iter)
+    if flat is not None:
+        exp = divide_flat(exp, flat)
+    if fringe is not None:
+        exp = remove_fringe(exp, fringe, n_sigma=fringe_n_sigma)
+    exp = grow_mask_plane(exp, "SAT", saturated_grow)
+    if interpolate_planes:
+        exp = interpolate_bad(exp, planes=interpolate_planes, max_width=interp_max_width)
+    return exp
+

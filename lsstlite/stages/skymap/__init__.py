@@ -1,0 +1,26 @@
+"""Sky maps: build a discrete or a full-sky rings sky map and find the patches of a calexp.
+
+The geometry objects (:class:`SkyMap`, :class:`TractInfo`, :class:`PatchInfo`,
+:class:`PatchGeometry`) live in :mod:`lsstlite.data.skymap`; this stage builds them.
+"""
+
+from lsstlite.data.skymap import PatchGeometry, PatchInfo, SkyMap, TractInfo
+from lsstlite.stages.skymap.ops import (
+    exposure_corners,
+    make_discrete_skymap,
+    make_rings_skymap,
+    make_skymap,
+    patches_for_exposure,
+)
+
+__all__ = [
+    "PatchGeometry",
+    "PatchInfo",
+    "SkyMap",
+    "TractInfo",
+    "exposure_corners",
+    "make_discrete_skymap",
+    "make_rings_skymap",
+    "make_skymap",
+    "patches_for_exposure",
+]
