@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-import lsstlite
+import sys
+from pathlib import Path
+
+# Build from a source tree even when lsstlite is not installed.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import lsstlite  # noqa: E402
 
 project = "lsstlite"
 author = "the lsstlite developers"
