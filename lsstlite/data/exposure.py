@@ -58,6 +58,7 @@ class VisitInfo(BaseModel):
     exptime: float | None = None
     darktime: float | None = None
     mjd: float | None = None
+    date_obs: str | None = None
     day_obs: int | None = None
     airmass: float | None = None
     boresight_ra: float | None = None

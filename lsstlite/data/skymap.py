@@ -116,8 +116,10 @@ class TractInfo:
     def shape(self) -> tuple[int, int]:
         """``(ny, nx)`` of the tract's pixel grid."""
         nxp, nyp = self.n_patches
-        return (nyp * self.patch_inner + 2 * self.patch_border,
-                nxp * self.patch_inner + 2 * self.patch_border)
+        return (
+            nyp * self.patch_inner + 2 * self.patch_border,
+            nxp * self.patch_inner + 2 * self.patch_border,
+        )
 
     @cached_property
     def wcs_cards(self) -> WcsCards:
@@ -131,7 +133,9 @@ class TractInfo:
         """A fresh astropy WCS of the tract (0-based pixels)."""
         return wcs_from_cards(self.wcs_cards)
 
-    def sky_to_pixel(self, ra: ArrayLike, dec: ArrayLike) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    def sky_to_pixel(
+        self, ra: ArrayLike, dec: ArrayLike
+    ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
         """Tract pixel ``(x, y)`` of sky positions (deg); NaN on the far hemisphere."""
         ra_a, dec_a = np.asarray(ra, dtype=float), np.asarray(dec, dtype=float)
         # The TAN projection folds the far hemisphere onto the near one: mask it.
@@ -274,7 +278,9 @@ class SkyMap:
 
     def __post_init__(self) -> None:
         if self.kind not in _KINDS:
-            raise ValueError(f"sky map {self.name!r}: kind must be one of {_KINDS}, got {self.kind!r}")
+            raise ValueError(
+                f"sky map {self.name!r}: kind must be one of {_KINDS}, got {self.kind!r}"
+            )
         if self.patch_inner <= 0 or self.patch_border < 0:
             raise ValueError(
                 f"sky map {self.name!r}: patch_inner must be > 0 and patch_border >= 0, got "
@@ -353,8 +359,13 @@ class SkyMap:
             edge = abs(dec_c) - size / 2.0 - overlap
             ra = np.linspace(0.0, 360.0, 73)
             return tract_enclosing(
-                tract_id, 0.0, dec_c, ra, np.full_like(ra, math.copysign(edge, dec_c)),
-                pixel_scale_arcsec=self.pixel_scale_arcsec, patch_inner=self.patch_inner,
+                tract_id,
+                0.0,
+                dec_c,
+                ra,
+                np.full_like(ra, math.copysign(edge, dec_c)),
+                pixel_scale_arcsec=self.pixel_scale_arcsec,
+                patch_inner=self.patch_inner,
                 patch_border=self.patch_border,
             )
         ring, j = 0, tract_id - 1
@@ -369,13 +380,31 @@ class SkyMap:
         dec_c = (lo + hi) / 2.0  # centre of the (grown) ring cell
         half_ra = d_ra / 2.0 + overlap / max(math.cos(math.radians(max(abs(lo), abs(hi)))), 1e-3)
         t = np.linspace(-1.0, 1.0, 9)
-        ras = np.concatenate([ra_c + t * half_ra, ra_c + t * half_ra, np.full(9, ra_c - half_ra),
-                              np.full(9, ra_c + half_ra)])
-        decs = np.concatenate([np.full(9, lo), np.full(9, hi), lo + (t + 1) / 2 * (hi - lo),
-                               lo + (t + 1) / 2 * (hi - lo)])
+        ras = np.concatenate(
+            [
+                ra_c + t * half_ra,
+                ra_c + t * half_ra,
+                np.full(9, ra_c - half_ra),
+                np.full(9, ra_c + half_ra),
+            ]
+        )
+        decs = np.concatenate(
+            [
+                np.full(9, lo),
+                np.full(9, hi),
+                lo + (t + 1) / 2 * (hi - lo),
+                lo + (t + 1) / 2 * (hi - lo),
+            ]
+        )
         return tract_enclosing(
-            tract_id, ra_c, dec_c, ras, decs, pixel_scale_arcsec=self.pixel_scale_arcsec,
-            patch_inner=self.patch_inner, patch_border=self.patch_border,
+            tract_id,
+            ra_c,
+            dec_c,
+            ras,
+            decs,
+            pixel_scale_arcsec=self.pixel_scale_arcsec,
+            patch_inner=self.patch_inner,
+            patch_border=self.patch_border,
         )
 
     # -- lookup -------------------------------------------------------------------------
@@ -430,7 +459,10 @@ class SkyMap:
             raise LookupError(f"sky map {self.name!r}: no tract contains (ra, dec) = ({ra}, {dec})")
         if self.kind == "discrete":
             return containing[0]
-        cos = [float(_angular_cos(np.array(ra), np.array(dec), t.ra_deg, t.dec_deg)) for t in containing]
+        cos = [
+            float(_angular_cos(np.array(ra), np.array(dec), t.ra_deg, t.dec_deg))
+            for t in containing
+        ]
         return containing[int(np.argmax(cos))]
 
     def find_tracts(self, ra: float, dec: float) -> list[TractInfo]:
@@ -469,9 +501,12 @@ class SkyMap:
             tract = self.tract(tid)
             x, y = tract.sky_to_pixel(ra_a, dec_a)
             ny, nx = tract.shape
-            if not (np.all(np.isfinite(x)) and _boxes_overlap(
-                (0, 0, nx, ny), (np.min(x), np.min(y), np.max(x) + 1, np.max(y) + 1)
-            )):
+            if not (
+                np.all(np.isfinite(x))
+                and _boxes_overlap(
+                    (0, 0, nx, ny), (np.min(x), np.min(y), np.max(x) + 1, np.max(y) + 1)
+                )
+            ):
                 continue
             patches = tract.patches_overlapping(x, y)
             if patches:

@@ -84,21 +84,23 @@ def _columns() -> dict[str, str]:
     for r in AP_RADII:
         cols[ap_flux_column(r)] = "float64"
         cols[ap_flux_column(r) + "_err"] = "float64"
-    cols.update({
-        "kron_flux": "float64",
-        "kron_flux_err": "float64",
-        "kron_radius": "float64",
-        "ixx": "float64",
-        "iyy": "float64",
-        "ixy": "float64",
-        "psf_ixx": "float64",
-        "psf_iyy": "float64",
-        "psf_ixy": "float64",
-        "footprint_npix": "int32",
-        "is_psf_star": "bool",
-        "is_psf_reserved": "bool",
-        "flags": "int64",
-    })
+    cols.update(
+        {
+            "kron_flux": "float64",
+            "kron_flux_err": "float64",
+            "kron_radius": "float64",
+            "ixx": "float64",
+            "iyy": "float64",
+            "ixy": "float64",
+            "psf_ixx": "float64",
+            "psf_iyy": "float64",
+            "psf_ixy": "float64",
+            "footprint_npix": "int32",
+            "is_psf_star": "bool",
+            "is_psf_reserved": "bool",
+            "flags": "int64",
+        }
+    )
     return cols
 
 

@@ -343,7 +343,11 @@ def build_graph(
                 records = existing_records(conn)
             # Implied values (band, physical_filter, day_obs) group as well as dimensions:
             # a flat per physical_filter gathers the raws whose exposure had that filter.
-            implied_here = {c for c in _IMPLIED if records and all(c in r for r in records)}
+            implied_here = (
+                {c for c in _IMPLIED if records and all(c in r for r in records)}
+                if "exposure" in cdims
+                else set()
+            )
             shared = tuple(d for d in tdims if d in cdims or d in implied_here)
             per_input[name] = (shared, records)
         # 2. quantum plans: a task's own spatial/custom grouping, or the standard join
@@ -434,12 +438,11 @@ def build_graph(
             quanta.append(quantum)
             for name, nodes in quantum.outputs.items():
                 conn = task.active_outputs()[name]
+                # Implied values describe an exposure: only datasets of one exposure carry
+                # them (a master bias built from many raws has no band of its own).
                 for node in nodes:
-                    rec = {
-                        **node.data_id,
-                        **{k: v for k, v in implied.items()},
-                        "_producer": quantum.index,
-                    }
+                    carried = implied if "exposure" in node.data_id else {}
+                    rec = {**carried, **node.data_id, "_producer": quantum.index}
                     available.setdefault(conn.dataset_type, []).append(rec)
         for conn in task.active_outputs().values():
             available.setdefault(conn.dataset_type, [])

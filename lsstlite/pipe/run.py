@@ -21,7 +21,7 @@ from lsstlite.pipe.config import config_diff
 from lsstlite.pipe.execute import QuantumOutcome, RunReport, execute_graph
 from lsstlite.pipe.graph import QuantumGraph, build_graph, canonical_dims
 from lsstlite.pipe.pipeline import Pipeline, load_pipeline
-from lsstlite.repo import Butler, CollectionType, DatasetExistsError
+from lsstlite.repo import STANDARD_DATASET_TYPES, Butler, CollectionType, DatasetExistsError
 from lsstlite.repo._dataset_types import DatasetType
 
 __all__ = ["ConfigMismatchError", "prepare_run", "run_pipeline", "software_versions"]
@@ -84,11 +84,14 @@ def _choose_run(butler: Butler, output: str, reuse: bool) -> tuple[str, bool]:
 def _register_types(butler: Butler, graph: QuantumGraph) -> None:
     for label, task in graph.tasks.items():
         for conn in task.active_outputs().values():
+            standard = STANDARD_DATASET_TYPES.get(conn.dataset_type)
             butler.register_dataset_type(
-                DatasetType(
+                standard
+                or DatasetType(
                     conn.dataset_type,
                     canonical_dims(conn.dimensions),
                     conn.storage_class,
+                    is_calibration=conn.calibration,
                     doc=conn.doc,
                 )
             )

@@ -105,7 +105,7 @@ def _vignetting_mean(cam: SimCam, band: str) -> float:
 
 @lru_cache(maxsize=4)
 def flat_field(geometry: str, detector: int, band: str) -> NDArray[np.float32]:
-    """The true flat of a detector in a band, normalised to unit focal-plane mean."""
+    """The true flat of a detector in a band (focal-plane mean of the vignetting = 1)."""
     cam = SimCam(geometry)
     g = cam.geometry
     y = np.arange(g.det_ny, dtype=np.float64)[:, None]

@@ -123,8 +123,8 @@ def write_calib_truth(outdir: Path, config: SurveyConfig, detector: int) -> None
     """True master calibrations of one detector under ``truth/calibs/``.
 
     ``bias_DDD.fits`` (HDUs ``ADU`` and ``ELECTRONS``: structure left after per-row
-    overscan subtraction), ``dark_DDD.fits`` (e⁻/s), ``flat_<band>_DDD.fits`` (unit
-    focal-plane mean) and, for the fringe band, ``fringe_DDD.fits`` (dimensionless
+    overscan subtraction), ``dark_DDD.fits`` (e⁻/s), ``flat_<band>_DDD.fits`` (focal-plane
+    mean ≈ 1) and, for the fringe band, ``fringe_DDD.fits`` (dimensionless
     pattern; an exposure adds ``fringe_amplitude`` e⁻ times it).
     """
     camera = SimCam(config.geometry)

@@ -82,7 +82,7 @@ class PsfConfig(Config):
     stars_per_term: int = Field(8, ge=1, description="stars needed per polynomial term")
     min_pixel_stars: int = Field(15, ge=1, description="fewer: analytic fallback")
     step: float | None = Field(
-        None, gt=0, le=1, description="grid step (pixels); default 0.5 below 5 px FWHM, else 1"
+        None, gt=0, le=1, description="grid step (pixels); default 1 (0.5 needs many stars)"
     )
     size_fwhm: float = Field(3.0, description="model half-size in FWHM")
     min_size: int = 15

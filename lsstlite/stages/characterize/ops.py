@@ -680,7 +680,7 @@ def _fit_psf(
         )
     half = int(np.clip(math.ceil(config.size_fwhm * fwhm), config.min_size // 2,
                        config.max_size // 2))
-    step = config.step if config.step is not None else (0.5 if fwhm < 5.0 else 1.0)
+    step = config.step if config.step is not None else 1.0
     n = 2 * int(round(half / step)) + 1
     m = 2 * half + 1
     xs = stars["x"].to_numpy(np.float64, copy=True) - x0
@@ -706,10 +706,12 @@ def _fit_psf(
             while degree > 0 and n_use < config.stars_per_term * (degree + 1) * (degree + 2) // 2:
                 degree -= 1
             terms = _kernels.polynomial_terms(xs + x0, ys + y0, degree, **geometry)
-            basis, _ = _kernels.fit_pixel_basis(
+            basis, _, ucx, ucy = _kernels.fit_pixel_basis(
                 stamps[use], cx[use], cy[use], terms[:, use], weights[use], n=n, step=step
             )
-            models = _kernels.render_stars(basis, cx, cy, terms, m=m, step=step)
+            fcx, fcy = cx.copy(), cy.copy()
+            fcx[use], fcy[use] = ucx, ucy
+            models = _kernels.render_stars(basis, fcx, fcy, terms, m=m, step=step)
             fl = (models * stamps).sum(axis=(1, 2)) / (models * models).sum(axis=(1, 2))
             resid = stamps - fl[:, None, None] * models
             with np.errstate(invalid="ignore", divide="ignore"):

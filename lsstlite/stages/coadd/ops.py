@@ -95,7 +95,7 @@ class ArtifactConfig:
 
     model_psf_fwhm_px: float | None = None
     detect_n_sigma: float = 5.0
-    template_frac: float = 0.05
+    template_frac: float = 0.03
     sharp_detect_n_sigma: float = 5.0
     sharp_template_frac: float = 0.3
     max_fraction_epochs: float = 0.4
@@ -256,16 +256,17 @@ def _outliers(
     tvar: NDArray[np.float32],
     n_sigma: float,
     frac: float,
-    fwhm: float,
+    fwhm: float | None,
 ) -> NDArray[np.bool_]:
     """Positive outliers of each warp against a template.
 
-    The fractional term uses the template's local maximum (over a PSF FWHM), not its
-    value: PSF-matching residuals of a bright star peak in a ring around its core, where
-    the template itself is already much fainter than the core.
+    With ``fwhm``, the fractional term uses the template's local maximum (over a PSF
+    FWHM), not its value: PSF-matching residuals of a bright star peak in a ring around
+    its core, where the template itself is already much fainter than the core.
     """
-    size = 2 * math.ceil(fwhm) + 1
-    peak = ndimage.maximum_filter(np.nan_to_num(np.abs(template)), size=size)
+    peak = np.nan_to_num(np.abs(template))
+    if fwhm is not None:
+        peak = ndimage.maximum_filter(peak, size=2 * math.ceil(fwhm) + 1)
     sigma2 = var + tvar[None] + (frac * peak[None]) ** 2
     with np.errstate(invalid="ignore"):
         return valid & ((img - template[None]) > n_sigma * np.sqrt(sigma2))
@@ -300,8 +301,7 @@ def _reject_artifacts(
     # fractional term (epoch-to-epoch PSF differences make star cores differ by ~20%).
     ntemplate, ntvar, _ = combine_clipped(img, var, use, weights, 3.0, cfg.sharp_template_frac, 2)
     outlier |= _outliers(
-        img, var, use, ntemplate, ntvar, cfg.sharp_detect_n_sigma, cfg.sharp_template_frac,
-        p.model_fwhm,
+        img, var, use, ntemplate, ntvar, cfg.sharp_detect_n_sigma, cfg.sharp_template_frac, None
     )
     count = outlier.sum(axis=0)
     max_epochs = max(cfg.max_num_epochs, math.floor(cfg.max_fraction_epochs * p.n_inputs_total))

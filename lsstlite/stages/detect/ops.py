@@ -264,17 +264,16 @@ def _merge_peaks(
             if a not in drop:
                 drop.add(b)
         keep = new[[k for k in range(len(new)) if k not in drop]]
-        for row in part.iloc[keep].itertuples(index=False):
-            rows.append(
-                {
-                    "x": float(row.x),
-                    "y": float(row.y),
-                    "ra": float(row.ra),
-                    "dec": float(row.dec),
-                    "peak": float(row.peak),
-                    "bands": [band],
-                }
-            )
+        kept = part.iloc[keep]
+        for x, y, ra, dec, peak in zip(
+            kept["x"].to_numpy(float),
+            kept["y"].to_numpy(float),
+            kept["ra"].to_numpy(float),
+            kept["dec"].to_numpy(float),
+            kept["peak"].to_numpy(float),
+            strict=True,
+        ):
+            rows.append({"x": x, "y": y, "ra": ra, "dec": dec, "peak": peak, "bands": [band]})
         vectors = np.concatenate([vectors, vec[keep]])
     frame = pd.DataFrame(rows, columns=["x", "y", "ra", "dec", "peak", "bands"])
     frame["first_band"] = [b[0] for b in frame["bands"]]
@@ -410,9 +409,15 @@ def merge_detections(
         for chunk in np.split(spans, cut):
             by_label[int(chunk[0, 0])] = chunk
     fp = [by_label[int(f)] for f in peaks["footprint_id"]]
-    peaks["fp_y"] = [(s[:, 1] + y0).astype(np.int32) for s in fp]
-    peaks["fp_x0"] = [(s[:, 2] + x0).astype(np.int32) for s in fp]
-    peaks["fp_x1"] = [(s[:, 3] + x0).astype(np.int32) for s in fp]
+    peaks["fp_y"] = pd.Series(
+        [(s[:, 1] + y0).astype(np.int32) for s in fp], index=peaks.index, dtype=object
+    )
+    peaks["fp_x0"] = pd.Series(
+        [(s[:, 2] + x0).astype(np.int32) for s in fp], index=peaks.index, dtype=object
+    )
+    peaks["fp_x1"] = pd.Series(
+        [(s[:, 3] + x0).astype(np.int32) for s in fp], index=peaks.index, dtype=object
+    )
     columns = [
         "id",
         "parent_id",

@@ -78,6 +78,8 @@ DEFAULT_REFERENCE_FLAGS: tuple[str, ...] = ("flag_centroid", "flag_psf_flux", "f
 
 #: Kron aperture: 2.5 Kron radii, at least 3.5 pixels (SExtractor ``PHOT_AUTOPARAMS``).
 KRON_FACTOR, KRON_MIN_RADIUS = 2.5, 3.5
+#: sep aperture flags that make a Kron radius unusable.
+APER_ALLMASKED, APER_NONPOSITIVE = 0x0040, 0x0080
 #: Galaxy-model radius grid, in units of the moments' deconvolved half-light radius.
 CMODEL_RADIUS_GRID = (0.35, 0.6, 1.0, 1.6, 2.6)
 
@@ -172,8 +174,8 @@ def deblend_patch(
     footprints = footprints_from_merged(merged)
     records: list[_Record] = []
     in_any = np.zeros((ny, nx), dtype=bool)
-    for fid, group in merged.groupby("footprint_id", sort=False):
-        (ya, yb, xa, xb), inside = footprints[int(fid)]
+    for _, group in merged.groupby("footprint_id", sort=False):
+        (ya, yb, xa, xb), inside = footprints[int(group["footprint_id"].iloc[0])]
         ya, yb, xa, xb = ya - patch.y0, yb - patch.y0, xa - patch.x0, xb - patch.x0
         # clip to the coadd (spans come from the same grid, but be safe)
         ca, cb, da, db = max(ya, 0), min(yb, ny), max(xa, 0), min(xb, nx)
@@ -229,7 +231,7 @@ def _point_models(
     for _ in range(3):
         models = np.zeros((n, h, w))
         for i in range(n):
-            cx, cy, _, _, failed = _kernels.windowed_centroid(
+            cx, cy, _, _, _failed = _kernels.windowed_centroid(
                 children[i], safe_var, ok, centres[i, 1], centres[i, 0], patch.psf_sigma, 2.0
             )
             centres[i] = (cy, cx)
@@ -375,7 +377,9 @@ def _measure(
     a, b, theta = math.sqrt(lam), math.sqrt(lam2), 0.5 * math.atan2(2 * ixy, ixx - iyy)
     if ref is None:
         kr, kflag = sep.kron_radius(data, [cx], [cy], [a], [b], [theta], 6.0, mask=smask)
-        kron_radius = float(kr[0]) if kflag[0] == 0 and kr[0] > 0 else math.nan
+        # a truncated ellipse (APER_TRUNC) still gives a usable radius
+        usable = (int(kflag[0]) & (APER_NONPOSITIVE | APER_ALLMASKED)) == 0
+        kron_radius = float(kr[0]) if usable and kr[0] > 0 else math.nan
     else:
         kron_radius = ref.kron_radius
     out["kron_radius"] = kron_radius
@@ -454,7 +458,7 @@ def _cmodel(
     data = img[use]
     size = 2 * radius + 1
     kernel = patch.kernel(px, py)
-    lx, ly = cx - xa, cy - ya
+    lx, ly = radius + (cx - ix), radius + (cy - iy)
 
     def template(n: float, r_e: float) -> NDArray[np.float64]:
         return _kernels.model_template(n, r_e, e1, e2, lx, ly, size, kernel)[use]
@@ -547,6 +551,7 @@ def deblend_measure(
     aperture_radii_px: Sequence[int] = APERTURE_RADII_PX,
     do_cmodel: bool = True,
     max_peaks: int = 50,
+    point_chi2: float = 3.0,
     noise_seed: int = 1,
 ) -> pd.DataFrame:
     """Deblend and measure every merged object on one band's coadd.
@@ -565,6 +570,9 @@ def deblend_measure(
     max_peaks
         Footprints with more peaks are not deblended with templates: their flux is split
         by inverse squared distance and ``flag_deblend_skipped`` is set.
+    point_chi2
+        Peaks whose joint PSF fit has a reduced χ² below this get a PSF template
+        (0 disables; see :func:`deblend_patch`).
     noise_seed
         Seed of the noise that replaces neighbours (combined with the band).
 
@@ -578,7 +586,9 @@ def deblend_measure(
     Eager; whole patch in memory. Children of a blend sum to the parent exactly
     (``footprint_flux``).
     """
-    records, patch = deblend_patch(coadd, merged, max_peaks=max_peaks, noise_seed=noise_seed)
+    records, patch = deblend_patch(
+        coadd, merged, max_peaks=max_peaks, point_chi2=point_chi2, noise_seed=noise_seed
+    )
     rows = [_measure(patch, r, aperture_radii_px, do_cmodel, None) for r in records]
     return _table(patch, records, rows, aperture_radii_px)
 
@@ -591,6 +601,7 @@ def forced_photometry(
     aperture_radii_px: Sequence[int] = APERTURE_RADII_PX,
     do_cmodel: bool = True,
     max_peaks: int = 50,
+    point_chi2: float = 3.0,
     noise_seed: int = 1,
 ) -> pd.DataFrame:
     """Measure one band at the reference positions with the reference shapes.
@@ -602,7 +613,7 @@ def forced_photometry(
 
     Parameters
     ----------
-    coadd, merged, aperture_radii_px, do_cmodel, max_peaks, noise_seed
+    coadd, merged, aperture_radii_px, do_cmodel, max_peaks, point_chi2, noise_seed
         As for :func:`deblend_measure` (use the same values).
     reference
         ``coadd_ref`` of the patch: same ids in the same order as this band's
@@ -618,7 +629,9 @@ def forced_photometry(
     ValueError
         If the reference ids differ from the objects of ``merged``.
     """
-    records, patch = deblend_patch(coadd, merged, max_peaks=max_peaks, noise_seed=noise_seed)
+    records, patch = deblend_patch(
+        coadd, merged, max_peaks=max_peaks, point_chi2=point_chi2, noise_seed=noise_seed
+    )
     ids = np.array([r.id for r in records], dtype=np.int64)
     if len(ids) != len(reference) or not np.array_equal(ids, reference["id"].to_numpy()):
         raise ValueError(
@@ -772,7 +785,7 @@ def make_object_table(
             per_patch[keyed[key]][str(table["band"].iloc[0])] = table
     present = sorted({b for p in per_patch for b in p}, key=lambda b: ("ugrizy" + b).index(b))
     bands = list(bands) if bands is not None else present
-    frames = []
+    frames: list[pd.DataFrame] = []
     for ref, by_band in zip(references, per_patch, strict=True):
         frame = ref[[c for c in OBJECT_REFERENCE_COLUMNS]].copy()
         frame["_edge"] = ref["edge_distance"].to_numpy(float)

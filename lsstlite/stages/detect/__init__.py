@@ -1,0 +1,1 @@
+"""Coadd detection and the merge of detections across bands (``merged_det``)."""

@@ -1,0 +1,1 @@
+"""Deblending, measurement, reference band, forced photometry and the object table."""

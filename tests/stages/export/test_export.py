@@ -1,0 +1,59 @@
+"""Colour pictures and table exports."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import matplotlib.image
+import numpy as np
+import pandas as pd
+import pytest
+from astropy.table import Table
+
+from lsstlite.stages.export import make_rgb, write_rgb_png, write_table
+
+
+def _source(shape: tuple[int, int], x: float, y: float, flux: float) -> np.ndarray:
+    yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]]
+    return flux * np.exp(-0.5 * ((xx - x) ** 2 + (yy - y) ** 2) / 4.0) / (8 * np.pi)
+
+
+def test_rgb_size_and_colour_preserving(tmp_path: Path) -> None:
+    shape = (64, 96)
+    ratios = {"i": 3.0, "r": 2.0, "g": 1.0}
+    images = {b: _source(shape, 40.0, 20.0, 300.0 * f) for b, f in ratios.items()}
+    rgb = make_rgb(images, ("i", "r", "g"), stretch=5.0, q=8.0)
+    assert rgb.shape == (64, 96, 3) and rgb.dtype == np.uint8
+    # rows run from the top: parent y = 20 is row 64 - 1 - 20
+    pix = rgb[63 - 20, 40].astype(float)
+    np.testing.assert_allclose(pix / pix[0], [1.0, 2 / 3, 1 / 3], atol=0.02)
+    faint = rgb[63 - 20, 40 + 5].astype(float)
+    assert faint[0] > 20
+    np.testing.assert_allclose(faint / faint[0], [1.0, 2 / 3, 1 / 3], atol=0.05)
+    out = write_rgb_png(rgb, tmp_path / "p.png", comment="test")
+    assert matplotlib.image.imread(out).shape[:2] == shape
+
+
+def test_rgb_two_bands_synthesises_green(caplog: pytest.LogCaptureFixture) -> None:
+    shape = (32, 32)
+    images = {"i": _source(shape, 16, 16, 900.0), "r": _source(shape, 16, 16, 300.0)}
+    with caplog.at_level(logging.WARNING):
+        rgb = make_rgb(images, ("i", "r", "g"), stretch=5.0)
+    assert "synthesised" in caplog.text
+    pix = rgb[15, 16].astype(float)
+    np.testing.assert_allclose(pix / pix[0], [1.0, 2 / 3, 1 / 3], atol=0.02)
+    with pytest.raises(ValueError, match="at least two"):
+        make_rgb({"i": images["i"]})
+
+
+def test_write_table_parquet_and_fits(tmp_path: Path) -> None:
+    table = pd.DataFrame({"id": [1, 2], "ra": [10.0, 10.1], "i_psf_flux": [1.0, 2.0],
+                          "flag_edge": [True, False]})  # fmt: skip
+    p = write_table(table, tmp_path / "o.parquet")
+    pd.testing.assert_frame_equal(pd.read_parquet(p), table)
+    f = write_table(table, tmp_path / "o.fits")
+    t = Table.read(f)
+    assert list(t["id"]) == [1, 2] and str(t["i_psf_flux"].unit) == "nJy"
+    with pytest.raises(ValueError, match="format"):
+        write_table(table, tmp_path / "o.csv")
