@@ -33,6 +33,20 @@ class SimCalexp:
     artifacts: np.ndarray
     #: Image without artifacts and without noise (nJy): the truth of this calexp.
     truth: np.ndarray
+    #: nJy per electron.
+    scale: float
+
+    def variant(self, kind: str) -> xr.Dataset:
+        """``"clean"``: same noise, artifacts removed; ``"noiseless"``: the truth image."""
+        ds = self.calexp.copy()
+        if kind == "clean":
+            ds["image"] = ds["image"] - self.artifacts.astype(np.float32)
+            ds["variance"] = ds["variance"] - (self.artifacts * self.scale).astype(np.float32)
+        elif kind == "noiseless":
+            ds["image"] = (("y", "x"), self.truth.astype(np.float32), ds["image"].attrs)
+        else:
+            raise ValueError(f"unknown variant {kind!r}")
+        return ds
 
 
 @cache
@@ -96,7 +110,7 @@ def make_sim_calexp(
             "mjd": float(row["mjd"]),
         },
     )
-    return SimCalexp(calexp, art * scale, (electrons - sky) * scale)
+    return SimCalexp(calexp, art * scale, (electrons - sky) * scale, scale)
 
 
 def objects(outdir: str | Path) -> pd.DataFrame:

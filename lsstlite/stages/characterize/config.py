@@ -65,7 +65,7 @@ class CosmicRayConfig(Config):
 class StarSelectionConfig(Config):
     """PSF-star candidates: bright, unflagged, isolated, on the stellar locus."""
 
-    min_snr: float = Field(50.0, description="minimum S/N of ap_flux_12")
+    min_snr: float = Field(20.0, description="minimum S/N of ap_flux_12")
     size_tolerance: float = Field(0.12, description="|T / T_locus - 1| allowed")
     max_neighbour_fraction: float = Field(
         0.005, description="flux of other footprints inside the stamp / star flux"
@@ -79,7 +79,7 @@ class PsfConfig(Config):
 
     model: Literal["pixel", "moffat"] = "pixel"
     spatial_degree: int = Field(2, ge=0, le=4)
-    stars_per_term: int = Field(8, ge=1, description="stars needed per polynomial term")
+    stars_per_term: int = Field(5, ge=1, description="stars needed per polynomial term")
     min_pixel_stars: int = Field(15, ge=1, description="fewer: analytic fallback")
     step: float | None = Field(
         None, gt=0, le=1, description="grid step (pixels); default 1 (0.5 needs many stars)"

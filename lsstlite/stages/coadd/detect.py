@@ -20,7 +20,7 @@ COADD_DET_COLUMNS = {
     "ra": "float64: deg",
     "dec": "float64: deg",
     "flux": "float64: sum of background-subtracted pixels in the footprint (nJy)",
-    "flux_err": "float64: its error from the variance plane (nJy)",
+    "flux_err": "float64: its error, from the variance plane over the footprint (nJy)",
     "peak": "float64: peak pixel value (nJy)",
     "a": "float64: semi-major axis (px)",
     "b": "float64: semi-minor axis (px)",
@@ -75,9 +75,9 @@ def detect_coadd_sources(
     bkg = sep.Background(image, mask=no_data, bw=background_mesh, bh=background_mesh,
                          fw=background_filter, fh=background_filter)
     data = image - bkg.back()
-    objs = sep.extract(
+    objs, segmap = sep.extract(
         data, threshold_n_sigma, err=err, mask=no_data, minarea=min_area,
-        deblend_nthresh=deblend_n_thresh, deblend_cont=deblend_cont,
+        deblend_nthresh=deblend_n_thresh, deblend_cont=deblend_cont, segmentation_map=True,
     )
     x0, y0 = int(coadd["x"].values[0]), int(coadd["y"].values[0])
     x = objs["x"].astype(np.float64) + x0
@@ -86,7 +86,9 @@ def detect_coadd_sources(
         ra, dec = wcs_from_cards(coadd.attrs["wcs"]).all_pix2world(x, y, 0)
     else:
         ra = dec = np.empty(0)
-    flux_err = np.full(len(objs), np.nan)
+    var_sum = np.bincount(segmap.ravel(), weights=(err.astype(np.float64) ** 2).ravel(),
+                          minlength=len(objs) + 1)
+    flux_err = np.sqrt(var_sum[1 : len(objs) + 1])
     return pd.DataFrame(
         {
             "id": np.arange(1, len(objs) + 1, dtype=np.int64),

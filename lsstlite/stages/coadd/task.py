@@ -1,0 +1,147 @@
+"""Tasks of the coadd stage: ``AssembleCoaddTask`` and ``DetectCoaddTask``.
+
+Quantum grouping: a coadd quantum is (skymap, tract, patch, band), but its input
+``calexp`` has (instrument, exposure, detector), so the standard join cannot form it.
+:meth:`AssembleCoaddTask.group_quanta` does the spatial join: every calexp goes to every
+patch its footprint overlaps (see :mod:`lsstlite.stages.skymap.planning`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+import xarray as xr
+from pydantic import Field
+
+from lsstlite.data.skymap import SkyMap
+from lsstlite.pipe import Config, Input, Output, PrerequisiteInput, Task, TaskResult
+from lsstlite.stages.coadd.detect import detect_coadd_sources
+from lsstlite.stages.coadd.ops import DEFAULT_BAD_MASK_PLANES, ArtifactConfig, coadd_exposures
+from lsstlite.stages.skymap.planning import load_skymap, plan_patch_quanta
+
+__all__ = [
+    "ArtifactRejectionConfig",
+    "AssembleCoaddConfig",
+    "AssembleCoaddTask",
+    "DetectCoaddConfig",
+    "DetectCoaddTask",
+    "patch_of",
+]
+
+_DET = ("instrument", "exposure", "detector")
+_PATCH_BAND = ("skymap", "tract", "patch", "band")
+
+
+def patch_of(skymap: Mapping[str, Any] | SkyMap, data_id: Mapping[str, Any] | None, label: str) -> Any:
+    """The patch geometry of a quantum's data ID (``tract``, ``patch``)."""
+    if data_id is None or "tract" not in data_id or "patch" not in data_id:
+        raise ValueError(
+            f"{label}: run() needs data_id with tract and patch (the executor passes the "
+            f"quantum's data ID); got {data_id!r}"
+        )
+    sm = skymap if isinstance(skymap, SkyMap) else SkyMap.from_dict(dict(skymap))
+    return sm.tract(int(data_id["tract"])).patch(int(data_id["patch"])).geometry
+
+
+class ArtifactRejectionConfig(Config):
+    """CompareWarp artifact rejection (see :class:`lsstlite.stages.coadd.ArtifactConfig`)."""
+
+    model_psf_fwhm_px: float | None = Field(None, description="None: 1.3 × largest input FWHM")
+    detect_n_sigma: float = 5.0
+    template_frac: float = 0.03
+    sharp_detect_n_sigma: float = 5.0
+    sharp_template_frac: float = 0.3
+    max_fraction_epochs: float = 0.4
+    max_num_epochs: int = 1
+    spatial_threshold: float = 0.5
+    grow_px: int = 2
+    halo_px: int = 24
+    matching_kernel_size: int = 25
+
+    def to_op(self) -> ArtifactConfig:
+        return ArtifactConfig(**self.model_dump())
+
+
+class AssembleCoaddConfig(Config):
+    skymap_name: str = Field("discrete", description="sky map used to place calexps on patches")
+    method: Literal["compare_warp", "mean", "clipped", "median"] = "compare_warp"
+    kernel: Literal["lanczos3", "lanczos4", "lanczos2", "bilinear"] = "lanczos3"
+    chunk_size: int = Field(512, description="output chunk side (px)", gt=0)
+    bad_mask_planes: list[str] = Field(default_factory=lambda: list(DEFAULT_BAD_MASK_PLANES))
+    clip_n_sigma: float = 4.0
+    clip_amp_frac: float = 0.3
+    clip_n_iter: int = 2
+    grid_step_px: int = 16
+    artifacts: ArtifactRejectionConfig = Field(default_factory=ArtifactRejectionConfig)
+
+
+class AssembleCoaddTask(Task):
+    """Warp the calexps overlapping a patch and combine them into the patch's coadd."""
+
+    ConfigClass = AssembleCoaddConfig
+    config: AssembleCoaddConfig
+    dimensions = _PATCH_BAND
+    inputs = {
+        "calexps": Input("calexp", _DET, multiple=True, doc="calibrated exposures"),
+        "skymap": PrerequisiteInput("skymap", ("skymap",), storage_class="Json"),
+    }
+    outputs = {"coadd": Output("coadd", _PATCH_BAND, doc="coadd with CoaddPsf and inputs")}
+
+    def group_quanta(
+        self,
+        records: Mapping[str, list[dict[str, Any]]],
+        *,
+        butler: Any,
+        collections: Sequence[str],
+    ) -> list[tuple[dict[str, Any], dict[str, Any], dict[str, list[dict[str, Any]]]]]:
+        """Calexps × the patches they overlap, per band (the spatial join)."""
+        skymap = load_skymap(butler, self.config.skymap_name, collections)
+        return plan_patch_quanta(
+            records["calexps"], input_name="calexps", skymap=skymap, butler=butler,
+            collections=collections, split_by=("band",),
+        )
+
+    def run(
+        self,
+        calexps: list[xr.Dataset],
+        skymap: dict[str, Any],
+        data_id: Mapping[str, Any] | None = None,
+    ) -> TaskResult:
+        cfg = self.config
+        coadd = coadd_exposures(
+            calexps,
+            patch_of(skymap, data_id, self.label),
+            method=cfg.method,
+            kernel=cfg.kernel,
+            chunks=(cfg.chunk_size, cfg.chunk_size),
+            bad_mask_planes=tuple(cfg.bad_mask_planes),
+            clip_n_sigma=cfg.clip_n_sigma,
+            clip_amp_frac=cfg.clip_amp_frac,
+            clip_n_iter=cfg.clip_n_iter,
+            artifacts=cfg.artifacts.to_op(),
+            grid_step_px=cfg.grid_step_px,
+        )
+        return TaskResult(coadd=coadd)
+
+
+class DetectCoaddConfig(Config):
+    threshold_n_sigma: float = 5.0
+    min_area: int = 5
+    background_mesh: int = 128
+    background_filter: int = 3
+    deblend_n_thresh: int = 32
+    deblend_cont: float = 0.005
+
+
+class DetectCoaddTask(Task):
+    """Background-subtract a coadd and detect sources on it (``coadd_det``)."""
+
+    ConfigClass = DetectCoaddConfig
+    config: DetectCoaddConfig
+    dimensions = _PATCH_BAND
+    inputs = {"coadd": Input("coadd", _PATCH_BAND)}
+    outputs = {"detections": Output("coadd_det", _PATCH_BAND, storage_class="Table")}
+
+    def run(self, coadd: xr.Dataset) -> TaskResult:
+        return TaskResult(detections=detect_coadd_sources(coadd, **self.config.model_dump()))
