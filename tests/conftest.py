@@ -67,7 +67,15 @@ def sim_small(tmp_path_factory: pytest.TempPathFactory) -> Any:
     """The ``small`` simulated survey (seed 1), generated once per test session."""
     from lsstlite.sim import simulate_survey
 
-    return simulate_survey(tmp_path_factory.mktemp("sim_small"), preset="small", seed=1)
+    return simulate_survey(
+        tmp_path_factory.getbasetemp() / "sim_small", preset="small", seed=1, n_workers=2
+    )
+
+
+@pytest.fixture(scope="session")
+def small_dir(sim_small: Any) -> Path:
+    """Directory of the small simulated survey (raw/, refcat/, truth/)."""
+    return Path(sim_small.outdir)
 
 
 @pytest.fixture(scope="session")

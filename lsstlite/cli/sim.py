@@ -20,7 +20,7 @@ def add_commands(subparsers: Any) -> None:
     p.add_argument("--preset", default="small", choices=["small", "ci", "full"])
     p.add_argument("--seed", type=int, default=1, help="random seed (same seed, same bytes)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing simulation")
-    p.add_argument("-j", "--workers", type=int, default=None, help="processes (default: all cores)")
+    p.add_argument("-j", "--workers", type=int, default=None, help="worker processes (default: 2)")
     p.set_defaults(func=_run)
 
 

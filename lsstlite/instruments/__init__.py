@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 import xarray as xr
 
 __all__ = [
+    "METADATA_KEYS",
     "Instrument",
     "RawReadError",
     "get_instrument",

@@ -122,6 +122,7 @@ def sersic_grid(
     m01: float,
     m11: float,
     r_trunc: float,
+    core: int = 9,
 ) -> NDArray[np.float64]:
     """Unnormalised Sérsic profile on a ``size × size`` grid of cells of side ``step`` px.
 
@@ -129,8 +130,8 @@ def sersic_grid(
     inverse of the unit-determinant shape matrix (so ``r² = dᵀ m d`` is the circularised
     radius²); the profile is ``exp(-b_n (r / r_e)^(1/n))``, zero beyond ``r_trunc``. Cells
     within r_e are the mean of 3 × 3 sub-samples, those within r_e / 4 (and the cells
-    next to the centre) of 9 × 9 (for the steep n = 4 cusp); the others are sampled at
-    their centre.
+    next to the centre) of ``core × core`` (9 by default, for the steep n = 4 cusp); the
+    others are sampled at their centre.
     """
     out = np.zeros((size, size))
     inv_n = 1.0 / n
@@ -146,7 +147,7 @@ def sersic_grid(
                 if r2 < rt2:
                     out[j, i] = math.exp(-b_n * (math.sqrt(r2) / r_e) ** inv_n)
                 continue
-            k = 9 if r2 < core2 else 3  # the n = 4 cusp needs fine sampling
+            k = core if r2 < core2 else 3  # the n = 4 cusp needs fine sampling
             acc = 0.0
             for ky in range(k):
                 sy = (j - cy + (ky + 0.5) / k - 0.5) * step

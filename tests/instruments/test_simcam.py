@@ -9,6 +9,7 @@ import pytest
 from astropy.io import fits
 
 from lsstlite.instruments import (
+    METADATA_KEYS,
     Instrument,
     RawReadError,
     get_instrument,
@@ -38,6 +39,7 @@ def test_registry_and_header_lookup(small_dir) -> None:
 def test_metadata(small_dir) -> None:
     cam = SimCam("small")
     meta = cam.read_raw_metadata(raw_path(small_dir, "science", 102, 1))
+    assert set(METADATA_KEYS) <= set(meta)
     assert meta["instrument"] == "SimCam" and meta["exposure"] == 102 and meta["detector"] == 1
     assert meta["obs_type"] == "science" and meta["band"] in ("r", "i")
     assert meta["physical_filter"] == f"SIM-{meta['band']}"

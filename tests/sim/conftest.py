@@ -1,21 +1,13 @@
-"""The small simulated survey, generated once per test session."""
+"""The simulator's tests use the session's small survey (tests/conftest.py)."""
 
 from __future__ import annotations
 
-from pathlib import Path
+from typing import Any
 
 import pytest
 
-from lsstlite.sim import SurveySummary, simulate_survey
-
 
 @pytest.fixture(scope="session")
-def small_survey(tmp_path_factory: pytest.TempPathFactory) -> SurveySummary:
-    """The ``small`` preset, seed 1, written with 2 worker processes."""
-    out = tmp_path_factory.getbasetemp() / "sim_small"  # shared with tests/instruments
-    return simulate_survey(out, preset="small", seed=1, n_workers=2)
-
-
-@pytest.fixture(scope="session")
-def small_dir(small_survey: SurveySummary) -> Path:
-    return small_survey.outdir
+def small_survey(sim_small: Any) -> Any:
+    """The ``small`` preset, seed 1 (the shared session fixture under its local name)."""
+    return sim_small

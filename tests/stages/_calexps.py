@@ -52,7 +52,9 @@ class SimCalexp:
 @cache
 def _tables(outdir: str) -> dict[str, pd.DataFrame]:
     truth = Path(outdir) / "truth"
-    return {n: pd.read_parquet(truth / f"{n}.parquet") for n in ("exposures", "cosmic_rays", "trails")}
+    return {
+        n: pd.read_parquet(truth / f"{n}.parquet") for n in ("exposures", "cosmic_rays", "trails")
+    }
 
 
 def exposure_rows(outdir: str | Path, band: str | None = None) -> pd.DataFrame:
@@ -84,7 +86,9 @@ def make_sim_calexp(
         crs = tables["cosmic_rays"]
         deposit_cosmic_rays(art, crs[(crs["exposure"] == visit) & (crs["detector"] == detector)])
         trails = tables["trails"]
-        for t in trails[(trails["exposure"] == visit) & (trails["detector"] == detector)].to_dict("records"):
+        for t in trails[(trails["exposure"] == visit) & (trails["detector"] == detector)].to_dict(
+            "records"
+        ):
             add_trail(art, t)
     variance = np.clip(electrons + art, 0.0, None) + READ_NOISE_E**2
     rng = np.random.default_rng([seed, visit, detector])

@@ -98,6 +98,9 @@ class MeasurementConfig(Config):
     kron_min_radius: float = 3.5
     ap_corr_radius: int = Field(12, description="aperture (one of AP_RADII) PSF fluxes match")
     ap_corr_min_snr: float = 100.0
+    ap_corr_degree: int = Field(
+        2, ge=0, le=3, description="polynomial degree of the aperture-correction map (x, y)"
+    )
     do_wing_correction: bool = Field(
         True, description="scale PSF fluxes to total flux with the Moffat wings"
     )

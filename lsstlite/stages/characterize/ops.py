@@ -26,7 +26,7 @@ from scipy import ndimage
 
 from lsstlite.data import GaussianPsf, MoffatPsf, PsfModel, VaryingMoffatPsf, mask_bits
 from lsstlite.data.masks import mask_planes as _mask_planes
-from lsstlite.data.psf_pixel import PixelPsf, fit_moffat_image
+from lsstlite.data.psf_pixel import PixelPsf, fit_moffat_image, poly_terms
 from lsstlite.data.sources import AP_RADII, SRC_COLUMNS, SRC_FLAGS, ap_flux_column
 from lsstlite.stages.characterize import _kernels
 from lsstlite.stages.characterize.config import (
@@ -812,32 +812,66 @@ def _wing_fraction(moffat: MoffatPsf, radius: float) -> float:
 
 
 def _aperture_correct(
-    sources: pd.DataFrame, psf: PsfModel, center: tuple[float, float], config: MeasurementConfig
+    sources: pd.DataFrame, psf: PsfModel, center: tuple[float, float], scale: tuple[float, float],
+    config: MeasurementConfig,
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Scale PSF fluxes to the ``ap_corr_radius`` aperture with a polynomial map of the
+    ratio over the detector (absorbs local PSF-model size errors), then to total flux
+    with the Moffat wings beyond the aperture."""
     col = ap_flux_column(config.ap_corr_radius)
-    stars = sources[sources["is_psf_star"] | sources["is_psf_reserved"]]
+    # Every clean, bright, PSF-sized source (not only the PSF stars: more of the detector).
+    dirty = sum(1 << SRC_FLAGS[f] for f in (
+        "EDGE", "SATURATED", "CR", "INTERPOLATED", "BAD", "BLENDED", "PSF_FLUX_FAILED",
+        "MOMENTS_FAILED", "STREAK"))
+    size = (sources["ixx"] + sources["iyy"]) / (sources["psf_ixx"] + sources["psf_iyy"])
+    stars = sources[((sources["flags"] & dirty) == 0) & (np.abs(size - 1.0) < 0.1)
+                    | sources["is_psf_star"] | sources["is_psf_reserved"]]
     snr = stars[col] / stars[col + "_err"]
     bright = stars[(snr > config.ap_corr_min_snr) & (stars["psf_flux"] > 0)]
     if len(bright) < 3:
         bright = stars[stars["psf_flux"] > 0]
     ratio = (bright[col] / bright["psf_flux"]).to_numpy()
-    ap_corr = float(np.median(ratio)) if len(ratio) else 1.0
-    ap_corr_err = float(1.2533 * np.std(ratio) / math.sqrt(len(ratio))) if len(ratio) > 1 else 0.0
+    u = (bright["x"].to_numpy() - center[0]) / scale[0]
+    v = (bright["y"].to_numpy() - center[1]) / scale[1]
+    degree = config.ap_corr_degree
+    while degree > 0 and len(ratio) < 5 * (degree + 1) * (degree + 2) // 2:
+        degree -= 1
+    coeffs = np.array([float(np.median(ratio))]) if len(ratio) else np.array([1.0])
+    use = np.ones(len(ratio), dtype=bool)
+    for _ in range(3):
+        if use.sum() == 0:
+            break
+        design = poly_terms(u[use], v[use], degree).T
+        coeffs, *_ = np.linalg.lstsq(design, ratio[use], rcond=None)
+        resid = ratio - poly_terms(u, v, degree).T @ coeffs
+        mad = 1.4826 * float(np.median(np.abs(resid[use])))
+        new = np.abs(resid) < 3.0 * max(mad, 1e-4)
+        if new.sum() == use.sum():
+            break
+        use = new
+    rms = float(np.std(resid[use])) if len(ratio) and use.any() else 0.0
     if config.do_wing_correction:
         moffat = psf.moffat_at(*center) if isinstance(psf, PixelPsf) else psf.params_at(*center)
-        if isinstance(moffat, MoffatPsf) and moffat.beta > 1.0:
-            wing = 1.0 / _wing_fraction(moffat, float(config.ap_corr_radius))
-        else:
-            wing = 1.0 / _wing_fraction(MoffatPsf(fwhm=psf.fwhm_at(*center), beta=20.0),
-                                        float(config.ap_corr_radius))
+        if not isinstance(moffat, MoffatPsf):
+            moffat = MoffatPsf(fwhm=psf.fwhm_at(*center), beta=20.0)
+        wing = 1.0 / _wing_fraction(moffat, float(config.ap_corr_radius))
     else:
         wing = 1.0
-    factor = ap_corr * wing
+    su = (sources["x"].to_numpy() - center[0]) / scale[0]
+    sv = (sources["y"].to_numpy() - center[1]) / scale[1]
+    factor = (poly_terms(su, sv, degree).T @ coeffs) * wing
     out = sources.copy()
     out["psf_flux"] = sources["psf_flux"] * factor
     out["psf_flux_err"] = sources["psf_flux_err"] * factor
-    meta = {"ap_corr": ap_corr, "ap_corr_err": ap_corr_err, "ap_corr_radius": config.ap_corr_radius,
-            "ap_corr_n_stars": len(ratio), "wing_correction": wing}
+    meta = {
+        "ap_corr": float(poly_terms(np.zeros(1), np.zeros(1), degree).T[0] @ coeffs),
+        "ap_corr_coeffs": [float(c) for c in coeffs],
+        "ap_corr_degree": degree,
+        "ap_corr_rms": rms,
+        "ap_corr_radius": config.ap_corr_radius,
+        "ap_corr_n_stars": int(use.sum()),
+        "wing_correction": wing,
+    }
     return out, meta
 
 
@@ -892,7 +926,9 @@ def _characterize(exposure: xr.Dataset, config: CharacterizeConfig) -> Character
     sources.loc[fit_stars.index[used], "is_psf_star"] = True
     sources.loc[reserved_idx, "is_psf_reserved"] = True
     center = (x0 + (nx - 1) / 2.0, y0 + (ny - 1) / 2.0)
-    sources, apmeta = _aperture_correct(sources, psf, center, config.measurement)
+    sources, apmeta = _aperture_correct(
+        sources, psf, center, (max(nx / 2.0, 1.0), max(ny / 2.0, 1.0)), config.measurement
+    )
     moffat = psf.moffat_at(*center) if isinstance(psf, PixelPsf) else None
     e1, e2 = psf.ellipticity_at(*center)
     meta.update(apmeta)

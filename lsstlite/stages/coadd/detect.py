@@ -67,17 +67,29 @@ def detect_coadd_sources(
     """
     image = np.asarray(coadd["image"].values, dtype=np.float32)
     variance = np.asarray(coadd["variance"].values, dtype=np.float32)
-    no_data = ((coadd["mask"].values & mask_bits(mask_planes(coadd), "NO_DATA")) != 0) | ~np.isfinite(
-        image
-    )
+    no_data = (
+        (coadd["mask"].values & mask_bits(mask_planes(coadd), "NO_DATA")) != 0
+    ) | ~np.isfinite(image)
     image = np.where(no_data, 0.0, image).astype(np.float32)
     err = np.sqrt(np.where(no_data | ~np.isfinite(variance), 0.0, variance)).astype(np.float32)
-    bkg = sep.Background(image, mask=no_data, bw=background_mesh, bh=background_mesh,
-                         fw=background_filter, fh=background_filter)
+    bkg = sep.Background(
+        image,
+        mask=no_data,
+        bw=background_mesh,
+        bh=background_mesh,
+        fw=background_filter,
+        fh=background_filter,
+    )
     data = image - bkg.back()
     objs, segmap = sep.extract(
-        data, threshold_n_sigma, err=err, mask=no_data, minarea=min_area,
-        deblend_nthresh=deblend_n_thresh, deblend_cont=deblend_cont, segmentation_map=True,
+        data,
+        threshold_n_sigma,
+        err=err,
+        mask=no_data,
+        minarea=min_area,
+        deblend_nthresh=deblend_n_thresh,
+        deblend_cont=deblend_cont,
+        segmentation_map=True,
     )
     x0, y0 = int(coadd["x"].values[0]), int(coadd["y"].values[0])
     x = objs["x"].astype(np.float64) + x0
@@ -86,8 +98,9 @@ def detect_coadd_sources(
         ra, dec = wcs_from_cards(coadd.attrs["wcs"]).all_pix2world(x, y, 0)
     else:
         ra = dec = np.empty(0)
-    var_sum = np.bincount(segmap.ravel(), weights=(err.astype(np.float64) ** 2).ravel(),
-                          minlength=len(objs) + 1)
+    var_sum = np.bincount(
+        segmap.ravel(), weights=(err.astype(np.float64) ** 2).ravel(), minlength=len(objs) + 1
+    )
     flux_err = np.sqrt(var_sum[1 : len(objs) + 1])
     return pd.DataFrame(
         {

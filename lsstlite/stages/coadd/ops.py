@@ -47,7 +47,6 @@ from lsstlite.stages.warp.psf import WarpedPsf
 
 __all__ = [
     "ArtifactConfig",
-    "CoaddInput",
     "coadd_exposures",
     "input_weights",
     "select_inputs",
@@ -106,16 +105,6 @@ class ArtifactConfig:
     matching_kernel_size: int = 25
 
 
-@dataclass(frozen=True)
-class CoaddInput:
-    """One usable input of a coadd (metadata only)."""
-
-    exposure: xr.Dataset
-    data_id: dict[str, Any]
-    det_box: tuple[int, int, int, int]
-    weight: float
-
-
 def select_inputs(
     calexps: Sequence[xr.Dataset], patch: PatchGeometry
 ) -> tuple[list[int], list[dict[str, Any]]]:
@@ -165,8 +154,10 @@ def input_weights(
     for ds in calexps:
         bits = mask_bits(mask_planes(ds), [p for p in bad_mask_planes if p in mask_planes(ds)])
         var = ds["variance"].data
-        good = ((ds["mask"].data & bits) == 0) & da.isfinite(var) if isinstance(var, da.Array) else (
-            ((ds["mask"].data & bits) == 0) & np.isfinite(var)
+        good = (
+            ((ds["mask"].data & bits) == 0) & da.isfinite(var)
+            if isinstance(var, da.Array)
+            else (((ds["mask"].data & bits) == 0) & np.isfinite(var))
         )
         terms.append((da.where(good, var, 0.0).sum(), da.asarray(good).sum()))
     (values,) = dask.compute(terms)
@@ -194,7 +185,9 @@ def _input_fwhm_out(ds: xr.Dataset, patch: PatchGeometry) -> float:
     try:
         fwhm = psf.fwhm_at(x, y)
     except NotImplementedError:
-        fwhm = WarpedPsf(dict(ds.attrs["psf"]), dict(ds.attrs["wcs"]), dict(ds.attrs["wcs"])).fwhm_at(x, y)
+        fwhm = WarpedPsf(
+            dict(ds.attrs["psf"]), dict(ds.attrs["wcs"]), dict(ds.attrs["wcs"])
+        ).fwhm_at(x, y)
     cx, cy = (patch.xy0[0] + patch.shape[1] / 2.0, patch.xy0[1] + patch.shape[0] / 2.0)
     return fwhm * _pixel_scale(ds.attrs["wcs"], x, y) / _pixel_scale(patch.wcs_cards, cx, cy)
 
@@ -230,7 +223,9 @@ class _Params:
 
 
 def _psf_match(
-    img: NDArray[np.float32], var: NDArray[np.float32], valid: NDArray[np.bool_],
+    img: NDArray[np.float32],
+    var: NDArray[np.float32],
+    valid: NDArray[np.bool_],
     kern: NDArray[np.float64],
 ) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.bool_]]:
     """Convolve a warp block with a matching kernel, normalised over the valid pixels.
@@ -295,7 +290,9 @@ def _reject_artifacts(
         pm[k], pv[k], ok[k] = _psf_match(img[k], var[k], use[k], kern)
     # Template: clipped mean of the PSF-matched warps (robust to the artifacts themselves).
     template, tvar, _ = combine_clipped(pm, pv, ok, weights, 3.0, 0.1, 2)
-    outlier = _outliers(pm, pv, ok, template, tvar, cfg.detect_n_sigma, cfg.template_frac, p.model_fwhm)
+    outlier = _outliers(
+        pm, pv, ok, template, tvar, cfg.detect_n_sigma, cfg.template_frac, p.model_fwhm
+    )
     # Sharp artifacts (cosmic rays) are smoothed below threshold by PSF matching: look for
     # them at native resolution too, against a clipped template with a generous
     # fractional term (epoch-to-epoch PSF differences make star cores differ by ~20%).
@@ -340,8 +337,15 @@ def _coadd_block(
     msk = np.empty((n, *shape), np.int32)
     for k, inp in enumerate(inputs):
         img[k], var[k], msk[k] = warp_arrays(
-            np.asarray(inp.img), np.asarray(inp.var), np.asarray(inp.msk), inp.mapping,
-            inp.det_box, ext_box, kernel=p.kernel, no_data=p.no_data, sensor_edge=p.sensor_edge,
+            np.asarray(inp.img),
+            np.asarray(inp.var),
+            np.asarray(inp.msk),
+            inp.mapping,
+            inp.det_box,
+            ext_box,
+            kernel=p.kernel,
+            no_data=p.no_data,
+            sensor_edge=p.sensor_edge,
         )
     weights = np.array([weights_all[inp.index] for inp in inputs], dtype=np.float64)
     covered = (msk & p.no_data) == 0
@@ -354,7 +358,9 @@ def _coadd_block(
         flag_rejected = _reject_artifacts(img, var, use, psfs, center, weights, p)
         use &= ~flag_rejected
     if p.method == "clipped":
-        out, ovar, flag_clipped = combine_clipped(img, var, use, weights, p.n_sigma, p.amp_frac, p.n_iter)
+        out, ovar, flag_clipped = combine_clipped(
+            img, var, use, weights, p.n_sigma, p.amp_frac, p.n_iter
+        )
     elif p.method == "median":
         out, ovar = combine_median(img, var, use)
     else:
@@ -440,7 +446,10 @@ def coadd_exposures(
     (3 px for Lanczos3) plus, for ``compare_warp``, ``artifacts.halo_px`` around the
     chunk (footprints are found on the grown chunk, and the matching kernel is spatially
     constant per chunk, computed at its centre). Peak memory per task is about
-    ``n_overlapping_inputs × (chunk + halo)² × 13 bytes`` (× ~4 for compare_warp).
+    ``n_overlapping_inputs × (chunk + halo)² × 26 bytes`` (× ~2 more for compare_warp);
+    the figure for this graph is ``attrs["coadd"]["max_task_bytes"]``. Input chunks are
+    sliced to the regions needed: from zarr, dask fuses the slice into the read, so only
+    those bytes are read.
     ``"mean"``, ``"clipped"`` and ``"median"`` do not depend on the chunking (bit for
     bit); ``"compare_warp"`` may differ only where an outlier footprint is cut by a halo
     edge. Only ``weights=None`` computes anything while building (see
@@ -501,9 +510,12 @@ def coadd_exposures(
     wcs_cards = [dict(ds.attrs["wcs"]) for ds in inputs]
     weights_arr = np.asarray(w, dtype=np.float64)
     radius = KERNEL_RADIUS[kernel]
-    px0, py0, px1, py1 = patch.bbox
+    px0, py0, _px1, _py1 = patch.bbox
     ny, nx = patch.shape
     rows: list[list[tuple[Any, Any, Any]]] = []
+    # Bytes each chunk task holds: its input regions plus the warped stack (image,
+    # variance, mask, flags); recorded so that memory can be planned before computing.
+    max_task_bytes = 0
     for y in range(0, ny, chunks[0]):
         row = []
         for x in range(0, nx, chunks[1]):
@@ -512,29 +524,54 @@ def coadd_exposures(
             shape = (out_box[3] - out_box[1], out_box[2] - out_box[0])
             block_inputs = []
             for k, ds in enumerate(inputs):
-                mapping = map_block(wcs_out, wcs_ins[k], ext_box, boxes[k], step=grid_step_px, radius=radius)
+                mapping = map_block(
+                    wcs_out, wcs_ins[k], ext_box, boxes[k], step=grid_step_px, radius=radius
+                )
                 if mapping.region is None:
                     continue
                 bx0, by0 = boxes[k][0], boxes[k][1]
                 rx0, ry0, rx1, ry1 = mapping.region
                 sl = (slice(ry0 - by0, ry1 - by0), slice(rx0 - bx0, rx1 - bx0))
                 block_inputs.append(
-                    _BlockInput(ds["image"].data[sl], ds["variance"].data[sl], ds["mask"].data[sl], mapping, boxes[k], k)
+                    _BlockInput(
+                        ds["image"].data[sl],
+                        ds["variance"].data[sl],
+                        ds["mask"].data[sl],
+                        mapping,
+                        boxes[k],
+                        k,
+                    )
                 )
+            ext_area = (ext_box[2] - ext_box[0]) * (ext_box[3] - ext_box[1])
+            task_bytes = (
+                sum(
+                    12
+                    * (b.mapping.region[2] - b.mapping.region[0])
+                    * (b.mapping.region[3] - b.mapping.region[1])
+                    for b in block_inputs
+                    if b.mapping.region is not None
+                )
+                + len(block_inputs) * ext_area * 14
+            )
+            max_task_bytes = max(max_task_bytes, task_bytes)
             if not block_inputs:
-                row.append((
-                    da.full(shape, np.nan, dtype=np.float32),
-                    da.full(shape, np.nan, dtype=np.float32),
-                    da.full(shape, params.no_data, dtype=np.int32),
-                ))
+                row.append(
+                    (
+                        da.full(shape, np.nan, dtype=np.float32),
+                        da.full(shape, np.nan, dtype=np.float32),
+                        da.full(shape, params.no_data, dtype=np.int32),
+                    )
+                )
                 continue
             res = dask.delayed(_coadd_block, nout=3, pure=True)(
                 block_inputs, ext_box, out_box, weights_arr, psf_dicts, wcs_cards, params
             )
-            row.append(tuple(
-                da.from_delayed(res[i], shape, dtype=dt, meta=np.empty((0, 0), dt))
-                for i, dt in enumerate((np.float32, np.float32, np.int32))
-            ))
+            row.append(
+                tuple(
+                    da.from_delayed(res[i], shape, dtype=dt, meta=np.empty((0, 0), dt))
+                    for i, dt in enumerate((np.float32, np.float32, np.int32))
+                )
+            )
         rows.append(row)
     image = da.block([[b[0] for b in r] for r in rows])
     variance = da.block([[b[1] for b in r] for r in rows])
@@ -543,10 +580,16 @@ def coadd_exposures(
     table = []
     for k, ds in enumerate(inputs):
         did = data_id_of(ds)
-        components.append({
-            "psf": psf_dicts[k], "wcs_in": wcs_cards[k], "det_box": list(boxes[k]),
-            "weight": w[k], "visit": did.get("visit"), "detector": did.get("detector"),
-        })
+        components.append(
+            {
+                "psf": psf_dicts[k],
+                "wcs_in": wcs_cards[k],
+                "det_box": list(boxes[k]),
+                "weight": w[k],
+                "visit": did.get("visit"),
+                "detector": did.get("detector"),
+            }
+        )
         table.append({"visit": did.get("visit"), "detector": did.get("detector"), "weight": w[k]})
     bands = {(ds.attrs.get("visit_info") or {}).get("band") for ds in inputs}
     return make_exposure(
@@ -569,6 +612,7 @@ def coadd_exposures(
                 "bad_mask_planes": list(bad_mask_planes),
                 "model_psf_fwhm_px": params.model_fwhm if method == "compare_warp" else None,
                 "covariance": COVARIANCE_NOTE,
+                "max_task_bytes": int(max_task_bytes),
             },
         },
     )

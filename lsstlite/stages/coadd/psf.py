@@ -79,7 +79,9 @@ class CoaddPsf(PsfModel):
         for k in idx:
             comp = self.components[k]
             warped = WarpedPsf(comp["psf"], comp["wcs_in"], self.wcs_out)
-            total += comp["weight"] * warped.image(x, y, size=size, center=center, oversample=oversample)
+            total += comp["weight"] * warped.image(
+                x, y, size=size, center=center, oversample=oversample
+            )
             wsum += comp["weight"]
         return total / wsum
 

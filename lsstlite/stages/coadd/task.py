@@ -33,7 +33,9 @@ _DET = ("instrument", "exposure", "detector")
 _PATCH_BAND = ("skymap", "tract", "patch", "band")
 
 
-def patch_of(skymap: Mapping[str, Any] | SkyMap, data_id: Mapping[str, Any] | None, label: str) -> Any:
+def patch_of(
+    skymap: Mapping[str, Any] | SkyMap, data_id: Mapping[str, Any] | None, label: str
+) -> Any:
     """The patch geometry of a quantum's data ID (``tract``, ``patch``)."""
     if data_id is None or "tract" not in data_id or "patch" not in data_id:
         raise ValueError(
@@ -47,7 +49,7 @@ def patch_of(skymap: Mapping[str, Any] | SkyMap, data_id: Mapping[str, Any] | No
 class ArtifactRejectionConfig(Config):
     """CompareWarp artifact rejection (see :class:`lsstlite.stages.coadd.ArtifactConfig`)."""
 
-    model_psf_fwhm_px: float | None = Field(None, description="None: 1.3 × largest input FWHM")
+    model_psf_fwhm_px: float | None = None  # None: 1.3 × the largest input FWHM
     detect_n_sigma: float = 5.0
     template_frac: float = 0.03
     sharp_detect_n_sigma: float = 5.0
@@ -73,7 +75,7 @@ class AssembleCoaddConfig(Config):
     clip_amp_frac: float = 0.3
     clip_n_iter: int = 2
     grid_step_px: int = 16
-    artifacts: ArtifactRejectionConfig = Field(default_factory=ArtifactRejectionConfig)
+    artifacts: ArtifactRejectionConfig = Field(default_factory=lambda: ArtifactRejectionConfig())
 
 
 class AssembleCoaddTask(Task):
@@ -98,11 +100,15 @@ class AssembleCoaddTask(Task):
         """Calexps × the patches they overlap, per band (the spatial join)."""
         skymap = load_skymap(butler, self.config.skymap_name, collections)
         return plan_patch_quanta(
-            records["calexps"], input_name="calexps", skymap=skymap, butler=butler,
-            collections=collections, split_by=("band",),
+            records["calexps"],
+            input_name="calexps",
+            skymap=skymap,
+            butler=butler,
+            collections=collections,
+            split_by=("band",),
         )
 
-    def run(
+    def run(  # type: ignore[override]
         self,
         calexps: list[xr.Dataset],
         skymap: dict[str, Any],
@@ -143,5 +149,5 @@ class DetectCoaddTask(Task):
     inputs = {"coadd": Input("coadd", _PATCH_BAND)}
     outputs = {"detections": Output("coadd_det", _PATCH_BAND, storage_class="Table")}
 
-    def run(self, coadd: xr.Dataset) -> TaskResult:
+    def run(self, coadd: xr.Dataset) -> TaskResult:  # type: ignore[override]
         return TaskResult(detections=detect_coadd_sources(coadd, **self.config.model_dump()))

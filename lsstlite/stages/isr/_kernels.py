@@ -22,6 +22,7 @@ __all__ = [
     "fit_overscan",
     "fringe_normal_equations",
     "grow_mask",
+    "isr_local",
     "interpolate_rows",
     "isr_fused",
     "rasterize_boxes",
@@ -78,12 +79,118 @@ def fit_overscan(
     return model.astype(F32)
 
 
-@numba.njit(cache=True, nogil=True)
-def _lin(v: float, c2: float, c3: float, c4: float) -> float:
-    return v + v * v * (c2 + v * (c3 + v * c4))
+#: LLVM fast-math flags of the per-pixel kernels: reassociation and contraction (FMA),
+#: but *not* ``nnan``/``ninf``, which would let LLVM delete the non-finite checks.
+_FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
+
+#: Indices of ``flags`` in :func:`isr_fused`.
+FLAG_NAMES = ("overscan", "crosstalk", "bias", "linearity", "dark", "saturation", "flat")
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, fastmath=_FASTMATH, error_model="numpy")
+def _isr_rows(
+    raw: NDArray[np.float32],
+    overscan: NDArray[np.float32],
+    amp_raw_x0: NDArray[np.int64],
+    amp_det_x0: NDArray[np.int64],
+    amp_flip: NDArray[np.bool_],
+    width: int,
+    gain: NDArray[np.float64],
+    read_noise: NDArray[np.float64],
+    sat_adu: NDArray[np.float64],
+    lin: NDArray[np.float64],
+    xtalk: NDArray[np.float64],
+    bias: NDArray[np.float32],
+    dark: NDArray[np.float32],
+    dark_time: float,
+    flat: NDArray[np.float32],
+    flags: NDArray[np.bool_],
+    bits: NDArray[np.int32],
+    img: NDArray[np.float32],
+    var: NDArray[np.float32],
+    msk: NDArray[np.int32],
+) -> None:
+    # Row by row, amplifier by amplifier, each step a contiguous loop over one amplifier's
+    # row (LLVM vectorises these; a per-pixel loop over every step ran 3-4× slower).
+    n_rows = raw.shape[0]
+    n_amps = amp_raw_x0.size
+    do_os, do_xt, do_bias, do_lin = flags[0], flags[1], flags[2], flags[3]
+    do_dark, do_sat, do_flat = flags[4], flags[5], flags[6]
+    src = np.empty((n_amps, width), np.float32)
+    t = np.empty(width, np.float32)
+    tv = np.empty(width, np.float32)
+    tm = np.empty(width, np.int32)
+    sat_bit, nan_bit, bad_bit = bits[0], bits[1], bits[2]
+    zero = np.float32(0.0)
+    dt = np.float32(dark_time)
+    for r in range(n_rows):
+        for a in range(n_amps):
+            o = np.float32(overscan[a, r]) if do_os else zero
+            x0 = amp_raw_x0[a]
+            for j in range(width):
+                src[a, j] = raw[r, x0 + j] - o
+        for a in range(n_amps):
+            g = np.float32(gain[a])
+            rn2 = np.float32(read_noise[a] * read_noise[a])
+            sat = np.float32(sat_adu[a])
+            rx0 = amp_raw_x0[a]
+            for j in range(width):
+                t[j] = src[a, j]
+            if do_xt:  # victim a loses C[s, a] × source s at the same readout column
+                for s in range(n_amps):
+                    c = np.float32(xtalk[s, a])
+                    if s != a and c != 0.0:
+                        for j in range(width):
+                            t[j] -= c * src[s, j]
+            if do_sat:
+                for j in range(width):
+                    tm[j] = sat_bit if raw[r, rx0 + j] >= sat else 0
+            else:
+                tm[:] = 0
+            if amp_flip[a]:  # readout order → detector order
+                for j in range(width // 2):
+                    k = width - 1 - j
+                    t[j], t[k] = t[k], t[j]
+                    tm[j], tm[k] = tm[k], tm[j]
+            xa = amp_det_x0[a]
+            if do_bias:
+                for j in range(width):
+                    t[j] -= bias[r, xa + j]
+            if do_lin:
+                c2 = np.float32(lin[a, 0])
+                c3 = np.float32(lin[a, 1])
+                c4 = np.float32(lin[a, 2])
+                for j in range(width):
+                    v = t[j]
+                    t[j] = v + v * v * (c2 + v * (c3 + v * c4))
+            for j in range(width):
+                e = t[j] * g
+                t[j] = e
+                tv[j] = max(e, zero) + rn2
+            if do_dark:
+                for j in range(width):
+                    t[j] -= dark[r, xa + j] * dt
+            if do_flat:
+                for j in range(width):
+                    f = flat[r, xa + j]
+                    if f > 0.0 and f < np.inf:
+                        inv = np.float32(1.0) / f
+                        t[j] *= inv
+                        tv[j] *= inv * inv
+                    else:
+                        tm[j] |= bad_bit
+                        t[j] = zero
+                        tv[j] = np.inf
+            for j in range(width):
+                if not (abs(t[j]) < np.inf):
+                    tm[j] |= nan_bit
+                    t[j] = zero
+                    tv[j] = np.inf
+                img[r, xa + j] = t[j]
+                var[r, xa + j] = tv[j]
+                msk[r, xa + j] = tm[j]
+
+
 def isr_fused(
     raw: NDArray[np.float32],
     overscan: NDArray[np.float32],
@@ -100,65 +207,35 @@ def isr_fused(
     bias: NDArray[np.float32],
     dark: NDArray[np.float32],
     dark_time: float,
+    flat: NDArray[np.float32],
     flags: NDArray[np.bool_],
     bits: NDArray[np.int32],
-) -> tuple[NDArray[np.float32], NDArray[np.float32], NDArray[np.int32]]:
+) -> NDArray[np.float32]:
     """The per-pixel ISR chain of one block of rows, raw ADU → electrons, in one pass.
 
     ``raw`` holds rows of the untrimmed raw frame (all amplifiers, readout order);
     ``overscan`` the matching ``(n_amps, rows)`` levels. Each output pixel of the assembled
     ``(rows, det_nx)`` block gets: saturation flag on the raw value; overscan; crosstalk
-    from the other amplifiers at the same readout position (ADU); bias (ADU); linearity
-    (ADU); gain (e⁻); variance ``max(e, 0) + read_noise²``; non-finite check; dark
-    (``dark × dark_time``). ``flags`` = (overscan, crosstalk, bias, linearity, dark,
-    saturation); ``bits`` = (SAT, UNMASKEDNAN). Absent calibrations are
-    ``(0, 0)`` arrays with their flag off.
+    from the other amplifiers at the same readout position (overscan-subtracted ADU,
+    nonlinear, as the electronics saw them); bias (ADU); linearity (ADU); gain (e⁻);
+    variance ``max(e, 0) + read_noise²``; dark (``dark × dark_time``); flat (flat ≤ 0 or
+    non-finite → BAD, 0, ∞ variance); non-finite → UNMASKEDNAN, 0, ∞ variance.
+    ``flags`` follow :data:`FLAG_NAMES`; ``bits`` = (SAT, UNMASKEDNAN, BAD). Absent
+    calibrations are ``(0, 0)`` arrays with their flag off.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(3, rows, det_nx)`` float32: image (e⁻), variance (e⁻²) and the int32 mask
+        stored bit for bit (``out[2].view(np.int32)``).
     """
-    n_rows = raw.shape[0]
-    n_amps = amp_raw_x0.size
-    image = np.empty((n_rows, det_nx), dtype=np.float32)
-    var = np.empty((n_rows, det_nx), dtype=np.float32)
-    mask = np.zeros((n_rows, det_nx), dtype=np.int32)
-    do_os, do_xt, do_bias, do_lin, do_dark, do_sat = (
-        flags[0], flags[1], flags[2], flags[3], flags[4], flags[5]
+    out = np.empty((3, raw.shape[0], det_nx), dtype=np.float32)
+    _isr_rows(
+        raw, overscan, amp_raw_x0, amp_det_x0, amp_flip, width, gain, read_noise, sat_adu,
+        lin, xtalk, bias, dark, dark_time, flat, flags, bits, out[0], out[1],
+        out[2].view(np.int32),
     )
-    src = np.empty(n_amps, dtype=np.float64)
-    for r in range(n_rows):
-        for j in range(width):
-            for a in range(n_amps):
-                v = np.float64(raw[r, amp_raw_x0[a] + j])
-                if do_os:
-                    v -= overscan[a, r]
-                src[a] = v
-            for a in range(n_amps):
-                x = amp_det_x0[a] + (width - 1 - j if amp_flip[a] else j)
-                v = src[a]
-                m = np.int32(0)
-                if do_sat and raw[r, amp_raw_x0[a] + j] >= sat_adu[a]:
-                    m |= bits[0]
-                if do_xt:
-                    corr = 0.0
-                    for s in range(n_amps):
-                        if s != a:
-                            corr += xtalk[s, a] * src[s]
-                    v -= corr
-                if do_bias:
-                    v -= bias[r, x]
-                if do_lin:
-                    v = _lin(v, lin[a, 0], lin[a, 1], lin[a, 2])
-                e = v * gain[a]
-                rn = read_noise[a]
-                if math.isfinite(e):
-                    var[r, x] = max(e, 0.0) + rn * rn
-                else:
-                    m |= bits[1]
-                    e = 0.0
-                    var[r, x] = np.inf
-                if do_dark:
-                    e -= dark[r, x] * dark_time
-                image[r, x] = e
-                mask[r, x] = m
-    return image, var, mask
+    return out
 
 
 @numba.njit(cache=True, nogil=True)
@@ -198,13 +275,27 @@ def rasterize_boxes(
     return out
 
 
+@numba.njit(cache=True, nogil=True)
+def _grow(mask: NDArray[np.int32], bit: int, radius: int) -> NDArray[np.int32]:
+    ny, nx = mask.shape
+    out = mask.copy()
+    for y in range(ny):
+        for x in range(nx):
+            if mask[y, x] & bit:
+                for yy in range(max(y - radius, 0), min(y + radius + 1, ny)):
+                    for xx in range(max(x - radius, 0), min(x + radius + 1, nx)):
+                        out[yy, xx] |= bit
+    return out
+
+
 def grow_mask(mask: NDArray[np.int32], bit: int, radius: int) -> NDArray[np.int32]:
-    """Grow mask plane ``bit`` by a square of half-size ``radius`` (pixels)."""
+    """Grow mask plane ``bit`` by a square of half-size ``radius`` (pixels).
+
+    Cost: one scan plus ``(2 radius + 1)²`` per flagged pixel (flagged pixels are rare).
+    """
     if radius <= 0:
         return mask
-    plane = (mask & bit) != 0
-    grown = ndimage.maximum_filter(plane, size=2 * radius + 1, mode="constant")
-    return np.where(grown, mask | bit, mask).astype(np.int32)
+    return _grow(np.ascontiguousarray(mask, dtype=np.int32), bit, radius)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -377,3 +468,61 @@ def clipped_combine(
     n = keep.sum(axis=0)
     total = np.where(keep, data, 0.0).sum(axis=0)
     return np.where(n > 0, total / np.maximum(n, 1), ref).astype(F32)
+
+
+def isr_local(
+    block: NDArray[np.float32],
+    flat: NDArray[np.float32] | None,
+    top: int,
+    bottom: int,
+    *,
+    bf_kernel: NDArray[np.float64] | None,
+    bf_threshold: float,
+    bf_radius: int,
+    bf_n_iter: int,
+    bits: NDArray[np.int32],
+    grow: int,
+    interp_bits: int,
+    interp_max_width: int,
+) -> NDArray[np.float32]:
+    """The neighbourhood steps of the ISR on one stacked block of full rows with a y-halo.
+
+    ``block`` is ``(3, top + rows + bottom, nx)`` (image, variance, mask bits as float32)
+    with ``top``/``bottom`` halo rows; ``flat`` is ``(rows, nx)`` or ``None``. In order:
+    brighter-fatter on the image (``bf_kernel`` not ``None``), trim, flat (≤ 0 or
+    non-finite → ``bits[2]`` BAD, 0, ∞ variance), SAT (``bits[0]``) grown by ``grow`` px
+    (from the untrimmed mask), interpolation along rows of runs of ``interp_bits``
+    (``interp_max_width``; 0 skips; INTRP is ``bits[3]``). Rows are whole, so the
+    interpolation needs no x halo; the y halo must be ≥ ``grow`` and, with BF,
+    ≥ ``n_iter (half-size + 1) + radius``.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(3, rows, nx)`` float32 in the same layout.
+    """
+    n = block.shape[1]
+    core = slice(top, n - bottom)
+    img = block[0]
+    if bf_kernel is not None:
+        img = bf_correct(img, bf_kernel, threshold=bf_threshold, radius=bf_radius, n_iter=bf_n_iter)
+    mask = np.ascontiguousarray(block[2]).view(np.int32)
+    if grow > 0:
+        mask = grow_mask(mask, int(bits[0]), grow)
+    out = np.empty((3, n - top - bottom, block.shape[2]), np.float32)
+    out[0] = img[core]
+    out[1] = block[1, core]
+    m = out[2].view(np.int32)
+    m[:] = mask[core]
+    if flat is not None:
+        ok = np.isfinite(flat) & (flat > 0)
+        inv = np.where(ok, np.float32(1.0) / np.where(ok, flat, np.float32(1.0)), np.float32(0.0))
+        out[0] *= inv
+        out[1] *= inv * inv
+        out[1][~ok] = np.inf
+        m[~ok] |= bits[2]
+    if interp_max_width > 0 and interp_bits and (m & interp_bits).any():
+        im, va, mm = interpolate_rows(out[0], out[1], m, interp_bits, int(bits[3]), interp_max_width)
+        out[0], out[1] = im, va
+        m[:] = mm
+    return out

@@ -696,10 +696,103 @@ def _check_same_shape(exp: xr.Dataset, calib: xr.Dataset, what: str) -> None:
 # -- the fused chain ---------------------------------------------------------------------
 
 
+def _row_chunks(ny: int, chunk_rows: int, min_rows: int = 0) -> tuple[int, ...]:
+    """Row chunks of ``chunk_rows`` (a short last chunk below ``min_rows`` joins its neighbour)."""
+    chunks = [min(chunk_rows, ny - y) for y in range(0, ny, chunk_rows)]
+    if len(chunks) > 1 and chunks[-1] < max(min_rows, 1):
+        chunks[-2] += chunks.pop()
+    return tuple(chunks)
+
+
 def _rows(arr: xr.Dataset | None, rows: tuple[int, ...]) -> da.Array:
     if arr is None:
         return da.zeros((0, 0), dtype=F32, chunks=(0, 0))
     return _dask(arr["image"]).astype(F32).rechunk((rows, -1))
+
+
+def _mask_bits_array() -> NDArray[np.int32]:
+    """(SAT, UNMASKEDNAN, BAD, INTRP) bits of the default mask planes."""
+    from lsstlite.data.masks import DEFAULT_MASK_PLANES as planes
+
+    return np.array([1 << planes[p] for p in ("SAT", "UNMASKEDNAN", "BAD", "INTRP")], np.int32)
+
+
+def _chain_stack(
+    raw: xr.Dataset,
+    *,
+    overscan: xr.DataArray | None,
+    crosstalk: NDArray[np.floating] | None,
+    bias: xr.Dataset | None,
+    linearity: Any,
+    dark: xr.Dataset | None,
+    dark_time: float | None,
+    flat: xr.Dataset | None,
+    defects: pd.DataFrame | NDArray[np.integer] | None,
+    do_saturation: bool,
+    row_chunks: tuple[int, ...],
+) -> tuple[da.Array, list[str]]:
+    """The fused chain as one stacked ``(3, ny, nx)`` float32 dask array, and its steps."""
+    geo = _readout_geometry(raw)
+    ny, nx = geo["shape"]
+    n_amps = geo["raw_x0"].size
+    image = _dask(raw["image"]).astype(F32).rechunk((row_chunks, -1))
+    if overscan is not None:
+        os_arr = _dask(overscan).astype(F32).rechunk((n_amps, row_chunks))
+    else:
+        os_arr = da.zeros((n_amps, ny), dtype=F32, chunks=(n_amps, row_chunks))
+    xt = np.zeros((n_amps, n_amps)) if crosstalk is None else np.asarray(crosstalk, np.float64)
+    if xt.shape != (n_amps, n_amps):
+        raise ValueError(f"crosstalk matrix has shape {xt.shape}, the raw has {n_amps} amplifiers")
+    lin = np.zeros((n_amps, 3)) if linearity is None else _linearity_array(linearity)
+    for name, cal in (("bias", bias), ("dark", dark), ("flat", flat)):
+        if cal is not None and cal["image"].shape != (ny, nx):
+            raise ValueError(f"{name} has shape {cal['image'].shape}, the assembled raw is {(ny, nx)}")
+    flags = np.array([overscan is not None, crosstalk is not None, bias is not None,
+                      linearity is not None, dark is not None, do_saturation, flat is not None])
+    bits = _mask_bits_array()
+    t = _dark_time(raw, dark_time) if dark is not None else 0.0
+    boxes = _boxes(defects) if defects is not None else np.zeros((0, 4), np.int64)
+    starts = np.cumsum((0, *row_chunks[:-1]))
+    row0 = da.from_array(starts, chunks=1)
+    cals = [c for c in (bias, dark, flat) if c is not None]
+    cal_rows = [_rows(c, row_chunks) for c in cals]
+    empty = np.zeros((0, 0), F32)
+    present = (bias is not None, dark is not None, flat is not None)
+
+    def block(raw_b: Any, os_b: Any, y0_b: Any, *cal: Any) -> Any:
+        it = iter(cal)
+        b, d, f = (next(it) if p else empty for p in present)
+        out = _kernels.isr_fused(
+            raw_b, os_b, geo["raw_x0"], geo["det_x0"], geo["flip"], geo["width"], nx,
+            geo["gain"], geo["read_noise"], geo["saturation"], lin, xt, b, d, t, f, flags,
+            bits,
+        )
+        if boxes.size:
+            hit = _kernels.rasterize_boxes(boxes, int(y0_b[0]), 0, out.shape[1:])
+            m = out[2].view(np.int32)
+            m[hit] |= bits[2]
+        return out
+
+    res = da.blockwise(
+        block, "vyx", image, "yx", os_arr, "ay", row0, "y",
+        *[x for arr in cal_rows for x in (arr, "yz")],
+        new_axes={"v": 3}, adjust_chunks={"x": nx}, concatenate=True, dtype=F32,
+        meta=np.empty((0, 0, 0), F32),
+    )
+    steps = ["saturation"] * do_saturation + ["overscan"] * (overscan is not None)
+    steps += ["crosstalk"] * (crosstalk is not None) + ["assemble"]
+    steps += ["bias"] * (bias is not None) + ["linearity"] * (linearity is not None)
+    steps += ["gain", "variance", "nans"] + ["defects"] * (defects is not None)
+    steps += ["dark"] * (dark is not None) + ["flat"] * (flat is not None)
+    return res, steps
+
+
+def _exposure_from_stack(stack: da.Array, like: xr.Dataset, steps: list[str]) -> xr.Dataset:
+    return make_exposure(
+        stack[0], variance=stack[1], mask=stack[2].view(np.int32),
+        wcs=like.attrs.get("wcs") or None, visit_info=_visit_info(like.attrs), units="electron",
+        attrs={"amplifiers": like.attrs.get("amplifiers"), "isr_steps": steps},
+    )
 
 
 def isr_chain(
@@ -711,82 +804,93 @@ def isr_chain(
     linearity: Any = None,
     dark: xr.Dataset | None = None,
     dark_time: float | None = None,
+    defects: pd.DataFrame | NDArray[np.integer] | None = None,
+    flat: xr.Dataset | None = None,
     do_saturation: bool = True,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
 ) -> xr.Dataset:
-    """The per-pixel ISR of a raw in one fused kernel: raw ADU → electrons, up to the dark.
+    """The per-pixel ISR of a raw in one fused kernel: raw ADU → electrons.
 
     Same result as :func:`mask_saturation`, :func:`subtract_overscan` (given ``overscan``
     levels), :func:`correct_crosstalk`, :func:`assemble`, :func:`subtract_bias`,
-    :func:`apply_linearity`, :func:`apply_gain`, :func:`mask_nans` and
-    :func:`subtract_dark` in sequence; a ``None`` argument skips its step.
+    :func:`apply_linearity`, :func:`apply_gain`, :func:`mask_nans`,
+    :func:`mask_defects`, :func:`subtract_dark` and :func:`divide_flat` in sequence
+    (to float32 rounding); a ``None`` argument skips its step. Pass ``flat`` only when
+    no brighter-fatter correction follows (BF acts on electrons before the flat).
 
     Notes
     -----
-    Lazy: one ``map_blocks`` over blocks of ``chunk_rows`` full rows (crosstalk pairs
+    Lazy: one ``blockwise`` task per block of ``chunk_rows`` full rows (crosstalk pairs
     pixels of every amplifier of a row), reading the raw rows, the per-row overscan
-    levels and the calibration rows; no halo. The output is chunked ``(chunk_rows, nx)``.
+    levels and the calibration rows; no halo. The output is chunked ``(chunk_rows, nx)``
+    and its three planes are views of one ``(3, rows, nx)`` block (no copies).
     """
-    geo = _readout_geometry(raw)
-    ny, nx = geo["shape"]
-    n_amps = geo["raw_x0"].size
-    image = _dask(raw["image"]).astype(F32)
-    row_chunks = tuple(min(chunk_rows, ny - y) for y in range(0, ny, chunk_rows))
-    image = image.rechunk((row_chunks, -1))
-    steps = []
-    if overscan is not None:
-        os_arr = _dask(overscan).astype(F32).rechunk((n_amps, row_chunks))
-        steps.append("overscan")
-    else:
-        os_arr = da.zeros((n_amps, ny), dtype=F32, chunks=(n_amps, row_chunks))
-    xt = np.zeros((n_amps, n_amps)) if crosstalk is None else np.asarray(crosstalk, np.float64)
-    lin = np.zeros((n_amps, 3)) if linearity is None else _linearity_array(linearity)
-    for name, cal in (("bias", bias), ("dark", dark)):
-        if cal is not None and cal["image"].shape != (ny, nx):
-            raise ValueError(f"{name} has shape {cal['image'].shape}, the assembled raw is {(ny, nx)}")
-    flags = np.array([overscan is not None, crosstalk is not None, bias is not None,
-                      linearity is not None, dark is not None, do_saturation])
-    from lsstlite.data.masks import DEFAULT_MASK_PLANES as planes
+    ny = _readout_geometry(raw)["shape"][0]
+    stack, steps = _chain_stack(
+        raw, overscan=overscan, crosstalk=crosstalk, bias=bias, linearity=linearity,
+        dark=dark, dark_time=dark_time, flat=flat, defects=defects,
+        do_saturation=do_saturation, row_chunks=_row_chunks(ny, chunk_rows),
+    )
+    return _exposure_from_stack(stack, raw, steps)
 
-    bits = np.array([1 << planes["SAT"], 1 << planes["UNMASKEDNAN"]], dtype=np.int32)
-    t = _dark_time(raw, dark_time) if dark is not None else 0.0
-    bias_rows = _rows(bias, row_chunks) if bias is not None else None
-    dark_rows = _rows(dark, row_chunks) if dark is not None else None
-    empty = np.zeros((0, 0), F32)
 
-    def block(raw_b: Any, os_b: Any, bias_b: Any = None, dark_b: Any = None) -> Any:
-        img, var, msk = _kernels.isr_fused(
-            raw_b, os_b, geo["raw_x0"], geo["det_x0"], geo["flip"], geo["width"], nx,
-            geo["gain"], geo["read_noise"], geo["saturation"], lin, xt,
-            empty if bias_b is None else bias_b, empty if dark_b is None else dark_b, t,
-            flags, bits,
+def _local_stack(
+    stack: da.Array,
+    *,
+    flat: xr.Dataset | None,
+    bf_kernel: NDArray[np.floating] | None,
+    bf_threshold: float,
+    bf_radius: int,
+    bf_n_iter: int,
+    grow: int,
+    interp_planes: Sequence[str] | None,
+    interp_max_width: int,
+    planes: Mapping[str, int],
+) -> da.Array:
+    """BF, flat, SAT growth and interpolation on a stacked ``(3, ny, nx)`` array, one pass."""
+    halo = max(grow, bf_halo(bf_kernel, bf_radius, bf_n_iter) if bf_kernel is not None else 0)
+    if bf_kernel is None and flat is None and grow == 0 and not interp_planes:
+        return stack
+    stack = stack.rechunk({0: 3, 2: -1})
+    rows = stack.chunks[1]
+    if halo and len(rows) > 1 and min(rows) < halo:
+        stack = stack.rechunk({1: _row_chunks(stack.shape[1], max(rows[0], halo), halo)})
+        rows = stack.chunks[1]
+    bits = np.array([mask_bits(planes, "SAT"), 0, mask_bits(planes, "BAD"),
+                     mask_bits(planes, "INTRP")], np.int32)
+    interp_bits = mask_bits(planes, list(interp_planes)) if interp_planes else 0
+    kernel = None if bf_kernel is None else np.asarray(bf_kernel, np.float64)
+    padded = da.overlap.overlap(stack, depth={0: 0, 1: halo, 2: 0}, boundary="none") if halo else stack
+    n_blocks = len(rows)
+    arrays: list[Any] = [padded, "vyx", da.from_array(np.arange(n_blocks), chunks=1), "y"]
+    if flat is not None:
+        _check_same_shape_arr(stack.shape[1:], flat, "flat")
+        arrays += [_dask(flat["image"]).astype(F32).rechunk((rows, -1)), "yx"]
+
+    def block(b: Any, idx: Any, f: Any = None) -> Any:
+        i = int(idx[0])
+        top = halo if (halo and i > 0) else 0
+        bottom = halo if (halo and i < n_blocks - 1) else 0
+        return _kernels.isr_local(
+            b, f, top, bottom, bf_kernel=kernel, bf_threshold=bf_threshold,
+            bf_radius=bf_radius, bf_n_iter=bf_n_iter, bits=bits, grow=grow,
+            interp_bits=interp_bits, interp_max_width=interp_max_width,
         )
-        return np.stack([img, var, msk.view(F32)])
 
-    cal_args = [(a, "yz") for a in (bias_rows, dark_rows) if a is not None]
-
-    def dispatch(raw_b: Any, os_b: Any, *cal: Any) -> Any:
-        it = iter(cal)
-        return block(raw_b, os_b, next(it) if bias is not None else None,
-                     next(it) if dark is not None else None)
-
-    res = da.blockwise(
-        dispatch, "vyx", image, "yx", os_arr, "ay",
-        *[x for pair in cal_args for x in pair],
-        new_axes={"v": 3}, adjust_chunks={"x": nx}, concatenate=True, dtype=F32,
-        meta=np.empty((0, 0, 0), F32),
+    return da.blockwise(
+        block, "vyx", *arrays, adjust_chunks={"y": rows}, align_arrays=False,
+        concatenate=True, dtype=F32, meta=np.empty((0, 0, 0), F32),
     )
-    steps += ["crosstalk"] * (crosstalk is not None) + ["assemble"]
-    steps += ["bias"] * (bias is not None) + ["linearity"] * (linearity is not None)
-    steps += ["gain", "variance", "nans"] + ["dark"] * (dark is not None)
-    if do_saturation:
-        steps.insert(0, "saturation")
-    amps = _amps(raw)
-    return make_exposure(
-        res[0], variance=res[1], mask=res[2].view(np.int32), wcs=raw.attrs.get("wcs") or None,
-        visit_info=_visit_info(raw.attrs), units="electron",
-        attrs={"amplifiers": amps, "isr_steps": steps},
-    )
+
+
+def _check_same_shape_arr(shape: tuple[int, ...], calib: xr.Dataset, what: str) -> None:
+    if tuple(calib["image"].shape) != tuple(shape):
+        raise ValueError(f"{what} has shape {calib['image'].shape}, the exposure {tuple(shape)}")
+
+
+def _stack(exp: xr.Dataset) -> da.Array:
+    return da.stack([_dask(exp["image"]).astype(F32), _dask(exp["variance"]).astype(F32),
+                     _dask(exp["mask"]).astype(np.int32).view(F32)])
 
 
 def isr_post_dark(
@@ -806,26 +910,105 @@ def isr_post_dark(
 ) -> xr.Dataset:
     """The rest of the ISR after :func:`isr_chain`: defects, BF, flat, fringe, interpolation.
 
-    A ``None`` argument skips its step.
+    A ``None`` argument skips its step. Same result as :func:`mask_defects`,
+    :func:`correct_brighter_fatter`, :func:`divide_flat`, :func:`remove_fringe`,
+    :func:`grow_mask_plane` (SAT) and :func:`interpolate_bad` in sequence.
 
     Notes
     -----
-    Lazy. Defects and flat are elementwise (fused by dask with the chain); BF is a
-    ``map_overlap`` (:func:`bf_halo`); the fringe amplitude one small reduction; SAT
-    growth and interpolation ``map_overlap`` with halos ``saturated_grow`` and
-    ``interp_max_width + 1``.
+    Lazy. BF, flat, SAT growth and interpolation run in one ``blockwise`` pass over
+    blocks of full rows with a y halo of ``max(saturated_grow, bf_halo)`` rows
+    (:func:`bf_halo`; the interpolation runs along whole rows and needs no x halo). A
+    fringe frame splits that pass in two around its amplitude fit (one small reduction).
+    Chunks: rows as the input's (a chunk shorter than the halo is merged), x one chunk.
     """
     if defects is not None:
         exp = mask_defects(exp, defects)
-    if bf_kernel is not None:
-        exp = correct_brighter_fatter(exp, bf_kernel, threshold=bf_threshold, radius=bf_radius,
-                                      n_iter=bf_n_iter)
-    if flat is not None:
-        exp = divide_flat(exp, flat)
+    steps = list(exp.attrs.get("isr_steps", []))
+    planes = mask_planes(exp)
+    stack = _stack(exp)
+    common = {"bf_threshold": bf_threshold, "bf_radius": bf_radius, "bf_n_iter": bf_n_iter,
+              "interp_max_width": interp_max_width, "planes": planes}
+    steps += ["brighter_fatter"] * (bf_kernel is not None) + ["flat"] * (flat is not None)
     if fringe is not None:
-        exp = remove_fringe(exp, fringe, n_sigma=fringe_n_sigma)
-    exp = grow_mask_plane(exp, "SAT", saturated_grow)
-    if interpolate_planes:
-        exp = interpolate_bad(exp, planes=interpolate_planes, max_width=interp_max_width)
-    return exp
+        stack = _local_stack(stack, flat=flat, bf_kernel=bf_kernel, grow=0, interp_planes=None,
+                             **common)
+        mid = _exposure_from_stack(stack, exp, steps)
+        mid = remove_fringe(mid, fringe, n_sigma=fringe_n_sigma)
+        steps = list(mid.attrs["isr_steps"])
+        stack = _stack(mid)
+        flat, bf_kernel = None, None
+    stack = _local_stack(stack, flat=flat, bf_kernel=bf_kernel, grow=saturated_grow,
+                         interp_planes=interpolate_planes, **common)
+    steps += ["interpolate"] * bool(interpolate_planes)
+    out = _exposure_from_stack(stack, exp, steps)
+    out.attrs.pop("amplifiers", None) if exp.attrs.get("amplifiers") is None else None
+    return out
 
+
+def isr_stacked(
+    raw: xr.Dataset,
+    *,
+    overscan: xr.DataArray | None = None,
+    crosstalk: NDArray[np.floating] | None = None,
+    bias: xr.Dataset | None = None,
+    linearity: Any = None,
+    dark: xr.Dataset | None = None,
+    dark_time: float | None = None,
+    defects: pd.DataFrame | NDArray[np.integer] | None = None,
+    bf_kernel: NDArray[np.floating] | None = None,
+    bf_threshold: float = 10_000.0,
+    bf_radius: int = 12,
+    bf_n_iter: int = 2,
+    flat: xr.Dataset | None = None,
+    fringe: xr.Dataset | None = None,
+    fringe_n_sigma: float = 3.0,
+    do_saturation: bool = True,
+    saturated_grow: int = 1,
+    interpolate_planes: Sequence[str] | None = ("BAD", "SAT", "UNMASKEDNAN"),
+    interp_max_width: int = 32,
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+) -> xr.Dataset:
+    """The whole ISR in two passes over the pixels: :func:`isr_chain` then the local steps.
+
+    Same result as :func:`isr_chain` followed by :func:`isr_post_dark` (the flat is folded
+    into the fused chain when there is no brighter-fatter correction); the task's path.
+
+    Notes
+    -----
+    Lazy. Pass 1: one fused ``blockwise`` task per block of ``chunk_rows`` full rows.
+    Pass 2: BF, flat, SAT growth and interpolation in one ``blockwise`` over the same
+    blocks with a y halo of ``max(saturated_grow, bf_halo)`` rows (a short last chunk is
+    merged into its neighbour so that every chunk is at least a halo high). The three
+    planes stay one ``(3, rows, nx)`` array between the passes (no restacking copies).
+    A fringe frame adds one reduction (its amplitude) and splits pass 2 in two.
+    """
+    from lsstlite.data.masks import DEFAULT_MASK_PLANES
+
+    ny = _readout_geometry(raw)["shape"][0]
+    halo = max(saturated_grow, bf_halo(bf_kernel, bf_radius, bf_n_iter) if bf_kernel is not None else 0)
+    fold_flat = bf_kernel is None and fringe is None
+    stack, steps = _chain_stack(
+        raw, overscan=overscan, crosstalk=crosstalk, bias=bias, linearity=linearity,
+        dark=dark, dark_time=dark_time, flat=flat if fold_flat else None, defects=defects,
+        do_saturation=do_saturation, row_chunks=_row_chunks(ny, chunk_rows, halo),
+    )
+    planes = dict(DEFAULT_MASK_PLANES)
+    common = {"bf_threshold": bf_threshold, "bf_radius": bf_radius, "bf_n_iter": bf_n_iter,
+              "interp_max_width": interp_max_width, "planes": planes}
+    late_flat = None if fold_flat else flat
+    if fringe is not None:
+        stack = _local_stack(stack, flat=late_flat, bf_kernel=bf_kernel, grow=0,
+                             interp_planes=None, **common)
+        steps += ["brighter_fatter"] * (bf_kernel is not None) + ["flat"] * (flat is not None)
+        mid = remove_fringe(_exposure_from_stack(stack, raw, steps), fringe, n_sigma=fringe_n_sigma)
+        stack, steps = _stack(mid), list(mid.attrs["isr_steps"])
+        late_flat, bf_kernel = None, None
+    elif not fold_flat:
+        steps += ["brighter_fatter"] * (bf_kernel is not None) + ["flat"] * (flat is not None)
+    else:
+        steps.insert(len(steps) - ("flat" in steps), "brighter_fatter") if False else None
+    stack = _local_stack(stack, flat=late_flat, bf_kernel=bf_kernel, grow=saturated_grow,
+                         interp_planes=interpolate_planes, **common)
+    steps += ["interpolate"] * bool(interpolate_planes)
+    return _exposure_from_stack(stack, raw, steps)

@@ -57,6 +57,8 @@ def _run(args: argparse.Namespace) -> int:
         if args.pixel_scale_arcsec:
             options["pixel_scale_arcsec"] = args.pixel_scale_arcsec
     skymap = make_skymap(args.kind, exposures=exposures, **options)
-    butler.put(skymap.to_dict(), "skymap", {"skymap": args.name}, run=args.run, replace=args.replace)
+    butler.put(
+        skymap.to_dict(), "skymap", {"skymap": args.name}, run=args.run, replace=args.replace
+    )
     print(f"sky map {args.name!r} ({args.kind}): {skymap.n_tracts} tract(s) -> run {args.run!r}")
     return 0

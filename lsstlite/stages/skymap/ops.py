@@ -54,14 +54,22 @@ def exposure_corners(
     x0, x1 = float(x[0]) - 0.5, float(x[-1]) + 0.5
     y0, y1 = float(y[0]) - 0.5, float(y[-1]) + 0.5
     t = np.linspace(0.0, 1.0, max(2, n_per_side))
-    xs = np.concatenate([x0 + t * (x1 - x0), np.full_like(t, x1), x1 - t * (x1 - x0), np.full_like(t, x0)])
-    ys = np.concatenate([np.full_like(t, y0), y0 + t * (y1 - y0), np.full_like(t, y1), y1 - t * (y1 - y0)])
+    xs = np.concatenate(
+        [x0 + t * (x1 - x0), np.full_like(t, x1), x1 - t * (x1 - x0), np.full_like(t, x0)]
+    )
+    ys = np.concatenate(
+        [np.full_like(t, y0), y0 + t * (y1 - y0), np.full_like(t, y1), y1 - t * (y1 - y0)]
+    )
     try:
         ra, dec = wcs_from_cards(cards).all_pix2world(xs, ys, 0)
     except Exception as exc:  # astropy raises many types for malformed cards
-        raise ValueError(f"exposure {_data_id_text(exposure)}: WCS cannot be evaluated: {exc}") from exc
+        raise ValueError(
+            f"exposure {_data_id_text(exposure)}: WCS cannot be evaluated: {exc}"
+        ) from exc
     if not (np.all(np.isfinite(ra)) and np.all(np.isfinite(dec))):
-        raise ValueError(f"exposure {_data_id_text(exposure)}: WCS gives non-finite sky coordinates")
+        raise ValueError(
+            f"exposure {_data_id_text(exposure)}: WCS gives non-finite sky coordinates"
+        )
     return np.asarray(ra, float), np.asarray(dec, float)
 
 
@@ -80,7 +88,9 @@ def _pixel_scale_arcsec(exposure: xr.Dataset) -> float:
     ra = np.asarray(ra)
     dec = np.asarray(dec)
     cosd = math.cos(math.radians(dec[0]))
-    j = np.array([[(ra[1] - ra[0]) * cosd, (ra[2] - ra[0]) * cosd], [dec[1] - dec[0], dec[2] - dec[0]]])
+    j = np.array(
+        [[(ra[1] - ra[0]) * cosd, (ra[2] - ra[0]) * cosd], [dec[1] - dec[0], dec[2] - dec[0]]]
+    )
     return math.sqrt(abs(np.linalg.det(j))) * 3600.0
 
 
@@ -124,8 +134,15 @@ def make_discrete_skymap(
     ra_c, dec_c = _mean_direction(ra_all, dec_all)
     scale = pixel_scale_arcsec or float(np.median([_pixel_scale_arcsec(ds) for ds in exposures]))
     tract = tract_enclosing(
-        0, ra_c, dec_c, ra_all, dec_all, pixel_scale_arcsec=scale, patch_inner=patch_inner,
-        patch_border=patch_border, margin_px=margin_px,
+        0,
+        ra_c,
+        dec_c,
+        ra_all,
+        dec_all,
+        pixel_scale_arcsec=scale,
+        patch_inner=patch_inner,
+        patch_border=patch_border,
+        margin_px=margin_px,
     )
     return SkyMap.discrete(name, [tract])
 
@@ -146,8 +163,13 @@ def make_rings_skymap(
     ``tract_overlap_deg`` on every side, rounded up to whole patches.
     """
     return SkyMap.rings(
-        name, n_rings=n_rings, pixel_scale_arcsec=pixel_scale_arcsec, patch_inner=patch_inner,
-        patch_border=patch_border, tract_overlap_deg=tract_overlap_deg, ra_start_deg=ra_start_deg,
+        name,
+        n_rings=n_rings,
+        pixel_scale_arcsec=pixel_scale_arcsec,
+        patch_inner=patch_inner,
+        patch_border=patch_border,
+        tract_overlap_deg=tract_overlap_deg,
+        ra_start_deg=ra_start_deg,
     )
 
 

@@ -9,7 +9,6 @@ the kernel interpolates the grid bilinearly for every pixel.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,7 +23,7 @@ from scipy import signal
 
 from lsstlite.data.exposure import make_exposure, validate_exposure
 from lsstlite.data.masks import mask_bits, mask_planes
-from lsstlite.data.psf import GaussianPsf, PsfModel, psf_from_dict
+from lsstlite.data.psf import GaussianPsf, psf_from_dict
 from lsstlite.data.skymap import PatchGeometry
 from lsstlite.data.wcs import wcs_from_cards
 from lsstlite.stages.warp._kernels import KERNEL_RADIUS, kernel_table, warp_block
@@ -123,10 +122,14 @@ def map_block(
     points is good to ~``step² |∂²x/∂u²| / 8`` (< 1e-4 px for step 16 on survey WCSs).
     """
     x0, y0, x1, y1 = out_box
-    nxg = max(2, math.ceil((x1 - 1 - x0) / step) + 1)
-    nyg = max(2, math.ceil((y1 - 1 - y0) / step) + 1)
-    xs = x0 + step * np.arange(nxg, dtype=np.float64)
-    ys = y0 + step * np.arange(nyg, dtype=np.float64)
+    # The grid is anchored on multiples of ``step`` in the parent frame, not on the block:
+    # every block then interpolates the same mapping, so results do not depend on chunking.
+    gx0 = step * math.floor(x0 / step)
+    gy0 = step * math.floor(y0 / step)
+    nxg = max(2, math.ceil((x1 - 1 - gx0) / step) + 1)
+    nyg = max(2, math.ceil((y1 - 1 - gy0) / step) + 1)
+    xs = gx0 + step * np.arange(nxg, dtype=np.float64)
+    ys = gy0 + step * np.arange(nyg, dtype=np.float64)
     xx, yy = np.meshgrid(xs, ys)
     ra, dec = wcs_out.all_pix2world(xx.ravel(), yy.ravel(), 0)
     gx, gy = wcs_in.all_world2pix(ra, dec, 0, tolerance=1e-8, maxiter=50, quiet=True)
@@ -146,7 +149,7 @@ def map_block(
         ry1 = min(dy1, math.ceil(gy[good].max()) + radius + 2)
         if rx0 < rx1 and ry0 < ry1:
             region = (rx0, ry0, rx1, ry1)
-    return BlockMapping(gx, gy, float(x0), float(y0), float(step), region)
+    return BlockMapping(gx, gy, float(gx0), float(gy0), float(step), region)
 
 
 def warp_arrays(
@@ -197,13 +200,18 @@ def warp_arrays(
 _TABLES: dict[str, NDArray[np.float64]] = {}
 
 
-def _blocks(shape: tuple[int, int], xy0: tuple[int, int], chunks: tuple[int, int]) -> list[list[tuple[int, int, int, int]]]:
+def _blocks(
+    shape: tuple[int, int], xy0: tuple[int, int], chunks: tuple[int, int]
+) -> list[list[tuple[int, int, int, int]]]:
     ny, nx = shape
     cy, cx = chunks
     rows = []
     for y in range(0, ny, cy):
         rows.append(
-            [(xy0[0] + x, xy0[1] + y, xy0[0] + min(x + cx, nx), xy0[1] + min(y + cy, ny)) for x in range(0, nx, cx)]
+            [
+                (xy0[0] + x, xy0[1] + y, xy0[0] + min(x + cx, nx), xy0[1] + min(y + cy, ny))
+                for x in range(0, nx, cx)
+            ]
         )
     return rows
 
@@ -217,12 +225,26 @@ def _region_arrays(exposure: xr.Dataset, region: tuple[int, int, int, int]) -> t
 
 
 def _warp_task(
-    img: Any, var: Any, msk: Any, mapping: BlockMapping, det_box: tuple[int, int, int, int],
-    out_box: tuple[int, int, int, int], kernel: str, no_data: int, sensor_edge: int,
+    img: Any,
+    var: Any,
+    msk: Any,
+    mapping: BlockMapping,
+    det_box: tuple[int, int, int, int],
+    out_box: tuple[int, int, int, int],
+    kernel: str,
+    no_data: int,
+    sensor_edge: int,
 ) -> tuple[NDArray[np.float32], NDArray[np.float32], NDArray[np.int32]]:
     return warp_arrays(
-        np.asarray(img), np.asarray(var), np.asarray(msk), mapping, det_box, out_box,
-        kernel=kernel, no_data=no_data, sensor_edge=sensor_edge,
+        np.asarray(img),
+        np.asarray(var),
+        np.asarray(msk),
+        mapping,
+        det_box,
+        out_box,
+        kernel=kernel,
+        no_data=no_data,
+        sensor_edge=sensor_edge,
     )
 
 
@@ -295,13 +317,23 @@ def warp_exposure(
             out = dask.delayed(_warp_task, nout=3, pure=True)(
                 img, var, msk, mapping, det_box, box, kernel, no_data, edge
             )
-            r_img.append(da.from_delayed(out[0], shape, dtype=np.float32, meta=np.empty((0, 0), np.float32)))
-            r_var.append(da.from_delayed(out[1], shape, dtype=np.float32, meta=np.empty((0, 0), np.float32)))
-            r_msk.append(da.from_delayed(out[2], shape, dtype=np.int32, meta=np.empty((0, 0), np.int32)))
+            r_img.append(
+                da.from_delayed(out[0], shape, dtype=np.float32, meta=np.empty((0, 0), np.float32))
+            )
+            r_var.append(
+                da.from_delayed(out[1], shape, dtype=np.float32, meta=np.empty((0, 0), np.float32))
+            )
+            r_msk.append(
+                da.from_delayed(out[2], shape, dtype=np.int32, meta=np.empty((0, 0), np.int32))
+            )
         rows_img.append(r_img)
         rows_var.append(r_var)
         rows_msk.append(r_msk)
-    attrs = {k: v for k, v in exposure.attrs.items() if k not in ("wcs", "psf", "lsstlite_kind", "schema_version", "units")}
+    attrs = {
+        k: v
+        for k, v in exposure.attrs.items()
+        if k not in ("wcs", "psf", "lsstlite_kind", "schema_version", "units")
+    }
     attrs["warp"] = {
         "kernel": kernel,
         "input": data_id_of(exposure),
@@ -310,7 +342,9 @@ def warp_exposure(
     }
     psf = None
     if exposure.attrs.get("psf"):
-        psf = WarpedPsf(dict(exposure.attrs["psf"]), dict(exposure.attrs["wcs"]), dict(target.wcs_cards))
+        psf = WarpedPsf(
+            dict(exposure.attrs["psf"]), dict(exposure.attrs["wcs"]), dict(target.wcs_cards)
+        )
     return make_exposure(
         da.block(rows_img),
         mask=da.block(rows_msk),
@@ -328,13 +362,18 @@ def warp_exposure(
 
 
 def matching_kernel(
-    psf_image: NDArray[np.float64], model_image: NDArray[np.float64], *, regularization: float = 1e-4
+    psf_image: NDArray[np.float64],
+    model_image: NDArray[np.float64],
+    *,
+    regularization: float = 1e-4,
 ) -> NDArray[np.float64]:
     """Kernel ``K`` with ``psf ⊛ K ≈ model`` (same-size odd stamps), by regularised Fourier
     division ``K̂ = P̂* M̂ / (|P̂|² + ε)``; normalised to unit sum.
     """
     if psf_image.shape != model_image.shape or psf_image.shape[0] % 2 == 0:
-        raise ValueError(f"matching_kernel: need equal odd-sized stamps, got {psf_image.shape} and {model_image.shape}")
+        raise ValueError(
+            f"matching_kernel: need equal odd-sized stamps, got {psf_image.shape} and {model_image.shape}"
+        )
     p = sfft.fft2(sfft.ifftshift(psf_image / psf_image.sum()))
     m = sfft.fft2(sfft.ifftshift(model_image / model_image.sum()))
     k = np.real(sfft.fftshift(sfft.ifft2(np.conj(p) * m / (np.abs(p) ** 2 + regularization))))
@@ -374,7 +413,9 @@ def psf_match_warp(
     only).
     """
     if not warp.attrs.get("psf"):
-        raise ValueError(f"psf_match_warp: warp {warp.attrs.get('warp', {}).get('input')} has no PSF")
+        raise ValueError(
+            f"psf_match_warp: warp {warp.attrs.get('warp', {}).get('input')} has no PSF"
+        )
     psf = psf_from_dict(warp.attrs["psf"])
     if where is None:
         where = (float(warp["x"].values.mean()), float(warp["y"].values.mean()))
@@ -395,14 +436,21 @@ def psf_match_warp(
         data = warp[name].data
         if not isinstance(data, da.Array):
             data = da.from_array(data, chunks=DEFAULT_WARP_CHUNKS)
-        out[name] = (("y", "x"), data.map_overlap(conv, depth=depth, boundary="none", kk=kk,
-                                                  dtype=np.float32, meta=np.empty((0, 0), np.float32)),
-                     warp[name].attrs)
-    out.attrs = {**warp.attrs, "psf": GaussianPsf(fwhm=model_fwhm_px).to_dict(),
-                 "psf_matched": {"model_fwhm_px": model_fwhm_px, "kernel_size": kernel_size}}
+        out[name] = (
+            ("y", "x"),
+            data.map_overlap(
+                conv,
+                depth=depth,
+                boundary="none",
+                kk=kk,
+                dtype=np.float32,
+                meta=np.empty((0, 0), np.float32),
+            ),
+            warp[name].attrs,
+        )
+    out.attrs = {
+        **warp.attrs,
+        "psf": GaussianPsf(fwhm=model_fwhm_px).to_dict(),
+        "psf_matched": {"model_fwhm_px": model_fwhm_px, "kernel_size": kernel_size},
+    }
     return out
-
-
-def psf_of(exposure: xr.Dataset | Mapping[str, Any]) -> PsfModel | None:
-    attrs = exposure.attrs if isinstance(exposure, xr.Dataset) else exposure
-    return psf_from_dict(attrs["psf"]) if attrs.get("psf") else None

@@ -61,7 +61,11 @@ def adaptive_moments(
             raise ValueError("adaptive moments: non-positive weighted flux")
         ncx, ncy = (wimg * xx).sum() / s, (wimg * yy).sum() / s
         dx, dy = xx - ncx, yy - ncy
-        wxx, wyy, wxy = (wimg * dx * dx).sum() / s, (wimg * dy * dy).sum() / s, (wimg * dx * dy).sum() / s
+        wxx, wyy, wxy = (
+            (wimg * dx * dx).sum() / s,
+            (wimg * dy * dy).sum() / s,
+            (wimg * dx * dy).sum() / s,
+        )
         # Weighted moments of a Gaussian C under weight W: (C⁻¹ + W⁻¹)⁻¹ → C = (Mw⁻¹ − W⁻¹)⁻¹.
         mw = np.array([[wxx, wxy], [wxy, wyy]])
         w = np.array([[mxx, mxy], [mxy, myy]])
@@ -95,12 +99,17 @@ def local_affine(
     ra, dec = wout.all_pix2world(xo, yo, 0)
     xi, yi = win.all_world2pix(ra, dec, 0, tolerance=1e-8, maxiter=50, quiet=True)
     jac = np.array(
-        [[(xi[1] - xi[2]) / 2.0, (xi[3] - xi[4]) / 2.0], [(yi[1] - yi[2]) / 2.0, (yi[3] - yi[4]) / 2.0]]
+        [
+            [(xi[1] - xi[2]) / 2.0, (xi[3] - xi[4]) / 2.0],
+            [(yi[1] - yi[2]) / 2.0, (yi[3] - yi[4]) / 2.0],
+        ]
     )
     return float(xi[0]), float(yi[0]), jac
 
 
-def _stamp_center(x: float, y: float, size: int, center: tuple[float, float] | None) -> tuple[float, float]:
+def _stamp_center(
+    x: float, y: float, size: int, center: tuple[float, float] | None
+) -> tuple[float, float]:
     if center is not None:
         return center
     half = size // 2
@@ -108,8 +117,11 @@ def _stamp_center(x: float, y: float, size: int, center: tuple[float, float] | N
 
 
 def resample_stamp(
-    stamp_in: NDArray[np.float64], center_in: tuple[float, float], jac: NDArray[np.float64],
-    size: int, center_out: tuple[float, float],
+    stamp_in: NDArray[np.float64],
+    center_in: tuple[float, float],
+    jac: NDArray[np.float64],
+    size: int,
+    center_out: tuple[float, float],
 ) -> NDArray[np.float64]:
     """Resample a PSF stamp through the affine map ``d_in = J d_out`` (flux conserved)."""
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)
@@ -161,7 +173,7 @@ class WarpedPsf(PsfModel):
     ) -> NDArray[np.float64]:
         xi, yi, jac = local_affine(self.wcs_in, self.wcs_out, x, y)
         # Draw the input generously (the map may rotate/scale), centred on a whole pixel.
-        size_in = int(math.ceil(size * 1.5 * max(1.0, float(np.abs(jac).max())))) | 1
+        size_in = math.ceil(size * 1.5 * max(1.0, float(np.abs(jac).max()))) | 1
         half = size_in // 2
         stamp = psf_from_dict(self.psf).image(
             xi, yi, size=size_in, center=(half, half), oversample=oversample

@@ -50,11 +50,15 @@ class MakeWarpTask(Task):
         """Calexps × the patches they overlap, per visit."""
         skymap = load_skymap(butler, self.config.skymap_name, collections)
         return plan_patch_quanta(
-            records["calexps"], input_name="calexps", skymap=skymap, butler=butler,
-            collections=collections, split_by=("instrument", "exposure"),
+            records["calexps"],
+            input_name="calexps",
+            skymap=skymap,
+            butler=butler,
+            collections=collections,
+            split_by=("instrument", "exposure"),
         )
 
-    def run(
+    def run(  # type: ignore[override]
         self,
         calexps: list[xr.Dataset],
         skymap: dict[str, Any],

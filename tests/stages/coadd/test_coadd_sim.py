@@ -86,7 +86,9 @@ def test_coadd_noise_matches_prediction(sim_coadds: SimCoadds) -> None:
     # and the propagated variance follows the inputs': 1 / Σ wᵢ for inverse-variance weights
     w = np.array([row["weight"] for row in sc.coadd.attrs["coadd_inputs"]])
     visits = sorted({row["visit"] for row in sc.coadd.attrs["coadd_inputs"]})
-    per_visit = [w[[r["visit"] == v for r in sc.coadd.attrs["coadd_inputs"]]].mean() for v in visits]
+    per_visit = [
+        w[[r["visit"] == v for r in sc.coadd.attrs["coadd_inputs"]]].mean() for v in visits
+    ]
     from_inputs = 1.0 / np.sqrt(np.sum(per_visit))
     # Lanczos3 resampling lowers the per-pixel variance by Σw² (0.6–1 by sub-pixel phase)
     assert 0.75 < predicted / from_inputs < 1.0, (predicted, from_inputs)
@@ -95,7 +97,9 @@ def test_coadd_noise_matches_prediction(sim_coadds: SimCoadds) -> None:
 def test_artifacts_rejected_star_cores_kept(sim_coadds: SimCoadds, sim_small) -> None:  # type: ignore[no-untyped-def]
     sc = sim_coadds
     sigma = np.sqrt(sc.clean["variance"].values)
-    naive = (sc.noiseless["image"].values * 0 + _mean_with_artifacts(sc) - sc.clean["image"].values) / sigma
+    naive = (
+        sc.noiseless["image"].values * 0 + _mean_with_artifacts(sc) - sc.clean["image"].values
+    ) / sigma
     residual = (sc.coadd["image"].values - sc.clean["image"].values) / sigma
     # artifact pixels: where a plain mean would be off by more than 1σ, with at least two
     # visits to compare (a lone epoch cannot tell an artifact from the sky), and outside
@@ -109,7 +113,10 @@ def test_artifacts_rejected_star_cores_kept(sim_coadds: SimCoadds, sim_small) ->
     # no star core rejected
     rejected = (sc.coadd["mask"].values & mask_bits(mask_planes(sc.coadd), "REJECTED")) != 0
     stars = _bright_isolated_stars(sc, sim_small)
-    cores = [rejected[round(s.y) - 1 : round(s.y) + 2, round(s.x) - 1 : round(s.x) + 2].any() for s in stars.itertuples()]
+    cores = [
+        rejected[round(s.y) - 1 : round(s.y) + 2, round(s.x) - 1 : round(s.x) + 2].any()
+        for s in stars.itertuples()
+    ]
     assert not any(cores)
 
 
@@ -131,7 +138,8 @@ def test_coadd_metadata(sim_coadds: SimCoadds) -> None:
     attrs = sc.coadd.attrs
     assert attrs["band"] == "r"
     assert {(r["visit"], r["detector"]) for r in attrs["coadd_inputs"]} == {
-        (s.calexp.attrs["visit_info"]["visit"], s.calexp.attrs["visit_info"]["detector"]) for s in sc.sims
+        (s.calexp.attrs["visit_info"]["visit"], s.calexp.attrs["visit_info"]["detector"])
+        for s in sc.sims
     }
     planes = mask_planes(sc.coadd)
     mask = sc.coadd["mask"].values
