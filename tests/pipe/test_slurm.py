@@ -203,3 +203,53 @@ def test_run_on_slurm(slurm: dict[str, str], tmp_path: Path) -> None:
     # and the workers really were SLURM jobs on this node
     logs = [butler.get("scale_log", r.data_id) for r in butler.query_datasets("scale_log")]
     assert len(logs) == 6 and all(log["status"] == "succeeded" for log in logs)
+
+
+def test_slurm_and_local_give_the_same_bytes(slurm: dict[str, str], tmp_path: Path) -> None:
+    import numpy as np
+
+    from lsstlite.pipe.pipeline import load_pipeline
+    from lsstlite.pipe.run import run_pipeline
+
+    repo = str(tmp_path / "repo")
+    make_toy_repo(repo, n_exposures=1, n_detectors=4)
+    pipe = tmp_path / "toy.yaml"
+    pipe.write_text("tasks:\n  scale: tests.pipe.toy_tasks.ScaleTask\n")
+    env = {**slurm, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    cmd = [
+        sys.executable,
+        "-m",
+        "lsstlite",
+        "run",
+        repo,
+        "-p",
+        str(pipe),
+        "-i",
+        "toy/raw",
+        "-o",
+        "u/slurm",
+        "--slurm",
+        "--queue",
+        "test",
+        "--cores",
+        "1",
+        "--memory",
+        "1GB",
+        "--slurm-jobs",
+        "1",
+        "--scheduler-host",
+        "127.0.0.1",
+        "--no-progress",
+    ]
+    result = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert run_pipeline(
+        repo, load_pipeline(str(pipe)), inputs="toy/raw", output="u/local", n_workers=1
+    ).ok
+    butler = Butler(repo)
+    for det in range(4):
+        did = {"instrument": "Toy", "exposure": 0, "detector": det}
+        a = butler.get("toy_scaled", did, collections="u/slurm")["image"].values
+        b = butler.get("toy_scaled", did, collections="u/local")["image"].values
+        assert a.dtype == b.dtype and a.tobytes() == b.tobytes()
+        assert np.all(np.isfinite(a))

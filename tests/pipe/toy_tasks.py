@@ -151,3 +151,53 @@ class TractTask(Task):
 
     def run(self, images: list[xr.Dataset]) -> TaskResult:
         return TaskResult(summary={"n": len(images)})
+
+
+class RawStatsConfig(Config):
+    fail_exposure: int = -1
+
+
+class RawStatsTask(Task):
+    """Sum the pixels of one raw frame (read through its instrument); fails on one exposure."""
+
+    ConfigClass = RawStatsConfig
+    dimensions = DET
+    inputs = {"raw": Input("raw", DET, storage_class="Raw", where="exposure.obs_type = 'science'")}
+    outputs = {"stats": Output("raw_stats", DET, storage_class="Json")}
+
+    def run(self, raw: str) -> TaskResult:
+        from astropy.io import fits
+
+        from lsstlite.instruments import instrument_for_header
+
+        frame = instrument_for_header(fits.getheader(raw, 0)).read_raw(raw)
+        if frame.attrs["visit_info"]["exposure"] == self.config.fail_exposure:
+            raise ValueError(f"exposure {self.config.fail_exposure} rejected on purpose")
+        return TaskResult(stats={"sum": float(frame["image"].values.astype(np.float64).sum())})
+
+
+class RawVisitSumTask(Task):
+    """Add up the detector sums of one visit."""
+
+    dimensions = ("instrument", "exposure")
+    inputs = {"stats": Input("raw_stats", DET, storage_class="Json", multiple=True)}
+    outputs = {"total": Output("raw_visit_sum", ("instrument", "exposure"), storage_class="Json")}
+
+    def run(self, stats: list[dict[str, float]]) -> TaskResult:
+        return TaskResult(total={"sum": sum(s["sum"] for s in stats), "n": len(stats)})
+
+
+class NeedsMasterFlatTask(Task):
+    """Needs a master flat, which nobody has certified in the input collections."""
+
+    dimensions = DET
+    inputs = {
+        "raw": Input("raw", DET, storage_class="Raw", where="exposure.obs_type = 'science'"),
+        "flat": PrerequisiteInput(
+            "flat", ("instrument", "detector", "physical_filter"), calibration=True
+        ),
+    }
+    outputs = {"stats": Output("raw_stats", DET, storage_class="Json")}
+
+    def run(self, raw: str, flat: Any) -> TaskResult:
+        return TaskResult(stats={})

@@ -12,8 +12,10 @@ from lsstlite.stages.calibrate.ops import (
     fit_wcs,
     match_to_reference,
 )
+from lsstlite.stages.calibrate.task import CalibrateTask
 
 __all__ = [
+    "CalibrateTask",
     "AstrometryConfig",
     "CalibrateConfig",
     "CalibrateResult",

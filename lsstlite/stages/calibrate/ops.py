@@ -77,9 +77,9 @@ class ColourTerm(Config):
 class PhotometryConfig(Config):
     """Zero point from PSF fluxes of matched reference stars."""
 
-    min_snr: float = Field(20.0, description="minimum S/N of psf_flux")
+    min_snr: float = Field(50.0, description="minimum S/N of psf_flux")
     error_floor_mag: float = Field(
-        0.01, ge=0, description="added in quadrature to each star's error (PSF-model, blends)"
+        0.005, ge=0, description="added in quadrature to each star's error (PSF model, blends)"
     )
     min_stars: int = Field(3, ge=1)
     colour_terms: dict[str, ColourTerm] = Field(

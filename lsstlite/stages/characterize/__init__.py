@@ -20,8 +20,10 @@ from lsstlite.stages.characterize.ops import (
     select_psf_stars,
     subtract_background,
 )
+from lsstlite.stages.characterize.task import CharacterizeTask
 
 __all__ = [
+    "CharacterizeTask",
     "BackgroundConfig",
     "CharacterizeConfig",
     "CharacterizeResult",

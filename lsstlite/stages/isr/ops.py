@@ -38,7 +38,7 @@ import xarray as xr
 from astropy.io import fits
 from numpy.typing import NDArray
 
-from lsstlite.data.exposure import VisitInfo, make_exposure
+from lsstlite.data.exposure import make_exposure
 from lsstlite.data.masks import mask_bits, mask_planes
 from lsstlite.stages.isr import _kernels
 
@@ -54,6 +54,8 @@ __all__ = [
     "grow_mask_plane",
     "interpolate_bad",
     "isr_chain",
+    "isr_post_dark",
+    "isr_stacked",
     "mask_defects",
     "mask_nans",
     "mask_saturation",
@@ -130,10 +132,7 @@ def _readout_geometry(raw: xr.Dataset) -> dict[str, Any]:
 
 def _visit_info(attrs: Mapping[str, Any]) -> dict[str, Any] | None:
     info = attrs.get("visit_info")
-    if not info:
-        return None
-    keep = set(VisitInfo.model_fields)
-    return {k: v for k, v in info.items() if k in keep}
+    return dict(info) if info else None
 
 
 def _with(exp: xr.Dataset, **variables: Any) -> xr.Dataset:
@@ -776,8 +775,8 @@ def _chain_stack(
     res = da.blockwise(
         block, "vyx", image, "yx", os_arr, "ay", row0, "y",
         *[x for arr in cal_rows for x in (arr, "yz")],
-        new_axes={"v": 3}, adjust_chunks={"x": nx}, concatenate=True, dtype=F32,
-        meta=np.empty((0, 0, 0), F32),
+        new_axes={"v": 3}, adjust_chunks={"y": row_chunks, "x": nx}, align_arrays=False,
+        concatenate=True, dtype=F32, meta=np.empty((0, 0, 0), F32),
     )
     steps = ["saturation"] * do_saturation + ["overscan"] * (overscan is not None)
     steps += ["crosstalk"] * (crosstalk is not None) + ["assemble"]
@@ -941,9 +940,7 @@ def isr_post_dark(
     stack = _local_stack(stack, flat=flat, bf_kernel=bf_kernel, grow=saturated_grow,
                          interp_planes=interpolate_planes, **common)
     steps += ["interpolate"] * bool(interpolate_planes)
-    out = _exposure_from_stack(stack, exp, steps)
-    out.attrs.pop("amplifiers", None) if exp.attrs.get("amplifiers") is None else None
-    return out
+    return _exposure_from_stack(stack, exp, steps)
 
 
 def isr_stacked(
@@ -1006,8 +1003,6 @@ def isr_stacked(
         late_flat, bf_kernel = None, None
     elif not fold_flat:
         steps += ["brighter_fatter"] * (bf_kernel is not None) + ["flat"] * (flat is not None)
-    else:
-        steps.insert(len(steps) - ("flat" in steps), "brighter_fatter") if False else None
     stack = _local_stack(stack, flat=late_flat, bf_kernel=bf_kernel, grow=saturated_grow,
                          interp_planes=interpolate_planes, **common)
     steps += ["interpolate"] * bool(interpolate_planes)

@@ -137,32 +137,29 @@ class IsrTask(Task):
             levels = ops.overscan_levels(ds, mode=c.overscan_mode, order=c.overscan_order,
                                          knot_rows=c.overscan_knot_rows,
                                          n_sigma=c.overscan_n_sigma)
-        exp = ops.isr_chain(
+        bf_kernel = _camera(instrument, "bf_kernel") if c.do_bf else None
+        use_fringe = fringe if c.do_fringe else None
+        if use_fringe is not None:
+            use_fringe = use_fringe.copy()
+            use_fringe["image"] = use_fringe["image"] - use_fringe["image"].mean()
+        exp = ops.isr_stacked(
             ds,
             overscan=levels,
             crosstalk=_camera(instrument, "crosstalk_matrix", detector) if c.do_crosstalk else None,
             bias=bias if c.do_bias else None,
             linearity=_camera(instrument, "linearity", detector) if c.do_linearity else None,
             dark=dark if c.do_dark else None,
-            do_saturation=c.do_saturation,
-            chunk_rows=c.chunk_rows,
-        )
-        bf_kernel = _camera(instrument, "bf_kernel") if c.do_bf else None
-        use_fringe = fringe if c.do_fringe else None
-        if use_fringe is not None:
-            use_fringe = use_fringe.copy()
-            use_fringe["image"] = use_fringe["image"] - use_fringe["image"].mean()
-        exp = ops.isr_post_dark(
-            exp,
             defects=defects if c.do_defects else None,
             bf_kernel=None if bf_kernel is None else np.asarray(bf_kernel),
             bf_threshold=c.bf_threshold, bf_radius=c.bf_radius, bf_n_iter=c.bf_n_iter,
             flat=flat if c.do_flat else None,
             fringe=use_fringe,
             fringe_n_sigma=c.fringe_n_sigma,
+            do_saturation=c.do_saturation,
             saturated_grow=c.saturated_grow if c.do_saturation else 0,
             interpolate_planes=("BAD", "SAT", "UNMASKEDNAN") if c.do_interpolate else None,
             interp_max_width=c.interp_max_width,
+            chunk_rows=c.chunk_rows,
         )
         exp.attrs.pop("amplifiers", None)
         return TaskResult(post_isr=exp)

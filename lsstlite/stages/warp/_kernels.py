@@ -102,12 +102,9 @@ def interpolate_grid(
     return xi, yi
 
 
-#: Floating-point licences for the kernel: reassociation lets LLVM vectorise the tap sums
-#: (otherwise latency-bound chains); NaN/inf semantics are kept, the slow path relies on them.
-_FASTMATH = {"reassoc", "contract", "arcp"}
-
-
-@numba.njit(cache=True, nogil=True, fastmath=_FASTMATH)
+# No fastmath: with reassociation LLVM vectorises the tap sums with an alignment-dependent
+# peel, so a pixel's value changed with the (chunking-dependent) address of its input.
+@numba.njit(cache=True, nogil=True)
 def warp_block(
     img: NDArray[np.float32],
     var: NDArray[np.float32],
@@ -175,12 +172,14 @@ def warp_block(
                 out_var[j, i] = np.nan
                 out_msk[j, i] = no_data
                 continue
-            xs = xin - sub_x0
-            ys = yin - sub_y0
-            ixc = math.floor(xs)
-            iyc = math.floor(ys)
-            fx = xs - ixc
-            fy = ys - iyc
+            # Phase from the parent-frame position, so that it does not depend on where
+            # the input region starts (i.e. on the chunking): bit-identical results.
+            fxp = math.floor(xin)
+            fyp = math.floor(yin)
+            fx = xin - fxp
+            fy = yin - fyp
+            ixc = int(fxp) - sub_x0
+            iyc = int(fyp) - sub_y0
             ix_first = ixc - radius + 1
             iy_first = iyc - radius + 1
             _weights(table, fx, wx)
