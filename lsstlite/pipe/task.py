@@ -202,8 +202,12 @@ class Task:
         """
         return None
 
-    def run(self, **inputs: Any) -> TaskResult:
-        """Compute the outputs from the inputs. Pure: no I/O, no global state."""
+    def run(self, *args: Any, **inputs: Any) -> TaskResult:
+        """Compute the outputs from the inputs (passed by name). Pure: no I/O, no global state.
+
+        Subclasses declare the inputs as keyword parameters; ``*args, **inputs`` here lets
+        each override have its own signature.
+        """
         raise NotImplementedError
 
     def __repr__(self) -> str:
