@@ -66,15 +66,17 @@ def lanczos_weights(
     Returns
     -------
     numpy.ndarray
-        ``(len(offsets), n)``; each row sums to 1 unless the position is off the grid
-        (then the row is zero).
+        ``(len(offsets), n)``; a row sums to 1 when the kernel lies inside the grid
+        (samples beyond the grid are zeros).
     """
-    t = np.asarray(offsets, dtype=np.float64)[:, None] - np.arange(n)[None, :]
     a = order
+    # Normalise over the full lattice (grid extended by the kernel), then crop: samples
+    # beyond the grid count as zeros instead of being extrapolated from the edge.
+    t = np.asarray(offsets, dtype=np.float64)[:, None] - np.arange(-a, n + a)[None, :]
     w = np.where(np.abs(t) < a, np.sinc(t) * np.sinc(t / a), 0.0)
     total = w.sum(axis=1, keepdims=True)
-    inside = (np.abs(t) < a).any(axis=1, keepdims=True) & (np.abs(total) > 1e-12)
-    return np.where(inside, w / np.where(inside, total, 1.0), 0.0)
+    w = np.where(np.abs(total) > 1e-12, w / np.where(total == 0, 1.0, total), 0.0)
+    return w[:, a : a + n]
 
 
 def fit_moffat_image(image: NDArray[np.float64], cx: float, cy: float) -> MoffatPsf:
@@ -198,7 +200,13 @@ class PixelPsf(PsfModel):
             step = float(h["PSF_SAMP"])
         norm = data[0].sum()
         return cls.from_array(
-            data / norm, degree=degree, step=step, x0=x0, y0=y0, x_scale=xs, y_scale=ys,
+            data / norm,
+            degree=degree,
+            step=step,
+            x0=x0,
+            y0=y0,
+            x_scale=xs,
+            y_scale=ys,
             lanczos_order=3,
         )
 

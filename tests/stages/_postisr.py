@@ -7,8 +7,10 @@ the raw header's (1–2″ off) WCS and visit info. Deterministic for a given se
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -20,7 +22,7 @@ from lsstlite.sim import true_image
 from lsstlite.sim.artifacts import add_trail
 from lsstlite.sim.raw import raw_path
 
-__all__ = ["cosmic_rays", "post_isr_exposure", "truth_tables"]
+__all__ = ["Processed", "cosmic_rays", "post_isr_exposure", "process_all", "truth_tables"]
 
 
 @lru_cache(maxsize=8)
@@ -71,9 +73,13 @@ def post_isr_exposure(
         crs = cosmic_rays(outdir, exposure, detector)
         np.add.at(expected, (crs["y"].to_numpy(), crs["x"].to_numpy()), crs["electrons"].to_numpy())
         trails = truth_tables(str(outdir))["trails"]
-        for row in trails[(trails["exposure"] == exposure) & (trails["detector"] == detector)].itertuples():
-            add_trail(expected, {k: float(getattr(row, k)) for k in
-                                 ("x0", "y0", "x1", "y1", "fwhm_px", "peak_e")})
+        for row in trails[
+            (trails["exposure"] == exposure) & (trails["detector"] == detector)
+        ].itertuples():
+            add_trail(
+                expected,
+                {k: float(getattr(row, k)) for k in ("x0", "y0", "x1", "y1", "fwhm_px", "peak_e")},
+            )
     rng = np.random.default_rng([seed, exposure, detector])
     image = rng.poisson(np.clip(expected, 0, None)).astype(np.float64)
     read_noise = np.empty_like(image)
@@ -96,3 +102,36 @@ def _primary(path: Path) -> dict[str, object]:
     from astropy.io import fits
 
     return dict(fits.getheader(path, 0))
+
+
+@dataclass
+class Processed:
+    """One detector through the single-frame stages, with its truth."""
+
+    visit: int
+    detector: int
+    post_isr: xr.Dataset
+    characterized: Any
+    calibrated: Any
+    truth: pd.Series
+
+
+@lru_cache(maxsize=2)
+def process_all(outdir: str) -> dict[tuple[int, int], Processed]:
+    """Characterise and calibrate every science (visit, detector) of a simulation, once per
+    test session (the post-ISR stand-in, the default configs, the truth refcat)."""
+    from lsstlite.stages.calibrate import calibrate_exposure
+    from lsstlite.stages.characterize import characterize_exposure
+
+    tables = truth_tables(outdir)
+    refcat = pd.read_parquet(Path(outdir) / "refcat" / "refcat.parquet")
+    out: dict[tuple[int, int], Processed] = {}
+    for row in tables["exposures"].itertuples():
+        visit, detector = int(row.visit), int(row.detector)
+        exposure = post_isr_exposure(outdir, visit, detector)
+        char = characterize_exposure(exposure)
+        cal = calibrate_exposure(char.exposure, char.sources, refcat)
+        out[(visit, detector)] = Processed(
+            visit, detector, exposure, char, cal, tables["exposures"].iloc[row.Index]
+        )
+    return out

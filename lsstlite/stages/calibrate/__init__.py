@@ -15,10 +15,10 @@ from lsstlite.stages.calibrate.ops import (
 from lsstlite.stages.calibrate.task import CalibrateTask
 
 __all__ = [
-    "CalibrateTask",
     "AstrometryConfig",
     "CalibrateConfig",
     "CalibrateResult",
+    "CalibrateTask",
     "CalibrationError",
     "ColourTerm",
     "PhotometryConfig",

@@ -39,9 +39,9 @@ def offset_vote(
     cx, cy = center
     reach = float(np.max(np.hypot(sx - cx, sy - cy))) if len(sx) else 1.0
     step = tolerance / max(reach, 1.0)
-    n_rot = int(math.ceil(max_rotation_rad / step)) if max_rotation_rad > 0 else 0
+    n_rot = math.ceil(max_rotation_rad / step) if max_rotation_rad > 0 else 0
     thetas = np.arange(-n_rot, n_rot + 1) * step
-    nb = int(math.ceil(2 * max_offset / tolerance))
+    nb = math.ceil(2 * max_offset / tolerance)
     best = (0, 0.0, 0.0, 0.0)
     for theta in thetas:
         c, s = math.cos(theta), math.sin(theta)
@@ -61,9 +61,17 @@ def offset_vote(
         if votes > best[0]:
             in_peak = sel.copy()
             in_peak[sel] = (
-                (dx[sel] >= xe[i]) & (dx[sel] < xe[i + 2]) & (dy[sel] >= ye[j]) & (dy[sel] < ye[j + 2])
+                (dx[sel] >= xe[i])
+                & (dx[sel] < xe[i + 2])
+                & (dy[sel] >= ye[j])
+                & (dy[sel] < ye[j + 2])
             )
-            best = (votes, float(theta), float(np.median(dx[in_peak])), float(np.median(dy[in_peak])))
+            best = (
+                votes,
+                float(theta),
+                float(np.median(dx[in_peak])),
+                float(np.median(dy[in_peak])),
+            )
     return best
 
 
@@ -85,7 +93,10 @@ def apply_affine(
 
 
 def nearest_matches(
-    x: NDArray[np.float64], y: NDArray[np.float64], u: NDArray[np.float64], v: NDArray[np.float64],
+    x: NDArray[np.float64],
+    y: NDArray[np.float64],
+    u: NDArray[np.float64],
+    v: NDArray[np.float64],
     radius: float,
 ) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.float64]]:
     """One-to-one nearest-neighbour matches of points ``(x, y)`` to ``(u, v)`` within ``radius``.
@@ -110,7 +121,10 @@ def nearest_matches(
 
 
 def sigma_clipped_mean(
-    values: NDArray[np.float64], errors: NDArray[np.float64], *, n_sigma: float = 3.0,
+    values: NDArray[np.float64],
+    errors: NDArray[np.float64],
+    *,
+    n_sigma: float = 3.0,
     n_iter: int = 5,
 ) -> tuple[float, float, NDArray[np.bool_]]:
     """Inverse-variance mean with iterative clipping around it.

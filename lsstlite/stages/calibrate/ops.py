@@ -25,7 +25,7 @@ from astropy.wcs import WCS
 from numpy.typing import NDArray
 from pydantic import Field
 
-from lsstlite.data import AB_NJY_ZERO_POINT, PhotoCalib, wcs_from_cards, wcs_to_cards
+from lsstlite.data import AB_NJY_ZERO_POINT, PhotoCalib, wcs_to_cards
 from lsstlite.data.sources import AP_RADII, SRC_COLUMNS, SRC_FLAGS, ap_flux_column
 from lsstlite.pipe import Config
 from lsstlite.stages.calibrate import _kernels
@@ -54,14 +54,18 @@ class CalibrationError(RuntimeError):
 class AstrometryConfig(Config):
     """Matching to the reference catalog and WCS fit."""
 
-    max_offset_arcsec: float = Field(10.0, gt=0, description="largest pointing error searched")
-    max_rotation_deg: float = Field(0.2, ge=0, description="largest rotation error searched")
-    match_tolerance_px: float = Field(2.0, gt=0, description="histogram bin / first radius")
-    match_radius_px: float = Field(1.0, gt=0, description="final matching radius")
-    n_bright: int = Field(300, ge=10, description="brightest sources / references voted")
-    min_matches: int = Field(5, ge=3, description="fewer: the quantum fails")
+    max_offset_arcsec: float = Field(
+        default=10.0, gt=0, description="largest pointing error searched"
+    )
+    max_rotation_deg: float = Field(
+        default=0.2, ge=0, description="largest rotation error searched"
+    )
+    match_tolerance_px: float = Field(default=2.0, gt=0, description="histogram bin / first radius")
+    match_radius_px: float = Field(default=1.0, gt=0, description="final matching radius")
+    n_bright: int = Field(default=300, ge=10, description="brightest sources / references voted")
+    min_matches: int = Field(default=5, ge=3, description="fewer: the quantum fails")
     distortion: Literal["header", "fit"] = "header"
-    sip_degree: int = Field(3, ge=0, le=5, description="for distortion='fit'")
+    sip_degree: int = Field(default=3, ge=0, le=5, description="for distortion='fit'")
     n_clip_iter: int = 3
     clip_sigma: float = 3.0
 
@@ -77,11 +81,13 @@ class ColourTerm(Config):
 class PhotometryConfig(Config):
     """Zero point from PSF fluxes of matched reference stars."""
 
-    min_snr: float = Field(50.0, description="minimum S/N of psf_flux")
+    min_snr: float = Field(default=50.0, description="minimum S/N of psf_flux")
     error_floor_mag: float = Field(
-        0.005, ge=0, description="added in quadrature to each star's error (PSF model, blends)"
+        default=0.005,
+        ge=0,
+        description="added in quadrature to each star's error (PSF model, blends)",
     )
-    min_stars: int = Field(3, ge=1)
+    min_stars: int = Field(default=3, ge=1)
     colour_terms: dict[str, ColourTerm] = Field(
         default_factory=dict, description="band → colour term (none: same band in the refcat)"
     )
@@ -104,8 +110,13 @@ class CalibrateResult:
     metadata: dict[str, Any] = field(default_factory=dict)
 
 
-_CLEAN = (1 << SRC_FLAGS["EDGE"]) | (1 << SRC_FLAGS["SATURATED"]) | (1 << SRC_FLAGS["CR"]) | (
-    1 << SRC_FLAGS["BAD"]) | (1 << SRC_FLAGS["PSF_FLUX_FAILED"])
+_CLEAN = (
+    (1 << SRC_FLAGS["EDGE"])
+    | (1 << SRC_FLAGS["SATURATED"])
+    | (1 << SRC_FLAGS["CR"])
+    | (1 << SRC_FLAGS["BAD"])
+    | (1 << SRC_FLAGS["PSF_FLUX_FAILED"])
+)
 
 
 def _ref_flux_column(refcat: pd.DataFrame, band: str) -> str:
@@ -120,15 +131,21 @@ def _ref_flux_column(refcat: pd.DataFrame, band: str) -> str:
 
 # -- matching -----------------------------------------------------------------------------
 def _match(
-    sources: pd.DataFrame, refcat: pd.DataFrame, wcs: WCS, shape: tuple[int, int],
-    xy0: tuple[int, int], config: AstrometryConfig, label: str,
+    sources: pd.DataFrame,
+    refcat: pd.DataFrame,
+    wcs: WCS,
+    shape: tuple[int, int],
+    xy0: tuple[int, int],
+    config: AstrometryConfig,
+    label: str,
 ) -> pd.DataFrame:
     ny, nx = shape
     x0, y0 = xy0
     scale = float(np.sqrt(abs(np.linalg.det(wcs.pixel_scale_matrix)))) * 3600.0
     max_off = config.max_offset_arcsec / scale
-    rx, ry = wcs.all_world2pix(refcat["ra"].to_numpy(), refcat["dec"].to_numpy(), 0,
-                               tolerance=1e-8, maxiter=50, quiet=True)
+    rx, ry = wcs.all_world2pix(
+        refcat["ra"].to_numpy(), refcat["dec"].to_numpy(), 0, tolerance=1e-8, maxiter=50, quiet=True
+    )
     margin = max_off + 5
     on = (rx > x0 - margin) & (rx < x0 + nx + margin) & (ry > y0 - margin) & (ry < y0 + ny + margin)
     refs = refcat.loc[on].assign(px=rx[on], py=ry[on])
@@ -142,12 +159,19 @@ def _match(
         )
     bright = good.nlargest(config.n_bright, col)
     flux_cols = [c for c in refs.columns if c.endswith("_flux")]
-    ref_bright = refs.nlargest(config.n_bright, flux_cols[0]) if flux_cols else refs.head(config.n_bright)
+    ref_bright = (
+        refs.nlargest(config.n_bright, flux_cols[0]) if flux_cols else refs.head(config.n_bright)
+    )
     center = (x0 + (nx - 1) / 2.0, y0 + (ny - 1) / 2.0)
     votes, theta, dx, dy = _kernels.offset_vote(
-        bright["x"].to_numpy(), bright["y"].to_numpy(), ref_bright["px"].to_numpy(),
-        ref_bright["py"].to_numpy(), center=center, max_offset=max_off,
-        max_rotation_rad=math.radians(config.max_rotation_deg), tolerance=config.match_tolerance_px,
+        bright["x"].to_numpy(),
+        bright["y"].to_numpy(),
+        ref_bright["px"].to_numpy(),
+        ref_bright["py"].to_numpy(),
+        center=center,
+        max_offset=max_off,
+        max_rotation_rad=math.radians(config.max_rotation_deg),
+        tolerance=config.match_tolerance_px,
     )
     if votes < config.min_matches:
         raise CalibrationError(
@@ -162,7 +186,9 @@ def _match(
     radius = config.match_tolerance_px
     for _ in range(3):
         u, v = _kernels.apply_affine(m, sx, sy)
-        i, j, _ = _kernels.nearest_matches(u, v, refs["px"].to_numpy(), refs["py"].to_numpy(), radius)
+        i, j, _ = _kernels.nearest_matches(
+            u, v, refs["px"].to_numpy(), refs["py"].to_numpy(), radius
+        )
         if len(i) < 3:
             break
         m = _kernels.fit_affine(sx[i], sy[i], refs["px"].to_numpy()[j], refs["py"].to_numpy()[j])
@@ -174,15 +200,19 @@ def _match(
             f"{label}: {len(i)} reference stars matched after refinement "
             f"(astrometry.min_matches={config.min_matches})"
         )
-    return pd.DataFrame({
-        "src_index": good.index.to_numpy()[i],
-        "ref_index": refs.index.to_numpy()[j],
-        "distance_px": d,
-    })
+    return pd.DataFrame(
+        {
+            "src_index": good.index.to_numpy()[i],
+            "ref_index": refs.index.to_numpy()[j],
+            "distance_px": d,
+        }
+    )
 
 
 def match_to_reference(
-    sources: pd.DataFrame, refcat: pd.DataFrame, exposure: xr.Dataset,
+    sources: pd.DataFrame,
+    refcat: pd.DataFrame,
+    exposure: xr.Dataset,
     config: AstrometryConfig | None = None,
 ) -> Any:
     """Match sources to reference stars without knowing the pointing error.
@@ -212,16 +242,27 @@ def match_to_reference(
     -----
     Lazy on dask input (one block; only the metadata and the tables are used).
     """
+
     def run(exp: xr.Dataset) -> pd.DataFrame:
-        return _match(sources, refcat, exp.lsst.wcs, (exp.sizes["y"], exp.sizes["x"]),
-                      exp.lsst.xy0, config or AstrometryConfig(), _label(exp))
+        return _match(
+            sources,
+            refcat,
+            exp.lsst.wcs,
+            (exp.sizes["y"], exp.sizes["x"]),
+            exp.lsst.xy0,
+            config or AstrometryConfig(),
+            _label(exp),
+        )
 
     return _dispatch(run, exposure)
 
 
 # -- WCS ----------------------------------------------------------------------------------
 def _sky_residuals_arcsec(
-    wcs: WCS, x: NDArray[np.float64], y: NDArray[np.float64], ra: NDArray[np.float64],
+    wcs: WCS,
+    x: NDArray[np.float64],
+    y: NDArray[np.float64],
+    ra: NDArray[np.float64],
     dec: NDArray[np.float64],
 ) -> NDArray[np.float64]:
     pra, pdec = wcs.all_pix2world(x, y, 0)
@@ -230,7 +271,10 @@ def _sky_residuals_arcsec(
 
 
 def _fit_linear_keep_distortion(
-    wcs0: WCS, x: NDArray[np.float64], y: NDArray[np.float64], ra: NDArray[np.float64],
+    wcs0: WCS,
+    x: NDArray[np.float64],
+    y: NDArray[np.float64],
+    ra: NDArray[np.float64],
     dec: NDArray[np.float64],
 ) -> WCS:
     """Refit CRVAL and CD of a (TAN or TAN-SIP) WCS, keeping CRPIX and the distortion."""
@@ -259,7 +303,8 @@ def _fit_linear_keep_distortion(
         if rho > 0:
             new_d = math.asin(math.cos(c) * math.sin(d0) + eta0 * math.sin(c) * math.cos(d0) / rho)
             new_a = a0 + math.atan2(
-                xi0 * math.sin(c), rho * math.cos(d0) * math.cos(c) - eta0 * math.sin(d0) * math.sin(c)
+                xi0 * math.sin(c),
+                rho * math.cos(d0) * math.cos(c) - eta0 * math.sin(d0) * math.sin(c),
             )
             wcs.wcs.crval = [math.degrees(new_a) % 360.0, math.degrees(new_d)]
         if wcs.wcs.has_cd():
@@ -272,8 +317,13 @@ def _fit_linear_keep_distortion(
 
 
 def _fit_wcs(
-    wcs0: WCS, x: NDArray[np.float64], y: NDArray[np.float64], ra: NDArray[np.float64],
-    dec: NDArray[np.float64], config: AstrometryConfig, center: tuple[float, float],
+    wcs0: WCS,
+    x: NDArray[np.float64],
+    y: NDArray[np.float64],
+    ra: NDArray[np.float64],
+    dec: NDArray[np.float64],
+    config: AstrometryConfig,
+    center: tuple[float, float],
 ) -> tuple[WCS, dict[str, Any]]:
     from astropy.coordinates import SkyCoord
     from astropy.wcs.utils import fit_wcs_from_points
@@ -292,8 +342,10 @@ def _fit_wcs(
                 degree -= 1
             ra0, dec0 = wcs0.all_pix2world([center[0]], [center[1]], 0)
             wcs = fit_wcs_from_points(
-                (x[use], y[use]), SkyCoord(ra[use], dec[use], unit="deg"),
-                proj_point=SkyCoord(ra0[0], dec0[0], unit="deg"), projection="TAN",
+                (x[use], y[use]),
+                SkyCoord(ra[use], dec[use], unit="deg"),
+                proj_point=SkyCoord(ra0[0], dec0[0], unit="deg"),
+                projection="TAN",
                 sip_degree=degree if degree >= 2 else None,
             )
         res = _sky_residuals_arcsec(wcs, x, y, ra, dec)
@@ -313,7 +365,10 @@ def _fit_wcs(
 
 
 def fit_wcs(
-    exposure: xr.Dataset, sources: pd.DataFrame, refcat: pd.DataFrame, matches: pd.DataFrame,
+    exposure: xr.Dataset,
+    sources: pd.DataFrame,
+    refcat: pd.DataFrame,
+    matches: pd.DataFrame,
     config: AstrometryConfig | None = None,
 ) -> Any:
     """Fit the WCS to matched reference stars, with sigma clipping.
@@ -328,22 +383,30 @@ def fit_wcs(
     (WCS, metadata) or a ``Delayed`` of it
         ``metadata`` holds the mode, the star count and the rms residual (mas).
     """
+
     def run(exp: xr.Dataset) -> tuple[WCS, dict[str, Any]]:
         cfg = config or AstrometryConfig()
         src = sources.loc[matches["src_index"]]
         ref = refcat.loc[matches["ref_index"]]
         nx, ny = exp.sizes["x"], exp.sizes["y"]
         x0, y0 = exp.lsst.xy0
-        return _fit_wcs(exp.lsst.wcs, src["x"].to_numpy(), src["y"].to_numpy(),
-                        ref["ra"].to_numpy(), ref["dec"].to_numpy(), cfg,
-                        (x0 + (nx - 1) / 2.0, y0 + (ny - 1) / 2.0))
+        return _fit_wcs(
+            exp.lsst.wcs,
+            src["x"].to_numpy(),
+            src["y"].to_numpy(),
+            ref["ra"].to_numpy(),
+            ref["dec"].to_numpy(),
+            cfg,
+            (x0 + (nx - 1) / 2.0, y0 + (ny - 1) / 2.0),
+        )
 
     return _dispatch(run, exposure)
 
 
 # -- photometry ---------------------------------------------------------------------------
-def _reference_mags(refcat: pd.DataFrame, band: str, config: PhotometryConfig) -> tuple[
-        NDArray[np.float64], NDArray[np.float64]]:
+def _reference_mags(
+    refcat: pd.DataFrame, band: str, config: PhotometryConfig
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
     term = config.colour_terms.get(band)
     primary = term.primary if term else band
     col = _ref_flux_column(refcat, primary)
@@ -359,8 +422,13 @@ def _reference_mags(refcat: pd.DataFrame, band: str, config: PhotometryConfig) -
 
 
 def fit_photometry(
-    sources: pd.DataFrame, refcat: pd.DataFrame, matches: pd.DataFrame, band: str,
-    config: PhotometryConfig | None = None, *, label: str = "exposure",
+    sources: pd.DataFrame,
+    refcat: pd.DataFrame,
+    matches: pd.DataFrame,
+    band: str,
+    config: PhotometryConfig | None = None,
+    *,
+    label: str = "exposure",
 ) -> dict[str, Any]:
     """Zero point (AB mag of one image unit) from ``psf_flux`` of matched reference stars.
 
@@ -425,17 +493,29 @@ def _calibrate(
     center = (xy0[0] + (shape[1] - 1) / 2.0, xy0[1] + (shape[0] - 1) / 2.0)
     src_m = sources.loc[matches["src_index"]]
     ref_m = refcat.loc[matches["ref_index"]]
-    wcs, meta = _fit_wcs(wcs0, src_m["x"].to_numpy(), src_m["y"].to_numpy(),
-                         ref_m["ra"].to_numpy(), ref_m["dec"].to_numpy(), config.astrometry, center)
+    wcs, meta = _fit_wcs(
+        wcs0,
+        src_m["x"].to_numpy(),
+        src_m["y"].to_numpy(),
+        ref_m["ra"].to_numpy(),
+        ref_m["dec"].to_numpy(),
+        config.astrometry,
+        center,
+    )
     # Re-match everything with the fitted WCS (1 match radius) for photometry.
-    rx, ry = wcs.all_world2pix(refcat["ra"].to_numpy(), refcat["dec"].to_numpy(), 0,
-                               tolerance=1e-8, maxiter=50, quiet=True)
-    i, j, _ = _kernels.nearest_matches(sources["x"].to_numpy(), sources["y"].to_numpy(), rx, ry,
-                                       config.astrometry.match_radius_px)
-    final_matches = pd.DataFrame({"src_index": sources.index.to_numpy()[i],
-                                  "ref_index": refcat.index.to_numpy()[j]})
+    rx, ry = wcs.all_world2pix(
+        refcat["ra"].to_numpy(), refcat["dec"].to_numpy(), 0, tolerance=1e-8, maxiter=50, quiet=True
+    )
+    i, j, _ = _kernels.nearest_matches(
+        sources["x"].to_numpy(), sources["y"].to_numpy(), rx, ry, config.astrometry.match_radius_px
+    )
+    final_matches = pd.DataFrame(
+        {"src_index": sources.index.to_numpy()[i], "ref_index": refcat.index.to_numpy()[j]}
+    )
     meta["n_reference_matches"] = len(final_matches)
-    meta.update(fit_photometry(sources, refcat, final_matches, band, config.photometry, label=label))
+    meta.update(
+        fit_photometry(sources, refcat, final_matches, band, config.photometry, label=label)
+    )
     njy = 10.0 ** (-0.4 * (meta["zero_point"] - AB_NJY_ZERO_POINT))
     meta["njy_per_count"] = njy
     rel_err = 0.4 * math.log(10.0) * meta["zero_point_err"]
@@ -454,16 +534,26 @@ def _calibrate(
     calexp.attrs = dict(exposure.attrs)
     calexp.attrs["units"] = "nJy"
     calexp.attrs["wcs"] = wcs_to_cards(wcs)
-    calexp.attrs["photo_calib"] = PhotoCalib(njy_per_count=1.0, njy_per_count_err=rel_err).model_dump()
+    calexp.attrs["photo_calib"] = PhotoCalib(
+        njy_per_count=1.0, njy_per_count_err=rel_err
+    ).model_dump()
     calexp.attrs["calibrate"] = meta
-    log.info("%s: %d matches, astrometric rms %.1f mas, zero point %.4f ± %.4f (%d stars)",
-             label, meta["n_astrometry_stars"], meta["astrometry_rms_mas"], meta["zero_point"],
-             meta["zero_point_err"], meta["n_photometry_stars"])
+    log.info(
+        "%s: %d matches, astrometric rms %.1f mas, zero point %.4f ± %.4f (%d stars)",
+        label,
+        meta["n_astrometry_stars"],
+        meta["astrometry_rms_mas"],
+        meta["zero_point"],
+        meta["zero_point_err"],
+        meta["n_photometry_stars"],
+    )
     return CalibrateResult(calexp, src, meta)
 
 
 def calibrate_exposure(
-    exposure: xr.Dataset, sources: pd.DataFrame, refcat: pd.DataFrame,
+    exposure: xr.Dataset,
+    sources: pd.DataFrame,
+    refcat: pd.DataFrame,
     config: CalibrateConfig | None = None,
 ) -> Any:
     """Astrometric and photometric calibration of a characterised exposure.

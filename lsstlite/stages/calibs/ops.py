@@ -59,17 +59,36 @@ def combine_exposures(
     if len(scales) != len(exposures):
         raise ValueError(f"{len(scales)} scales for {len(exposures)} exposures")
     chunks = _arr(exposures[0], "image").chunks
-    imgs = da.stack([_arr(e, "image").rechunk(chunks) / F32(s) for e, s in zip(exposures, scales, strict=True)])
-    vars_ = da.stack([_arr(e, "variance").rechunk(chunks) / F32(s * s) for e, s in zip(exposures, scales, strict=True)])
+    imgs = da.stack(
+        [_arr(e, "image").rechunk(chunks) / F32(s) for e, s in zip(exposures, scales, strict=True)]
+    )
+    vars_ = da.stack(
+        [
+            _arr(e, "variance").rechunk(chunks) / F32(s * s)
+            for e, s in zip(exposures, scales, strict=True)
+        ]
+    )
     n = len(exposures)
     imgs, vars_ = imgs.rechunk({0: n}), vars_.rechunk({0: n})
-    comb = da.map_blocks(_kernels.clipped_combine, imgs, vars_, n_sigma, drop_axis=0, dtype=F32,
-                         meta=np.empty((0, 0), F32))
+    comb = da.map_blocks(
+        _kernels.clipped_combine,
+        imgs,
+        vars_,
+        n_sigma,
+        drop_axis=0,
+        dtype=F32,
+        meta=np.empty((0, 0), F32),
+    )
     var = (vars_.sum(axis=0) / F32(n * n)).astype(F32)
     first = exposures[0]
-    return make_exposure(comb, variance=var, wcs=None, units=units,
-                         xy0=(int(first["x"][0]), int(first["y"][0])),
-                         attrs={"n_inputs": n, "scales": [float(s) for s in scales]})
+    return make_exposure(
+        comb,
+        variance=var,
+        wcs=None,
+        units=units,
+        xy0=(int(first["x"][0]), int(first["y"][0])),
+        attrs={"n_inputs": n, "scales": [float(s) for s in scales]},
+    )
 
 
 def robust_mean_level(
@@ -124,12 +143,26 @@ def find_defects(
             if sl is None:
                 continue
             ys, xs = sl
-            rows.append({"kind": kind, "x0": xs.start, "y0": ys.start, "width": xs.stop - xs.start,
-                         "height": ys.stop - ys.start,
-                         "n_pixels": int((labels[sl] == k).sum())})
+            rows.append(
+                {
+                    "kind": kind,
+                    "x0": xs.start,
+                    "y0": ys.start,
+                    "width": xs.stop - xs.start,
+                    "height": ys.stop - ys.start,
+                    "n_pixels": int((labels[sl] == k).sum()),
+                }
+            )
     cols = ["kind", "x0", "y0", "width", "height", "n_pixels"]
     return pd.DataFrame(rows, columns=cols).astype(
-        {"x0": np.int64, "y0": np.int64, "width": np.int64, "height": np.int64, "n_pixels": np.int64})
+        {
+            "x0": np.int64,
+            "y0": np.int64,
+            "width": np.int64,
+            "height": np.int64,
+            "n_pixels": np.int64,
+        }
+    )
 
 
 def _plane_fit(img: NDArray[np.float64], good: NDArray[np.bool_]) -> NDArray[np.float64]:
@@ -161,7 +194,9 @@ def fringe_from_exposures(
     """
     import dask
 
-    def one(img: NDArray[np.float32], var: NDArray[np.float32], msk: NDArray[np.int32], bad: int) -> NDArray[np.float32]:
+    def one(
+        img: NDArray[np.float32], var: NDArray[np.float32], msk: NDArray[np.int32], bad: int
+    ) -> NDArray[np.float32]:
         im = np.asarray(img, dtype=np.float64)
         good = ((msk & bad) == 0) & np.isfinite(im)
         sky = np.full_like(im, np.median(im[good]))
@@ -175,13 +210,17 @@ def fringe_from_exposures(
     fracs = []
     for e in exposures:
         bad = mask_bits(mask_planes(e), list(bad_planes))
-        delayed = dask.delayed(one, pure=True)(e["image"].data, e["variance"].data, e["mask"].data, bad)
-        fracs.append(da.from_delayed(delayed, shape=e["image"].shape, dtype=F32, meta=np.empty((0, 0), F32)))
+        delayed = dask.delayed(one, pure=True)(
+            e["image"].data, e["variance"].data, e["mask"].data, bad
+        )
+        fracs.append(
+            da.from_delayed(delayed, shape=e["image"].shape, dtype=F32, meta=np.empty((0, 0), F32))
+        )
 
     def finish(stack: NDArray[np.float32]) -> NDArray[np.float32]:
         # Pixels masked in every exposure: fill before the median (no all-NaN warning;
         # catch_warnings is not thread-safe on a Dask worker), then restore the NaN.
-        none = ~np.isfinite(stack).any(axis=0)
+        none = np.asarray(~np.isfinite(stack).any(axis=0), dtype=bool)
         med = np.nanmedian(np.where(none[None], 0.0, stack), axis=0)
         med[none] = np.nan
         ok = np.isfinite(med)

@@ -6,14 +6,12 @@ certification makes them calibrations::
     lsstlite run REPO -p calibs.yaml -i SimCam/raw/all -o SimCam/calib/build -j 2
     lsstlite certify REPO --input-run <the run> --collection SimCam/calib
 
-Products are matched to their consumers on ``(instrument, detector)`` only
-(:meth:`_CalibTask.group_quanta`): a master bias made from raws taken with filter X
-serves flats of every filter.
+Products are matched to their consumers by the standard join: a master bias (no
+``exposure`` dimension, so no implied filter) serves the flats of every filter.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -69,7 +67,11 @@ def _isr(
     det = int(raw.attrs["visit_info"]["detector"])
     levels = isr_ops.overscan_levels(raw, mode=config.overscan_mode)
     return isr_ops.isr_chain(
-        raw, overscan=levels, bias=bias, dark=dark, chunk_rows=config.chunk_rows,
+        raw,
+        overscan=levels,
+        bias=bias,
+        dark=dark,
+        chunk_rows=config.chunk_rows,
         crosstalk=getattr(camera, "crosstalk_matrix", lambda d: None)(det),
         linearity=getattr(camera, "linearity", lambda d: None)(det),
     )
@@ -78,7 +80,9 @@ def _isr(
 def _to_adu(exp: xr.Dataset) -> xr.Dataset:
     """Electrons → ADU per amplifier (a master bias is kept in ADU, subtracted before gain)."""
     amps = exp.attrs["amplifiers"]
-    gain = isr_ops._column_values(amps, exp.sizes["x"], [a["gain"] for a in amps]).astype(np.float32)
+    gain = isr_ops._column_values(amps, exp.sizes["x"], [a["gain"] for a in amps]).astype(
+        np.float32
+    )
     out = exp.copy()
     out["image"] = exp["image"] / gain[None, :]
     out["variance"] = exp["variance"] / (gain * gain)[None, :]
@@ -86,39 +90,14 @@ def _to_adu(exp: xr.Dataset) -> xr.Dataset:
     return out
 
 
-#: Values the graph builder carries with each record besides the dimensions.
-_IMPLIED = ("band", "physical_filter", "day_obs", "mjd")
-
-
 class _CalibTask(Task):
-    """A task whose first input (the raws) defines the quanta; every other input is matched
-    on the dimensions it shares with the task, never on implied values (a bias built from
-    raws taken through filter X would otherwise only match flats of filter X)."""
+    """Base of the master-calibration tasks.
 
-    def group_quanta(
-        self,
-        records: Mapping[str, list[dict[str, Any]]],
-        *,
-        butler: Any,
-        collections: Sequence[str],
-    ) -> list[tuple[dict[str, Any], dict[str, Any], dict[str, list[dict[str, Any]]]]]:
-        conns = self.active_inputs()
-        primary = next(iter(conns))
-        dims = tuple(self.dimensions)
-        plans: dict[tuple[Any, ...], tuple[dict[str, Any], dict[str, Any], dict[str, list[Any]]]] = {}
-        for rec in records.get(primary, []):
-            key = tuple(rec[d] for d in dims)
-            if key not in plans:
-                plans[key] = (dict(zip(dims, key, strict=True)),
-                              {c: rec[c] for c in _IMPLIED if c in rec}, {n: [] for n in records})
-            plans[key][2][primary].append(rec)
-        for name, recs in records.items():
-            if name == primary:
-                continue
-            shared = [d for d in dims if d in conns[name].dimensions]
-            for data_id, _, inputs in plans.values():
-                inputs[name] = [r for r in recs if all(r.get(d) == data_id[d] for d in shared)]
-        return [plans[k] for k in sorted(plans, key=lambda k: tuple(str(v) for v in k))]
+    The standard join matches each input on the dimensions it shares with the task, and
+    groups by implied values (``physical_filter``) only inputs that have an ``exposure``
+    dimension: the flats of a ``physical_filter`` quantum are that filter's flat raws,
+    while a master bias (no ``exposure``) serves every filter.
+    """
 
 
 def _finish(exp: xr.Dataset, raws: list[xr.Dataset], kind: str) -> xr.Dataset:
@@ -133,8 +112,11 @@ class BiasTask(_CalibTask):
 
     ConfigClass = CalibConfig
     dimensions = DET_CAL
-    inputs = {"raws": Input("raw", RAW_DIMS, storage_class="Raw", multiple=True,
-                            where="exposure.obs_type = 'bias'")}
+    inputs = {
+        "raws": Input(
+            "raw", RAW_DIMS, storage_class="Raw", multiple=True, where="exposure.obs_type = 'bias'"
+        )
+    }
     outputs = {"bias": Output("bias", DET_CAL, doc="master bias (ADU)")}
 
     def run(self, raws: list[str]) -> TaskResult:
@@ -152,8 +134,9 @@ class DarkTask(_CalibTask):
     ConfigClass = CalibConfig
     dimensions = DET_CAL
     inputs = {
-        "raws": Input("raw", RAW_DIMS, storage_class="Raw", multiple=True,
-                      where="exposure.obs_type = 'dark'"),
+        "raws": Input(
+            "raw", RAW_DIMS, storage_class="Raw", multiple=True, where="exposure.obs_type = 'dark'"
+        ),
         "bias": Input("bias", DET_CAL),
     }
     outputs = {"dark": Output("dark", DET_CAL, doc="master dark (e⁻/s)")}
@@ -177,10 +160,19 @@ class FlatNormTask(_CalibTask):
 
     ConfigClass = CalibConfig
     dimensions = ("instrument", "physical_filter")
-    inputs = {"raws": Input("raw", RAW_DIMS, storage_class="Raw", multiple=True,
-                            where="exposure.obs_type = 'flat'")}
-    outputs = {"levels": Output("flat_norm", ("instrument", "physical_filter"),
-                                storage_class="Json", doc="flat lamp level per exposure (e⁻)")}
+    inputs = {
+        "raws": Input(
+            "raw", RAW_DIMS, storage_class="Raw", multiple=True, where="exposure.obs_type = 'flat'"
+        )
+    }
+    outputs = {
+        "levels": Output(
+            "flat_norm",
+            ("instrument", "physical_filter"),
+            storage_class="Json",
+            doc="flat lamp level per exposure (e⁻)",
+        )
+    }
 
     def run(self, raws: list[str]) -> TaskResult:
         c = self.config
@@ -193,8 +185,12 @@ class FlatNormTask(_CalibTask):
         n_det = {len(v) for v in per_exposure.values()}
         if len(n_det) != 1:
             raise ValueError(f"flat exposures cover different numbers of detectors: {per_exposure}")
-        return TaskResult(levels={"levels": {k: float(np.mean(v)) for k, v in per_exposure.items()},
-                                  "per_detector": per_exposure})
+        return TaskResult(
+            levels={
+                "levels": {k: float(np.mean(v)) for k, v in per_exposure.items()},
+                "per_detector": per_exposure,
+            }
+        )
 
 
 class FlatTask(_CalibTask):
@@ -203,16 +199,18 @@ class FlatTask(_CalibTask):
     ConfigClass = CalibConfig
     dimensions = FILT_CAL
     inputs = {
-        "raws": Input("raw", RAW_DIMS, storage_class="Raw", multiple=True,
-                      where="exposure.obs_type = 'flat'"),
+        "raws": Input(
+            "raw", RAW_DIMS, storage_class="Raw", multiple=True, where="exposure.obs_type = 'flat'"
+        ),
         "levels": Input("flat_norm", ("instrument", "physical_filter"), storage_class="Json"),
         "bias": Input("bias", DET_CAL),
         "dark": Input("dark", DET_CAL),
     }
     outputs = {"flat": Output("flat", FILT_CAL, doc="master flat (unit focal-plane mean)")}
 
-    def run(self, raws: list[str], levels: dict[str, Any], bias: xr.Dataset,
-            dark: xr.Dataset) -> TaskResult:
+    def run(
+        self, raws: list[str], levels: dict[str, Any], bias: xr.Dataset, dark: xr.Dataset
+    ) -> TaskResult:
         c = self.config
         assert isinstance(c, CalibConfig)
         exps = [_isr(p, c, bias=bias, dark=dark) for p in raws]
@@ -220,7 +218,9 @@ class FlatTask(_CalibTask):
         for e in exps:
             key = str(e.attrs["visit_info"]["exposure"])
             if key not in levels["levels"]:
-                raise KeyError(f"flat_norm has no level for exposure {key} ({e.attrs.get('filename')})")
+                raise KeyError(
+                    f"flat_norm has no level for exposure {key} ({e.attrs.get('filename')})"
+                )
             scales.append(levels["levels"][key])
         master = ops.combine_exposures(exps, scales=scales, n_sigma=c.n_sigma)
         master.attrs["units"] = "electron"
@@ -243,8 +243,9 @@ class DefectsTask(_CalibTask):
     ConfigClass = DefectsConfig
     dimensions = DET_CAL
     inputs = {
-        "flats": Input("raw", RAW_DIMS, storage_class="Raw", multiple=True,
-                       where="exposure.obs_type = 'flat'"),
+        "flats": Input(
+            "raw", RAW_DIMS, storage_class="Raw", multiple=True, where="exposure.obs_type = 'flat'"
+        ),
         "bias": Input("bias", DET_CAL),
         "dark": Input("dark", DET_CAL),
     }
@@ -273,8 +274,13 @@ class FringeTask(_CalibTask):
     ConfigClass = FringeConfig
     dimensions = FILT_CAL
     inputs = {
-        "raws": Input("raw", RAW_DIMS, storage_class="Raw", multiple=True,
-                      where="exposure.obs_type = 'science'"),
+        "raws": Input(
+            "raw",
+            RAW_DIMS,
+            storage_class="Raw",
+            multiple=True,
+            where="exposure.obs_type = 'science'",
+        ),
         "bias": Input("bias", DET_CAL),
         "dark": Input("dark", DET_CAL),
         "flat": Input("flat", FILT_CAL),
@@ -294,15 +300,22 @@ class FringeTask(_CalibTask):
         )
         return out
 
-    def run(self, raws: list[str], bias: xr.Dataset, dark: xr.Dataset, flat: xr.Dataset,
-            defects: pd.DataFrame) -> TaskResult:
+    def run(
+        self,
+        raws: list[str],
+        bias: xr.Dataset,
+        dark: xr.Dataset,
+        flat: xr.Dataset,
+        defects: pd.DataFrame,
+    ) -> TaskResult:
         from lsstlite.stages.isr.task import IsrTask
 
         c = self.config
         assert isinstance(c, FringeConfig)
         isr = IsrTask({"do_fringe": False}, label=f"{self.label}.isr")
-        exps = [isr.run(raw=p, bias=bias, dark=dark, flat=flat, defects=defects).post_isr
-                for p in raws]
+        exps = [
+            isr.run(raw=p, bias=bias, dark=dark, flat=flat, defects=defects).post_isr for p in raws
+        ]
         frame = ops.fringe_from_exposures(exps, n_sigma=c.n_sigma, smooth_px=c.smooth_px)
         frame.attrs["inputs"] = [str(p) for p in raws]
         frame.attrs["calib_type"] = "fringe"

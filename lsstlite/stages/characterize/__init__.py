@@ -23,10 +23,10 @@ from lsstlite.stages.characterize.ops import (
 from lsstlite.stages.characterize.task import CharacterizeTask
 
 __all__ = [
-    "CharacterizeTask",
     "BackgroundConfig",
     "CharacterizeConfig",
     "CharacterizeResult",
+    "CharacterizeTask",
     "CosmicRayConfig",
     "DetectionConfig",
     "MeasurementConfig",

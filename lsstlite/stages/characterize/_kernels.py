@@ -8,7 +8,7 @@ import numba
 import numpy as np
 from numpy.typing import NDArray
 
-from lsstlite.data.psf_pixel import lanczos_weights, poly_terms
+from lsstlite.data.psf_pixel import LANCZOS_ORDER, poly_terms
 
 __all__ = [
     "adaptive_moments",
@@ -37,7 +37,7 @@ def _adaptive_one(
         if det <= 1e-6 or wxx > 400.0 or wyy > 400.0:
             return np.nan, np.nan, np.nan, False
         ixx_i, iyy_i, ixy_i = wyy / det, wxx / det, -wxy / det
-        r = int(math.ceil(4.0 * math.sqrt(max(wxx, wyy)))) + 1
+        r = math.ceil(4.0 * math.sqrt(max(wxx, wyy))) + 1
         x0, x1 = max(int(xc) - r, 0), min(int(xc) + r + 2, nx)
         y0, y1 = max(int(yc) - r, 0), min(int(yc) + r + 2, ny)
         s0 = sxx = syy = sxy = 0.0
@@ -187,7 +187,7 @@ def measured_neighbour_ratios(
     ny, nx = image.shape
     sides, diags = [], []
     for x, y in zip(xs, ys, strict=True):
-        i, j = int(math.floor(x + 0.5)), int(math.floor(y + 0.5))
+        i, j = math.floor(x + 0.5), math.floor(y + 0.5)
         if not (2 <= i < nx - 2 and 2 <= j < ny - 2):
             continue
         box = image[j - 1 : j + 2, i - 1 : i + 2]
@@ -281,7 +281,9 @@ def _interp(image: NDArray[np.float32], masked: NDArray[np.bool_], out: NDArray[
     return n_fail
 
 
-def interpolate_masked(image: NDArray[np.float32], masked: NDArray[np.bool_]) -> NDArray[np.float32]:
+def interpolate_masked(
+    image: NDArray[np.float32], masked: NDArray[np.bool_]
+) -> NDArray[np.float32]:
     """Replace masked pixels by the inverse-square-distance mean of unmasked neighbours."""
     out = np.array(image, dtype=np.float32, copy=True)
     if masked.any():
@@ -293,11 +295,20 @@ def interpolate_masked(image: NDArray[np.float32], masked: NDArray[np.bool_]) ->
 def _star_weights(
     cx: NDArray[np.float64], cy: NDArray[np.float64], m: int, n: int, step: float
 ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Per-star resampling matrices ``(S, m, n)`` (pixels × grid samples), x and y."""
     c = n // 2
     pix = np.arange(m, dtype=np.float64)
-    wx = np.stack([lanczos_weights((pix - x) / step + c, n) for x in cx]) / step
-    wy = np.stack([lanczos_weights((pix - y) / step + c, n) for y in cy]) / step
-    return wx, wy
+    a = LANCZOS_ORDER
+    grid = np.arange(-a, n + a, dtype=np.float64)  # normalise over the full lattice
+
+    def weights(centres: NDArray[np.float64]) -> NDArray[np.float64]:
+        t = ((pix[None, :] - centres[:, None]) / step + c)[:, :, None] - grid[None, None, :]
+        w = np.where(np.abs(t) < a, np.sinc(t) * np.sinc(t / a), 0.0)
+        total = w.sum(axis=2, keepdims=True)
+        w = np.where(np.abs(total) > 1e-12, w / np.where(total == 0, 1.0, total), 0.0)
+        return w[:, :, a : a + n] / step
+
+    return weights(np.asarray(cx, dtype=np.float64)), weights(np.asarray(cy, dtype=np.float64))
 
 
 def fit_pixel_basis(
@@ -347,29 +358,42 @@ def fit_pixel_basis(
 
     n_s, m, _ = stamps.shape
     n_t = terms.shape[0]
-    wx, wy = _star_weights(cx, cy, m, n, step)
-    ax = np.einsum("sin,sim->snm", wx, wx)  # (S, n, n) = wxᵀ wx
-    ay = np.einsum("sjn,sjm->snm", wy, wy)
-    proj = np.einsum("sjb,sji,sia->sba", wy, stamps, wx)  # (S, n, n): R_sᵀ data
+
+    def operators(
+        cx: NDArray[np.float64], cy: NDArray[np.float64]
+    ) -> tuple[NDArray[np.float64], ...]:
+        wx, wy = _star_weights(cx, cy, m, n, step)
+        wxt, wyt = wx.transpose(0, 2, 1), wy.transpose(0, 2, 1)
+        # (S, n, n) each: wxᵀ wx, wyᵀ wy and R_sᵀ data.
+        return wx, wy, wxt @ wx, wyt @ wy, wyt @ stamps @ wx
+
+    wx, wy, ax, ay, proj = operators(cx, cy)
     fluxes = stamps.sum(axis=(1, 2))
     basis = np.zeros((n_t, n, n))
     size = n_t * n * n
     for _ in range(n_iter):
         c = weights * fluxes**2
         # The normal matrix Σ_s c_s (p_s p_sᵀ) ⊗ Ay_s ⊗ Ax_s is applied without forming it.
-        diag = np.einsum("s,ts,sb,sa->tba", c, terms**2, np.einsum("sbb->sb", ay),
-                         np.einsum("saa->sa", ax)).ravel()
+        dia = np.einsum("sbb->sb", ay)[:, :, None] * np.einsum("saa->sa", ax)[:, None, :]
+        diag = ((terms**2 * c) @ dia.reshape(n_s, -1)).ravel()
         ridge = 1e-7 * float(diag.mean())
 
-        def matvec(g: NDArray[np.float64], c: NDArray[np.float64] = c) -> NDArray[np.float64]:
-            grids = np.einsum("ts,tba->sba", terms, g.reshape(n_t, n, n))
-            h = np.matmul(np.matmul(ay, grids), ax)
-            return np.einsum("s,ts,sba->tba", c, terms, h).ravel() + ridge * g
+        def matvec(
+            g: NDArray[np.float64],
+            tc: NDArray[np.float64] = terms * c,
+            ay: NDArray[np.float64] = ay,
+            ax: NDArray[np.float64] = ax,
+            ridge: float = ridge,
+        ) -> NDArray[np.float64]:
+            grids = (terms.T @ g.reshape(n_t, -1)).reshape(n_s, n, n)
+            h = (ay @ grids @ ax).reshape(n_s, -1)
+            return (tc @ h).ravel() + ridge * g
 
         op = LinearOperator((size, size), matvec=matvec, dtype=np.float64)
-        precond = LinearOperator((size, size), matvec=lambda r, d=diag + ridge: r / d,
-                                 dtype=np.float64)
-        rhs = np.einsum("s,ts,sba->tba", weights * fluxes, terms, proj).ravel()
+        precond = LinearOperator(
+            (size, size), matvec=lambda r, d=diag + ridge: r / d, dtype=np.float64
+        )
+        rhs = ((terms * (weights * fluxes)) @ proj.reshape(n_s, -1)).ravel()
         sol, _ = cg(op, rhs, x0=basis.ravel(), rtol=1e-8, maxiter=2000, M=precond)
         basis = sol.reshape(n_t, n, n)
         sums = basis.sum(axis=(1, 2))
@@ -377,7 +401,7 @@ def fit_pixel_basis(
         for t in range(1, n_t):
             basis[t] -= sums[t] * basis[0]
         grids = np.tensordot(terms.T, basis, axes=(1, 0))  # (S, n, n)
-        models = np.einsum("sjb,sba,sia->sji", wy, grids, wx)
+        models = wy @ grids @ wx.transpose(0, 2, 1)
         fluxes = (models * stamps).sum(axis=(1, 2)) / np.maximum(
             (models * models).sum(axis=(1, 2)), 1e-30
         )
@@ -386,8 +410,8 @@ def fit_pixel_basis(
             # that the model stays centred on its grid.
             h = 0.05
             wxh, wyh = _star_weights(cx + h, cy + h, m, n, step)
-            dmx = (np.einsum("sjb,sba,sia->sji", wy, grids, wxh) - models) / h
-            dmy = (np.einsum("sjb,sba,sia->sji", wyh, grids, wx) - models) / h
+            dmx = (wy @ grids @ wxh.transpose(0, 2, 1) - models) / h
+            dmy = (wyh @ grids @ wx.transpose(0, 2, 1) - models) / h
             r = stamps / fluxes[:, None, None] - models
             a11 = (dmx * dmx).sum(axis=(1, 2))
             a22 = (dmy * dmy).sum(axis=(1, 2))
@@ -400,10 +424,7 @@ def fit_pixel_basis(
             wts = weights * fluxes**2
             cx = cx + dx - np.average(dx, weights=wts)
             cy = cy + dy - np.average(dy, weights=wts)
-            wx, wy = _star_weights(cx, cy, m, n, step)
-            ax = np.einsum("sin,sim->snm", wx, wx)
-            ay = np.einsum("sjn,sjm->snm", wy, wy)
-            proj = np.einsum("sjb,sji,sia->sba", wy, stamps, wx)
+            wx, wy, ax, ay, proj = operators(cx, cy)
     return basis, fluxes, cx, cy
 
 
@@ -420,12 +441,17 @@ def render_stars(
     n = basis.shape[1]
     wx, wy = _star_weights(cx, cy, m, n, step)
     grids = np.tensordot(terms.T, basis, axes=(1, 0))
-    return np.einsum("sjb,sba,sia->sji", wy, grids, wx)
+    return wy @ grids @ wx.transpose(0, 2, 1)
 
 
 def polynomial_terms(
-    x: NDArray[np.float64], y: NDArray[np.float64], degree: int, x0: float, y0: float,
-    x_scale: float, y_scale: float,
+    x: NDArray[np.float64],
+    y: NDArray[np.float64],
+    degree: int,
+    x0: float,
+    y0: float,
+    x_scale: float,
+    y_scale: float,
 ) -> NDArray[np.float64]:
     """:func:`lsstlite.data.psf_pixel.poly_terms` of normalised positions."""
     return poly_terms((np.asarray(x) - x0) / x_scale, (np.asarray(y) - y0) / y_scale, degree)

@@ -99,13 +99,15 @@ def _dispatch(func: Any, exposure: xr.Dataset, *args: Any, **kwargs: Any) -> Any
     return func(exposure, *args, **kwargs)
 
 
-def _arrays(exposure: xr.Dataset) -> tuple[NDArray[np.float32], NDArray[np.int32], NDArray[np.float32]]:
+def _arrays(
+    exposure: xr.Dataset,
+) -> tuple[NDArray[np.float32], NDArray[np.int32], NDArray[np.float32]]:
     # sep needs writeable, C-contiguous buffers (zarr/xarray may hand out read-only views).
-    req = ["C", "W"]
+    req: list[Any] = ["C", "W"]
     return (
-        np.require(exposure["image"].values, np.float32, req),
-        np.require(exposure["mask"].values, np.int32, req),
-        np.require(exposure["variance"].values, np.float32, req),
+        np.require(np.asarray(exposure["image"].values), np.float32, req),
+        np.require(np.asarray(exposure["mask"].values), np.int32, req),
+        np.require(np.asarray(exposure["variance"].values), np.float32, req),
     )
 
 
@@ -124,7 +126,7 @@ def _with_planes(exposure: xr.Dataset, image: Any, mask: Any, variance: Any) -> 
 
 def _gaussian_kernel(fwhm: float) -> NDArray[np.float32]:
     sigma = max(fwhm, 1.0) / FWHM_PER_SIGMA
-    r = int(math.ceil(2.0 * sigma))
+    r = math.ceil(2.0 * sigma)
     yy, xx = np.mgrid[-r : r + 1, -r : r + 1]
     return np.exp(-0.5 * (xx * xx + yy * yy) / sigma**2).astype(np.float32)
 
@@ -202,6 +204,29 @@ def subtract_background(
 
 
 # -- detection ----------------------------------------------------------------------------
+def _separable(data: NDArray[Any], kernel: NDArray[np.float64], *, square: bool = False) -> Any:
+    """Correlate with a (rank-one) kernel by rows then columns: 2k taps instead of k²."""
+    u, sv, vt = np.linalg.svd(kernel)
+    ky, kx = u[:, 0] * math.sqrt(sv[0]), vt[0] * math.sqrt(sv[0])
+    if square:
+        ky, kx = ky * ky, kx * kx
+    tmp = ndimage.correlate1d(data, ky, axis=0, mode="constant")
+    return ndimage.correlate1d(tmp, kx, axis=1, mode="constant")
+
+
+def _snr_map(
+    image: NDArray[np.float32],
+    variance: NDArray[np.float32],
+    bad: NDArray[np.bool_],
+    kernel: NDArray[np.float32],
+) -> NDArray[np.float32]:
+    """Matched-filter S/N: ``(K ⋆ image) / √(K² ⋆ variance)`` (sep's ``"matched"``)."""
+    k = (kernel / kernel.sum()).astype(np.float64)
+    num = _separable(np.where(bad, 0, image).astype(np.float32), k)
+    den = _separable(np.where(bad, 0, variance).astype(np.float32), k, square=True)
+    return np.asarray(num / np.sqrt(np.maximum(den, 1e-30)), dtype=np.float32)
+
+
 def _detect(
     exposure: xr.Dataset, config: DetectionConfig, fwhm: float | None, global_rms: float | None
 ) -> tuple[pd.DataFrame, NDArray[np.int32]]:
@@ -213,30 +238,142 @@ def _detect(
         kernel = np.asarray(config.filter_kernel, dtype=np.float32)
     else:
         kernel = _gaussian_kernel(fwhm or 3.0)
-    kwargs: dict[str, Any] = {}
-    if config.threshold_type == "global":
-        if global_rms is None:
-            global_rms = float(np.sqrt(np.median(variance[~bad]))) if (~bad).any() else 1.0
-        kwargs["err"] = float(global_rms)
-    else:
-        kwargs["var"] = np.where(bad, np.inf, variance).astype(np.float32)
-    objects, segmap = sep.extract(
-        image,
-        config.threshold,
-        mask=bad,
-        minarea=config.min_area,
-        filter_kernel=kernel,
-        filter_type="conv" if config.filter_type == "none" else config.filter_type,
-        deblend_nthresh=config.deblend_n_thresh,
-        deblend_cont=config.deblend_cont,
-        clean=config.clean,
-        clean_param=config.clean_param,
-        segmentation_map=True,
-        **kwargs,
+    common: dict[str, Any] = {
+        "mask": bad,
+        "minarea": config.min_area,
+        "deblend_nthresh": config.deblend_n_thresh,
+        "deblend_cont": config.deblend_cont,
+        "clean": config.clean,
+        "clean_param": config.clean_param,
+        "segmentation_map": True,
+    }
+    fast = (
+        kernel is not None
+        and config.filter_type == "matched"
+        and config.threshold_type == "pixel"
+        and np.linalg.matrix_rank(kernel.astype(np.float64), tol=1e-6) == 1
     )
+    snr = None
+    if fast:
+        # Same S/N map as sep's "matched" filter, computed separably (several times
+        # faster on a 16-Mpix detector), thresholded by sep without further filtering.
+        assert kernel is not None
+        snr = _snr_map(image, variance, bad, kernel)
+        objects, segmap = sep.extract(snr, config.threshold, filter_kernel=None, **common)
+    else:
+        kwargs: dict[str, Any] = {}
+        if config.threshold_type == "global":
+            if global_rms is None:
+                global_rms = float(np.sqrt(np.median(variance[~bad]))) if (~bad).any() else 1.0
+            kwargs["err"] = float(global_rms)
+        else:
+            kwargs["var"] = np.where(bad, np.inf, variance).astype(np.float32)
+        objects, segmap = sep.extract(
+            image,
+            config.threshold,
+            filter_kernel=kernel,
+            filter_type="conv" if config.filter_type == "none" else config.filter_type,
+            **common,
+            **kwargs,
+        )
     table = pd.DataFrame({name: objects[name] for name in objects.dtype.names})
+    segmap = np.asarray(segmap, dtype=np.int32)
+    if snr is not None and len(table):
+        # Shapes and fluxes were measured on the S/N map: take the fluxes from the image
+        # and remove the filter's width from the second moments.
+        assert kernel is not None
+        _, xx = np.mgrid[: kernel.shape[0], : kernel.shape[1]]
+        kw = kernel / kernel.sum()
+        s2 = float((kw * (xx - (kernel.shape[1] - 1) / 2) ** 2).sum())
+        flux = np.bincount(segmap.ravel(), weights=image.ravel(), minlength=len(table) + 1)
+        table["flux"] = flux[1 : len(table) + 1]
+        x2 = np.clip(table["x2"] - s2, 0.1, None)
+        y2 = np.clip(table["y2"] - s2, 0.1, None)
+        xy = table["xy"]
+        common_t = 0.5 * (x2 + y2)
+        root = np.sqrt((0.5 * (x2 - y2)) ** 2 + xy**2)
+        table["x2"], table["y2"] = x2, y2
+        table["a"] = np.sqrt(common_t + root)
+        table["b"] = np.sqrt(np.clip(common_t - root, 0.05, None))
+        table["theta"] = 0.5 * np.arctan2(2 * xy, x2 - y2)
+    if config.find_peaks and kernel is not None and config.threshold_type == "pixel":
+        if snr is None:
+            snr = _snr_map(image, variance, bad, kernel)
+        table = _add_peaks(table, segmap, image, snr, kernel, config.threshold)
     table.insert(0, "id", np.arange(1, len(table) + 1, dtype=np.int64))
-    return table, np.asarray(segmap, dtype=np.int32)
+    return table, segmap
+
+
+def _add_peaks(
+    table: pd.DataFrame,
+    segmap: NDArray[np.int32],
+    image: NDArray[np.float32],
+    snr: NDArray[np.float32],
+    kernel: NDArray[np.float32],
+    threshold: float,
+) -> pd.DataFrame:
+    """Secondary peaks inside footprints that sep's deblender left merged (faint stars in
+    the wings of much brighter ones), as extra rows flagged as deblended.
+
+    A peak of the matched-filter S/N map counts when it stands ``threshold`` above the
+    median of a ring 1.5 kernel-FWHM around it (noise bumps on a bright wing do not).
+    """
+    half = kernel.shape[0] // 2
+    peaks = (
+        (snr == ndimage.maximum_filter(snr, size=2 * half + 1)) & (snr > threshold) & (segmap > 0)
+    )
+    py, px = np.nonzero(peaks)
+    if len(px) == 0:
+        return table
+    # Ring contrast.
+    r = max(1.5 * (half + 1), 3.0)
+    ang = np.linspace(0, 2 * np.pi, 16, endpoint=False)
+    ry = np.clip(np.round(py[:, None] + r * np.sin(ang)).astype(int), 0, snr.shape[0] - 1)
+    rx = np.clip(np.round(px[:, None] + r * np.cos(ang)).astype(int), 0, snr.shape[1] - 1)
+    prominent = snr[py, px] - np.median(snr[ry, rx], axis=1) > threshold
+    # Not already a detection.
+    from scipy.spatial import cKDTree
+
+    if len(table):
+        d, _ = cKDTree(np.c_[table["x"], table["y"]]).query(np.c_[px, py])
+        new = prominent & (d > r)
+    else:
+        new = prominent
+    if not new.any():
+        return table
+    px, py = px[new], py[new]
+    parent = segmap[py, px] - 1
+    sigma = max(half / 2.0, 0.7)
+    rows = pd.DataFrame(
+        {c: np.zeros(len(px), dtype=np.dtype(str(table[c].dtype))) for c in table.columns}
+    )
+    for c, v in (
+        ("x", px.astype(float)),
+        ("y", py.astype(float)),
+        ("a", sigma),
+        ("b", sigma),
+        ("theta", 0.0),
+        ("x2", sigma**2),
+        ("y2", sigma**2),
+        ("xy", 0.0),
+        ("errx2", 0.01),
+        ("erry2", 0.01),
+        ("npix", 1),
+        ("flux", image[py, px] * 2 * np.pi * sigma**2),
+        ("xmin", px - half),
+        ("xmax", px + half),
+        ("ymin", py - half),
+        ("ymax", py + half),
+        ("xpeak", px),
+        ("ypeak", py),
+        ("flag", sep.OBJ_MERGED),
+    ):
+        if c in rows:
+            rows[c] = np.asarray(v, dtype=np.dtype(str(rows[c].dtype))) if np.ndim(v) else v
+    flags = table["flag"].to_numpy().copy()
+    flags[np.unique(parent)] |= sep.OBJ_MERGED
+    table = table.assign(flag=flags, added_peak=False)
+    return pd.concat([table, rows.assign(added_peak=True)], ignore_index=True)
 
 
 def detect_sources(
@@ -263,7 +400,8 @@ def detect_sources(
     -------
     (table, segmentation) or a ``Delayed`` of it
         ``table`` has sep's columns (``x``, ``y``, ``a``, ``b``, ``theta``, ``flux``,
-        ``npix``, ``flag``, …; 0-based *array* pixels) and ``id``; ``segmentation``
+        ``npix``, ``flag``, …; 0-based *array* pixels), ``id`` and, when peaks were added,
+        ``added_peak``; ``segmentation``
         (int32, ``(y, x)``) holds the id of the source owning each pixel (0: none).
 
     Notes
@@ -369,10 +507,16 @@ def _psf_stamps(
                 arr, cx[sl], cy[sl], terms[:, sl], m=m, step=psf.step
             )
     else:
-        stamps = np.stack([
-            psf.image(float(x), float(y), size=m, center=(float(a), float(b)))
-            for x, y, a, b in zip(xs, ys, cx, cy, strict=True)
-        ]) if len(xs) else np.zeros((0, m, m))
+        stamps = (
+            np.stack(
+                [
+                    psf.image(float(x), float(y), size=m, center=(float(a), float(b)))
+                    for x, y, a, b in zip(xs, ys, cx, cy, strict=True)
+                ]
+            )
+            if len(xs)
+            else np.zeros((0, m, m))
+        )
     return stamps, ix - half, iy - half
 
 
@@ -386,6 +530,22 @@ def _cut(
     if xa < xb and ya < yb:
         out[ya - y0 : yb - y0, xa - x0 : xb - x0] = array[ya:yb, xa:xb]
     return out, not (xa == x0 and ya == y0 and xb == x0 + m and yb == y0 + m)
+
+
+def _gather(
+    array: NDArray[Any], x0: NDArray[np.int64], y0: NDArray[np.int64], m: int, fill: float
+) -> tuple[NDArray[np.float64], NDArray[np.bool_]]:
+    """``(N, m, m)`` cut-outs at lower-left corners ``(x0, y0)``, padded with ``fill``;
+    and whether each left the image."""
+    ny, nx = array.shape
+    padded = np.pad(array.astype(np.float64), m, constant_values=fill)
+    off = np.arange(m)
+    yy = (y0 + m)[:, None, None] + off[None, :, None]
+    xx = (x0 + m)[:, None, None] + off[None, None, :]
+    yy = np.clip(yy, 0, ny + 2 * m - 1)
+    xx = np.clip(xx, 0, nx + 2 * m - 1)
+    outside = (x0 < 0) | (y0 < 0) | (x0 + m > nx) | (y0 + m > ny)
+    return padded[yy, xx], outside
 
 
 def _psf_size(psf: PsfModel, fwhm: float) -> int:
@@ -414,31 +574,79 @@ def _measure(
     b = np.clip(detections["b"].to_numpy(np.float64, copy=True), 0.3, None)
     theta = detections["theta"].to_numpy(np.float64, copy=True)
     ids = detections["id"].to_numpy(np.int64, copy=True)
+    # Segment owning each source (its own, or its parent's for peaks added in a footprint).
+    iy = np.clip(np.floor(ys_a + 0.5).astype(np.int64), 0, image.shape[0] - 1)
+    ix = np.clip(np.floor(xs_a + 0.5).astype(np.int64), 0, image.shape[1] - 1)
+    seg_ids = np.where(segmentation[iy, ix] > 0, segmentation[iy, ix], ids).astype(np.int64)
     out: dict[str, Any] = {"id": ids}
     flags = np.zeros(n, dtype=np.int64)
 
     # Footprint mask flags (one pass over the segmentation map).
     seg_flat = segmentation.ravel()
     on = seg_flat > 0
-    for plane, flag in (("SAT", "SATURATED"), ("CR", "CR"), ("INTRP", "INTERPOLATED"),
-                        ("BAD", "BAD"), ("NO_DATA", "BAD"), ("STREAK", "STREAK")):
+    for plane, flag in (
+        ("SAT", "SATURATED"),
+        ("CR", "CR"),
+        ("INTRP", "INTERPOLATED"),
+        ("BAD", "BAD"),
+        ("NO_DATA", "BAD"),
+        ("STREAK", "STREAK"),
+    ):
         if plane not in planes:
             continue
         hit = on & ((mask.ravel() & (1 << planes[plane])) != 0)
         touched = np.unique(seg_flat[hit])
-        flags[np.isin(ids, touched)] |= 1 << SRC_FLAGS[flag]
+        flags[np.isin(seg_ids, touched)] |= 1 << SRC_FLAGS[flag]
     if n:
         bbox_edge = (
-            (detections["xmin"].to_numpy() <= 0) | (detections["ymin"].to_numpy() <= 0)
-            | (detections["xmax"].to_numpy() >= nx - 1) | (detections["ymax"].to_numpy() >= ny - 1)
+            (detections["xmin"].to_numpy() <= 0)
+            | (detections["ymin"].to_numpy() <= 0)
+            | (detections["xmax"].to_numpy() >= nx - 1)
+            | (detections["ymax"].to_numpy() >= ny - 1)
         )
         flags[bbox_edge] |= 1 << SRC_FLAGS["EDGE"]
         flags[(detections["flag"].to_numpy() & sep.OBJ_MERGED) != 0] |= 1 << SRC_FLAGS["BLENDED"]
 
-    # Windowed centroids (SExtractor XWIN: Gaussian of σ = 2 r_half / 2.35).
+    # Kron (at the isophotal barycentre).
     if n:
-        r_half, _ = sep.flux_radius(image, xs_a, ys_a, 6.0 * a, 0.5, normflux=detections["flux"].to_numpy(np.float64, copy=True), subpix=5)
+        kr, kflag = sep.kron_radius(image, xs_a, ys_a, a, b, theta, 6.0)
+        bad_kron = ~np.isfinite(kr) | (kr <= 0) | (kflag != 0)
+        kr = np.where(bad_kron, config.kron_min_radius / np.sqrt(a * b), kr)
+        flags[bad_kron] |= 1 << SRC_FLAGS["KRON_FAILED"]
+        r_ell = np.maximum(config.kron_factor * kr, config.kron_min_radius / np.sqrt(a * b))
+        kflux, kerr, _ = sep.sum_ellipse(
+            image,
+            xs_a,
+            ys_a,
+            a,
+            b,
+            theta,
+            r_ell,
+            var=variance,
+            subpix=1,
+        )
+    else:
+        kr, kflux, kerr = np.zeros(0), np.zeros(0), np.zeros(0)
+    # Windowed centroids (SExtractor XWIN: Gaussian of σ = 2 r_half / 2.35, r_half of
+    # the Kron flux), measured after Kron at the isophotal barycentre, as SExtractor does.
+    if n:
+        r_half, _ = sep.flux_radius(
+            image,
+            xs_a,
+            ys_a,
+            6.0 * a,
+            0.5,
+            normflux=np.where(
+                np.asarray(kflux) > 0, kflux, detections["flux"].to_numpy(np.float64)
+            ),
+            subpix=5,
+        )
         sig = 2.0 / 2.35 * np.clip(np.nan_to_num(r_half, nan=1.0), 0.3, None)
+        # A deblended source's light radius includes its neighbours': by default it
+        # gets the PSF's window (SExtractor keeps the contaminated one: "light").
+        if config.blended_window == "psf":
+            blended = (flags & (1 << SRC_FLAGS["BLENDED"])) != 0
+            sig = np.where(blended, max(fwhm, 1.0) / FWHM_PER_SIGMA, sig)
         xw, yw, wflag = sep.winpos(image, xs_a, ys_a, sig)
         good = (wflag == 0) & np.isfinite(xw) & (np.hypot(xw - xs_a, yw - ys_a) < 2.0 * sig + 1.0)
         xs_a = np.where(good, xw, xs_a)
@@ -460,19 +668,6 @@ def _measure(
             flux, err = np.zeros(0), np.zeros(0)
         ap[r] = (np.asarray(flux, float), np.asarray(err, float))
 
-    # Kron.
-    if n:
-        kr, kflag = sep.kron_radius(image, xs_a, ys_a, a, b, theta, 6.0, seg_id=ids, segmap=segmentation)
-        bad_kron = ~np.isfinite(kr) | (kr <= 0) | (kflag != 0)
-        kr = np.where(bad_kron, config.kron_min_radius / np.sqrt(a * b), kr)
-        flags[bad_kron] |= 1 << SRC_FLAGS["KRON_FAILED"]
-        r_ell = np.maximum(config.kron_factor * kr, config.kron_min_radius / np.sqrt(a * b))
-        kflux, kerr, _ = sep.sum_ellipse(
-            image, xs_a, ys_a, a, b, theta, r_ell, var=variance, subpix=1,
-            seg_id=ids, segmap=segmentation,
-        )
-    else:
-        kr, kflux, kerr = np.zeros(0), np.zeros(0), np.zeros(0)
     out["kron_flux"] = np.asarray(kflux, float)
     out["kron_flux_err"] = np.asarray(kerr, float)
     out["kron_radius"] = np.asarray(kr, float)
@@ -498,28 +693,28 @@ def _measure(
         stamps, lx, ly = _psf_stamps(psf, xs_a + x0, ys_a + y0, m)
         lx -= x0
         ly -= y0
-        # Background-limited weights (unbiased for bright stars); errors from the variance.
-        for k in range(n):
-            d, off = _cut(image, int(lx[k]), int(ly[k]), m)
-            v, _ = _cut(variance, int(lx[k]), int(ly[k]), m, fill=np.inf)
-            p = stamps[k]
-            use = np.isfinite(v)
-            pp = float((p[use] ** 2).sum())
-            if pp <= 0:
-                flags[k] |= 1 << SRC_FLAGS["PSF_FLUX_FAILED"]
-                continue
-            if off:
-                flags[k] |= 1 << SRC_FLAGS["EDGE"]
-            psf_flux[k] = float((p[use] * d[use]).sum()) / pp
-            psf_err[k] = math.sqrt(float((p[use] ** 2 * v[use]).sum())) / pp
-        centred, _, _ = _psf_stamps(
-            psf, np.floor(xs_a + 0.5) + x0, np.floor(ys_a + 0.5) + y0, m
+        # Uniform weights (unbiased for bright stars); errors from the variance plane.
+        d, off = _gather(image, lx, ly, m, 0.0)
+        v, _ = _gather(variance, lx, ly, m, np.inf)
+        use = np.isfinite(v)
+        p = np.where(use, stamps, 0.0)
+        pp = (p * p).sum(axis=(1, 2))
+        ok = pp > 0
+        flags[~ok] |= 1 << SRC_FLAGS["PSF_FLUX_FAILED"]
+        flags[off] |= 1 << SRC_FLAGS["EDGE"]
+        safe = np.where(ok, pp, 1.0)
+        psf_flux = np.where(ok, (p * d).sum(axis=(1, 2)) / safe, np.nan)
+        psf_err = np.where(
+            ok, np.sqrt((p * p * np.where(use, v, 0.0)).sum(axis=(1, 2))) / safe, np.nan
         )
-        for k in range(n):
-            mxx, myy, mxy, _ = _kernels.adaptive_moments(
-                centred[k].astype(np.float32), np.array([m // 2], float), np.array([m // 2], float), sigma0
-            )
-            pxx[k], pyy[k], pxy[k] = mxx[0], myy[0], mxy[0]
+        # PSF moments: the centred model stamps stacked in one column, one numba call (the
+        # adaptive window, < 5σ, never reaches the next stamp).
+        centred, _, _ = _psf_stamps(psf, np.floor(xs_a + 0.5) + x0, np.floor(ys_a + 0.5) + y0, m)
+        column = np.ascontiguousarray(centred.reshape(n * m, m), dtype=np.float32)
+        cy = np.arange(n) * m + m // 2
+        pxx, pyy, pxy, _ = _kernels.adaptive_moments(
+            column, np.full(n, m // 2, dtype=float), cy.astype(float), sigma0
+        )
     out["psf_flux"], out["psf_flux_err"] = psf_flux, psf_err
     for r in aperture_radii:
         out[ap_flux_column(r)] = ap[r][0]
@@ -573,8 +768,14 @@ def measure_sources(
     centroid with uniform weights (unbiased), errors from the variance plane.
     """
     return _dispatch(
-        _measure, exposure, detections, segmentation, psf, fwhm,
-        config or MeasurementConfig(), tuple(aperture_radii),
+        _measure,
+        exposure,
+        detections,
+        segmentation,
+        psf,
+        fwhm,
+        config or MeasurementConfig(),
+        tuple(aperture_radii),
     )
 
 
@@ -590,8 +791,14 @@ def _select_stars(
     x0, y0 = int(exposure["x"].values[0]), int(exposure["y"].values[0])
     col = ap_flux_column(12)
     snr = sources[col] / sources[col + "_err"]
-    reject = (1 << SRC_FLAGS["EDGE"]) | (1 << SRC_FLAGS["SATURATED"]) | (1 << SRC_FLAGS["CR"]) | (
-        1 << SRC_FLAGS["BAD"]) | (1 << SRC_FLAGS["MOMENTS_FAILED"]) | (1 << SRC_FLAGS["STREAK"])
+    reject = (
+        (1 << SRC_FLAGS["EDGE"])
+        | (1 << SRC_FLAGS["SATURATED"])
+        | (1 << SRC_FLAGS["CR"])
+        | (1 << SRC_FLAGS["BAD"])
+        | (1 << SRC_FLAGS["MOMENTS_FAILED"])
+        | (1 << SRC_FLAGS["STREAK"])
+    )
     cand = sources[(snr > config.min_snr) & ((sources["flags"] & reject) == 0)].copy()
     size = (cand["ixx"] + cand["iyy"]).to_numpy()
     locus = _kernels.stellar_locus(size)
@@ -611,8 +818,9 @@ def _select_stars(
     # Isolation: flux of other footprints inside the stamp.
     half = stamp_size // 2
     keep = []
+    row: Any
     for row in cand.itertuples():
-        ix, iy = int(math.floor(row.x - x0 + 0.5)), int(math.floor(row.y - y0 + 0.5))
+        ix, iy = math.floor(row.x - x0 + 0.5), math.floor(row.y - y0 + 0.5)
         seg, _ = _cut(segmentation, ix - half, iy - half, stamp_size)
         img, _ = _cut(image, ix - half, iy - half, stamp_size)
         other = (seg > 0) & (seg != row.id)
@@ -650,8 +858,11 @@ def select_psf_stars(
 
 # -- PSF ----------------------------------------------------------------------------------
 def _stamps_of(
-    image: NDArray[np.float32], variance: NDArray[np.float32], xs: NDArray[np.float64],
-    ys: NDArray[np.float64], m: int,
+    image: NDArray[np.float32],
+    variance: NDArray[np.float32],
+    xs: NDArray[np.float64],
+    ys: NDArray[np.float64],
+    m: int,
 ) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
     half = m // 2
     stamps = np.empty((len(xs), m, m))
@@ -678,18 +889,25 @@ def _fit_psf(
             f"{_label(exposure)}: no PSF-star candidates (is the image empty, or is "
             f"star_selection.min_snr={StarSelectionConfig().min_snr} too high?)"
         )
-    half = int(np.clip(math.ceil(config.size_fwhm * fwhm), config.min_size // 2,
-                       config.max_size // 2))
+    half = int(
+        np.clip(math.ceil(config.size_fwhm * fwhm), config.min_size // 2, config.max_size // 2)
+    )
     step = config.step if config.step is not None else 1.0
-    n = 2 * int(round(half / step)) + 1
+    n = 2 * round(half / step) + 1
     m = 2 * half + 1
     xs = stars["x"].to_numpy(np.float64, copy=True) - x0
     ys = stars["y"].to_numpy(np.float64, copy=True) - y0
     stamps, var, cx, cy = _stamps_of(image, variance, xs, ys, m)
-    weights = 1.0 / np.maximum(np.nanmean(np.where(np.isfinite(var), var, np.nan), axis=(1, 2)), 1e-12)
-    use = np.isfinite(var).all(axis=(1, 2))
-    geometry = {"x0": x0 + (nx - 1) / 2.0, "y0": y0 + (ny - 1) / 2.0,
-                "x_scale": max(nx / 2.0, 1.0), "y_scale": max(ny / 2.0, 1.0)}
+    weights = 1.0 / np.maximum(
+        np.nanmean(np.where(np.isfinite(var), var, np.nan), axis=(1, 2)), 1e-12
+    )
+    use: NDArray[np.bool_] = np.asarray(np.isfinite(var).all(axis=(1, 2)))
+    geometry = {
+        "x0": x0 + (nx - 1) / 2.0,
+        "y0": y0 + (ny - 1) / 2.0,
+        "x_scale": max(nx / 2.0, 1.0),
+        "y_scale": max(ny / 2.0, 1.0),
+    }
 
     want_pixel = config.model == "pixel"
     if want_pixel and use.sum() < config.min_pixel_stars:
@@ -715,7 +933,9 @@ def _fit_psf(
             fl = (models * stamps).sum(axis=(1, 2)) / (models * models).sum(axis=(1, 2))
             resid = stamps - fl[:, None, None] * models
             with np.errstate(invalid="ignore", divide="ignore"):
-                chi2 = np.nansum(np.where(np.isfinite(var), resid**2 / var, np.nan), axis=(1, 2)) / (m * m - 1)
+                chi2 = np.nansum(
+                    np.where(np.isfinite(var), resid**2 / var, np.nan), axis=(1, 2)
+                ) / (m * m - 1)
             psf = PixelPsf.from_array(basis, degree=degree, step=step, **geometry)
             if it == config.n_reject_iter:
                 break
@@ -725,9 +945,14 @@ def _fit_psf(
                 break
             use = new_use
         assert psf is not None
-        meta.update({"psf_model": "pixel", "psf_spatial_degree": degree,
-                     "n_psf_stars": int(use.sum()),
-                     "psf_chi2_dof_median": float(np.nanmedian(chi2[use]))})
+        meta.update(
+            {
+                "psf_model": "pixel",
+                "psf_spatial_degree": degree,
+                "n_psf_stars": int(use.sum()),
+                "psf_chi2_dof_median": float(np.nanmedian(chi2[use])),
+            }
+        )
         return psf, meta, use
 
     # Analytic fallback: a Moffat per star, FWHM/ellipticity as polynomials of x, y.
@@ -757,11 +982,17 @@ def _fit_psf(
         return [float(c) for c in coef]
 
     model = VaryingMoffatPsf(
-        fwhm_coeffs=fit(vals["fwhm"]), e1_coeffs=fit(vals["e1"]), e2_coeffs=fit(vals["e2"]),
-        beta=float(np.median(vals["beta"])), x0=geometry["x0"], y0=geometry["y0"], scale=1000.0,
+        fwhm_coeffs=fit(vals["fwhm"]),
+        e1_coeffs=fit(vals["e1"]),
+        e2_coeffs=fit(vals["e2"]),
+        beta=float(np.median(vals["beta"])),
+        x0=geometry["x0"],
+        y0=geometry["y0"],
+        scale=1000.0,
     )
-    meta.update({"psf_model": "varying_moffat", "n_psf_stars": len(fits),
-                 "psf_spatial_degree": degree})
+    meta.update(
+        {"psf_model": "varying_moffat", "n_psf_stars": len(fits), "psf_spatial_degree": degree}
+    )
     return model, meta, use
 
 
@@ -805,14 +1036,20 @@ def _wing_fraction(moffat: MoffatPsf, radius: float) -> float:
     size = int(2 * math.ceil(max(radius * 3.0, 10 * moffat.fwhm)) + 1)
     img = moffat.image(0.0, 0.0, size=size, center=(size // 2, size // 2), oversample=3)
     flux, _, _ = sep.sum_circle(
-        np.ascontiguousarray(img, dtype=np.float64), np.array([size // 2], float),
-        np.array([size // 2], float), radius, subpix=5,
+        np.ascontiguousarray(img, dtype=np.float64),
+        np.array([size // 2], float),
+        np.array([size // 2], float),
+        radius,
+        subpix=5,
     )
     return float(flux[0])
 
 
 def _aperture_correct(
-    sources: pd.DataFrame, psf: PsfModel, center: tuple[float, float], scale: tuple[float, float],
+    sources: pd.DataFrame,
+    psf: PsfModel,
+    center: tuple[float, float],
+    scale: tuple[float, float],
     config: MeasurementConfig,
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Scale PSF fluxes to the ``ap_corr_radius`` aperture with a polynomial map of the
@@ -820,12 +1057,26 @@ def _aperture_correct(
     with the Moffat wings beyond the aperture."""
     col = ap_flux_column(config.ap_corr_radius)
     # Every clean, bright, PSF-sized source (not only the PSF stars: more of the detector).
-    dirty = sum(1 << SRC_FLAGS[f] for f in (
-        "EDGE", "SATURATED", "CR", "INTERPOLATED", "BAD", "BLENDED", "PSF_FLUX_FAILED",
-        "MOMENTS_FAILED", "STREAK"))
+    dirty = sum(
+        1 << SRC_FLAGS[f]
+        for f in (
+            "EDGE",
+            "SATURATED",
+            "CR",
+            "INTERPOLATED",
+            "BAD",
+            "BLENDED",
+            "PSF_FLUX_FAILED",
+            "MOMENTS_FAILED",
+            "STREAK",
+        )
+    )
     size = (sources["ixx"] + sources["iyy"]) / (sources["psf_ixx"] + sources["psf_iyy"])
-    stars = sources[((sources["flags"] & dirty) == 0) & (np.abs(size - 1.0) < 0.1)
-                    | sources["is_psf_star"] | sources["is_psf_reserved"]]
+    stars = sources[
+        ((sources["flags"] & dirty) == 0) & (np.abs(size - 1.0) < 0.1)
+        | sources["is_psf_star"]
+        | sources["is_psf_reserved"]
+    ]
     snr = stars[col] / stars[col + "_err"]
     bright = stars[(snr > config.ap_corr_min_snr) & (stars["psf_flux"] > 0)]
     if len(bright) < 3:
@@ -882,17 +1133,23 @@ def _characterize(exposure: xr.Dataset, config: CharacterizeConfig) -> Character
     x0, y0 = int(exposure["x"].values[0]), int(exposure["y"].values[0])
     # 1. first background and bright detections: the PSF size.
     sub, _ = _subtract_background(exposure, config.background, None)
-    bright_cfg = config.detection.model_copy(update={
-        "threshold": config.bright_threshold, "filter_type": "conv", "filter_kernel": None})
+    bright_cfg = config.detection.model_copy(
+        update={"threshold": config.bright_threshold, "filter_type": "none", "find_peaks": False}
+    )
     bright, _ = _detect(sub, bright_cfg, 3.0, None)
     img = np.asarray(sub["image"].values, dtype=np.float32)
     bxx, byy, _, bok = _kernels.adaptive_moments(
-        img, bright["x"].to_numpy(np.float64, copy=True), bright["y"].to_numpy(np.float64, copy=True), 1.5
+        img,
+        bright["x"].to_numpy(np.float64, copy=True),
+        bright["y"].to_numpy(np.float64, copy=True),
+        1.5,
     )
     locus = _kernels.stellar_locus((bxx + byy)[bok])
     if not np.isfinite(locus):
-        raise PsfFitError(f"{label}: no star-like source above {config.bright_threshold}σ; "
-                          "cannot estimate the PSF size")
+        raise PsfFitError(
+            f"{label}: no star-like source above {config.bright_threshold}σ; "
+            "cannot estimate the PSF size"
+        )
     fwhm0 = FWHM_PER_SIGMA * math.sqrt(max(locus / 2.0 - 1.0 / 12.0, 0.1))
     on_locus = bok & (np.abs((bxx + byy) / locus - 1.0) < 0.1)
     stars_xy = (bright["x"].to_numpy()[on_locus] + x0, bright["y"].to_numpy()[on_locus] + y0)
@@ -902,8 +1159,11 @@ def _characterize(exposure: xr.Dataset, config: CharacterizeConfig) -> Character
     # 3. detection with the PSF-matched filter.
     det, seg = _detect(repaired, config.detection, fwhm0, None)
     # 4. second background with detections masked, on the repaired (not subtracted) image.
-    grown = ndimage.binary_dilation(seg > 0, iterations=config.background.mask_grow_px) if (
-        config.background.mask_grow_px) else seg > 0
+    grown = (
+        ndimage.binary_dilation(seg > 0, iterations=config.background.mask_grow_px)
+        if (config.background.mask_grow_px)
+        else seg > 0
+    )
     restored = repaired.copy()
     restored["image"] = repaired["image"] + (exposure["image"] - sub["image"])
     final, background = _subtract_background(restored, config.background, grown)
@@ -913,11 +1173,18 @@ def _characterize(exposure: xr.Dataset, config: CharacterizeConfig) -> Character
     final["mask"] = (("y", "x"), fmask, final["mask"].attrs)
     # 5. measure without PSF, select stars, fit the PSF.
     pre = _measure(final, det, seg, None, fwhm0, config.measurement, AP_RADII)
-    m_guess = int(2 * np.clip(math.ceil(config.psf.size_fwhm * fwhm0), config.psf.min_size // 2,
-                              config.psf.max_size // 2) + 1)
+    m_guess = int(
+        2
+        * np.clip(
+            math.ceil(config.psf.size_fwhm * fwhm0),
+            config.psf.min_size // 2,
+            config.psf.max_size // 2,
+        )
+        + 1
+    )
     cand = _select_stars(final, pre, seg, m_guess, config.star_selection)
     cands = cand[cand["is_candidate"]]
-    n_res = int(round(config.star_selection.reserve_fraction * len(cands)))
+    n_res = round(config.star_selection.reserve_fraction * len(cands))
     reserved_idx = cands.index[:: max(len(cands) // n_res, 1)][:n_res] if n_res else cands.index[:0]
     fit_stars = cands.drop(index=reserved_idx)
     psf, meta, used = _fit_psf(final, fit_stars, fwhm0, config.psf)
@@ -932,22 +1199,31 @@ def _characterize(exposure: xr.Dataset, config: CharacterizeConfig) -> Character
     moffat = psf.moffat_at(*center) if isinstance(psf, PixelPsf) else None
     e1, e2 = psf.ellipticity_at(*center)
     meta.update(apmeta)
-    meta.update({
-        "fwhm_initial_px": fwhm0,
-        "psf_fwhm_px": float(psf.fwhm_at(*center)),
-        "psf_e1": float(e1),
-        "psf_e2": float(e2),
-        "psf_beta": float(moffat.beta if moffat is not None else getattr(psf, "beta", np.nan)),
-        "n_cosmic_ray_pixels": n_cr,
-        "n_sources": len(sources),
-        "n_psf_reserved": int(len(reserved_idx)),
-        "sky_mean": float(background.attrs["background"]["global_mean"]),
-        "sky_rms": float(background.attrs["background"]["global_rms"]),
-    })
+    meta.update(
+        {
+            "fwhm_initial_px": fwhm0,
+            "psf_fwhm_px": float(psf.fwhm_at(*center)),
+            "psf_e1": float(e1),
+            "psf_e2": float(e2),
+            "psf_beta": float(moffat.beta if moffat is not None else getattr(psf, "beta", np.nan)),
+            "n_cosmic_ray_pixels": n_cr,
+            "n_sources": len(sources),
+            "n_psf_reserved": len(reserved_idx),
+            "sky_mean": float(background.attrs["background"]["global_mean"]),
+            "sky_rms": float(background.attrs["background"]["global_rms"]),
+        }
+    )
     final.attrs["psf"] = psf.to_dict()
     final.attrs["characterize"] = meta
-    log.info("%s: %d sources, PSF %s from %d stars, FWHM %.2f px, %d CR pixels", label,
-             len(sources), meta["psf_model"], meta["n_psf_stars"], meta["psf_fwhm_px"], n_cr)
+    log.info(
+        "%s: %d sources, PSF %s from %d stars, FWHM %.2f px, %d CR pixels",
+        label,
+        len(sources),
+        meta["psf_model"],
+        meta["n_psf_stars"],
+        meta["psf_fwhm_px"],
+        n_cr,
+    )
     return CharacterizeResult(final, background, sources, psf, meta)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -35,10 +36,11 @@ from lsstlite.stages.warp.ops import (
     COVARIANCE_NOTE,
     BlockMapping,
     WarpError,
+    block_mapping,
     data_id_of,
     detector_box,
     input_wcs,
-    map_block,
+    mapping_grid,
     matching_kernel,
     model_psf_image,
     warp_arrays,
@@ -138,33 +140,43 @@ def select_inputs(
 
 
 def input_weights(
-    calexps: Sequence[xr.Dataset], *, bad_mask_planes: Sequence[str] = DEFAULT_BAD_MASK_PLANES
+    calexps: Sequence[xr.Dataset],
+    *,
+    bad_mask_planes: Sequence[str] = DEFAULT_BAD_MASK_PLANES,
+    sample_px: int = 1024,
 ) -> list[float]:
     """Coadd weight of each calexp: ``1 / mean variance`` of its good pixels.
 
+    The mean is taken over the central ``sample_px × sample_px`` region (the whole
+    exposure if smaller): a calexp's variance is smooth, and reading one region instead of
+    every chunk made this step 5× cheaper for 2k × 4k detectors.
+
     Notes
     -----
-    The one eager step of coaddition: a streaming reduction (one scalar per chunk) over
-    each calexp's variance and mask, computed with the current scheduler. The weights
-    must be numbers before the coadd graph is built, because the coadd PSF (an attr,
-    written with the pixels) is the sum of the input PSFs with these same weights. Pass
-    ``weights=`` to :func:`coadd_exposures` to skip it (e.g. from a visit summary).
+    The one eager step of coaddition: a reduction over that region of each calexp's
+    variance and mask, computed with the current scheduler. The weights must be numbers
+    before the coadd graph is built, because the coadd PSF (an attr, written with the
+    pixels) is the sum of the input PSFs with these same weights. Pass ``weights=`` to
+    :func:`coadd_exposures` to skip it (e.g. from a visit summary).
     """
     terms = []
     for ds in calexps:
-        bits = mask_bits(mask_planes(ds), [p for p in bad_mask_planes if p in mask_planes(ds)])
-        var = ds["variance"].data
-        good = (
-            ((ds["mask"].data & bits) == 0) & da.isfinite(var)
-            if isinstance(var, da.Array)
-            else (((ds["mask"].data & bits) == 0) & np.isfinite(var))
-        )
-        terms.append((da.where(good, var, 0.0).sum(), da.asarray(good).sum()))
+        ny, nx = ds.sizes["y"], ds.sizes["x"]
+        y0, x0 = max(0, (ny - sample_px) // 2), max(0, (nx - sample_px) // 2)
+        sub = ds.isel(y=slice(y0, y0 + sample_px), x=slice(x0, x0 + sample_px))
+        planes = mask_planes(ds)
+        bits = mask_bits(planes, [p for p in bad_mask_planes if p in planes])
+        var = da.asarray(sub["variance"].data)
+        good = ((da.asarray(sub["mask"].data) & bits) == 0) & da.isfinite(var)
+        terms.append((da.where(good, var, 0.0).sum(), good.sum()))
     (values,) = dask.compute(terms)
     out = []
     for ds, (s, n) in zip(calexps, values, strict=True):
         if n == 0 or not s > 0:
-            raise ValueError(f"calexp {data_id_of(ds)}: no good pixel with positive variance")
+            raise ValueError(
+                f"calexp {data_id_of(ds)}: no good pixel with positive variance in its central "
+                f"{sample_px}² region"
+            )
         out.append(float(n / s))
     return out
 
@@ -193,16 +205,6 @@ def _input_fwhm_out(ds: xr.Dataset, patch: PatchGeometry) -> float:
 
 
 # -- the block task ------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _BlockInput:
-    img: Any
-    var: Any
-    msk: Any
-    mapping: BlockMapping
-    det_box: tuple[int, int, int, int]
-    index: int
 
 
 @dataclass(frozen=True)
@@ -241,6 +243,39 @@ def _psf_match(
     pm = signal.fftconvolve(np.where(valid, img, 0.0), kern, mode="same") / safe
     pv = signal.fftconvolve(np.where(valid, var, 0.0), kern * kern, mode="same") / safe**2
     return pm, pv, ok
+
+
+# Plain classes, not dataclasses, lists or dicts, on purpose: dask passes them to a task
+# as one literal instead of traversing (and tokenizing) every WCS card of every input for
+# every chunk, which took most of the graph-building time.
+class _Plan:
+    """Where each input of one chunk task comes from."""
+
+    def __init__(
+        self,
+        mappings: list[BlockMapping],
+        det_boxes: list[tuple[int, int, int, int]],
+        indices: list[int],
+    ) -> None:
+        self.mappings = mappings
+        self.det_boxes = det_boxes
+        self.indices = indices
+
+
+class _Static:
+    """What every chunk task of one coadd shares."""
+
+    def __init__(
+        self,
+        weights: NDArray[np.float64],
+        psf_dicts: list[dict[str, Any]],
+        wcs_in: list[dict[str, Any]],
+        params: _Params,
+    ) -> None:
+        self.weights = weights
+        self.psf_dicts = psf_dicts
+        self.wcs_in = wcs_in
+        self.params = params
 
 
 def _outliers(
@@ -321,39 +356,40 @@ def _reject_artifacts(
 
 
 def _coadd_block(
-    inputs: list[_BlockInput],
+    imgs: list[Any],
+    variances: list[Any],
+    masks: list[Any],
+    plan: _Plan,
     ext_box: tuple[int, int, int, int],
     out_box: tuple[int, int, int, int],
-    weights_all: NDArray[np.float64],
-    psf_dicts: list[dict[str, Any]],
-    wcs_in: list[dict[str, Any]],
-    p: _Params,
+    static: _Static,
 ) -> tuple[NDArray[np.float32], NDArray[np.float32], NDArray[np.int32]]:
+    p = static.params
     ex0, ey0, ex1, ey1 = ext_box
     shape = (ey1 - ey0, ex1 - ex0)
-    n = len(inputs)
+    n = len(imgs)
     img = np.empty((n, *shape), np.float32)
     var = np.empty((n, *shape), np.float32)
     msk = np.empty((n, *shape), np.int32)
-    for k, inp in enumerate(inputs):
+    for k in range(n):
         img[k], var[k], msk[k] = warp_arrays(
-            np.asarray(inp.img),
-            np.asarray(inp.var),
-            np.asarray(inp.msk),
-            inp.mapping,
-            inp.det_box,
+            np.asarray(imgs[k]),
+            np.asarray(variances[k]),
+            np.asarray(masks[k]),
+            plan.mappings[k],
+            plan.det_boxes[k],
             ext_box,
             kernel=p.kernel,
             no_data=p.no_data,
             sensor_edge=p.sensor_edge,
         )
-    weights = np.array([weights_all[inp.index] for inp in inputs], dtype=np.float64)
+    weights = np.asarray(static.weights, dtype=np.float64)[plan.indices]
     covered = (msk & p.no_data) == 0
     use = covered & ((msk & p.bad_bits) == 0) & np.isfinite(img) & np.isfinite(var)
     flag_clipped = np.zeros(img.shape, bool)
     flag_rejected = np.zeros(img.shape, bool)
     if p.method == "compare_warp":
-        psfs = [WarpedPsf(psf_dicts[inp.index], wcs_in[inp.index], p.wcs_out) for inp in inputs]
+        psfs = [WarpedPsf(static.psf_dicts[i], static.wcs_in[i], p.wcs_out) for i in plan.indices]
         center = ((out_box[0] + out_box[2] - 1) / 2.0, (out_box[1] + out_box[3] - 1) / 2.0)
         flag_rejected = _reject_artifacts(img, var, use, psfs, center, weights, p)
         use &= ~flag_rejected
@@ -510,51 +546,48 @@ def coadd_exposures(
     wcs_cards = [dict(ds.attrs["wcs"]) for ds in inputs]
     weights_arr = np.asarray(w, dtype=np.float64)
     radius = KERNEL_RADIUS[kernel]
-    px0, py0, _px1, _py1 = patch.bbox
+    px0, py0, px1, py1 = patch.bbox
     ny, nx = patch.shape
     rows: list[list[tuple[Any, Any, Any]]] = []
+    static = dask.delayed(
+        _Static(weights_arr, psf_dicts, wcs_cards, params),
+        name=f"coadd-static-{uuid.uuid4().hex}",
+        traverse=False,
+    )
     # Bytes each chunk task holds: its input regions plus the warped stack (image,
     # variance, mask, flags); recorded so that memory can be planned before computing.
     max_task_bytes = 0
+    grids = [
+        mapping_grid(
+            wcs_out, w_in, (px0 - halo, py0 - halo, px1 + halo, py1 + halo), step=grid_step_px
+        )
+        for w_in in wcs_ins
+    ]
     for y in range(0, ny, chunks[0]):
         row = []
         for x in range(0, nx, chunks[1]):
             out_box = (px0 + x, py0 + y, px0 + min(x + chunks[1], nx), py0 + min(y + chunks[0], ny))
             ext_box = (out_box[0] - halo, out_box[1] - halo, out_box[2] + halo, out_box[3] + halo)
             shape = (out_box[3] - out_box[1], out_box[2] - out_box[0])
-            block_inputs = []
+            imgs, variances, masks, mappings, det_boxes, indices = [], [], [], [], [], []
+            task_bytes = 0
             for k, ds in enumerate(inputs):
-                mapping = map_block(
-                    wcs_out, wcs_ins[k], ext_box, boxes[k], step=grid_step_px, radius=radius
-                )
+                mapping = block_mapping(grids[k], ext_box, boxes[k], radius=radius)
                 if mapping.region is None:
                     continue
                 bx0, by0 = boxes[k][0], boxes[k][1]
                 rx0, ry0, rx1, ry1 = mapping.region
                 sl = (slice(ry0 - by0, ry1 - by0), slice(rx0 - bx0, rx1 - bx0))
-                block_inputs.append(
-                    _BlockInput(
-                        ds["image"].data[sl],
-                        ds["variance"].data[sl],
-                        ds["mask"].data[sl],
-                        mapping,
-                        boxes[k],
-                        k,
-                    )
-                )
-            ext_area = (ext_box[2] - ext_box[0]) * (ext_box[3] - ext_box[1])
-            task_bytes = (
-                sum(
-                    12
-                    * (b.mapping.region[2] - b.mapping.region[0])
-                    * (b.mapping.region[3] - b.mapping.region[1])
-                    for b in block_inputs
-                    if b.mapping.region is not None
-                )
-                + len(block_inputs) * ext_area * 14
-            )
+                imgs.append(ds["image"].data[sl])
+                variances.append(ds["variance"].data[sl])
+                masks.append(ds["mask"].data[sl])
+                mappings.append(mapping)
+                det_boxes.append(boxes[k])
+                indices.append(k)
+                ext_area = (ext_box[2] - ext_box[0]) * (ext_box[3] - ext_box[1])
+                task_bytes += 12 * (rx1 - rx0) * (ry1 - ry0) + 14 * ext_area
             max_task_bytes = max(max_task_bytes, task_bytes)
-            if not block_inputs:
+            if not indices:
                 row.append(
                     (
                         da.full(shape, np.nan, dtype=np.float32),
@@ -563,8 +596,9 @@ def coadd_exposures(
                     )
                 )
                 continue
-            res = dask.delayed(_coadd_block, nout=3, pure=True)(
-                block_inputs, ext_box, out_box, weights_arr, psf_dicts, wcs_cards, params
+            plan = _Plan(mappings, det_boxes, indices)
+            res = dask.delayed(_coadd_block, nout=3, pure=False)(
+                imgs, variances, masks, plan, ext_box, out_box, static
             )
             row.append(
                 tuple(

@@ -8,8 +8,6 @@ as the whole image.
 
 from __future__ import annotations
 
-import math
-
 import numba
 import numpy as np
 from numpy.typing import NDArray
@@ -22,9 +20,9 @@ __all__ = [
     "fit_overscan",
     "fringe_normal_equations",
     "grow_mask",
-    "isr_local",
     "interpolate_rows",
     "isr_fused",
+    "isr_local",
     "rasterize_boxes",
 ]
 
@@ -59,7 +57,7 @@ def fit_overscan(
         raise ValueError(f"overscan mode must be one of {OVERSCAN_MODES}, got {mode!r}")
     t = np.linspace(-1.0, 1.0, n)
     keep = np.ones(n, dtype=bool)
-    model = np.zeros(n)
+    model: NDArray[np.floating] = np.zeros(n)
     for _ in range(max(n_iter, 1)):
         if mode == "poly":
             coef = np.polynomial.legendre.legfit(t[keep], y[keep], order)
@@ -231,8 +229,25 @@ def isr_fused(
     """
     out = np.empty((3, raw.shape[0], det_nx), dtype=np.float32)
     _isr_rows(
-        raw, overscan, amp_raw_x0, amp_det_x0, amp_flip, width, gain, read_noise, sat_adu,
-        lin, xtalk, bias, dark, dark_time, flat, flags, bits, out[0], out[1],
+        raw,
+        overscan,
+        amp_raw_x0,
+        amp_det_x0,
+        amp_flip,
+        width,
+        gain,
+        read_noise,
+        sat_adu,
+        lin,
+        xtalk,
+        bias,
+        dark,
+        dark_time,
+        flat,
+        flags,
+        bits,
+        out[0],
+        out[1],
         out[2].view(np.int32),
     )
     return out
@@ -442,8 +457,12 @@ def fringe_normal_equations(
         & np.isfinite(fringe)
         & (img < sky + n_sigma * np.sqrt(np.maximum(var, 0)))
     )
-    cols = [np.ones_like(img), np.broadcast_to(xx, img.shape), np.broadcast_to(yy, img.shape),
-            np.asarray(fringe, dtype=F64)]
+    cols = [
+        np.ones_like(img),
+        np.broadcast_to(xx, img.shape),
+        np.broadcast_to(yy, img.shape),
+        np.asarray(fringe, dtype=F64),
+    ]
     design = np.stack([c[good] for c in cols], axis=1)
     out = np.zeros((4, 5))
     out[:, :4] = design.T @ design
@@ -522,7 +541,9 @@ def isr_local(
         out[1][~ok] = np.inf
         m[~ok] |= bits[2]
     if interp_max_width > 0 and interp_bits and (m & interp_bits).any():
-        im, va, mm = interpolate_rows(out[0], out[1], m, interp_bits, int(bits[3]), interp_max_width)
+        im, va, mm = interpolate_rows(
+            out[0], out[1], m, interp_bits, int(bits[3]), interp_max_width
+        )
         out[0], out[1] = im, va
         m[:] = mm
     return out

@@ -63,8 +63,11 @@ def amplifier_dicts(camera: SimCam, detector: int) -> list[dict[str, Any]]:
 
 
 def _readout_without_structure(
-    electrons: NDArray[np.float64], camera: SimCam, detector: int,
-    levels: NDArray[np.float64], rng: Any,
+    electrons: NDArray[np.float64],
+    camera: SimCam,
+    detector: int,
+    levels: NDArray[np.float64],
+    rng: Any,
 ) -> list[NDArray[np.uint16]]:
     """:func:`lsstlite.sim.raw.electrons_to_adu` minus the fixed bias structure."""
     g = camera.geometry
@@ -87,7 +90,9 @@ def _readout_without_structure(
             if src.index != amp.index:
                 data += np.float32(xtalk[src.index, amp.index]) * signals[src.index]
         raw += levels[amp.index][:, None].astype(np.float32)
-        raw += rng.standard_normal(raw.shape, dtype=np.float32) * np.float32(amp.read_noise / amp.gain)
+        raw += rng.standard_normal(raw.shape, dtype=np.float32) * np.float32(
+            amp.read_noise / amp.gain
+        )
         np.rint(raw, out=raw)
         np.clip(raw, 0, 65535, out=raw)
         out.append(raw.astype(np.uint16))
@@ -126,7 +131,10 @@ def simcam_raw(
 
     g = camera.geometry
     levels = np.array(
-        [np.full(g.det_ny, a.bias_level + bias_offset_adu) for a in camera.amplifier_parameters(detector)]
+        [
+            np.full(g.det_ny, a.bias_level + bias_offset_adu)
+            for a in camera.amplifier_parameters(detector)
+        ]
     )
     rng: Any = np.random.default_rng(seed) if read_noise else _NoNoise()
     e = np.asarray(electrons, np.float64)
@@ -137,12 +145,24 @@ def simcam_raw(
     image = np.concatenate(arrays, axis=1).astype(np.float32)
     header = {"INSTRUME": camera.name, "SIMGEOM": g.name, "DETECTOR": detector}
     visit_info = {
-        "instrument": camera.name, "exposure": 1, "visit": 1, "detector": detector,
-        "obs_type": "science", "exptime": exptime, "darktime": exptime, "mjd": 61000.0,
-        "date_obs": "2026-02-25T00:00:00.000", "day_obs": 20260224,
+        "instrument": camera.name,
+        "exposure": 1,
+        "visit": 1,
+        "detector": detector,
+        "obs_type": "science",
+        "exptime": exptime,
+        "darktime": exptime,
+        "mjd": 61000.0,
+        "date_obs": "2026-02-25T00:00:00.000",
+        "day_obs": 20260224,
     }
     return xr.Dataset(
         {"image": (("y", "x"), da.from_array(image, chunks=(chunk_rows or g.det_ny, -1)))},
-        attrs={"amplifiers": amplifier_dicts(camera, detector), "visit_info": visit_info,
-               "wcs": {}, "header": header, "filename": f"<synthetic {g.name} raw>"},
+        attrs={
+            "amplifiers": amplifier_dicts(camera, detector),
+            "visit_info": visit_info,
+            "wcs": {},
+            "header": header,
+            "filename": f"<synthetic {g.name} raw>",
+        },
     )

@@ -92,10 +92,15 @@ def _dask(arr: xr.DataArray) -> da.Array:
 
 
 def _detector_shape(amps: Sequence[Mapping[str, Any]]) -> tuple[int, int]:
-    return (max(a["detector_section"][1] for a in amps), max(a["detector_section"][3] for a in amps))
+    return (
+        max(a["detector_section"][1] for a in amps),
+        max(a["detector_section"][3] for a in amps),
+    )
 
 
-def _column_values(amps: Sequence[Mapping[str, Any]], nx: int, values: Sequence[float]) -> NDArray[np.float64]:
+def _column_values(
+    amps: Sequence[Mapping[str, Any]], nx: int, values: Sequence[float] | NDArray[np.floating]
+) -> NDArray[np.float64]:
     """Per-column array (assembled frame) of a per-amplifier constant."""
     out = np.zeros(nx)
     for amp, value in zip(amps, values, strict=True):
@@ -109,7 +114,9 @@ def _readout_geometry(raw: xr.Dataset) -> dict[str, Any]:
     amps = _amps(raw)
     widths = {a["data_section"][3] - a["data_section"][2] for a in amps}
     if len(widths) != 1:
-        raise ValueError(f"amplifiers of {raw.attrs.get('filename', 'raw')!r} differ in width {sorted(widths)}")
+        raise ValueError(
+            f"amplifiers of {raw.attrs.get('filename', 'raw')!r} differ in width {sorted(widths)}"
+        )
     ny, nx = _detector_shape(amps)
     for a in amps:
         ya, yb = a["data_section"][:2]
@@ -154,7 +161,7 @@ def _add_steps(exp: xr.Dataset, *steps: str) -> xr.Dataset:
 def _parse_section(text: str) -> tuple[int, int, int, int]:
     from lsstlite.instruments.simcam import parse_section
 
-    box, _, _ = parse_section(text)
+    box, _, _ = parse_section(text.replace(" ", ""))  # IRAF writers pad: '[  17: 528,   1: 520]'
     return box
 
 
@@ -214,15 +221,27 @@ def raw_from_fits(
         "read_noise": float(header[rdnoise_key]),
         "saturation_adu": float(header.get(saturation_key, np.inf)),
     }
-    plain = {k: (v if isinstance(v, bool | int | float | str) else str(v))
-             for k, v in header.items() if k not in ("COMMENT", "HISTORY", "")}
+    plain = {
+        k: (v if isinstance(v, bool | int | float | str) else str(v))
+        for k, v in header.items()
+        if k not in ("COMMENT", "HISTORY", "")
+    }
     exptime = float(header.get("EXPTIME", 0.0))
-    visit_info = {"instrument": str(header.get("INSTRUME", "unknown")), "exposure": 0,
-                  "exptime": exptime, "darktime": float(header.get("DARKTIME", exptime))}
+    visit_info = {
+        "instrument": str(header.get("INSTRUME", "unknown")),
+        "exposure": 0,
+        "exptime": exptime,
+        "darktime": float(header.get("DARKTIME", exptime)),
+    }
     return xr.Dataset(
         {"image": (("y", "x"), da.from_array(data, chunks=chunks or data.shape))},
-        attrs={"amplifiers": [amp], "visit_info": visit_info, "wcs": {}, "header": plain,
-               "filename": str(path)},
+        attrs={
+            "amplifiers": [amp],
+            "visit_info": visit_info,
+            "wcs": {},
+            "header": plain,
+            "filename": str(path),
+        },
     )
 
 
@@ -256,23 +275,34 @@ def overscan_levels(
     for amp in _amps(raw):
         y0, y1, x0, x1 = amp["serial_overscan"]
         if x1 <= x0:
-            raise ValueError(f"amplifier {amp.get('name')!r} has no overscan columns ({amp['serial_overscan']})")
+            raise ValueError(
+                f"amplifier {amp.get('name')!r} has no overscan columns ({amp['serial_overscan']})"
+            )
         cols = image[y0:y1, x0:x1].rechunk({1: -1})
         med = cols.map_blocks(
-            lambda b: np.median(b, axis=1).astype(F32), drop_axis=1, dtype=F32,
+            lambda b: np.median(b, axis=1).astype(F32),
+            drop_axis=1,
+            dtype=F32,
             meta=np.empty((0,), F32),
         )
         if mode == "median_per_row":
             levels.append(med)
             continue
         fit = dask.delayed(_kernels.fit_overscan, pure=True)(
-            med.rechunk(-1), mode=mode, order=order, knot_rows=knot_rows, n_sigma=n_sigma, n_iter=n_iter
+            med.rechunk(-1),
+            mode=mode,
+            order=order,
+            knot_rows=knot_rows,
+            n_sigma=n_sigma,
+            n_iter=n_iter,
         )
         levels.append(da.from_delayed(fit, shape=(y1 - y0,), dtype=F32, meta=np.empty((0,), F32)))
     return xr.DataArray(da.stack(levels), dims=("amp", "y"), name="overscan")
 
 
-def subtract_overscan(raw: xr.Dataset, *, levels: xr.DataArray | None = None, **fit: Any) -> xr.Dataset:
+def subtract_overscan(
+    raw: xr.Dataset, *, levels: xr.DataArray | None = None, **fit: Any
+) -> xr.Dataset:
     """The raw with each amplifier's overscan level (per row) subtracted from its columns.
 
     ``levels`` from :func:`overscan_levels` (computed with ``**fit`` when not given).
@@ -289,7 +319,9 @@ def subtract_overscan(raw: xr.Dataset, *, levels: xr.DataArray | None = None, **
     for k, amp in amps:
         y0, y1, x0, x1 = amp["bbox_raw"]
         if x0 != x_prev or (y0, y1) != (0, image.shape[0]):
-            raise ValueError(f"amplifier bounding boxes must tile the raw along x; got {amp['bbox_raw']}")
+            raise ValueError(
+                f"amplifier bounding boxes must tile the raw along x; got {amp['bbox_raw']}"
+            )
         lev = _dask(levels)[k]
         pieces.append(image[:, x0:x1] - lev[:, None])
         x_prev = x1
@@ -316,7 +348,11 @@ def mask_saturation(raw: xr.Dataset) -> xr.Dataset:
         _, _, x0, x1 = amp["bbox_raw"]
         sat_cols[x0:x1] = float(amp.get("saturation_adu", np.inf))
     bit = 1 << DEFAULT_MASK_PLANES["SAT"]
-    old = _dask(raw["mask"]) if "mask" in raw else da.zeros(image.shape, np.int32, chunks=image.chunks)
+    old = (
+        _dask(raw["mask"])
+        if "mask" in raw
+        else da.zeros(image.shape, dtype=np.int32, chunks=image.chunks)
+    )
     new = da.where(image >= sat_cols[None, :], old | np.int32(bit), old).astype(np.int32)
     out = raw.copy()
     out["mask"] = (("y", "x"), new, {"planes": dict(DEFAULT_MASK_PLANES)})
@@ -342,7 +378,12 @@ def correct_crosstalk(raw: xr.Dataset, matrix: NDArray[np.floating]) -> xr.Datas
         raise ValueError(f"crosstalk matrix has shape {c.shape}, the raw has {n} amplifiers")
     image = _dask(raw["image"]).rechunk({1: -1})
     out_img = image.map_blocks(
-        _kernels.crosstalk_readout, geo["raw_x0"], geo["width"], c, dtype=F32, meta=np.empty((0, 0), F32)
+        _kernels.crosstalk_readout,
+        geo["raw_x0"],
+        geo["width"],
+        c,
+        dtype=F32,
+        meta=np.empty((0, 0), F32),
     )
     out = raw.copy()
     out["image"] = (("y", "x"), out_img)
@@ -381,7 +422,10 @@ def assemble(raw: xr.Dataset) -> xr.Dataset:
     image = place(_dask(raw["image"]))
     mask = place(_dask(raw["mask"])) if "mask" in raw else None
     exp = make_exposure(
-        image, mask=mask, wcs=raw.attrs.get("wcs") or None, visit_info=_visit_info(raw.attrs),
+        image,
+        mask=mask,
+        wcs=raw.attrs.get("wcs") or None,
+        visit_info=_visit_info(raw.attrs),
         units="adu",
         attrs={"amplifiers": amps, "isr_steps": [*raw.attrs.get("isr_steps", []), "assemble"]},
     )
@@ -391,10 +435,13 @@ def assemble(raw: xr.Dataset) -> xr.Dataset:
 # -- assembled-frame steps ---------------------------------------------------------------
 
 
-def _amp_columns(exp: xr.Dataset, values: Sequence[float]) -> xr.DataArray:
+def _amp_columns(exp: xr.Dataset, values: Sequence[float] | NDArray[np.floating]) -> xr.DataArray:
     amps = exp.attrs["amplifiers"]
-    return xr.DataArray(_column_values(amps, exp.sizes["x"], values).astype(np.float64),
-                        dims=("x",), coords={"x": exp["x"]})
+    return xr.DataArray(
+        _column_values(amps, exp.sizes["x"], values).astype(np.float64),
+        dims=("x",),
+        coords={"x": exp["x"]},
+    )
 
 
 def subtract_bias(exp: xr.Dataset, bias: xr.Dataset) -> xr.Dataset:
@@ -420,9 +467,9 @@ def apply_linearity(exp: xr.Dataset, coeffs: NDArray[np.floating] | Sequence[Any
     Lazy, elementwise; no halo.
     """
     c = _linearity_array(coeffs)
-    a = exp["image"].astype(np.float64)
+    a: xr.DataArray = exp["image"].astype(np.float64)
     d2, d3, d4 = (_amp_columns(exp, c[:, k]) for k in range(3))
-    lin = a + a * a * (d2 + a * (d3 + a * d4))
+    lin: xr.DataArray = a + a * a * (d2 + a * (d3 + a * d4))
     out = _with(exp, image=lin.astype(F32).transpose("y", "x").data)
     return _add_steps(out, "linearity")
 
@@ -443,10 +490,13 @@ def apply_gain(exp: xr.Dataset) -> xr.Dataset:
     amps = exp.attrs["amplifiers"]
     gain = _amp_columns(exp, [a["gain"] for a in amps])
     rn = _amp_columns(exp, [a["read_noise"] for a in amps])
-    e = exp["image"].astype(np.float64) * gain
-    var = np.maximum(e, 0.0) + rn * rn
-    out = _with(exp, image=e.astype(F32).transpose("y", "x").data,
-                variance=var.astype(F32).transpose("y", "x").data)
+    e: xr.DataArray = exp["image"].astype(np.float64) * gain
+    var: xr.DataArray = e.clip(min=0.0) + rn * rn
+    out = _with(
+        exp,
+        image=e.astype(F32).transpose("y", "x").data,
+        variance=var.astype(F32).transpose("y", "x").data,
+    )
     out.attrs["units"] = "electron"
     out["image"].attrs["units"] = "electron"
     out["variance"].attrs["units"] = "electron^2"
@@ -489,7 +539,9 @@ def mask_defects(exp: xr.Dataset, defects: pd.DataFrame | NDArray[np.integer]) -
         hit = _kernels.rasterize_boxes(boxes, y0 + ya, x0 + xa, m.shape)
         return np.where(hit, m | bit, m).astype(np.int32)
 
-    out = _with(exp, mask=mask.map_blocks(block, dtype=np.int32, meta=np.empty((0, 0), np.int32)))
+    out = _with(
+        exp, mask=da.map_blocks(block, mask, dtype=np.int32, meta=np.empty((0, 0), np.int32))
+    )
     return _add_steps(out, "defects")
 
 
@@ -512,7 +564,9 @@ def _dark_time(exp: xr.Dataset, dark_time: float | None) -> float:
     return float(value)
 
 
-def subtract_dark(exp: xr.Dataset, dark: xr.Dataset, *, dark_time: float | None = None) -> xr.Dataset:
+def subtract_dark(
+    exp: xr.Dataset, dark: xr.Dataset, *, dark_time: float | None = None
+) -> xr.Dataset:
     """Subtract a master dark (e⁻/s) scaled by the exposure's dark time (default visit_info).
 
     Notes
@@ -552,8 +606,15 @@ def correct_brighter_fatter(
     depth = bf_halo(kernel, radius, n_iter)
     k = np.asarray(kernel, dtype=np.float64)
     img = _dask(exp["image"]).map_overlap(
-        _kernels.bf_correct, depth=depth, boundary="none", dtype=F32, meta=np.empty((0, 0), F32),
-        kernel=k, threshold=threshold, radius=radius, n_iter=n_iter,
+        _kernels.bf_correct,
+        depth=depth,
+        boundary="none",
+        dtype=F32,
+        meta=np.empty((0, 0), F32),
+        kernel=k,
+        threshold=threshold,
+        radius=radius,
+        n_iter=n_iter,
     )
     return _add_steps(_with(exp, image=img), "brighter_fatter")
 
@@ -580,7 +641,10 @@ def divide_flat(exp: xr.Dataset, flat: xr.Dataset) -> xr.Dataset:
 
 
 def fit_fringe_amplitude(
-    exp: xr.Dataset, fringe: xr.Dataset, *, n_sigma: float = 3.0,
+    exp: xr.Dataset,
+    fringe: xr.Dataset,
+    *,
+    n_sigma: float = 3.0,
     bad_planes: Sequence[str] = ("BAD", "SAT", "UNMASKEDNAN"),
 ) -> da.Array:
     """Fringe amplitude of an exposure: least squares of ``I = plane + A F`` (0-d dask array).
@@ -597,31 +661,52 @@ def fit_fringe_amplitude(
     img, var, msk = (_dask(exp[v]) for v in ("image", "variance", "mask"))
     frg = _dask(fringe["image"]).rechunk(img.chunks)
     bad = mask_bits(mask_planes(exp), list(bad_planes))
-    meds = img.map_blocks(
-        lambda b: np.atleast_2d(np.nanmedian(b)).astype(np.float64), chunks=((1,) * img.numblocks[0], (1,) * img.numblocks[1]),
-        dtype=np.float64, meta=np.empty((0, 0), np.float64),
+    meds = da.map_blocks(
+        lambda b: np.atleast_2d(np.nanmedian(b)).astype(np.float64),
+        img,
+        chunks=((1,) * img.numblocks[0], (1,) * img.numblocks[1]),
+        dtype=np.float64,
+        meta=np.empty((0, 0), np.float64),
     )
     sky = da.median(meds.ravel(), axis=0)
     shape = img.shape
 
-    def block(i: Any, v: Any, m: Any, f: Any, s: Any, block_info: dict[Any, Any] | None = None) -> Any:
+    def block(
+        i: Any, v: Any, m: Any, f: Any, s: Any, block_info: dict[Any, Any] | None = None
+    ) -> Any:
         (ya, _), (xa, _) = block_info[0]["array-location"] if block_info else ((0, 0), (0, 0))
         eq = _kernels.fringe_normal_equations(i, v, m, f, ya, xa, shape, float(s), n_sigma, bad)
         return eq[None, None]
 
     eqs = da.map_blocks(
-        block, img, var, msk, frg, sky, new_axis=[2, 3], chunks=(1, 1, 4, 5), dtype=np.float64,
+        block,
+        img,
+        var,
+        msk,
+        frg,
+        sky,
+        new_axis=[2, 3],
+        chunks=(1, 1, 4, 5),
+        dtype=np.float64,
         meta=np.empty((0, 0, 0, 0), np.float64),
     )
     total = eqs.sum(axis=(0, 1))
     return da.map_blocks(
-        lambda t: np.asarray(np.linalg.solve(t[:, :4], t[:, 4])[3]), total, drop_axis=[0, 1],
-        chunks=(), dtype=np.float64, meta=np.empty((), np.float64),
+        lambda t: np.asarray(np.linalg.solve(t[:, :4], t[:, 4])[3]),
+        total,
+        drop_axis=[0, 1],
+        chunks=(),
+        dtype=np.float64,
+        meta=np.empty((), np.float64),
     )
 
 
 def remove_fringe(
-    exp: xr.Dataset, fringe: xr.Dataset, *, amplitude: float | da.Array | None = None, n_sigma: float = 3.0
+    exp: xr.Dataset,
+    fringe: xr.Dataset,
+    *,
+    amplitude: float | da.Array | None = None,
+    n_sigma: float = 3.0,
 ) -> xr.Dataset:
     """Subtract ``amplitude × fringe`` (amplitude fitted per exposure when not given).
 
@@ -650,8 +735,13 @@ def grow_mask_plane(exp: xr.Dataset, plane: str, radius: int) -> xr.Dataset:
         return exp
     bit = mask_bits(mask_planes(exp), plane)
     m = _dask(exp["mask"]).map_overlap(
-        _kernels.grow_mask, depth=radius, boundary="none", dtype=np.int32,
-        meta=np.empty((0, 0), np.int32), bit=bit, radius=radius,
+        _kernels.grow_mask,
+        depth=radius,
+        boundary="none",
+        dtype=np.int32,
+        meta=np.empty((0, 0), np.int32),
+        bit=bit,
+        radius=radius,
     )
     return _with(exp, mask=m)
 
@@ -676,11 +766,18 @@ def interpolate_bad(
     ).rechunk({0: 3})
 
     def block(s: NDArray[np.float32]) -> NDArray[np.float32]:
-        img, var, m = _kernels.interpolate_rows(s[0], s[1], s[2].view(np.int32), bad, intrp, max_width)
+        img, var, m = _kernels.interpolate_rows(
+            s[0], s[1], s[2].view(np.int32), bad, intrp, max_width
+        )
         return np.stack([img, var, m.view(F32)])
 
-    res = stacked.map_overlap(block, depth={0: 0, 1: 0, 2: max_width + 1}, boundary="none",
-                              dtype=F32, meta=np.empty((0, 0, 0), F32))
+    res = stacked.map_overlap(
+        block,
+        depth={0: 0, 1: 0, 2: max_width + 1},
+        boundary="none",
+        dtype=F32,
+        meta=np.empty((0, 0, 0), F32),
+    )
     out = _with(exp, image=res[0], variance=res[1], mask=res[2].view(np.int32))
     return _add_steps(out, "interpolate")
 
@@ -745,9 +842,20 @@ def _chain_stack(
     lin = np.zeros((n_amps, 3)) if linearity is None else _linearity_array(linearity)
     for name, cal in (("bias", bias), ("dark", dark), ("flat", flat)):
         if cal is not None and cal["image"].shape != (ny, nx):
-            raise ValueError(f"{name} has shape {cal['image'].shape}, the assembled raw is {(ny, nx)}")
-    flags = np.array([overscan is not None, crosstalk is not None, bias is not None,
-                      linearity is not None, dark is not None, do_saturation, flat is not None])
+            raise ValueError(
+                f"{name} has shape {cal['image'].shape}, the assembled raw is {(ny, nx)}"
+            )
+    flags = np.array(
+        [
+            overscan is not None,
+            crosstalk is not None,
+            bias is not None,
+            linearity is not None,
+            dark is not None,
+            do_saturation,
+            flat is not None,
+        ]
+    )
     bits = _mask_bits_array()
     t = _dark_time(raw, dark_time) if dark is not None else 0.0
     boxes = _boxes(defects) if defects is not None else np.zeros((0, 4), np.int64)
@@ -762,8 +870,23 @@ def _chain_stack(
         it = iter(cal)
         b, d, f = (next(it) if p else empty for p in present)
         out = _kernels.isr_fused(
-            raw_b, os_b, geo["raw_x0"], geo["det_x0"], geo["flip"], geo["width"], nx,
-            geo["gain"], geo["read_noise"], geo["saturation"], lin, xt, b, d, t, f, flags,
+            raw_b,
+            os_b,
+            geo["raw_x0"],
+            geo["det_x0"],
+            geo["flip"],
+            geo["width"],
+            nx,
+            geo["gain"],
+            geo["read_noise"],
+            geo["saturation"],
+            lin,
+            xt,
+            b,
+            d,
+            t,
+            f,
+            flags,
             bits,
         )
         if boxes.size:
@@ -773,10 +896,21 @@ def _chain_stack(
         return out
 
     res = da.blockwise(
-        block, "vyx", image, "yx", os_arr, "ay", row0, "y",
+        block,
+        "vyx",
+        image,
+        "yx",
+        os_arr,
+        "ay",
+        row0,
+        "y",
         *[x for arr in cal_rows for x in (arr, "yz")],
-        new_axes={"v": 3}, adjust_chunks={"y": row_chunks, "x": nx}, align_arrays=False,
-        concatenate=True, dtype=F32, meta=np.empty((0, 0, 0), F32),
+        new_axes={"v": 3},
+        adjust_chunks={"y": row_chunks, "x": nx},
+        align_arrays=False,
+        concatenate=True,
+        dtype=F32,
+        meta=np.empty((0, 0, 0), F32),
     )
     steps = ["saturation"] * do_saturation + ["overscan"] * (overscan is not None)
     steps += ["crosstalk"] * (crosstalk is not None) + ["assemble"]
@@ -788,8 +922,12 @@ def _chain_stack(
 
 def _exposure_from_stack(stack: da.Array, like: xr.Dataset, steps: list[str]) -> xr.Dataset:
     return make_exposure(
-        stack[0], variance=stack[1], mask=stack[2].view(np.int32),
-        wcs=like.attrs.get("wcs") or None, visit_info=_visit_info(like.attrs), units="electron",
+        stack[0],
+        variance=stack[1],
+        mask=stack[2].view(np.int32),
+        wcs=like.attrs.get("wcs") or None,
+        visit_info=_visit_info(like.attrs),
+        units="electron",
         attrs={"amplifiers": like.attrs.get("amplifiers"), "isr_steps": steps},
     )
 
@@ -826,9 +964,17 @@ def isr_chain(
     """
     ny = _readout_geometry(raw)["shape"][0]
     stack, steps = _chain_stack(
-        raw, overscan=overscan, crosstalk=crosstalk, bias=bias, linearity=linearity,
-        dark=dark, dark_time=dark_time, flat=flat, defects=defects,
-        do_saturation=do_saturation, row_chunks=_row_chunks(ny, chunk_rows),
+        raw,
+        overscan=overscan,
+        crosstalk=crosstalk,
+        bias=bias,
+        linearity=linearity,
+        dark=dark,
+        dark_time=dark_time,
+        flat=flat,
+        defects=defects,
+        do_saturation=do_saturation,
+        row_chunks=_row_chunks(ny, chunk_rows),
     )
     return _exposure_from_stack(stack, raw, steps)
 
@@ -855,11 +1001,15 @@ def _local_stack(
     if halo and len(rows) > 1 and min(rows) < halo:
         stack = stack.rechunk({1: _row_chunks(stack.shape[1], max(rows[0], halo), halo)})
         rows = stack.chunks[1]
-    bits = np.array([mask_bits(planes, "SAT"), 0, mask_bits(planes, "BAD"),
-                     mask_bits(planes, "INTRP")], np.int32)
+    bits = np.array(
+        [mask_bits(planes, "SAT"), 0, mask_bits(planes, "BAD"), mask_bits(planes, "INTRP")],
+        np.int32,
+    )
     interp_bits = mask_bits(planes, list(interp_planes)) if interp_planes else 0
     kernel = None if bf_kernel is None else np.asarray(bf_kernel, np.float64)
-    padded = da.overlap.overlap(stack, depth={0: 0, 1: halo, 2: 0}, boundary="none") if halo else stack
+    padded = (
+        da.overlap.overlap(stack, depth={0: 0, 1: halo, 2: 0}, boundary="none") if halo else stack
+    )
     n_blocks = len(rows)
     arrays: list[Any] = [padded, "vyx", da.from_array(np.arange(n_blocks), chunks=1), "y"]
     if flat is not None:
@@ -871,14 +1021,29 @@ def _local_stack(
         top = halo if (halo and i > 0) else 0
         bottom = halo if (halo and i < n_blocks - 1) else 0
         return _kernels.isr_local(
-            b, f, top, bottom, bf_kernel=kernel, bf_threshold=bf_threshold,
-            bf_radius=bf_radius, bf_n_iter=bf_n_iter, bits=bits, grow=grow,
-            interp_bits=interp_bits, interp_max_width=interp_max_width,
+            b,
+            f,
+            top,
+            bottom,
+            bf_kernel=kernel,
+            bf_threshold=bf_threshold,
+            bf_radius=bf_radius,
+            bf_n_iter=bf_n_iter,
+            bits=bits,
+            grow=grow,
+            interp_bits=interp_bits,
+            interp_max_width=interp_max_width,
         )
 
     return da.blockwise(
-        block, "vyx", *arrays, adjust_chunks={"y": rows}, align_arrays=False,
-        concatenate=True, dtype=F32, meta=np.empty((0, 0, 0), F32),
+        block,
+        "vyx",
+        *arrays,
+        adjust_chunks={"y": rows},
+        align_arrays=False,
+        concatenate=True,
+        dtype=F32,
+        meta=np.empty((0, 0, 0), F32),
     )
 
 
@@ -888,8 +1053,13 @@ def _check_same_shape_arr(shape: tuple[int, ...], calib: xr.Dataset, what: str) 
 
 
 def _stack(exp: xr.Dataset) -> da.Array:
-    return da.stack([_dask(exp["image"]).astype(F32), _dask(exp["variance"]).astype(F32),
-                     _dask(exp["mask"]).astype(np.int32).view(F32)])
+    return da.stack(
+        [
+            _dask(exp["image"]).astype(F32),
+            _dask(exp["variance"]).astype(F32),
+            _dask(exp["mask"]).astype(np.int32).view(F32),
+        ]
+    )
 
 
 def isr_post_dark(
@@ -926,19 +1096,31 @@ def isr_post_dark(
     steps = list(exp.attrs.get("isr_steps", []))
     planes = mask_planes(exp)
     stack = _stack(exp)
-    common = {"bf_threshold": bf_threshold, "bf_radius": bf_radius, "bf_n_iter": bf_n_iter,
-              "interp_max_width": interp_max_width, "planes": planes}
+    common: dict[str, Any] = {
+        "bf_threshold": bf_threshold,
+        "bf_radius": bf_radius,
+        "bf_n_iter": bf_n_iter,
+        "interp_max_width": interp_max_width,
+        "planes": planes,
+    }
     steps += ["brighter_fatter"] * (bf_kernel is not None) + ["flat"] * (flat is not None)
     if fringe is not None:
-        stack = _local_stack(stack, flat=flat, bf_kernel=bf_kernel, grow=0, interp_planes=None,
-                             **common)
+        stack = _local_stack(
+            stack, flat=flat, bf_kernel=bf_kernel, grow=0, interp_planes=None, **common
+        )
         mid = _exposure_from_stack(stack, exp, steps)
         mid = remove_fringe(mid, fringe, n_sigma=fringe_n_sigma)
         steps = list(mid.attrs["isr_steps"])
         stack = _stack(mid)
         flat, bf_kernel = None, None
-    stack = _local_stack(stack, flat=flat, bf_kernel=bf_kernel, grow=saturated_grow,
-                         interp_planes=interpolate_planes, **common)
+    stack = _local_stack(
+        stack,
+        flat=flat,
+        bf_kernel=bf_kernel,
+        grow=saturated_grow,
+        interp_planes=interpolate_planes,
+        **common,
+    )
     steps += ["interpolate"] * bool(interpolate_planes)
     return _exposure_from_stack(stack, exp, steps)
 
@@ -983,27 +1165,49 @@ def isr_stacked(
     from lsstlite.data.masks import DEFAULT_MASK_PLANES
 
     ny = _readout_geometry(raw)["shape"][0]
-    halo = max(saturated_grow, bf_halo(bf_kernel, bf_radius, bf_n_iter) if bf_kernel is not None else 0)
+    halo = max(
+        saturated_grow, bf_halo(bf_kernel, bf_radius, bf_n_iter) if bf_kernel is not None else 0
+    )
     fold_flat = bf_kernel is None and fringe is None
     stack, steps = _chain_stack(
-        raw, overscan=overscan, crosstalk=crosstalk, bias=bias, linearity=linearity,
-        dark=dark, dark_time=dark_time, flat=flat if fold_flat else None, defects=defects,
-        do_saturation=do_saturation, row_chunks=_row_chunks(ny, chunk_rows, halo),
+        raw,
+        overscan=overscan,
+        crosstalk=crosstalk,
+        bias=bias,
+        linearity=linearity,
+        dark=dark,
+        dark_time=dark_time,
+        flat=flat if fold_flat else None,
+        defects=defects,
+        do_saturation=do_saturation,
+        row_chunks=_row_chunks(ny, chunk_rows, halo),
     )
     planes = dict(DEFAULT_MASK_PLANES)
-    common = {"bf_threshold": bf_threshold, "bf_radius": bf_radius, "bf_n_iter": bf_n_iter,
-              "interp_max_width": interp_max_width, "planes": planes}
+    common: dict[str, Any] = {
+        "bf_threshold": bf_threshold,
+        "bf_radius": bf_radius,
+        "bf_n_iter": bf_n_iter,
+        "interp_max_width": interp_max_width,
+        "planes": planes,
+    }
     late_flat = None if fold_flat else flat
     if fringe is not None:
-        stack = _local_stack(stack, flat=late_flat, bf_kernel=bf_kernel, grow=0,
-                             interp_planes=None, **common)
+        stack = _local_stack(
+            stack, flat=late_flat, bf_kernel=bf_kernel, grow=0, interp_planes=None, **common
+        )
         steps += ["brighter_fatter"] * (bf_kernel is not None) + ["flat"] * (flat is not None)
         mid = remove_fringe(_exposure_from_stack(stack, raw, steps), fringe, n_sigma=fringe_n_sigma)
         stack, steps = _stack(mid), list(mid.attrs["isr_steps"])
         late_flat, bf_kernel = None, None
     elif not fold_flat:
         steps += ["brighter_fatter"] * (bf_kernel is not None) + ["flat"] * (flat is not None)
-    stack = _local_stack(stack, flat=late_flat, bf_kernel=bf_kernel, grow=saturated_grow,
-                         interp_planes=interpolate_planes, **common)
+    stack = _local_stack(
+        stack,
+        flat=late_flat,
+        bf_kernel=bf_kernel,
+        grow=saturated_grow,
+        interp_planes=interpolate_planes,
+        **common,
+    )
     steps += ["interpolate"] * bool(interpolate_planes)
     return _exposure_from_stack(stack, raw, steps)

@@ -49,7 +49,9 @@ class IsrConfig(Config):
     chunk_rows: int = Field(ops.DEFAULT_CHUNK_ROWS, ge=16, description="rows per dask chunk")
 
 
-def read_raw(raw: str | Path | xr.Dataset, *, chunk_rows: int = ops.DEFAULT_CHUNK_ROWS) -> xr.Dataset:
+def read_raw(
+    raw: str | Path | xr.Dataset, *, chunk_rows: int = ops.DEFAULT_CHUNK_ROWS
+) -> xr.Dataset:
     """A raw Dataset (dask-backed, row chunks) from a path (instrument from the header)."""
     if isinstance(raw, xr.Dataset):
         return raw
@@ -64,8 +66,10 @@ def read_raw(raw: str | Path | xr.Dataset, *, chunk_rows: int = ops.DEFAULT_CHUN
 
 def _when(raw: xr.Dataset) -> str:
     info = raw.attrs.get("visit_info") or {}
-    return (f"exposure {info.get('exposure')} detector {info.get('detector')} "
-            f"(day_obs {info.get('day_obs')}, MJD {info.get('mjd')}, file {raw.attrs.get('filename')})")
+    return (
+        f"exposure {info.get('exposure')} detector {info.get('detector')} "
+        f"(day_obs {info.get('day_obs')}, MJD {info.get('mjd')}, file {raw.attrs.get('filename')})"
+    )
 
 
 class IsrTask(Task):
@@ -86,7 +90,10 @@ class IsrTask(Task):
         "dark": PrerequisiteInput("dark", DET_CAL, calibration=True, doc="master dark (e⁻/s)"),
         "flat": PrerequisiteInput("flat", FILT_CAL, calibration=True, doc="master flat"),
         "fringe": PrerequisiteInput(
-            "fringe", FILT_CAL, calibration=True, optional=True,
+            "fringe",
+            FILT_CAL,
+            calibration=True,
+            optional=True,
             doc="fringe frame (only the fringing band has one)",
         ),
         "defects": PrerequisiteInput(
@@ -95,12 +102,20 @@ class IsrTask(Task):
     }
     outputs = {"post_isr": Output("post_isr", DET, doc="exposure after ISR (electrons)")}
 
-    _SWITCH = {"bias": "do_bias", "dark": "do_dark", "flat": "do_flat", "fringe": "do_fringe",
-               "defects": "do_defects"}
+    _SWITCH = {
+        "bias": "do_bias",
+        "dark": "do_dark",
+        "flat": "do_flat",
+        "fringe": "do_fringe",
+        "defects": "do_defects",
+    }
 
     def active_inputs(self) -> dict[str, Any]:
-        return {n: c for n, c in self.inputs.items()
-                if n not in self._SWITCH or getattr(self.config, self._SWITCH[n])}
+        return {
+            n: c
+            for n, c in self.inputs.items()
+            if n not in self._SWITCH or getattr(self.config, self._SWITCH[n])
+        }
 
     def run(
         self,
@@ -120,6 +135,7 @@ class IsrTask(Task):
             type, the config key and the exposure's date.
         """
         c = self.config
+        assert isinstance(c, IsrConfig)
         ds = read_raw(raw, chunk_rows=c.chunk_rows)
         for name, value in (("bias", bias), ("dark", dark), ("flat", flat), ("defects", defects)):
             if value is None and getattr(c, self._SWITCH[name]):
@@ -134,9 +150,13 @@ class IsrTask(Task):
         detector = int((ds.attrs.get("visit_info") or {}).get("detector") or 0)
         levels = None
         if c.do_overscan:
-            levels = ops.overscan_levels(ds, mode=c.overscan_mode, order=c.overscan_order,
-                                         knot_rows=c.overscan_knot_rows,
-                                         n_sigma=c.overscan_n_sigma)
+            levels = ops.overscan_levels(
+                ds,
+                mode=c.overscan_mode,
+                order=c.overscan_order,
+                knot_rows=c.overscan_knot_rows,
+                n_sigma=c.overscan_n_sigma,
+            )
         bf_kernel = _camera(instrument, "bf_kernel") if c.do_bf else None
         use_fringe = fringe if c.do_fringe else None
         if use_fringe is not None:
@@ -151,7 +171,9 @@ class IsrTask(Task):
             dark=dark if c.do_dark else None,
             defects=defects if c.do_defects else None,
             bf_kernel=None if bf_kernel is None else np.asarray(bf_kernel),
-            bf_threshold=c.bf_threshold, bf_radius=c.bf_radius, bf_n_iter=c.bf_n_iter,
+            bf_threshold=c.bf_threshold,
+            bf_radius=c.bf_radius,
+            bf_n_iter=c.bf_n_iter,
             flat=flat if c.do_flat else None,
             fringe=use_fringe,
             fringe_n_sigma=c.fringe_n_sigma,

@@ -21,43 +21,41 @@ __all__ = [
     "warp_block",
 ]
 
-#: Table samples per unit distance (linear interpolation between them: weights good to ~1e-7).
-TABLE_RESOLUTION = 1024
+#: Phases tabulated per pixel; the nearest row is used: a phase error ≤ 1/8192 px, well
+#: inside the 1e-3 px budget of the mapping (interpolating between rows cost 20% speed).
+TABLE_RESOLUTION = 4096
 
 #: Half-width (taps on each side) of each resampling kernel.
 KERNEL_RADIUS = {"lanczos3": 3, "lanczos4": 4, "lanczos2": 2, "bilinear": 1}
 
 
-def kernel_table(kernel: str) -> NDArray[np.float64]:
+def kernel_table(kernel: str) -> NDArray[np.float32]:
     """Tap weights by sub-pixel phase: ``table[p, k]`` is the weight of tap ``k`` (of
     ``2 × radius``, the first at ``floor(x) − radius + 1``) for phase ``p / res``.
 
-    One row per phase keeps a pixel's taps contiguous: the kernel interpolates two rows
-    linearly instead of evaluating (or looking up) each tap separately, which made the
-    lookups, not the sums, the cost of a Lanczos3 warp.
+    One row per phase keeps a pixel's taps contiguous: looking up each tap separately
+    made the lookups, not the sums, the cost of a Lanczos3 warp.
     """
     if kernel not in KERNEL_RADIUS:
         raise ValueError(
             f"unknown warping kernel {kernel!r}; choose one of {sorted(KERNEL_RADIUS)}"
         )
     radius = KERNEL_RADIUS[kernel]
-    phase = np.arange(TABLE_RESOLUTION + 2, dtype=np.float64)[:, None] / TABLE_RESOLUTION
+    phase = np.arange(TABLE_RESOLUTION + 1, dtype=np.float64)[:, None] / TABLE_RESOLUTION
     d = np.abs(phase + radius - 1 - np.arange(2 * radius)[None, :])
     if kernel == "bilinear":
         values = np.clip(1.0 - d, 0.0, None)
     else:
         values = np.sinc(d) * np.sinc(d / radius)
     values[d >= radius] = 0.0
-    return np.ascontiguousarray(values)
+    # Normalised per phase (Lanczos weights do not sum to one): interior pixels then need
+    # no per-pixel normalisation, and a flat image stays flat.
+    return np.ascontiguousarray(values / values.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
 @numba.njit(cache=True, inline="always")
-def _weights(table: NDArray[np.float64], phase: float, out: NDArray[np.float64]) -> None:
-    t = phase * TABLE_RESOLUTION
-    p = int(t)
-    f = t - p
-    for k in range(out.size):
-        out[k] = table[p, k] * (1.0 - f) + table[p + 1, k] * f
+def _phase_row(phase: float) -> int:
+    return int(phase * TABLE_RESOLUTION + 0.5)
 
 
 @numba.njit(cache=True, inline="always")
@@ -80,6 +78,35 @@ def _cell(
     dydu = (y01 - y00) * (1 - fv) + (y11 - y10) * fv
     dydv = (y10 - y00) * (1 - fu) + (y11 - y01) * fu
     return x, y, dxdu, dxdv, dydu, dydv
+
+
+@numba.njit(cache=True, inline="always")
+def _taps6(
+    img: NDArray[np.float32],
+    var: NDArray[np.float32],
+    x0: int,
+    y0: int,
+    wx: NDArray[np.float64],
+    wy: NDArray[np.float64],
+) -> tuple[float, float]:
+    """The 6×6 (Lanczos3) sums, unrolled as trees: independent chains, not one of 36;
+    in float32, as the pixels are (float64 spent a conversion per tap: 20% of the time)."""
+    w0, w1, w2, w3, w4, w5 = wx[0], wx[1], wx[2], wx[3], wx[4], wx[5]
+    v0, v1, v2, v3, v4, v5 = w0 * w0, w1 * w1, w2 * w2, w3 * w3, w4 * w4, w5 * w5
+    s_img = np.float32(0.0)
+    s_var = np.float32(0.0)
+    for q in range(6):
+        a = img[y0 + q]
+        b = var[y0 + q]
+        r_img = ((w0 * a[x0] + w1 * a[x0 + 1]) + (w2 * a[x0 + 2] + w3 * a[x0 + 3])) + (
+            w4 * a[x0 + 4] + w5 * a[x0 + 5]
+        )
+        r_var = ((v0 * b[x0] + v1 * b[x0 + 1]) + (v2 * b[x0 + 2] + v3 * b[x0 + 3])) + (
+            v4 * b[x0 + 4] + v5 * b[x0 + 5]
+        )
+        s_img += wy[q] * r_img
+        s_var += wy[q] * wy[q] * r_var
+    return float(s_img), float(s_var)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -119,7 +146,7 @@ def warp_block(
     step: float,
     out_x0: int,
     out_y0: int,
-    table: NDArray[np.float64],
+    table: NDArray[np.float32],
     radius: int,
     no_data: np.int32,
     sensor_edge: np.int32,
@@ -182,45 +209,35 @@ def warp_block(
             iyc = int(fyp) - sub_y0
             ix_first = ixc - radius + 1
             iy_first = iyc - radius + 1
-            _weights(table, fx, wx)
-            _weights(table, fy, wy)
-            sx = 0.0
-            sy = 0.0
-            edge = False
-            for k in range(n_taps):
-                if 0 <= ix_first + k < nx:
-                    sx += wx[k]
-                else:
-                    wx[k] = 0.0
-                    edge = True
-                if 0 <= iy_first + k < ny:
-                    sy += wy[k]
-                else:
-                    wy[k] = 0.0
-                    edge = True
+            px = _phase_row(fx)
+            py = _phase_row(fy)
             if (
-                not edge
-                and ix_first >= 0
+                ix_first >= 0
                 and iy_first >= 0
                 and ix_first + n_taps <= nx
                 and iy_first + n_taps <= ny
             ):
-                # Fast path (every tap inside): no per-tap tests; a NaN shows in the sum.
-                s_img = 0.0
-                s_var = 0.0
-                for q in range(n_taps):
-                    row = iy_first + q
-                    r_img = 0.0
-                    r_var = 0.0
-                    for k in range(n_taps):
-                        r_img += wx[k] * img[row, ix_first + k]
-                        r_var += wx[k] * wx[k] * var[row, ix_first + k]
-                    s_img += wy[q] * r_img
-                    s_var += wy[q] * wy[q] * r_var
-                s_w = sx * sy
+                # Fast path (every tap inside, rows normalised): no per-tap tests; a NaN
+                # shows in the sum and sends the pixel to the careful path below.
+                if n_taps == 6:
+                    s_img, s_var = _taps6(img, var, ix_first, iy_first, table[px], table[py])
+                else:
+                    s_img = 0.0
+                    s_var = 0.0
+                    for q in range(n_taps):
+                        row = iy_first + q
+                        r_img = 0.0
+                        r_var = 0.0
+                        for k in range(n_taps):
+                            wk = table[px, k]
+                            r_img += wk * img[row, ix_first + k]
+                            r_var += wk * wk * var[row, ix_first + k]
+                        wq = table[py, q]
+                        s_img += wq * r_img
+                        s_var += wq * wq * r_var
                 if math.isfinite(s_img) and math.isfinite(s_var):
-                    out_img[j, i] = s_img / s_w * jac
-                    out_var[j, i] = s_var / (s_w * s_w) * jac * jac
+                    out_img[j, i] = s_img * jac
+                    out_var[j, i] = s_var * jac * jac
                     m = msk[iyc, ixc]
                     if fx > 0.0:
                         m |= msk[iyc, ixc + 1]
@@ -230,6 +247,22 @@ def warp_block(
                             m |= msk[iyc + 1, ixc + 1]
                     out_msk[j, i] = m
                     continue
+            sx = 0.0
+            sy = 0.0
+            edge = False
+            for k in range(n_taps):
+                if 0 <= ix_first + k < nx:
+                    wx[k] = table[px, k]
+                    sx += wx[k]
+                else:
+                    wx[k] = 0.0
+                    edge = True
+                if 0 <= iy_first + k < ny:
+                    wy[k] = table[py, k]
+                    sy += wy[k]
+                else:
+                    wy[k] = 0.0
+                    edge = True
             s_img = 0.0
             s_var = 0.0
             s_w = 0.0

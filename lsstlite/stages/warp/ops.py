@@ -107,6 +107,77 @@ def detector_box(exposure: xr.Dataset) -> tuple[int, int, int, int]:
     return int(x[0]), int(y[0]), int(x[-1]) + 1, int(y[-1]) + 1
 
 
+@dataclass(frozen=True)
+class MappingGrid:
+    """Exact input coordinates at output positions ``(x0 + i step, y0 + j step)``."""
+
+    gx: NDArray[np.float64]
+    gy: NDArray[np.float64]
+    x0: float
+    y0: float
+    step: float
+
+
+def mapping_grid(
+    wcs_out: WCS, wcs_in: WCS, box: tuple[int, int, int, int], *, step: int = 16
+) -> MappingGrid:
+    """Evaluate the output → input pixel mapping exactly on a coarse grid covering ``box``.
+
+    The grid is anchored on multiples of ``step`` in the parent frame and evaluated in one
+    call for the whole target: astropy's iterative inversion (SIP, TPV) iterates a batch
+    until every point converges, so the same point evaluated in different batches can
+    differ in the last bits, and per-block grids made results depend on the chunking.
+    """
+    x0, y0, x1, y1 = box
+    gx0 = step * math.floor(x0 / step)
+    gy0 = step * math.floor(y0 / step)
+    nxg = max(2, math.ceil((x1 - 1 - gx0) / step) + 1)
+    nyg = max(2, math.ceil((y1 - 1 - gy0) / step) + 1)
+    xx, yy = np.meshgrid(
+        gx0 + step * np.arange(nxg, dtype=np.float64), gy0 + step * np.arange(nyg, dtype=np.float64)
+    )
+    ra, dec = wcs_out.all_pix2world(xx.ravel(), yy.ravel(), 0)
+    gx, gy = wcs_in.all_world2pix(ra, dec, 0, tolerance=1e-8, maxiter=50, quiet=True)
+    gx = np.asarray(gx, dtype=np.float64).reshape(nyg, nxg)
+    gy = np.asarray(gy, dtype=np.float64).reshape(nyg, nxg)
+    # Far from the detector the iterative inversion may diverge: such points are "nowhere".
+    bad = ~(np.isfinite(gx) & np.isfinite(gy))
+    gx[bad] = -1e9
+    gy[bad] = -1e9
+    return MappingGrid(gx, gy, float(gx0), float(gy0), float(step))
+
+
+def block_mapping(
+    grid: MappingGrid,
+    out_box: tuple[int, int, int, int],
+    det_box: tuple[int, int, int, int],
+    *,
+    radius: int = 3,
+) -> BlockMapping:
+    """The part of ``grid`` covering ``out_box`` and the input region it reads."""
+    x0, y0, x1, y1 = out_box
+    step = grid.step
+    i0 = math.floor((x0 - grid.x0) / step)
+    j0 = math.floor((y0 - grid.y0) / step)
+    i1 = max(i0 + 2, math.ceil((x1 - 1 - grid.x0) / step) + 1)
+    j1 = max(j0 + 2, math.ceil((y1 - 1 - grid.y0) / step) + 1)
+    if i0 < 0 or j0 < 0 or i1 > grid.gx.shape[1] or j1 > grid.gx.shape[0]:
+        raise ValueError(f"block {out_box} is not inside the mapping grid")
+    gx = grid.gx[j0:j1, i0:i1]
+    gy = grid.gy[j0:j1, i0:i1]
+    dx0, dy0, dx1, dy1 = det_box
+    good = gx > -1e8
+    region = None
+    if good.any():
+        rx0 = max(dx0, math.floor(gx[good].min()) - radius - 1)
+        ry0 = max(dy0, math.floor(gy[good].min()) - radius - 1)
+        rx1 = min(dx1, math.ceil(gx[good].max()) + radius + 2)
+        ry1 = min(dy1, math.ceil(gy[good].max()) + radius + 2)
+        if rx0 < rx1 and ry0 < ry1:
+            region = (rx0, ry0, rx1, ry1)
+    return BlockMapping(gx, gy, grid.x0 + i0 * step, grid.y0 + j0 * step, step, region)
+
+
 def map_block(
     wcs_out: WCS,
     wcs_in: WCS,
@@ -116,40 +187,14 @@ def map_block(
     step: int = 16,
     radius: int = 3,
 ) -> BlockMapping:
-    """Exact input coordinates on a coarse grid covering ``out_box``; the input region.
+    """:func:`mapping_grid` and :func:`block_mapping` for one block.
 
     ``step`` sets the grid spacing (output pixels); bilinear interpolation between grid
     points is good to ~``step² |∂²x/∂u²| / 8`` (< 1e-4 px for step 16 on survey WCSs).
     """
-    x0, y0, x1, y1 = out_box
-    # The grid is anchored on multiples of ``step`` in the parent frame, not on the block:
-    # every block then interpolates the same mapping, so results do not depend on chunking.
-    gx0 = step * math.floor(x0 / step)
-    gy0 = step * math.floor(y0 / step)
-    nxg = max(2, math.ceil((x1 - 1 - gx0) / step) + 1)
-    nyg = max(2, math.ceil((y1 - 1 - gy0) / step) + 1)
-    xs = gx0 + step * np.arange(nxg, dtype=np.float64)
-    ys = gy0 + step * np.arange(nyg, dtype=np.float64)
-    xx, yy = np.meshgrid(xs, ys)
-    ra, dec = wcs_out.all_pix2world(xx.ravel(), yy.ravel(), 0)
-    gx, gy = wcs_in.all_world2pix(ra, dec, 0, tolerance=1e-8, maxiter=50, quiet=True)
-    gx = np.asarray(gx, dtype=np.float64).reshape(nyg, nxg)
-    gy = np.asarray(gy, dtype=np.float64).reshape(nyg, nxg)
-    # Far from the detector the iterative inversion may diverge: such points are "nowhere".
-    bad = ~(np.isfinite(gx) & np.isfinite(gy))
-    gx[bad] = -1e9
-    gy[bad] = -1e9
-    dx0, dy0, dx1, dy1 = det_box
-    good = ~bad
-    region = None
-    if good.any():
-        rx0 = max(dx0, math.floor(gx[good].min()) - radius - 1)
-        ry0 = max(dy0, math.floor(gy[good].min()) - radius - 1)
-        rx1 = min(dx1, math.ceil(gx[good].max()) + radius + 2)
-        ry1 = min(dy1, math.ceil(gy[good].max()) + radius + 2)
-        if rx0 < rx1 and ry0 < ry1:
-            region = (rx0, ry0, rx1, ry1)
-    return BlockMapping(gx, gy, float(gx0), float(gy0), float(step), region)
+    return block_mapping(
+        mapping_grid(wcs_out, wcs_in, out_box, step=step), out_box, det_box, radius=radius
+    )
 
 
 def warp_arrays(
@@ -186,7 +231,7 @@ def warp_arrays(
         mapping.step,
         x0,
         y0,
-        _TABLES.setdefault(kernel, kernel_table(kernel)),
+        _table(kernel),
         KERNEL_RADIUS[kernel],
         np.int32(no_data),
         np.int32(sensor_edge),
@@ -197,7 +242,13 @@ def warp_arrays(
     return out_img, out_var, out_msk
 
 
-_TABLES: dict[str, NDArray[np.float64]] = {}
+_TABLES: dict[str, NDArray[np.float32]] = {}
+
+
+def _table(kernel: str) -> NDArray[np.float32]:
+    if kernel not in _TABLES:
+        _TABLES[kernel] = kernel_table(kernel)
+    return _TABLES[kernel]
 
 
 def _blocks(
@@ -303,11 +354,12 @@ def warp_exposure(
     no_data, edge = mask_bits(planes, "NO_DATA"), mask_bits(planes, "SENSOR_EDGE")
     radius = KERNEL_RADIUS[kernel]
     rows_img, rows_var, rows_msk = [], [], []
+    grid = mapping_grid(wcs_out, wcs_in, target.bbox, step=grid_step_px)
     for row in _blocks(target.shape, target.xy0, chunks):
         r_img, r_var, r_msk = [], [], []
         for box in row:
             shape = (box[3] - box[1], box[2] - box[0])
-            mapping = map_block(wcs_out, wcs_in, box, det_box, step=grid_step_px, radius=radius)
+            mapping = block_mapping(grid, box, det_box, radius=radius)
             if mapping.region is None:
                 r_img.append(da.full(shape, np.nan, dtype=np.float32))
                 r_var.append(da.full(shape, np.nan, dtype=np.float32))

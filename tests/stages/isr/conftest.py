@@ -28,15 +28,20 @@ def true_calibs(sim: Any, detector: int, band: str) -> dict[str, Any]:
         return lld.make_exposure(fits.getdata(cdir / f"{name}_{detector:03d}.fits", ext))
 
     defects = pd.read_parquet(Path(sim.outdir) / "truth" / "defects.parquet")
-    out = {"bias": exp("bias", "ADU"), "dark": exp("dark"), "flat": exp(f"flat_{band}"),
-           "defects": defects[defects["detector"] == detector].reset_index(drop=True)}
+    out = {
+        "bias": exp("bias", "ADU"),
+        "dark": exp("dark"),
+        "flat": exp(f"flat_{band}"),
+        "defects": defects[defects["detector"] == detector].reset_index(drop=True),
+    }
     if band == "i":
         out["fringe"] = exp("fringe")
     return out
 
 
-def clean_sky(sim: Any, exposure: int, detector: int, result: xr.Dataset,
-              truth: np.ndarray) -> np.ndarray:
+def clean_sky(
+    sim: Any, exposure: int, detector: int, result: xr.Dataset, truth: np.ndarray
+) -> np.ndarray:
     """Pixels fit for noise statistics: unmasked, away from cosmic rays and trails, and
     sky-dominated (selected on the truth, so the selection is unbiased)."""
     crs = pd.read_parquet(Path(sim.outdir) / "truth" / "cosmic_rays.parquet")

@@ -34,10 +34,17 @@ def test_discrete_skymap_encloses_exposures() -> None:
         x, y = tract.sky_to_pixel(ra, dec)
         b = tract.patch_border
         ny, nx = tract.shape
-        assert (x >= b - 0.5).all() and (x < nx - b).all() and (y >= b - 0.5).all() and (y < ny - b).all()
+        assert (
+            (x >= b - 0.5).all()
+            and (x < nx - b).all()
+            and (y >= b - 0.5).all()
+            and (y < ny - b).all()
+        )
         for r, d in zip(ra, dec, strict=True):
             t, p = sm.find_patch(r, d)
-            assert t.id == 0 and p.id == tract.patch_at(*(float(v) for v in t.sky_to_pixel(r, d))).id
+            assert (
+                t.id == 0 and p.id == tract.patch_at(*(float(v) for v in t.sky_to_pixel(r, d))).id
+            )
     assert SkyMap.from_dict(json.loads(json.dumps(sm.to_dict()))) == sm
     patches = patches_for_exposure(sm, exps[0])
     assert list(patches) == [0] and len(patches[0]) >= 1
@@ -46,7 +53,9 @@ def test_discrete_skymap_encloses_exposures() -> None:
 
 
 def test_rings_skymap_covers_the_sky() -> None:
-    sm = make_rings_skymap(name="rings", n_rings=40, pixel_scale_arcsec=5.0, patch_inner=400, patch_border=10)
+    sm = make_rings_skymap(
+        name="rings", n_rings=40, pixel_scale_arcsec=5.0, patch_inner=400, patch_border=10
+    )
     rng = np.random.default_rng(0)
     ra = rng.uniform(0, 360, 40)
     dec = np.degrees(np.arcsin(rng.uniform(-1, 1, 40)))
@@ -81,11 +90,37 @@ def test_make_skymap_cli(tmp_path: Any) -> None:
 
     root = str(tmp_path / "repo")
     butler = Butler.create(root, run="calexps")
-    butler.register_exposures([{"instrument": "Synth", "exposure": 1, "band": "r", "physical_filter": "r", "mjd": 60000.0, "day_obs": 20230101}])
-    butler.put(_exposure(150.0, 2.0), "calexp", {"instrument": "Synth", "exposure": 1, "detector": 0})
+    butler.register_exposures(
+        [
+            {
+                "instrument": "Synth",
+                "exposure": 1,
+                "band": "r",
+                "physical_filter": "r",
+                "mjd": 60000.0,
+                "day_obs": 20230101,
+            }
+        ]
+    )
+    butler.put(
+        _exposure(150.0, 2.0), "calexp", {"instrument": "Synth", "exposure": 1, "detector": 0}
+    )
     parser = argparse.ArgumentParser()
     add_commands(parser.add_subparsers())
-    args = parser.parse_args(["make-skymap", root, "--name", "mine", "--collections", "calexps", "--patch-inner", "150", "--patch-border", "10"])
+    args = parser.parse_args(
+        [
+            "make-skymap",
+            root,
+            "--name",
+            "mine",
+            "--collections",
+            "calexps",
+            "--patch-inner",
+            "150",
+            "--patch-border",
+            "10",
+        ]
+    )
     assert args.func(args) == 0
     stored = Butler(root).get("skymap", {"skymap": "mine"}, collections=["skymaps"])
     sm = SkyMap.from_dict(stored)

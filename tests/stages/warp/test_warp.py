@@ -70,7 +70,10 @@ def test_round_trip_flux_and_residual(sim_calexp: Any) -> None:
     inner_img = img[40:-40, 40:-40]
     peaks = [
         (y + 40, x + 40)
-        for y, x in zip(*np.unravel_index(np.argsort(inner_img, axis=None)[::-1][:3000], inner_img.shape), strict=True)
+        for y, x in zip(
+            *np.unravel_index(np.argsort(inner_img, axis=None)[::-1][:3000], inner_img.shape),
+            strict=True,
+        )
         if inner_img[y, x] == inner_img[max(y - 3, 0) : y + 4, max(x - 3, 0) : x + 4].max()
     ][:10]
     assert len(peaks) >= 5
@@ -105,8 +108,16 @@ def test_masks_no_data_sensor_edge_and_propagation() -> None:
     mask = np.zeros(shape, np.int32)
     mask[100, 100] = 1 << lld.DEFAULT_MASK_PLANES["SAT"]
     wcs = lld.make_tan_wcs(150.0, 2.0, (100.0, 100.0), 0.2)
-    ds = lld.make_exposure(np.ones(shape, np.float32), mask=mask, variance=np.ones(shape, np.float32), wcs=wcs, units="nJy")
-    target = PatchGeometry(wcs_to_cards(lld.make_tan_wcs(150.0, 2.0, (150.5, 150.5), 0.2)), (300, 300))
+    ds = lld.make_exposure(
+        np.ones(shape, np.float32),
+        mask=mask,
+        variance=np.ones(shape, np.float32),
+        wcs=wcs,
+        units="nJy",
+    )
+    target = PatchGeometry(
+        wcs_to_cards(lld.make_tan_wcs(150.0, 2.0, (150.5, 150.5), 0.2)), (300, 300)
+    )
     warp = warp_exposure(ds, target, chunks=(128, 128)).compute()
     m = warp["mask"].values
     no_data = (m & (1 << lld.DEFAULT_MASK_PLANES["NO_DATA"])) != 0
@@ -130,7 +141,9 @@ def test_each_output_chunk_reads_only_its_input_region() -> None:
 
     image = da.ones(shape, dtype=np.float32, chunks=256).map_blocks(record, dtype=np.float32)
     wcs = lld.make_tan_wcs(150.0, 2.0, (512.0, 512.0), 0.2)
-    ds = lld.make_exposure(image, variance=da.ones(shape, np.float32, chunks=256), wcs=wcs, units="nJy")
+    ds = lld.make_exposure(
+        image, variance=da.ones(shape, np.float32, chunks=256), wcs=wcs, units="nJy"
+    )
     warp = warp_exposure(ds, PatchGeometry(wcs_to_cards(wcs), shape), chunks=(256, 256))
     with dask.config.set(scheduler="synchronous"):
         warp["image"].data.blocks[1, 1].compute()
@@ -163,7 +176,9 @@ def test_psf_matched_warp_has_model_psf(sim_calexp: Any) -> None:
     matched = psf_match_warp(warp, model_fwhm_px=7.0).compute()
     assert matched.attrs["psf"]["kind"] == "gaussian"
     img = matched["image"].values
-    y, x = np.unravel_index(np.nanargmax(np.where(np.isfinite(img), img, -np.inf)[40:-40, 40:-40]), (944, 432))
+    y, x = np.unravel_index(
+        np.nanargmax(np.where(np.isfinite(img), img, -np.inf)[40:-40, 40:-40]), (944, 432)
+    )
     y, x = y + 40, x + 40
     *_, ixx, iyy, ixy = adaptive_moments(img[y - 20 : y + 21, x - 20 : x + 21])
     assert abs(moments_summary(ixx, iyy, ixy)[0] / 7.0 - 1.0) < 0.05

@@ -1,0 +1,168 @@
+"""Benchmark of the ISR: one 4096 × 4096 detector (8 amplifiers), Mpix/s.
+
+Rows: the whole ISR (overscan, crosstalk, bias, linearity, gain, variance, dark,
+defects, brighter-fatter, flat, SAT growth, interpolation) excluding I/O (raw in memory,
+planes stored into preallocated numpy arrays) and including zarr I/O (raw read from a
+zarr array, image/variance/mask written to a zarr group), on one and two threads; the
+fused per-pixel kernel alone; and astropy ccdproc's overscan, trim, bias, dark and flat
+on the same pixels, as a ratio to ours. The machine's load average is printed: on a
+shared machine the figures move with the other users, so compare ratios.
+
+Usage::
+
+    python benchmarks/isr.py [--repeat 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a source tree
+
+import dask
+import dask.array as da
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from lsstlite.data.exposure import make_exposure
+from lsstlite.instruments.simcam import SimCam
+from lsstlite.stages.isr import _kernels, ops
+from lsstlite.stages.isr._synthetic import geometry, simcam_raw
+
+N = 4096
+MPIX = N * N / 1e6
+
+
+def _best(fn: Callable[[], Any], repeat: int) -> float:
+    fn()  # warm-up: numba compilation (cached on disk) and page faults
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    cam = SimCam(geometry(N, N, 8))
+    rng = np.random.default_rng(1)
+    electrons = rng.poisson(1500.0, size=(N, N)).astype(np.float64)
+    raw = simcam_raw(electrons, cam, 0, read_noise=True, chunk_rows=512)
+    raw_np = np.asarray(raw["image"].data)
+    calib = {
+        "bias": make_exposure(rng.normal(0, 1, (N, N)).astype(np.float32), units="adu"),
+        "dark": make_exposure(np.full((N, N), 0.005, np.float32)),
+        "flat": make_exposure(rng.normal(1, 0.01, (N, N)).astype(np.float32)),
+    }
+    defects = pd.DataFrame({"x0": [100, 2000], "y0": [0, 40], "width": [1, 3], "height": [900, 3]})
+    consts = {
+        "crosstalk": cam.crosstalk_matrix(0),
+        "linearity": cam.linearity(0),
+        "bf_kernel": cam.bf_kernel(),
+    }
+
+    def isr(raw_ds: xr.Dataset) -> xr.Dataset:
+        return ops.isr_stacked(
+            raw_ds, overscan=ops.overscan_levels(raw_ds), defects=defects, **calib, **consts
+        )
+
+    outs = [np.empty((N, N), np.float32) for _ in range(3)]
+
+    def in_memory() -> None:
+        exp = isr(raw)
+        da.store([exp[v].data for v in ("image", "variance", "mask")], outs, lock=False)
+
+    tmp = Path(tempfile.mkdtemp(prefix="lsstlite-isr-bench-"))
+    da.from_array(raw_np, chunks=(512, -1)).to_zarr(str(tmp / "raw.zarr"), overwrite=True)
+
+    def with_io() -> None:
+        ds = raw.copy()
+        ds["image"] = (("y", "x"), da.from_zarr(str(tmp / "raw.zarr")))
+        exp = isr(ds)
+        exp[["image", "variance", "mask"]].drop_attrs().to_zarr(
+            str(tmp / "post_isr.zarr"), mode="w", consolidated=False
+        )
+
+    geo = ops._readout_geometry(raw)
+    lin = ops._linearity_array(consts["linearity"])
+    levels = np.asarray(ops.overscan_levels(raw).values)
+    flags = np.ones(7, bool)
+    bits = ops._mask_bits_array()[:3]
+
+    def kernel_only() -> None:
+        _kernels.isr_fused(
+            raw_np, levels, geo["raw_x0"], geo["det_x0"], geo["flip"], geo["width"], N,
+            geo["gain"], geo["read_noise"], geo["saturation"], lin, consts["crosstalk"],
+            calib["bias"]["image"].values, calib["dark"]["image"].values, 30.0,
+            calib["flat"]["image"].values, flags, bits,
+        )  # fmt: skip
+
+    rows: list[tuple[str, int, float]] = []
+    for threads in (1, 2):
+        with dask.config.set(scheduler="threads", num_workers=threads):
+            rows.append(("ISR, no I/O", threads, _best(in_memory, args.repeat)))
+            rows.append(("ISR + zarr I/O", threads, _best(with_io, args.repeat)))
+    rows.append(("fused kernel only (numba)", 1, _best(kernel_only, args.repeat)))
+    ccd_time = _ccdproc(raw, calib, args.repeat)
+
+    print(f"load average: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; detector {N}×{N}")
+    header = f"{'what':28s} {'threads':>7s} {'s':>7s} {'Mpix/s':>8s} {'vs ccdproc':>10s}"
+    print(header)
+    print("-" * len(header))
+    for name, threads, t in rows:
+        print(f"{name:28s} {threads:7d} {t:7.3f} {MPIX / t:8.1f} {ccd_time / t:9.1f}×")
+    if ccd_time:
+        print(
+            f"{'ccdproc (os/trim/bias/dark/flat)':28s} {1:7d} {ccd_time:7.3f} {MPIX / ccd_time:8.1f}"
+        )
+
+
+def _ccdproc(raw: xr.Dataset, calib: dict[str, xr.Dataset], repeat: int) -> float:
+    """astropy ccdproc on the same raw: per amplifier overscan + trim, then bias, dark, flat."""
+    try:
+        import astropy.units as u
+        import ccdproc
+        from astropy.nddata import CCDData
+    except ImportError:
+        print("ccdproc not installed (pip install ccdproc): no comparison")
+        return 0.0
+    image = np.asarray(raw["image"].data)
+    amps = raw.attrs["amplifiers"]
+    bias = CCDData(calib["bias"]["image"].values, unit="adu")
+    dark = CCDData(calib["dark"]["image"].values * 30.0 / 1.5, unit="adu")
+    flat = CCDData(calib["flat"]["image"].values, unit="adu")
+
+    def run() -> None:
+        pieces = []
+        for a in amps:
+            x0, x1 = a["bbox_raw"][2:]
+            ccd = CCDData(image[:, x0:x1], unit="adu")
+            ox0, ox1 = a["serial_overscan"][2] - x0, a["serial_overscan"][3] - x0
+            dx0, dx1 = a["data_section"][2] - x0, a["data_section"][3] - x0
+            ccd = ccdproc.subtract_overscan(
+                ccd, fits_section=f"[{ox0 + 1}:{ox1},:]", median=True, overscan_axis=1
+            )
+            pieces.append(ccdproc.trim_image(ccd, fits_section=f"[{dx0 + 1}:{dx1},:]").data)
+        ccd = CCDData(np.concatenate(pieces, axis=1), unit="adu")
+        ccd = ccdproc.subtract_bias(ccd, bias)
+        ccd = ccdproc.subtract_dark(
+            ccd, dark, dark_exposure=30 * u.s, data_exposure=30 * u.s, scale=False
+        )
+        ccdproc.flat_correct(ccd, flat)
+
+    return _best(run, repeat)
+
+
+if __name__ == "__main__":
+    main()

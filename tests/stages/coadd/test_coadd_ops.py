@@ -1,0 +1,208 @@
+"""Coadd ops on synthetic inputs: laziness, chunking, memory, input selection, methods."""
+
+from __future__ import annotations
+
+import logging
+import tracemalloc
+from typing import Any
+
+import dask
+import dask.array as da
+import numpy as np
+import pytest
+import xarray as xr
+
+from lsstlite.data.masks import mask_bits, mask_planes
+from lsstlite.stages.coadd import coadd_exposures, input_weights
+from tests.stages.coadd._synthetic import DEC, RA, SCALE, synthetic_calexp, synthetic_patch
+
+
+def _stars(n: int = 30, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    half = 150 * SCALE / 3600
+    return (
+        RA + rng.uniform(-half, half, n),
+        DEC + rng.uniform(-half, half, n),
+        rng.uniform(2e3, 5e4, n),
+    )
+
+
+@pytest.fixture(scope="module")
+def small_inputs() -> list[xr.Dataset]:
+    stars = _stars()
+    out = []
+    for k in range(5):
+        ds = synthetic_calexp(
+            (300, 280),
+            seed=k,
+            offset_px=(3.1 * k, -2.3 * k),
+            rotation_deg=0.3 * k,
+            chunks=128,
+            stars=stars,
+        )
+        if k == 2:  # a satellite trail in one epoch
+            yy, xx = np.mgrid[0:300, 0:280]
+            trail = 400.0 * np.exp(-0.5 * ((yy - 0.8 * xx - 20) / 1.5) ** 2)
+            ds["image"] = ds["image"] + da.from_array(trail.astype(np.float32), chunks=128)
+        out.append(ds)
+    return out
+
+
+PATCH = synthetic_patch((320, 300))
+
+
+class _Raise(Exception):
+    pass
+
+
+def _no_compute(*args: Any, **kwargs: Any) -> Any:
+    raise _Raise("something computed while building the graph")
+
+
+@pytest.mark.parametrize("method", ["mean", "clipped", "median", "compare_warp"])
+def test_lazy_equals_eager_and_chunking(small_inputs: list[xr.Dataset], method: str) -> None:
+    weights = [1.0, 2.0, 1.0, 1.5, 1.0]
+    with dask.config.set(scheduler=_no_compute):
+        lazy = coadd_exposures(
+            small_inputs, PATCH, method=method, weights=weights, chunks=(128, 128)
+        )
+    other = coadd_exposures(
+        small_inputs, PATCH, method=method, weights=weights, chunks=(97, 203)
+    ).compute()
+    eager = coadd_exposures(
+        [ds.compute() for ds in small_inputs],
+        PATCH,
+        method=method,
+        weights=weights,
+        chunks=(128, 128),
+    )
+    lazy = lazy.compute()
+    xr.testing.assert_identical(lazy, eager.compute())
+    if method == "compare_warp":
+        # footprints cut differently by the chunk halos may change a few pixels
+        differ = lazy["image"].values != other["image"].values
+        differ &= ~(np.isnan(lazy["image"].values) & np.isnan(other["image"].values))
+        assert differ.mean() < 1e-3
+    else:
+        for name in ("image", "variance", "mask"):
+            np.testing.assert_array_equal(lazy[name].values, other[name].values)
+
+
+def test_methods_and_trail(small_inputs: list[xr.Dataset]) -> None:
+    weights = [1.0] * 5
+    clean = [ds.copy() for ds in small_inputs]
+    trail_free = coadd_exposures(
+        clean[:2] + clean[3:], PATCH, method="mean", weights=weights[:4]
+    ).compute()
+    inner = (slice(40, -40), slice(40, -40))
+    sigma = 10.0 / np.sqrt(4)
+    for method, limit in [
+        ("mean", 100.0),
+        ("median", 8.0),
+        ("clipped", 5.0),
+        ("compare_warp", 5.0),
+    ]:
+        c = coadd_exposures(small_inputs, PATCH, method=method, weights=weights).compute()
+        excess = (c["image"].values - trail_free["image"].values)[inner] / sigma
+        assert np.nanmax(excess) > 10 if method == "mean" else np.nanmax(excess) < limit, method
+    cw = coadd_exposures(small_inputs, PATCH, method="compare_warp", weights=weights).compute()
+    rejected = (cw["mask"].values & mask_bits(mask_planes(cw), "REJECTED")) != 0
+    inexact = (cw["mask"].values & mask_bits(mask_planes(cw), "INEXACT_PSF")) != 0
+    assert rejected.sum() > 200 and (inexact | ~rejected).all()
+
+
+def test_weights_inverse_variance() -> None:
+    a = synthetic_calexp((64, 64), seed=1, sigma=2.0)
+    b = synthetic_calexp((64, 64), seed=2, sigma=4.0)
+    wa, wb = input_weights([a, b])
+    assert wa == pytest.approx(1 / 4.0) and wb == pytest.approx(1 / 16.0)
+    with pytest.raises(ValueError, match="2 calexps"):
+        coadd_exposures([a, b], synthetic_patch((64, 64)), weights=[1.0])
+
+
+def test_non_overlapping_skipped_broken_wcs_reported(
+    small_inputs: list[xr.Dataset], caplog: Any
+) -> None:
+    far = synthetic_calexp((100, 100), seed=9)
+    far.attrs["wcs"] = {**far.attrs["wcs"], "CRVAL1": RA + 1.0}
+    broken = synthetic_calexp((100, 100), seed=10)
+    broken.attrs["wcs"] = {**broken.attrs["wcs"], "CTYPE2": "DEC--???"}
+    with caplog.at_level(logging.WARNING, logger="lsstlite.stages.coadd"):
+        c = coadd_exposures([*small_inputs, far, broken], PATCH, method="mean", weights=[1.0] * 7)
+    skipped = {s["data_id"]["visit"]: s["reason"] for s in c.attrs["coadd_skipped"]}
+    assert skipped[9] == "no overlap with the patch"
+    assert skipped[10].startswith("broken WCS")
+    assert "'visit': 10" in caplog.text
+    assert len(c.attrs["coadd_inputs"]) == 5
+    with pytest.raises(ValueError, match="none of the 1 calexps"):
+        coadd_exposures([far], PATCH, weights=[1.0])
+
+
+class _Virtual:
+    """An array-like that makes pixels for any slice on demand (like a zarr array: dask
+    fuses slicing into the read, so only the requested region is ever built)."""
+
+    def __init__(self, shape: tuple[int, int], seed: int, kind: str) -> None:
+        self.shape = shape
+        self.dtype = np.dtype(np.int32 if kind == "mask" else np.float32)
+        self.ndim = 2
+        self.seed = seed
+        self.kind = kind
+
+    def __getitem__(self, key: tuple[slice, slice]) -> np.ndarray:
+        ys = np.arange(self.shape[0])[key[0]].astype(np.float32)
+        xs = np.arange(self.shape[1])[key[1]].astype(np.float32)
+        if self.kind == "mask":
+            return np.zeros((ys.size, xs.size), np.int32)
+        if self.kind == "variance":
+            return np.full((ys.size, xs.size), 50.0, np.float32)
+        phase = ys[:, None] * 12.9898 + xs[None, :] * 78.233 + self.seed
+        return (np.sin(phase) * 10.0).astype(np.float32)
+
+
+def _virtual_calexp(shape: tuple[int, int], seed: int) -> xr.Dataset:
+    ds = synthetic_calexp(shape, seed=seed, offset_px=(0.37 * seed % 3, 0.53 * seed % 3))
+    planes = {
+        name: (
+            ("y", "x"),
+            da.from_array(_Virtual(shape, seed, name), chunks=(512, 512)),
+            ds[name].attrs,
+        )
+        for name in ("image", "variance", "mask")
+    }
+    return ds.assign(planes)
+
+
+def _peak_bytes(n: int, shape: tuple[int, int]) -> tuple[int, int]:
+    calexps = [_virtual_calexp(shape, k) for k in range(n)]
+    c = coadd_exposures(
+        calexps,
+        synthetic_patch(shape),
+        method="mean",
+        kernel="bilinear",
+        weights=[1.0] * n,
+        chunks=(512, 512),
+    )
+    tracemalloc.start()
+    try:
+        c["image"].data.compute(scheduler="synchronous")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    return peak, c.attrs["coadd"]["max_task_bytes"]
+
+
+def test_memory_grows_with_inputs_times_chunk_not_patch() -> None:
+    peak_10, est_10 = _peak_bytes(10, (1024, 1024))
+    peak_40, est_40 = _peak_bytes(40, (1024, 1024))
+    peak_10_big, est_10_big = _peak_bytes(10, (1024, 3072))
+    # linear in the number of inputs...
+    assert 2.5 < peak_40 / peak_10 < 5.0, (peak_10, peak_40)
+    # ...but not in the patch area (3× larger patch, same chunks)
+    assert peak_10_big < 1.5 * peak_10, (peak_10, peak_10_big)
+    assert peak_40 < 0.5 * 40 * 1024**2 * 12 * 3
+    # the per-task estimate recorded in the attrs bounds what was measured
+    assert est_40 == pytest.approx(4 * est_10, rel=0.05) and est_10_big == pytest.approx(
+        est_10, rel=0.05
+    )
+    assert peak_40 < 3 * est_40
