@@ -11,6 +11,7 @@ running; everything else still runs.
 from __future__ import annotations
 
 import importlib
+import inspect
 import logging
 import os
 import threading
@@ -148,6 +149,9 @@ def run_quantum(
                         butler.get(dataset_type, input_id, collections=[payload["output_run"]])
                     )
             inputs[name] = values if spec["multiple"] else (values[0] if values else None)
+        if "data_id" in inspect.signature(task.run).parameters:
+            # Tasks that need the quantum's coordinates (a patch's geometry) declare it.
+            inputs["data_id"] = {**_dims_only(payload["implied"]), **data_id}
         logging.getLogger(f"lsstlite.task.{label}").info("running %s %s", label, data_id)
         result = task.run(**inputs)
         for name, spec in payload["outputs"].items():

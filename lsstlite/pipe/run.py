@@ -162,6 +162,10 @@ def prepare_run(
         pipe = pipe.with_config(config_overrides)
     run, _ = _choose_run(butler, output, reuse=skip_existing or extend_run)
     inputs = [c for c in inputs if c != output]
+    if output in set(butler.query_collections(output)):
+        # As with `pipetask -o`: an existing output chain's contents are inputs too, so
+        # step2 finds step1's outputs without naming their run.
+        inputs += [c for c in butler.get_chain(output) if c not in inputs]
     graph = build_graph(
         butler,
         pipe,

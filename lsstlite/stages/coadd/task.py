@@ -16,8 +16,8 @@ from pydantic import Field
 
 from lsstlite.data.skymap import SkyMap
 from lsstlite.pipe import Config, Input, Output, PrerequisiteInput, Task, TaskResult
-from lsstlite.stages.coadd.detect import detect_coadd_sources
 from lsstlite.stages.coadd.ops import DEFAULT_BAD_MASK_PLANES, ArtifactConfig, coadd_exposures
+from lsstlite.stages.detect.ops import detect_sources
 from lsstlite.stages.skymap.planning import load_skymap, plan_patch_quanta
 
 __all__ = [
@@ -132,16 +132,20 @@ class AssembleCoaddTask(Task):
 
 
 class DetectCoaddConfig(Config):
-    threshold_n_sigma: float = 5.0
-    min_area: int = 5
-    background_mesh: int = 128
-    background_filter: int = 3
-    deblend_n_thresh: int = 32
-    deblend_cont: float = 0.005
+    """Detection on a coadd (see :func:`lsstlite.stages.detect.ops.detect_sources`)."""
+
+    n_sigma: float = Field(5.0, gt=0, description="threshold on the PSF-matched S/N")
+    min_area: int = Field(5, ge=1, description="minimum footprint area before growing (px)")
+    grow_px: int = Field(2, ge=0, description="footprints grown by this radius (px)")
+    peak_smoothing_px: float = Field(0.5, gt=0, description="smoothing σ of peak finding")
+    min_dip_sigma: float = Field(4.0, ge=0, description="dip (σ) separating two peaks")
+    subtract_background: bool = True
+    background_box_px: int = Field(128, ge=16, description="background mesh (px)")
 
 
 class DetectCoaddTask(Task):
-    """Background-subtract a coadd and detect sources on it (``coadd_det``)."""
+    """Detect sources on a coadd (DMTN-023 ``detectCoaddSources``): the ``coadd_det``
+    peak table of :data:`lsstlite.data.objects.DETECTION_COLUMNS`, footprints included."""
 
     ConfigClass = DetectCoaddConfig
     config: DetectCoaddConfig
@@ -150,4 +154,5 @@ class DetectCoaddTask(Task):
     outputs = {"detections": Output("coadd_det", _PATCH_BAND, storage_class="Table")}
 
     def run(self, coadd: xr.Dataset) -> TaskResult:  # type: ignore[override]
-        return TaskResult(detections=detect_coadd_sources(coadd, **self.config.model_dump()))
+        table, _ = detect_sources(coadd, **self.config.model_dump())
+        return TaskResult(detections=table)

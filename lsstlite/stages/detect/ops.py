@@ -38,6 +38,7 @@ __all__ = [
     "mark_detected",
     "merge_detections",
     "merged_footprint_labels",
+    "psf_position",
     "psf_sigma_px",
 ]
 
@@ -76,6 +77,23 @@ def exposure_psf(ds: xr.Dataset) -> PsfModel:
     if not data:
         raise ValueError(f"{_describe(ds)} has no PSF model (attrs['psf'])")
     return psf_from_dict(dict(data))
+
+
+def psf_position(ds: xr.Dataset) -> tuple[float, float]:
+    """Where to evaluate a coadd's PSF as its typical one: the centre of its pixels, or,
+    when no input covers that, the centroid of the pixels that have data (a coadd PSF
+    exists only where inputs do)."""
+    x0, y0 = float(ds["x"].values[0]), float(ds["y"].values[0])
+    ny, nx = ds["image"].shape
+    mask = np.asarray(ds["mask"].values)
+    covered = (mask & mask_bits(mask_planes(ds), "NO_DATA")) == 0
+    iy, ix = ny // 2, nx // 2
+    if covered[iy, ix] or not covered.any():
+        return x0 + nx / 2.0, y0 + ny / 2.0
+    ys, xs = np.nonzero(covered)
+    # the covered pixel nearest the centroid (the centroid itself may fall in a gap)
+    k = int(np.argmin((xs - xs.mean()) ** 2 + (ys - ys.mean()) ** 2))
+    return x0 + float(xs[k]), y0 + float(ys[k])
 
 
 def psf_sigma_px(psf: PsfModel, x: float, y: float, *, size: int = 41) -> float:
@@ -162,7 +180,7 @@ def detect_sources(
     x0, y0 = int(exposure["x"].values[0]), int(exposure["y"].values[0])
     ny, nx = image.shape
     psf = exposure_psf(exposure)
-    sigma = psf_sigma_px(psf, x0 + nx / 2.0, y0 + ny / 2.0)
+    sigma = psf_sigma_px(psf, *psf_position(exposure))
     snr = _kernels.gaussian_snr(image, variance, sigma, bad)
     labels, _ = _kernels.footprint_labels(snr >= n_sigma, min_area=min_area, grow_px=grow_px)
     light = _kernels.gaussian_snr(image, variance, peak_smoothing_px, bad)
@@ -308,7 +326,7 @@ def merged_footprint_labels(
         detected = (np.asarray(ds["mask"].values) & mask_bits(mask_planes(ds), "DETECTED")) != 0
         if not detected.any():
             image, variance, bad = _pixels(ds)
-            sigma = psf_sigma_px(exposure_psf(ds), shape[1] / 2.0, shape[0] / 2.0)
+            sigma = psf_sigma_px(exposure_psf(ds), *psf_position(ds))
             detected = _kernels.gaussian_snr(image, variance, sigma, bad) >= n_sigma
         union |= detected
     r = int(min_radius_px)

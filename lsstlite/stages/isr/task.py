@@ -85,7 +85,13 @@ class IsrTask(Task):
     ConfigClass = IsrConfig
     dimensions = DET
     inputs = {
-        "raw": Input("raw", DET, storage_class="Raw", doc="raw frame"),
+        "raw": Input(
+            "raw",
+            DET,
+            storage_class="Raw",
+            where="exposure.obs_type = 'science'",
+            doc="raw science frame (calibration raws go to calibs.yaml)",
+        ),
         "bias": PrerequisiteInput("bias", DET_CAL, calibration=True, doc="master bias (ADU)"),
         "dark": PrerequisiteInput("dark", DET_CAL, calibration=True, doc="master dark (e⁻/s)"),
         "flat": PrerequisiteInput("flat", FILT_CAL, calibration=True, doc="master flat"),

@@ -59,6 +59,7 @@ from lsstlite.stages.detect.ops import (
     exposure_band,
     exposure_psf,
     footprints_from_merged,
+    psf_position,
     psf_sigma_px,
 )
 from lsstlite.stages.measure import _kernels
@@ -100,14 +101,25 @@ class _Patch:
     psf_sigma: float
     psf_size: int
     wcs_cards: dict[str, Any]
+    psf_ref: tuple[float, float]  # where the PSF is typical (parent frame)
     kernels: dict[tuple[int, int], NDArray[np.float64]] = field(default_factory=dict)
+
+    def psf_image(self, x: float, y: float) -> NDArray[np.float64]:
+        """The PSF at ``(x, y)`` (parent frame); where no input covers that position in
+        this band (an object detected only in another band's coverage) the typical PSF
+        of the patch, since there are no pixels to measure anyway (flag_edge,
+        flag_masked say so)."""
+        try:
+            return np.asarray(self.psf.image(x, y, size=self.psf_size), dtype=float)
+        except ValueError:
+            return np.asarray(self.psf.image(*self.psf_ref, size=self.psf_size), dtype=float)
 
     def kernel(self, x: float, y: float) -> NDArray[np.float64]:
         """PSF image centred on its middle pixel, cached per 64-pixel cell."""
         key = (int(x) // 64, int(y) // 64)
         if key not in self.kernels:
             cx, cy = key[0] * 64 + 32.0, key[1] * 64 + 32.0
-            k = np.asarray(self.psf.image(cx, cy, size=self.psf_size), dtype=float)
+            k = self.psf_image(cx, cy)  # parent frame, as x, y
             self.kernels[key] = k / k.sum()
         return self.kernels[key]
 
@@ -141,13 +153,14 @@ def _prepare(coadd: xr.Dataset, noise_seed: int) -> _Patch:
     x0, y0 = int(coadd["x"].values[0]), int(coadd["y"].values[0])
     ny, nx = image.shape
     psf = exposure_psf(coadd)
-    sigma = psf_sigma_px(psf, x0 + nx / 2.0, y0 + ny / 2.0)
+    psf_ref = psf_position(coadd)
+    sigma = psf_sigma_px(psf, *psf_ref)
     size = 2 * math.ceil(6.0 * sigma) + 1
     rng = np.random.default_rng([int(noise_seed), zlib.crc32(band.encode())])
     noise = rng.standard_normal(image.shape) * np.sqrt(variance)
     return _Patch(
         band, image, variance, bad, edge_mask, noise, x0, y0, psf, sigma, size,
-        dict(coadd.attrs["wcs"]),
+        dict(coadd.attrs["wcs"]), psf_ref,
     )  # fmt: skip
 
 
@@ -235,10 +248,7 @@ def _point_models(
                 children[i], safe_var, ok, centres[i, 1], centres[i, 0], patch.psf_sigma, 2.0
             )
             centres[i] = (cy, cx)
-            img = np.asarray(
-                patch.psf.image(cx + xa + patch.x0, cy + ya + patch.y0, size=patch.psf_size),
-                float,
-            )
+            img = patch.psf_image(cx + xa + patch.x0, cy + ya + patch.y0)
             jx, jy = math.floor(cx + 0.5), math.floor(cy + 0.5)
             ma, mb = max(jy - half, 0), min(jy + half + 1, h)
             na, nb = max(jx - half, 0), min(jx + half + 1, w)
@@ -331,7 +341,7 @@ def _measure(
     px, py = cx + xa + patch.x0, cy + ya + patch.y0
     out.update(x=px, y=py, x_err=ex, y_err=ey)
     # PSF model at the centroid, placed so its middle pixel is the nearest pixel.
-    psf_img = np.asarray(patch.psf.image(px, py, size=patch.psf_size), dtype=float)
+    psf_img = patch.psf_image(px, py)
     ph = patch.psf_size // 2
     ix, iy = math.floor(cx + 0.5), math.floor(cy + 0.5)
     model = np.zeros_like(stamp)

@@ -11,7 +11,7 @@ from lsstlite.data.psf import psf_from_dict
 from lsstlite.pipe import Pipeline
 from lsstlite.pipe.graph import build_graph
 from lsstlite.repo import Butler
-from lsstlite.stages.coadd.detect import COADD_DET_COLUMNS
+from lsstlite.data.objects import DETECTION_COLUMNS
 from lsstlite.stages.coadd.task import AssembleCoaddTask, DetectCoaddTask
 from lsstlite.stages.skymap import make_discrete_skymap
 from lsstlite.stages.warp.task import MakeWarpTask
@@ -90,7 +90,8 @@ def test_graph_groups_calexps_by_patch(coadd_repo: tuple[str, Any]) -> None:
     assert coadd["image"].chunks == ((256, 256, 28), (256, 256, 28))
     assert isinstance(psf_from_dict(coadd.attrs["psf"]).to_dict(), dict)
     det = DetectCoaddTask().run(coadd=coadd.compute()).detections
-    assert list(det.columns) == list(COADD_DET_COLUMNS) and len(det) > 20
-    assert np.all(det["flux_err"] > 0)
+    assert list(det.columns) == list(DETECTION_COLUMNS) and len(det) > 20
+    assert set(det["band"]) == {coadd.attrs["band"]}
+    assert np.all(det["flux"] > 0) and det["footprint_id"].min() >= 1
     with pytest.raises(ValueError, match="needs data_id"):
         task.run(calexps=calexps, skymap=butler.get("skymap", {"skymap": "test"}))
