@@ -14,6 +14,7 @@ elliptical profile is a circular one sheared with a unit-determinant matrix, so 
 
 from __future__ import annotations
 
+import importlib
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -34,6 +35,15 @@ __all__ = [
 
 _REGISTRY: dict[str, type[PsfModel]] = {}
 
+#: Models defined outside this module: imported on first use, so that a dataset read in a
+#: fresh process (a notebook, a worker) rebuilds its PSF without the caller importing the
+#: stage that made it.
+_LAZY_MODULES = {
+    "pixel": "lsstlite.data.psf_pixel",
+    "warped": "lsstlite.stages.warp.psf",
+    "coadd": "lsstlite.stages.coadd.psf",
+}
+
 #: Oversampling used to integrate analytic profiles over pixels.
 DEFAULT_OVERSAMPLE = 5
 
@@ -53,6 +63,8 @@ def psf_from_dict(data: dict[str, Any]) -> PsfModel:
         If ``data`` has no ``"kind"`` or names a model that is not registered.
     """
     kind = data.get("kind")
+    if kind not in _REGISTRY and kind in _LAZY_MODULES:
+        importlib.import_module(_LAZY_MODULES[str(kind)])
     if kind not in _REGISTRY:
         raise ValueError(f"unknown PSF model kind {kind!r}; known kinds: {sorted(_REGISTRY)}")
     return _REGISTRY[str(kind)].from_dict(data)

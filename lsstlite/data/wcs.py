@@ -12,7 +12,9 @@ Note: astropy's ``WCS`` object is not thread-safe; build one per thread/block wi
 
 from __future__ import annotations
 
+import threading
 import warnings
+from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
 
@@ -85,6 +87,34 @@ def wcs_from_cards(cards: Mapping[str, Any]) -> WCS:
         # astropy "fixes" harmless things (e.g. DATE-OBS formats) and says so.
         warnings.simplefilter("ignore", FITSFixedWarning)
         return WCS(header, relax=True)
+
+
+_WCS_CACHE = threading.local()
+_WCS_CACHE_SIZE = 64
+
+
+def cached_wcs(cards: Mapping[str, Any]) -> WCS:
+    """:func:`wcs_from_cards`, memoised per thread on the cards' content.
+
+    For hot loops that evaluate the same few WCSs many times (PSF models of coadds
+    evaluated at every object): building an astropy WCS from cards costs ~5 ms. The
+    returned object is shared: treat it as read-only. Per-thread, because wcslib
+    structures are not safe to share between threads.
+    """
+    key = tuple((k, repr(v)) for k, v in cards.items())
+    cache: OrderedDict[tuple[tuple[str, str], ...], WCS] | None = getattr(
+        _WCS_CACHE, "entries", None
+    )
+    if cache is None:
+        cache = _WCS_CACHE.entries = OrderedDict()
+    wcs = cache.get(key)
+    if wcs is None:
+        wcs = cache[key] = wcs_from_cards(cards)
+        if len(cache) > _WCS_CACHE_SIZE:
+            cache.popitem(last=False)
+    else:
+        cache.move_to_end(key)
+    return wcs
 
 
 def make_tan_wcs(

@@ -10,6 +10,7 @@ running; everything else still runs.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import inspect
 import logging
@@ -17,7 +18,7 @@ import os
 import threading
 import time
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -98,6 +99,27 @@ class _ThreadLogCapture(logging.Handler):
             )
 
 
+@contextlib.contextmanager
+def _chunk_parallel() -> Iterator[None]:
+    """Where a quantum's own Dask graph (a coadd's chunks, a detector's ISR) computes.
+
+    On a Dask worker the quantum leaves the worker's thread pool while it waits
+    (``worker_client``): its chunks then run on every worker of the cluster, and a
+    quantum waiting for its chunks never holds the thread they need (with as many
+    quanta as threads, that would starve the cluster). Elsewhere (the driver, a plain
+    call) Dask's default scheduler applies.
+    """
+    try:
+        from distributed import get_worker, worker_client
+
+        get_worker()
+    except (ImportError, ValueError):
+        yield
+        return
+    with worker_client():
+        yield
+
+
 def _dims_only(data_id: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in data_id.items() if k in DIMENSIONS}
 
@@ -152,21 +174,22 @@ def run_quantum(
         if "data_id" in inspect.signature(task.run).parameters:
             # Tasks that need the quantum's coordinates (a patch's geometry) declare it.
             inputs["data_id"] = {**_dims_only(payload["implied"]), **data_id}
-        logging.getLogger(f"lsstlite.task.{label}").info("running %s %s", label, data_id)
-        result = task.run(**inputs)
-        for name, spec in payload["outputs"].items():
-            if name not in result:
-                raise KeyError(
-                    f"{label}.run() did not return output {name!r} (returned {sorted(result)})"
+        with _chunk_parallel():
+            logging.getLogger(f"lsstlite.task.{label}").info("running %s %s", label, data_id)
+            result = task.run(**inputs)
+            for name, spec in payload["outputs"].items():
+                if name not in result:
+                    raise KeyError(
+                        f"{label}.run() did not return output {name!r} (returned {sorted(result)})"
+                    )
+                butler.put(
+                    result[name],
+                    spec["dataset_type"],
+                    {**_dims_only(payload["implied"]), **spec["data_id"]},
+                    run=payload["output_run"],
+                    replace=True,
+                    provenance={"task": label, "quantum": key, "config": payload["config"]},
                 )
-            butler.put(
-                result[name],
-                spec["dataset_type"],
-                {**_dims_only(payload["implied"]), **spec["data_id"]},
-                run=payload["output_run"],
-                replace=True,
-                provenance={"task": label, "quantum": key, "config": payload["config"]},
-            )
     except Exception as exc:
         status, error, tb = FAILED, f"{type(exc).__name__}: {exc}", traceback.format_exc()
         logging.getLogger(f"lsstlite.task.{label}").error("%s %s failed: %s", label, data_id, error)

@@ -14,7 +14,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from lsstlite.data.psf import PsfModel, register_psf
-from lsstlite.data.wcs import WcsCards, wcs_from_cards
+from lsstlite.data.wcs import WcsCards, cached_wcs
 from lsstlite.stages.warp.psf import WarpedPsf, adaptive_moments, moments_summary
 
 __all__ = ["CoaddPsf"]
@@ -51,12 +51,20 @@ class CoaddPsf(PsfModel):
     def from_dict(cls, data: dict[str, Any]) -> CoaddPsf:
         return cls([dict(c) for c in data["components"]], dict(data["wcs_out"]))
 
+    def _warped(self, k: int) -> WarpedPsf:
+        """Component ``k`` as a :class:`WarpedPsf`, built once and kept."""
+        cache: dict[int, WarpedPsf] = self.__dict__.setdefault("_warped_cache", {})
+        if k not in cache:
+            comp = self.components[k]
+            cache[k] = WarpedPsf(comp["psf"], comp["wcs_in"], self.wcs_out)
+        return cache[k]
+
     def covering(self, x: float, y: float) -> list[int]:
         """Indices of the components whose detector contains coadd pixel ``(x, y)``."""
-        ra, dec = wcs_from_cards(self.wcs_out).all_pix2world([x], [y], 0)
+        ra, dec = cached_wcs(self.wcs_out).all_pix2world([x], [y], 0)
         out = []
         for k, comp in enumerate(self.components):
-            xi, yi = wcs_from_cards(comp["wcs_in"]).all_world2pix(ra, dec, 0, quiet=True)
+            xi, yi = cached_wcs(comp["wcs_in"]).all_world2pix(ra, dec, 0, quiet=True)
             x0, y0, x1, y1 = comp["det_box"]
             if x0 - 0.5 <= xi[0] < x1 - 0.5 and y0 - 0.5 <= yi[0] < y1 - 0.5:
                 out.append(k)
@@ -78,7 +86,7 @@ class CoaddPsf(PsfModel):
         wsum = 0.0
         for k in idx:
             comp = self.components[k]
-            warped = WarpedPsf(comp["psf"], comp["wcs_in"], self.wcs_out)
+            warped = self._warped(k)
             total += comp["weight"] * warped.image(
                 x, y, size=size, center=center, oversample=oversample
             )

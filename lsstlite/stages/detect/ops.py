@@ -178,7 +178,6 @@ def detect_sources(
         back = sep.Background(np.ascontiguousarray(image), mask=bad, bw=box, bh=box, fw=3, fh=3)
         image = np.where(bad, 0.0, image - back.back())
     x0, y0 = int(exposure["x"].values[0]), int(exposure["y"].values[0])
-    ny, nx = image.shape
     psf = exposure_psf(exposure)
     sigma = psf_sigma_px(psf, *psf_position(exposure))
     snr = _kernels.gaussian_snr(image, variance, sigma, bad)

@@ -151,7 +151,6 @@ def _prepare(coadd: xr.Dataset, noise_seed: int) -> _Patch:
     image = np.where(bad, 0.0, image)
     variance = np.where(bad, 0.0, variance)
     x0, y0 = int(coadd["x"].values[0]), int(coadd["y"].values[0])
-    ny, nx = image.shape
     psf = exposure_psf(coadd)
     psf_ref = psf_position(coadd)
     sigma = psf_sigma_px(psf, *psf_ref)

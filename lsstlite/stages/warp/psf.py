@@ -18,7 +18,7 @@ from numpy.typing import NDArray
 from scipy import ndimage
 
 from lsstlite.data.psf import PsfModel, psf_from_dict, register_psf
-from lsstlite.data.wcs import WcsCards, wcs_from_cards
+from lsstlite.data.wcs import WcsCards, cached_wcs
 
 __all__ = ["SIGMA_TO_FWHM", "WarpedPsf", "adaptive_moments", "local_affine", "moments_summary"]
 
@@ -93,7 +93,7 @@ def local_affine(
     wcs_in_cards: WcsCards, wcs_out_cards: WcsCards, x_out: float, y_out: float
 ) -> tuple[float, float, NDArray[np.float64]]:
     """Input position of output pixel ``(x_out, y_out)`` and ``J = d(in)/d(out)`` there."""
-    wout, win = wcs_from_cards(wcs_out_cards), wcs_from_cards(wcs_in_cards)
+    wout, win = cached_wcs(wcs_out_cards), cached_wcs(wcs_in_cards)
     xo = np.array([x_out, x_out + 1.0, x_out - 1.0, x_out, x_out])
     yo = np.array([y_out, y_out, y_out, y_out + 1.0, y_out - 1.0])
     ra, dec = wout.all_pix2world(xo, yo, 0)
@@ -162,6 +162,14 @@ class WarpedPsf(PsfModel):
     def from_dict(cls, data: dict[str, Any]) -> WarpedPsf:
         return cls(dict(data["psf"]), dict(data["wcs_in"]), dict(data["wcs_out"]))
 
+    def input_model(self) -> PsfModel:
+        """The input PSF model, rebuilt once from :attr:`psf` and kept."""
+        model = self.__dict__.get("_input_model")
+        if model is None:
+            model = psf_from_dict(self.psf)
+            object.__setattr__(self, "_input_model", model)
+        return model
+
     def image(
         self,
         x: float,
@@ -175,7 +183,7 @@ class WarpedPsf(PsfModel):
         # Draw the input generously (the map may rotate/scale), centred on a whole pixel.
         size_in = math.ceil(size * 1.5 * max(1.0, float(np.abs(jac).max()))) | 1
         half = size_in // 2
-        stamp = psf_from_dict(self.psf).image(
+        stamp = self.input_model().image(
             xi, yi, size=size_in, center=(half, half), oversample=oversample
         )
         return resample_stamp(stamp, (half, half), jac, size, _stamp_center(x, y, size, center))

@@ -7,11 +7,11 @@ from typing import Any
 import numpy as np
 import pytest
 
+from lsstlite.data.objects import DETECTION_COLUMNS
 from lsstlite.data.psf import psf_from_dict
 from lsstlite.pipe import Pipeline
 from lsstlite.pipe.graph import build_graph
 from lsstlite.repo import Butler
-from lsstlite.data.objects import DETECTION_COLUMNS
 from lsstlite.stages.coadd.task import AssembleCoaddTask, DetectCoaddTask
 from lsstlite.stages.skymap import make_discrete_skymap
 from lsstlite.stages.warp.task import MakeWarpTask
