@@ -1,8 +1,18 @@
 """The demo: the whole flow on a simulated survey, resumable, with a summary against truth.
 
-``lsstlite demo --workdir DIR`` leaves ``DIR/sim`` (inputs and truth), ``DIR/repo`` (the
-repository) and ``DIR/export/<dataset_type>/`` (files for ds9, astropy and pandas). Each
+``lsstlite demo --workdir DIR`` simulates a survey, creates a repository, ingests the raws
+and the reference catalog, builds and certifies master calibrations, runs ``drp.yaml``
+step1 (ISR, characterisation, calibration), step2 (visit summaries, then the visit
+selection as a TAGGED collection), makes a sky map, runs step3 (coadds, multi-band
+detection, deblending, measurement, forced photometry, object table) and exports the
+results. It leaves ``DIR/sim`` (inputs and truth), ``DIR/repo`` (the repository; every
+output is in the CHAINED collection ``demo/drp``) and ``DIR/export/<dataset_type>/``
+(files for ds9, astropy and pandas) with the colour pictures in ``DIR/export/``. Each
 step is skipped when its result is already there, so rerunning resumes.
+
+Collections: ``demo/drp/step1``, ``demo/drp/step2`` and ``demo/drp/step3`` (CHAINED, one
+per step, each with its RUN), ``demo/drp/selected`` (TAGGED: the calexps that passed the
+visit selection, the only ones step3 sees) and ``demo/drp`` chaining them all.
 """
 
 from __future__ import annotations
@@ -25,6 +35,8 @@ class DemoResult:
     sim: Path
     repo: Path
     export: Path
+    catalog: Path | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
     pictures: list[Path] = field(default_factory=list)
     figures: dict[str, str] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
@@ -89,6 +101,97 @@ def _raw_picture(raw_path: str, out: Path) -> Path:
     return out
 
 
+#: Collections of the demo (see the module notes).
+OUTPUT = "demo/drp"
+CALIB_BUILD = "SimCam/calib/build"
+CALIB_COLLECTION = "SimCam/calib"
+CALIB_TYPES = ("bias", "dark", "flat", "defects", "fringe")
+SKYMAP = "discrete"
+SKYMAP_RUN = "skymaps"
+#: Patch size of the demo's sky map: small patches so that the small survey has several.
+PATCH_INNER, PATCH_BORDER = 1000, 50
+
+
+class _Progress:
+    """A one-line progress bar of quanta (``[=====     ] 12/41``)."""
+
+    def __init__(self, out: TextIO, width: int = 30) -> None:
+        self.out, self.width = out, width
+        self.tty = bool(getattr(out, "isatty", lambda: False)())
+        self.failed = 0
+
+    def __call__(self, done: int, total: int, outcome: Any) -> None:
+        if getattr(outcome, "status", "") in ("failed", "blocked"):
+            self.failed += 1
+        fill = int(self.width * done / max(total, 1))
+        bar = f"    [{'=' * fill}{' ' * (self.width - fill)}] {done}/{total} quanta"
+        if self.failed:
+            bar += f", {self.failed} failed"
+        if self.tty:
+            print("\r" + bar, end="" if done < total else "\n", file=self.out, flush=True)
+        elif done == total or done % max(total // 4, 1) == 0:
+            print(bar, file=self.out, flush=True)
+
+
+class _Runner:
+    """Runs pipeline steps on one local cluster, started only when something must run."""
+
+    def __init__(self, repo: Path, n_workers: int | None, out: TextIO) -> None:
+        self.repo, self.n_workers, self.out = repo, n_workers, out
+        self._cluster: Any = None
+        self._client: Any = None
+
+    def client(self) -> Any:
+        if self._client is None:
+            import logging
+            import os
+
+            from distributed import Client, LocalCluster
+
+            n = self.n_workers or os.cpu_count() or 1
+            self._cluster = LocalCluster(
+                n_workers=n,
+                threads_per_worker=1,
+                processes=True,
+                dashboard_address=":0",
+                silence_logs=logging.WARNING,
+            )
+            self._client = Client(self._cluster)
+            logging.getLogger("distributed").setLevel(logging.WARNING)
+        return self._client
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._cluster.close()
+            self._client = self._cluster = None
+
+    def run(self, pipeline: str, inputs: list[str], output: str) -> str:
+        """Run ``pipeline`` into ``output`` (resuming); a note for the step line."""
+        from lsstlite.pipe.run import prepare_run, run_pipeline
+
+        _, graph = prepare_run(
+            self.repo, pipeline, inputs=inputs, output=output, skip_existing=True, extend_run=True
+        )
+        todo = sum(1 for q in graph.quanta if not q.skip)
+        if todo == 0:
+            return f"{len(graph)} quanta already there"
+        print(file=self.out)
+        report = run_pipeline(
+            self.repo,
+            pipeline,
+            inputs=inputs,
+            output=output,
+            client=self.client(),
+            skip_existing=True,
+            extend_run=True,
+            progress=_Progress(self.out),
+        )
+        if not report.ok:
+            raise RuntimeError(f"{pipeline} did not complete:\n{report.table()}")
+        return f"{todo} quanta run, {len(graph) - todo} already there"
+
+
 def run_demo(
     workdir: str | Path = "lsstlite-demo",
     *,
@@ -108,31 +211,65 @@ def run_demo(
     seed
         Random seed of the simulation.
     n_workers
-        Processes for the simulation (default: all cores).
+        Processes for the simulation and the pipelines (default: all cores).
     out
         Where progress goes (default: stdout).
     """
-    import pandas as pd
-
-    from lsstlite.repo import Butler, ingest_raws, ingest_refcat
-    from lsstlite.sim import simulate_survey
-
     stream = out or sys.stdout
     work = Path(workdir).resolve()
     result = DemoResult(work, work / "sim", work / "repo", work / "export")
+    runner = _Runner(result.repo, n_workers, stream)
+    try:
+        _run_steps(result, preset, seed, n_workers, runner, stream)
+    finally:
+        runner.close()
+    result.figures = demo_figures(result)
+    print("\nquality against the simulator's truth", file=stream)
+    width = max(len(k) for k in result.figures)
+    for key, value in result.figures.items():
+        print(f"  {key:<{width}}  {value}", file=stream)
+    print(
+        f"\nsimulation (inputs, truth): {result.sim}"
+        f"\nrepository:                 {result.repo} (outputs in collection {OUTPUT!r})"
+        f"\nexports:                    {result.export}"
+        f"\ncatalog:                    {result.catalog}"
+        "\npictures:                   " + ", ".join(str(p) for p in result.pictures),
+        file=stream,
+    )
+    return result
+
+
+def _run_steps(
+    result: DemoResult,
+    preset: str,
+    seed: int,
+    n_workers: int | None,
+    runner: _Runner,
+    stream: TextIO,
+) -> None:
+    from lsstlite.repo import Butler, certify, ingest_raws, ingest_refcat
+    from lsstlite.sim import simulate_survey
+
     names = [
         "simulate the survey",
         "create the repository",
         "ingest raws",
         "ingest the reference catalog",
         "picture of a raw",
+        "master calibrations",
+        "step1: ISR, characterisation, calibration",
+        "step2: visit summaries and selection",
+        "sky map",
+        "step3: coadds and the multi-band catalog",
+        "export",
     ]
     steps = _Steps(names, stream)
-    state: dict[str, Any] = {}
+    raws = "SimCam/raw/all"
+    step1, step2, step3 = f"{OUTPUT}/step1", f"{OUTPUT}/step2", f"{OUTPUT}/step3"
+    selected = f"{OUTPUT}/selected"
 
     def simulate() -> str:
         summary = simulate_survey(result.sim, preset=preset, seed=seed, n_workers=n_workers)
-        state["summary"] = summary
         return f"{summary.n_science_raws} science + {summary.n_calib_raws} calibration raws" + (
             ", reused" if summary.resumed else ""
         )
@@ -155,45 +292,119 @@ def run_demo(
         return "refcats/sim"
 
     def picture() -> str:
-        butler = Butler(result.repo, collections="SimCam/raw/all")
+        butler = Butler(result.repo, collections=raws)
         refs = butler.query_datasets("raw", where="exposure.obs_type = 'science'")
         assert isinstance(refs, list)
         ref = refs[0]
         name = f"raw_{ref.data_id['exposure']:07d}_{ref.data_id['detector']:03d}.png"
-        result.pictures.append(_raw_picture(butler.get(ref), result.export / "raw" / name))
-        return str(result.pictures[-1])
+        path = result.export / "raw" / name
+        if not path.exists():
+            _raw_picture(butler.get(ref), path)
+        result.pictures.append(path)
+        return str(path)
+
+    def calibs() -> str:
+        butler = Butler(result.repo)
+        if CALIB_COLLECTION in butler.query_collections(CALIB_COLLECTION):
+            return f"{CALIB_COLLECTION} already there"
+        note = runner.run("calibs.yaml", [raws], CALIB_BUILD)
+        run = next(c for c in butler.get_chain(CALIB_BUILD) if c.startswith(CALIB_BUILD + "/"))
+        certify(butler, run, CALIB_COLLECTION, dataset_types=list(CALIB_TYPES))
+        return f"{note}; certified into {CALIB_COLLECTION}"
+
+    def run_step1() -> str:
+        return runner.run("drp.yaml#step1", [raws, CALIB_COLLECTION, "refcats"], step1)
+
+    def run_step2() -> str:
+        from lsstlite.stages.quality import select_visits
+
+        note = runner.run("drp.yaml#step2", [step1], step2)
+        butler = Butler(result.repo)
+        plot = result.export / "visit_quality.png"
+        table = select_visits(butler, [step2], selected, plot=plot)
+        result.pictures.append(plot)
+        good = table["good_detector"] & table["good_visit"]
+        return f"{note}; {int(good.sum())}/{len(table)} detectors selected into {selected}"
+
+    def skymap() -> str:
+        from lsstlite.stages.skymap.ops import make_skymap
+
+        butler = Butler(result.repo)
+        if SKYMAP_RUN in butler.query_collections(SKYMAP_RUN) and butler.exists(
+            "skymap", {"skymap": SKYMAP}, collections=[SKYMAP_RUN]
+        ):
+            return "already there"
+        refs = butler.query_datasets("calexp", collections=[selected])
+        assert isinstance(refs, list)
+        sky = make_skymap(
+            "discrete",
+            exposures=[butler.get(r) for r in refs],
+            name=SKYMAP,
+            patch_inner=PATCH_INNER,
+            patch_border=PATCH_BORDER,
+        )
+        butler.put(sky.to_dict(), "skymap", {"skymap": SKYMAP}, run=SKYMAP_RUN)
+        tract = sky.tract(0)
+        return f"{SKYMAP!r}: 1 tract, {len(tract.patches())} patches of {PATCH_INNER}² px"
+
+    def run_step3() -> str:
+        note = runner.run("drp.yaml#step3", [selected, SKYMAP_RUN], step3)
+        butler = Butler(result.repo)
+        butler.set_chain(OUTPUT, [step3, step2, step1, selected])
+        return note
+
+    def export() -> str:
+        return _export(result)
 
     steps.run("simulate the survey", simulate)
     steps.run("create the repository", create)
     steps.run("ingest raws", ingest)
     steps.run("ingest the reference catalog", refcat)
     steps.run("picture of a raw", picture)
+    steps.run("master calibrations", calibs)
+    steps.run("step1: ISR, characterisation, calibration", run_step1)
+    steps.run("step2: visit summaries and selection", run_step2)
+    steps.run("sky map", skymap)
+    steps.run("step3: coadds and the multi-band catalog", run_step3)
+    steps.run("export", export)
     result.timings = steps.timings
 
-    truth = pd.read_parquet(result.sim / "truth" / "exposures.parquet")
-    objects = pd.read_parquet(result.sim / "truth" / "objects.parquet")
-    ref = pd.read_parquet(result.sim / "refcat" / "refcat.parquet")
+
+def _export(result: DemoResult) -> str:
+    """Files for other tools: calexp/coadd FITS, src/object tables, colour pictures."""
+    from lsstlite.repo import Butler
+    from lsstlite.repo.export import export
+    from lsstlite.stages.export.ops import export_object_table, export_rgb
+
     butler = Butler(result.repo)
-    raws = butler.query_datasets("raw", collections="SimCam/raw/all", as_frame=True)
-    assert isinstance(raws, pd.DataFrame)
-    by_type = (
-        raws["exposure.obs_type"].value_counts().to_dict() if "exposure.obs_type" in raws else {}
+    counts = {}
+    for dataset_type in ("calexp", "src", "coadd"):
+        to = result.export / dataset_type
+        written = export(butler, OUTPUT, dataset_type, None, to, overwrite=True)
+        counts[dataset_type] = len(written)
+    tables = export_object_table(butler, OUTPUT, result.export / "object")
+    result.catalog = next(p for p in tables if p.suffix == ".parquet")
+    counts["object"] = len(tables)
+    coadds = butler.query_datasets("coadd", collections=OUTPUT)
+    assert isinstance(coadds, list)
+    bands = sorted({str(r.data_id["band"]) for r in coadds})
+    patches = sorted(
+        {
+            (str(r.data_id["skymap"]), int(r.data_id["tract"]), int(r.data_id["patch"]))
+            for r in coadds
+        }
     )
-    result.figures = {
-        "raws in the repository": ", ".join(f"{n} {t}" for t, n in sorted(by_type.items())),
-        "bands": ", ".join(sorted(truth["band"].unique())),
-        "visits × detectors": f"{truth['visit'].nunique()} × {truth['detector'].nunique()}",
-        "true seeing FWHM": f"{truth['psf_fwhm_arcsec'].min():.2f}–{truth['psf_fwhm_arcsec'].max():.2f} arcsec",
-        "true objects": f"{len(objects)} ({int(objects['is_star'].sum())} stars)",
-        "reference stars": str(len(ref)),
-    }
-    print("\nsummary", file=stream)
-    width = max(len(k) for k in result.figures)
-    for key, value in result.figures.items():
-        print(f"  {key:<{width}}  {value}", file=stream)
-    print(
-        f"\nsimulation: {result.sim}\nrepository: {result.repo}\npictures:   "
-        + ", ".join(str(p) for p in result.pictures),
-        file=stream,
-    )
-    return result
+    for sky, tract, patch in patches:
+        path = result.export / f"color_{sky}_tract{tract}_patch{patch}.png"
+        export_rgb(butler, OUTPUT, sky, tract, patch, bands, path)
+        result.pictures.append(path)
+    counts["png"] = len(patches)
+    return ", ".join(f"{n} {k}" for k, n in counts.items())
+
+
+def demo_figures(result: DemoResult) -> dict[str, str]:
+    """Quality figures of the demo's outputs against the simulator's truth."""
+    from lsstlite.sim.validate import format_metrics, truth_metrics
+
+    result.metrics = truth_metrics(result.sim, result.repo, OUTPUT)
+    return format_metrics(result.metrics)

@@ -45,14 +45,31 @@ def test_user_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[
 
 
 def test_demo_runs_and_resumes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from lsstlite.demo import run_demo
+    """The whole flow on the small survey: outputs where the README says, figures against
+    truth within the tolerances the stage tests use, and a rerun that only resumes."""
+    from lsstlite.demo import OUTPUT, run_demo
+    from lsstlite.repo import Butler
 
-    result = run_demo(tmp_path / "demo", preset="small", seed=3)
+    result = run_demo(tmp_path / "demo", preset="small", seed=3, n_workers=2)
     assert (result.sim / "truth" / "objects.parquet").is_file()
     assert (result.repo / "zarr.json").is_file()
-    assert result.pictures and all(p.stat().st_size > 10_000 for p in result.pictures)
-    assert "science" in result.figures["raws in the repository"]
-    again = run_demo(tmp_path / "demo", preset="small", seed=3)
+    for kind, suffix in (("calexp", ".fits"), ("src", ".parquet"), ("coadd", ".fits")):
+        files = list((result.export / kind).glob(f"*{suffix}"))
+        assert files, kind
+    assert result.catalog is not None and result.catalog.is_file()
+    assert (result.export / "object" / (result.catalog.stem + ".fits")).is_file()
+    colour = [p for p in result.pictures if p.name.startswith("color_")]
+    assert colour and all(p.stat().st_size > 10_000 for p in result.pictures)
+    butler = Butler(result.repo)
+    assert butler.query_datasets("object", collections=OUTPUT)
+    m = result.metrics
+    assert abs(m["psf_fwhm_error_median"]) < 0.01 and m["psf_fwhm_error_max"] < 0.03
+    assert m["astrometry_median_mas"] < 20 and m["n_stars"] > 100
+    assert abs(m["photometry_offset_mmag"]) < 10
+    assert m["object_position_median_mas"] < 20
+    assert m["completeness"] > 0.9 and m["purity"] > 0.95
+    capsys.readouterr()
+    again = run_demo(tmp_path / "demo", preset="small", seed=3, n_workers=2)
     out = capsys.readouterr().out
-    assert "reused" in out and "already there" in out
+    assert "reused" in out and "quanta already there" in out and "quanta run" not in out
     assert again.figures == result.figures

@@ -85,8 +85,8 @@ def make_rgb(
         redder, bluer = sorted(have, key=lambda b: -_band_rank(b))
         red, blue = arrays[redder], arrays[bluer]
         green = 0.5 * (red + blue)
-        log.warning(
-            "only bands %s of %s are available: green is synthesised as the mean of %s and %s",
+        (log.warning if len(bands) > len(have) else log.info)(
+            "bands %s of %s: green is synthesised as the mean of %s and %s",
             have,
             list(bands),
             redder,
@@ -96,7 +96,8 @@ def make_rgb(
         total = red + green + blue
         mad = float(np.nanmedian(np.abs(total - np.nanmedian(total))))
         stretch = 5.0 * mad if mad > 0 else 1.0
-    rgb = make_lupton_rgb(red, green, blue, minimum=minimum, stretch=stretch, Q=q)
+    with np.errstate(invalid="ignore", divide="ignore"):  # 0/0 where all bands are 0
+        rgb = make_lupton_rgb(red, green, blue, minimum=minimum, stretch=stretch, Q=q)
     return np.ascontiguousarray(np.asarray(rgb, dtype=np.uint8)[::-1])
 
 
