@@ -20,6 +20,8 @@ _COMMAND_MODULES = (
     "lsstlite.cli.sim",
     "lsstlite.repo.cli",
     "lsstlite.cli.pipe",
+    "lsstlite.stages.skymap.cli",
+    "lsstlite.cli.stages",
     "lsstlite.cli.demo",
 )
 

@@ -52,8 +52,9 @@ def make_rgb(
     minimum
         Image value mapped to black.
     stretch
-        Linear range of the asinh stretch (image units); default: 5 × the median absolute
-        deviation of the summed image (≈ 3 σ of the sky noise).
+        Linear range of the asinh stretch (image units); default: 15 × the sky noise of
+        the summed image (robust σ over the pixels every band covers), which keeps the
+        sky dark grey and faint sources visible.
     q
         Asinh softening (Lupton's Q).
 
@@ -92,10 +93,13 @@ def make_rgb(
             redder,
             bluer,
         )
+    # Pixels some band does not cover are black: a one-band pixel would take its colour.
+    covered = np.logical_and.reduce([_covered(images_by_band[b]) for b in have])
+    red, green, blue = (np.where(covered, c, 0.0) for c in (red, green, blue))
     if stretch is None:
-        total = red + green + blue
-        mad = float(np.nanmedian(np.abs(total - np.nanmedian(total))))
-        stretch = 5.0 * mad if mad > 0 else 1.0
+        total = (red + green + blue)[covered]
+        mad = float(np.median(np.abs(total - np.median(total)))) if total.size else 0.0
+        stretch = 15.0 * 1.4826 * mad if mad > 0 else 1.0
     with np.errstate(invalid="ignore", divide="ignore"):  # 0/0 where all bands are 0
         rgb = make_lupton_rgb(red, green, blue, minimum=minimum, stretch=stretch, Q=q)
     return np.ascontiguousarray(np.asarray(rgb, dtype=np.uint8)[::-1])
@@ -103,6 +107,17 @@ def make_rgb(
 
 def _band_rank(band: str) -> int:
     return BAND_ORDER.index(band) if band in BAND_ORDER else len(BAND_ORDER)
+
+
+def _covered(image: Any) -> NDArray[np.bool_]:
+    """Pixels with data: finite, and not NO_DATA for an exposure."""
+    ok = np.isfinite(np.asarray(image["image"].values if isinstance(image, xr.Dataset) else image))
+    if isinstance(image, xr.Dataset) and "mask" in image:
+        from lsstlite.data.masks import mask_bits, mask_planes
+
+        no_data = mask_bits(mask_planes(image), "NO_DATA")
+        ok &= (np.asarray(image["mask"].values) & no_data) == 0
+    return ok
 
 
 def _plane(image: Any) -> NDArray[np.float64]:

@@ -126,7 +126,7 @@ def select_visits(
 
 def select_visits_cli(
     repo: str,
-    summaries_collection: str,
+    summaries_collection: str | Sequence[str],
     tagged_collection: str,
     *,
     plot: str | None = None,
