@@ -90,3 +90,12 @@ def sim_repo(sim_small: Any, tmp_path_factory: pytest.TempPathFactory) -> str:
     assert not report.failed, report
     ingest_refcat(butler, Path(sim_small.outdir) / "refcat" / "refcat.parquet", name="sim")
     return root
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """The demo, run once on the small survey (seed 3, 2 worker processes): its
+    ``DemoResult``. The demo test, the notebooks and the SLURM notebook resume from it."""
+    from lsstlite.demo import run_demo
+
+    return run_demo(tmp_path_factory.mktemp("demo") / "demo", preset="small", seed=3, n_workers=2)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -44,13 +45,15 @@ def test_user_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert code == 2 and "not an lsstlite repository" in err and "Traceback" not in err
 
 
-def test_demo_runs_and_resumes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_demo_runs_and_resumes(
+    demo_run: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """The whole flow on the small survey: outputs where the README says, figures against
     truth within the tolerances the stage tests use, and a rerun that only resumes."""
     from lsstlite.demo import OUTPUT, run_demo
     from lsstlite.repo import Butler
 
-    result = run_demo(tmp_path / "demo", preset="small", seed=3, n_workers=2)
+    result = demo_run
     assert (result.sim / "truth" / "objects.parquet").is_file()
     assert (result.repo / "zarr.json").is_file()
     for kind, suffix in (("calexp", ".fits"), ("src", ".parquet"), ("coadd", ".fits")):
@@ -80,7 +83,7 @@ def test_demo_runs_and_resumes(tmp_path: Path, capsys: pytest.CaptureFixture[str
     rgb = ["--collections", OUTPUT, "--rgb", "g,r,i", "--skymap", "discrete", "--tract", "0"]
     assert main(["export-rgb", repo, *rgb, "--patch", "0", "--to", str(tmp_path / "png")]) == 0
     assert (tmp_path / "png" / "color_discrete_tract0_patch0.png").stat().st_size > 10_000
-    again = run_demo(tmp_path / "demo", preset="small", seed=3, n_workers=2)
+    again = run_demo(result.workdir, preset="small", seed=3, n_workers=2)
     out = capsys.readouterr().out
     assert "reused" in out and "quanta already there" in out and "quanta run" not in out
     assert again.figures == result.figures

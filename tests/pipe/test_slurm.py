@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -253,3 +254,22 @@ def test_slurm_and_local_give_the_same_bytes(slurm: dict[str, str], tmp_path: Pa
         b = butler.get("toy_scaled", did, collections="u/local")["image"].values
         assert a.dtype == b.dtype and a.tobytes() == b.tobytes()
         assert np.all(np.isfinite(a))
+
+
+def test_slurm_notebook(
+    slurm: dict[str, str], demo_run: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """notebooks/02_slurm.ipynb runs step1 of one detector and band on SLURM jobs."""
+    from tests.test_notebooks import NOTEBOOKS, execute_notebook
+
+    for key, value in slurm.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("LSSTLITE_DEMO_DIR", str(demo_run.workdir))
+    monkeypatch.setenv("LSSTLITE_SCHEDULER_HOST", "127.0.0.1")
+    monkeypatch.setenv("SLURM_QUEUE", "test")
+    execute_notebook(NOTEBOOKS / "02_slurm.ipynb", tmp_path)
+    butler = Butler(str(demo_run.repo), collections="u/notebook/step1")
+    calexps = butler.query_datasets("calexp")
+    assert len(calexps) == 3 and all(r.data_id["detector"] == 0 for r in calexps)
+    logs = [butler.get(r) for r in butler.query_datasets("calibrate_log")]
+    assert logs and all(log["status"] == "succeeded" for log in logs)
