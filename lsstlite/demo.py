@@ -65,28 +65,25 @@ class _Steps:
 
 def _raw_picture(raw_path: str, out: Path) -> Path:
     """A PNG of one raw frame (all amplifiers with their overscans), zscale + asinh."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
     from astropy.io import fits
     from astropy.visualization import AsinhStretch, ImageNormalize, ZScaleInterval
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Rectangle
 
     from lsstlite.instruments import instrument_for_header
 
     raw = instrument_for_header(fits.getheader(raw_path, 0)).read_raw(raw_path)
     data = np.asarray(raw["image"].values, dtype=float)
     vi = raw.attrs["visit_info"]
-    fig, ax = plt.subplots(figsize=(5, 5 * data.shape[0] / data.shape[1] * 0.6 + 1))
+    fig = Figure(figsize=(5, 5 * data.shape[0] / data.shape[1] * 0.6 + 1))
+    ax = fig.subplots()
     norm = ImageNormalize(data, interval=ZScaleInterval(), stretch=AsinhStretch(0.1))
     ax.imshow(data, origin="lower", cmap="gray", norm=norm, interpolation="nearest")
     for amp in raw.attrs["amplifiers"]:
         y0, y1, x0, x1 = amp["serial_overscan"]
         ax.add_patch(
-            plt.Rectangle(
-                (x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, ec="tab:orange", lw=0.8
-            )
+            Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, ec="tab:orange", lw=0.8)
         )
     ax.set_title(
         f"raw {vi['instrument']} exposure {vi['exposure']} detector {vi['detector']} "
@@ -97,7 +94,6 @@ def _raw_picture(raw_path: str, out: Path) -> Path:
     ax.set_ylabel("y [pixel]")
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110, bbox_inches="tight")
-    plt.close(fig)
     return out
 
 

@@ -30,6 +30,7 @@ def _outputs(nb: Any, kind: str) -> list[Any]:
 
 def test_walkthrough(demo_run: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("LSSTLITE_DEMO_DIR", str(demo_run.workdir))
+    monkeypatch.setenv("LSSTLITE_DEMO_SEED", "3")
     nb = execute_notebook(NOTEBOOKS / "01_walkthrough.ipynb", tmp_path)
     # the calexp, the PSF stamps, the quality plot, the colour coadd and the CMD
     assert len(_outputs(nb, "image/png")) >= 5

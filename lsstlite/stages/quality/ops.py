@@ -188,16 +188,15 @@ def plot_visit_quality(summary: pd.DataFrame, path: str | Path) -> Path:
     pathlib.Path
         The written file.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     visits = sorted(summary["visit"].unique())
     n = max(len(visits), 1)
     ncol = min(n, 4)
     nrow = math.ceil(n / ncol)
-    fig, axes = plt.subplots(nrow, ncol, figsize=(3.2 * ncol, 3.2 * nrow), squeeze=False)
+    # A Figure of its own: no pyplot state, no change of the caller's backend.
+    fig = Figure(figsize=(3.2 * ncol, 3.2 * nrow))
+    axes = fig.subplots(nrow, ncol, squeeze=False)
     vmin = float(np.nanmin(summary["psf_fwhm_arcsec"])) if len(summary) else 0.0
     vmax = float(np.nanmax(summary["psf_fwhm_arcsec"])) if len(summary) else 1.0
     ra0 = float(np.nanmedian(summary["ra"])) if len(summary) else 0.0
@@ -240,5 +239,4 @@ def plot_visit_quality(summary: pd.DataFrame, path: str | Path) -> Path:
         fig.colorbar(sc, ax=axes.ravel().tolist(), label="PSF FWHM [arcsec]")
     path = Path(path)
     fig.savefig(path, dpi=80)
-    plt.close(fig)
     return path
