@@ -145,6 +145,8 @@ class _Runner:
             from distributed import Client, LocalCluster
 
             n = self.n_workers or os.cpu_count() or 1
+            # The cluster's own start-up chatter would bury the progress bars.
+            logging.getLogger("distributed").setLevel(logging.WARNING)
             self._cluster = LocalCluster(
                 n_workers=n,
                 threads_per_worker=1,
@@ -153,7 +155,6 @@ class _Runner:
                 silence_logs=logging.WARNING,
             )
             self._client = Client(self._cluster)
-            logging.getLogger("distributed").setLevel(logging.WARNING)
         return self._client
 
     def close(self) -> None:

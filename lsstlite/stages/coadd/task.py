@@ -75,6 +75,11 @@ class AssembleCoaddConfig(Config):
     clip_amp_frac: float = 0.3
     clip_n_iter: int = 2
     grid_step_px: int = 16
+    do_sky_correction: bool = Field(
+        False,
+        description="replace each calexp's per-detector background by its visit's "
+        "focal-plane sky_model (from sky_correction) before warping",
+    )
     artifacts: ArtifactRejectionConfig = Field(default_factory=lambda: ArtifactRejectionConfig())
 
 
@@ -86,9 +91,23 @@ class AssembleCoaddTask(Task):
     dimensions = _PATCH_BAND
     inputs = {
         "calexps": Input("calexp", _DET, multiple=True, doc="calibrated exposures"),
+        "backgrounds": Input(
+            "background", _DET, multiple=True, doc="per-detector backgrounds (sky correction)"
+        ),
+        "sky_models": Input(
+            "sky_model",
+            ("instrument", "visit"),
+            storage_class="Json",
+            multiple=True,
+            doc="focal-plane sky of each visit (sky correction)",
+        ),
         "skymap": PrerequisiteInput("skymap", ("skymap",), storage_class="Json"),
     }
     outputs = {"coadd": Output("coadd", _PATCH_BAND, doc="coadd with CoaddPsf and inputs")}
+
+    def active_inputs(self) -> dict[str, Any]:
+        skip = () if self.config.do_sky_correction else ("backgrounds", "sky_models")
+        return {n: c for n, c in self.inputs.items() if n not in skip}
 
     def group_quanta(
         self,
@@ -99,7 +118,7 @@ class AssembleCoaddTask(Task):
     ) -> list[tuple[dict[str, Any], dict[str, Any], dict[str, list[dict[str, Any]]]]]:
         """Calexps × the patches they overlap, per band (the spatial join)."""
         skymap = load_skymap(butler, self.config.skymap_name, collections)
-        return plan_patch_quanta(
+        plans = plan_patch_quanta(
             records["calexps"],
             input_name="calexps",
             skymap=skymap,
@@ -107,14 +126,34 @@ class AssembleCoaddTask(Task):
             collections=collections,
             split_by=("band",),
         )
+        if self.config.do_sky_correction:
+            # each quantum also reads its calexps' backgrounds and their visits' sky models
+            backs = {
+                (r["instrument"], r["exposure"], r["detector"]): r for r in records["backgrounds"]
+            }
+            skies = {(r["instrument"], r["exposure"]): r for r in records["sky_models"]}
+            for _, _, inputs in plans:
+                calexps = inputs["calexps"]
+                inputs["backgrounds"] = [
+                    backs[k]
+                    for k in ((r["instrument"], r["exposure"], r["detector"]) for r in calexps)
+                    if k in backs
+                ]
+                visits = dict.fromkeys((r["instrument"], r["exposure"]) for r in calexps)
+                inputs["sky_models"] = [skies[v] for v in visits if v in skies]
+        return plans
 
     def run(  # type: ignore[override]
         self,
         calexps: list[xr.Dataset],
         skymap: dict[str, Any],
+        backgrounds: list[xr.Dataset] | None = None,
+        sky_models: list[dict[str, Any]] | None = None,
         data_id: Mapping[str, Any] | None = None,
     ) -> TaskResult:
         cfg = self.config
+        if cfg.do_sky_correction:
+            calexps = sky_corrected(calexps, backgrounds or [], sky_models or [], self.label)
         coadd = coadd_exposures(
             calexps,
             patch_of(skymap, data_id, self.label),
@@ -129,6 +168,39 @@ class AssembleCoaddTask(Task):
             grid_step_px=cfg.grid_step_px,
         )
         return TaskResult(coadd=coadd)
+
+
+def sky_corrected(
+    calexps: Sequence[xr.Dataset],
+    backgrounds: Sequence[xr.Dataset],
+    sky_models: Sequence[Mapping[str, Any]],
+    label: str = "assemble_coadd",
+) -> list[xr.Dataset]:
+    """Each calexp with its background restored and its visit's focal-plane sky removed.
+
+    Raises
+    ------
+    LookupError
+        Naming the calexp whose background or visit sky model is missing.
+    """
+    from lsstlite.stages.skycorr import SkyModel, apply_sky_model, pair_backgrounds
+
+    models = {}
+    for m in sky_models:
+        sky = SkyModel.from_dict(dict(m))
+        models[sky.visit] = sky
+    out = []
+    for calexp, back in zip(calexps, pair_backgrounds(calexps, backgrounds), strict=True):
+        vi = calexp.attrs.get("visit_info") or {}
+        key = None if vi.get("exposure") is None else int(vi["exposure"])
+        if key not in models:
+            raise LookupError(
+                f"{label}: no sky_model for visit {vi.get('exposure')} (detector "
+                f"{vi.get('detector')}); run sky_correction (drp.yaml#step2) first or set "
+                f"{label}.do_sky_correction=false"
+            )
+        out.append(apply_sky_model(calexp, models[key], back))
+    return out
 
 
 class DetectCoaddConfig(Config):

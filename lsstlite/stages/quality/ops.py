@@ -144,7 +144,9 @@ class SelectVisitsConfig(Config):
     )
     min_good_detectors: int = Field(default=1, ge=1, description="good detectors for a good visit")
     dataset_types: tuple[str, ...] = Field(
-        default=("calexp", "src"), description="what the TAGGED collection receives"
+        default=("calexp", "src", "background", "sky_model"),
+        description="what the TAGGED collection receives (per detector or per visit); "
+        "calexp is required, the others are tagged where they exist",
     )
 
 

@@ -98,6 +98,8 @@ def select_visits(
     instruments = {int(r.data_id["exposure"]): r.data_id["instrument"] for r in refs}
     table = select_good_detectors(summary, cfg)
     tagged = []
+    seen: set[Any] = set()
+    registered = {dt.name for dt in butler.query_dataset_types("*")}
     row: Any
     for row in table[table["good_detector"] & table["good_visit"]].itertuples():
         data_id = {
@@ -106,10 +108,16 @@ def select_visits(
             "detector": int(row.detector),
         }
         for dataset_type in cfg.dataset_types:
-            ref = butler.find_dataset(dataset_type, data_id, collections=summaries_collection)
-            if ref is None:
+            if dataset_type not in registered:
+                continue
+            dims = butler.get_dataset_type(dataset_type).dimensions
+            did = {k: v for k, v in data_id.items() if k in dims or k == "instrument"}
+            ref = butler.find_dataset(dataset_type, did, collections=summaries_collection)
+            if ref is None and dataset_type == "calexp":
                 raise LookupError(f"{dataset_type} {data_id} not found in {summaries_collection!r}")
-            tagged.append(ref)
+            if ref is not None and ref.id not in seen:
+                seen.add(ref.id)
+                tagged.append(ref)
     butler.associate(tagged_collection, tagged)
     if plot is not None:
         plot_visit_quality(summary, plot)
