@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -135,6 +136,19 @@ class QuantumGraph:
 
     def __len__(self) -> int:
         return len(self.quanta)
+
+
+def _names_only(expression: str, dims: Sequence[str]) -> bool:
+    """Whether every dimension ``expression`` names is one of ``dims`` (or implied by them).
+
+    Quoted strings are ignored; ``visit`` counts as ``exposure``; band, physical_filter,
+    day_obs and mjd are implied by ``exposure``.
+    """
+    unquoted = re.sub(r"'[^']*'|\"[^\"]*\"", "''", expression)
+    named = {ALIASES.get(m, m) for m in re.findall(r"[A-Za-z_][A-Za-z_0-9]*", unquoted)}
+    have = set(dims) | (set(_IMPLIED) if "exposure" in dims else set())
+    known = set(DIMENSIONS) | set(_IMPLIED)
+    return not ((named & known) - have)
 
 
 def _scalar(value: Any) -> Any:
@@ -267,9 +281,12 @@ def build_graph(
         dt = conn.dataset_type
         cache_key = (dt, conn.where)
         if cache_key not in existing:
-            clauses = [f"({w})" for w in (where, conn.where) if w]
-            expression = " AND ".join(clauses) or None
             dims = butler.get_dataset_type(dt).dimensions
+            # The user's where constrains the dimensions it names; a dataset without one of
+            # them (a per-visit sky model under "detector = 1") is not filtered by it.
+            user = where if where and _names_only(where, dims) else None
+            clauses = [f"({w})" for w in (user, conn.where) if w]
+            expression = " AND ".join(clauses) or None
             try:
                 frame = butler.query_datasets(
                     dt, where=expression, bind=bind, collections=collections, as_frame=True
