@@ -49,7 +49,7 @@ def add_commands(subparsers: Any) -> None:
     p.add_argument("--to", required=True, metavar="DIR")
     p.add_argument("--stretch", type=float, default=None, help="asinh stretch (nJy)")
     p.add_argument("--q", type=float, default=8.0, help="asinh softening Q")
-    p.set_defaults(func=_export_rgb)
+    p.set_defaults(func=export_rgb_command)
 
     p = subparsers.add_parser("export-objects", help="object tables as Parquet and/or FITS")
     p.add_argument("repo")
@@ -77,12 +77,15 @@ def _select_visits(args: argparse.Namespace) -> int:
     return 0
 
 
-def _export_rgb(args: argparse.Namespace) -> int:
+def export_rgb_command(args: argparse.Namespace) -> int:
+    """``lsstlite export-rgb`` (also ``lsstlite export --rgb``)."""
     from pathlib import Path
 
     from lsstlite.repo import Butler
     from lsstlite.stages.export.ops import export_rgb
 
+    if not args.skymap or args.tract is None:
+        raise ValueError("colour pictures need --skymap and --tract (and optionally --patch)")
     butler = Butler(args.repo)
     cols = _collections(args.collections)
     patches = args.patch

@@ -162,14 +162,28 @@ def _export(args: argparse.Namespace) -> int:
     from ._butler import Butler
     from .export import export
 
-    written = export(
-        Butler(args.repo),
-        _collections(args.collections),
-        args.dataset_type,
-        args.where,
-        args.to,
-        overwrite=args.overwrite,
-    )
+    if args.rgb:
+        # colour pictures of patches (lsstlite.stages.export)
+        from lsstlite.cli.stages import export_rgb_command
+
+        return export_rgb_command(args)
+    if not args.dataset_type:
+        raise ValueError("export needs --dataset-type (or --rgb BANDS for colour pictures)")
+    if args.dataset_type == "object" and args.format:
+        from lsstlite.stages.export.ops import export_object_table
+
+        written = export_object_table(
+            Butler(args.repo), _collections(args.collections), args.to, formats=args.format
+        )
+    else:
+        written = export(
+            Butler(args.repo),
+            _collections(args.collections),
+            args.dataset_type,
+            args.where,
+            args.to,
+            overwrite=args.overwrite,
+        )
     print(f"exported {len(written)} file(s) to {args.to}")
     return 0
 
@@ -224,13 +238,28 @@ def add_commands(subparsers: Any) -> None:
     p.add_argument("runs", nargs="+", metavar="RUN")
     p.set_defaults(func=_remove_runs)
 
-    p = subparsers.add_parser("export", help="export datasets to FITS / Parquet / JSON")
+    p = subparsers.add_parser(
+        "export",
+        help="export datasets to FITS / Parquet / JSON, or colour PNGs of patches (--rgb)",
+    )
     p.add_argument("repo")
     p.add_argument("--collections", required=True)
-    p.add_argument("--dataset-type", required=True)
+    p.add_argument("--dataset-type", help="images → FITS, tables → Parquet, JSON → .json")
     p.add_argument("--where", default=None)
     p.add_argument("--to", required=True, metavar="DIR")
     p.add_argument("--overwrite", action="store_true")
+    p.add_argument(
+        "--format",
+        action="append",
+        choices=["parquet", "fits"],
+        help="object tables: Parquet and/or FITS (repeat)",
+    )
+    p.add_argument("--rgb", metavar="BANDS", help="colour PNG of patches, e.g. g,r,i")
+    p.add_argument("--skymap", help="--rgb: the sky map")
+    p.add_argument("--tract", type=int, help="--rgb: the tract")
+    p.add_argument("--patch", type=int, action="append", help="--rgb: patch (default all)")
+    p.add_argument("--stretch", type=float, default=None, help="--rgb: asinh stretch (nJy)")
+    p.add_argument("--q", type=float, default=8.0, help="--rgb: asinh softening Q")
     p.set_defaults(func=_export)
 
 

@@ -81,8 +81,11 @@ def test_demo_runs_and_resumes(
     assert 0 < n_sharp < 12 and "fwhm" in report.lower()
     assert len(butler.query_datasets("calexp", collections="u/me/sharp")) == n_sharp
     rgb = ["--collections", OUTPUT, "--rgb", "g,r,i", "--skymap", "discrete", "--tract", "0"]
-    assert main(["export-rgb", repo, *rgb, "--patch", "0", "--to", str(tmp_path / "png")]) == 0
+    assert main(["export", repo, *rgb, "--patch", "0", "--to", str(tmp_path / "png")]) == 0
     assert (tmp_path / "png" / "color_discrete_tract0_patch0.png").stat().st_size > 10_000
+    fits_args = ["--dataset-type", "object", "--format", "fits", "--to", str(tmp_path / "o")]
+    assert main(["export", repo, "--collections", OUTPUT, *fits_args]) == 0
+    assert len(list((tmp_path / "o").glob("object_*.fits"))) == 1
     again = run_demo(result.workdir, preset="small", seed=3, n_workers=2)
     out = capsys.readouterr().out
     assert "reused" in out and "quanta already there" in out and "quanta run" not in out
