@@ -38,6 +38,7 @@ from typing import Any, ClassVar
 import numpy as np
 import xarray as xr
 from astropy.io import fits
+from astropy.utils.exceptions import AstropyUserWarning
 from numpy.typing import NDArray
 
 from lsstlite.instruments import Instrument, RawReadError
@@ -699,8 +700,9 @@ def _open_fits(path: Path) -> Iterator[fits.HDUList]:
     with open(path, "rb") as fh:
         try:
             with warnings.catch_warnings():
-                # astropy only *warns* about truncated files; promote that to an error.
-                warnings.simplefilter("error")
+                # astropy only *warns* about truncated files; promote that to an error
+                # (astropy's category only: the filter is process-wide, other threads run).
+                warnings.simplefilter("error", AstropyUserWarning)
                 hdul = fits.open(fh, memmap=False, lazy_load_hdus=False)
                 for hdu in hdul:
                     naxis = hdu.header.get("NAXIS", 0)
@@ -725,7 +727,7 @@ def _read_primary_header(path: str | Path) -> fits.Header:
     with open(path, "rb") as fh:
         try:
             with warnings.catch_warnings():
-                warnings.simplefilter("error")
+                warnings.simplefilter("error", AstropyUserWarning)
                 return fits.Header.fromfile(fh)
         except _FITS_ERRORS as exc:
             raise RawReadError(
