@@ -74,8 +74,10 @@ def task_seconds(repo: Path) -> dict[str, float]:
     """Summed quantum run time per task label in the demo's output collection."""
     butler = Butler(str(repo))
     out: dict[str, float] = {}
+    runs = [c for c in butler.query_collections(f"{OUTPUT}/*") if c.count("/") == 3]
+    runs += [c for c in butler.query_collections("SimCam/calib/build/*")]
     for dt in butler.query_dataset_types("*_log"):
-        refs = butler.query_datasets(dt.name, collections=[OUTPUT, "SimCam/calib/build"])
+        refs = butler.query_datasets(dt.name, collections=runs)
         assert isinstance(refs, list)
         if refs:
             out[dt.name.removesuffix("_log")] = sum(float(butler.get(r)["seconds"]) for r in refs)

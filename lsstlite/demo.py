@@ -104,8 +104,9 @@ CALIB_COLLECTION = "SimCam/calib"
 CALIB_TYPES = ("bias", "dark", "flat", "defects", "fringe")
 SKYMAP = "discrete"
 SKYMAP_RUN = "skymaps"
-#: Patch size of the demo's sky map: small patches so that the small survey has several.
-PATCH_INNER, PATCH_BORDER = 1000, 50
+#: Patch inner size and border of the demo's sky map, per preset: small patches so that
+#: the small survey has several; LSST-like 4000 px patches for the larger surveys.
+PATCH_SIZES = {"small": (1000, 50), "ci": (4000, 100), "full": (4000, 100)}
 
 
 class _Progress:
@@ -333,16 +334,17 @@ def _run_steps(
             return "already there"
         refs = butler.query_datasets("calexp", collections=[selected])
         assert isinstance(refs, list)
+        inner, border = PATCH_SIZES.get(preset, (4000, 100))
         sky = make_skymap(
             "discrete",
             exposures=[butler.get(r) for r in refs],
             name=SKYMAP,
-            patch_inner=PATCH_INNER,
-            patch_border=PATCH_BORDER,
+            patch_inner=inner,
+            patch_border=border,
         )
         butler.put(sky.to_dict(), "skymap", {"skymap": SKYMAP}, run=SKYMAP_RUN)
         tract = sky.tract(0)
-        return f"{SKYMAP!r}: 1 tract, {len(tract.patches())} patches of {PATCH_INNER}² px"
+        return f"{SKYMAP!r}: 1 tract, {len(tract.patches())} patches of {inner}² px"
 
     def run_step3() -> str:
         note = runner.run("drp.yaml#step3", [selected, SKYMAP_RUN], step3)
