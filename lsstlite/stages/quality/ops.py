@@ -183,7 +183,7 @@ def select_good_detectors(summary: pd.DataFrame, config: SelectVisitsConfig) -> 
 
 def plot_visit_quality(summary: pd.DataFrame, path: str | Path) -> Path:
     """Focal-plane plot of each visit: detectors at their sky positions, coloured by PSF
-    FWHM, with ellipticity whiskers (length ∝ |e|, along the major axis). Writes a PNG.
+    FWHM, with ellipticity whiskers (length ∝ ``|e|``, along the major axis). Writes a PNG.
 
     Returns
     -------
