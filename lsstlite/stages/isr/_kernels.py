@@ -23,7 +23,10 @@ __all__ = [
     "interpolate_rows",
     "isr_fused",
     "isr_local",
+    "isr_local_inplace",
+    "mark_boxes",
     "rasterize_boxes",
+    "row_medians",
 ]
 
 F32 = np.float32
@@ -31,6 +34,23 @@ F64 = np.float64
 
 #: Overscan modes (see :func:`fit_overscan`).
 OVERSCAN_MODES = ("median", "median_per_row", "poly", "spline")
+
+
+@numba.njit(cache=True, nogil=True)
+def row_medians(
+    block: NDArray[np.float32], x0s: NDArray[np.int64], x1s: NDArray[np.int64]
+) -> NDArray[np.float32]:
+    """Median of columns ``[x0s[a], x1s[a])`` of every row of ``block``: ``(n_amps, rows)``."""
+    rows = block.shape[0]
+    out = np.empty((x0s.size, rows), np.float32)
+    for a in range(x0s.size):
+        buf = np.empty(x1s[a] - x0s[a], np.float64)
+        for r in range(rows):
+            seg = block[r, x0s[a] : x1s[a]]
+            for j in range(buf.size):
+                buf[j] = seg[j]
+            out[a, r] = np.median(buf)
+    return out
 
 
 def fit_overscan(
@@ -108,85 +128,86 @@ def _isr_rows(
     var: NDArray[np.float32],
     msk: NDArray[np.int32],
 ) -> None:
-    # Row by row, amplifier by amplifier, each step a contiguous loop over one amplifier's
-    # row (LLVM vectorises these; a per-pixel loop over every step ran 3-4× slower).
+    # Row by row, amplifier by amplifier: the readout-order steps (overscan, crosstalk,
+    # saturation) in contiguous loops over an amplifier's row, then one branch-free loop
+    # (selects only, absent steps as identities) over 1-d views for the detector-order
+    # steps, which LLVM vectorises. Branches per step or 2-d indexing ran 2-3× slower.
     n_rows = raw.shape[0]
     n_amps = amp_raw_x0.size
     do_os, do_xt, do_bias, do_lin = flags[0], flags[1], flags[2], flags[3]
     do_dark, do_sat, do_flat = flags[4], flags[5], flags[6]
+    det_nx = img.shape[1]
     src = np.empty((n_amps, width), np.float32)
     t = np.empty(width, np.float32)
-    tv = np.empty(width, np.float32)
     tm = np.empty(width, np.int32)
-    sat_bit, nan_bit, bad_bit = bits[0], bits[1], bits[2]
+    zeros = np.zeros(det_nx, np.float32)
+    ones = np.ones(det_nx, np.float32)
+    sat_bit, nan_bit, bad_bit = np.int32(bits[0]), np.int32(bits[1]), np.int32(bits[2])
     zero = np.float32(0.0)
-    dt = np.float32(dark_time)
+    one = np.float32(1.0)
+    inf = np.float32(np.inf)
+    zero_i = np.int32(0)
+    dt = np.float32(dark_time) if do_dark else zero
     for r in range(n_rows):
+        raw_r = raw[r]
         for a in range(n_amps):
             o = np.float32(overscan[a, r]) if do_os else zero
-            x0 = amp_raw_x0[a]
+            seg = raw_r[amp_raw_x0[a] : amp_raw_x0[a] + width]
+            s_a = src[a]
             for j in range(width):
-                src[a, j] = raw[r, x0 + j] - o
+                s_a[j] = np.float32(seg[j]) - o
+        bias_r = bias[r] if do_bias else zeros
+        dark_r = dark[r] if do_dark else zeros
+        flat_r = flat[r] if do_flat else ones
+        img_r, var_r, msk_r = img[r], var[r], msk[r]
         for a in range(n_amps):
             g = np.float32(gain[a])
             rn2 = np.float32(read_noise[a] * read_noise[a])
             sat = np.float32(sat_adu[a])
-            rx0 = amp_raw_x0[a]
+            seg = raw_r[amp_raw_x0[a] : amp_raw_x0[a] + width]
+            s_a = src[a]
             for j in range(width):
-                t[j] = src[a, j]
+                t[j] = s_a[j]
             if do_xt:  # victim a loses C[s, a] × source s at the same readout column
                 for s in range(n_amps):
                     c = np.float32(xtalk[s, a])
                     if s != a and c != 0.0:
+                        s_s = src[s]
                         for j in range(width):
-                            t[j] -= c * src[s, j]
+                            t[j] -= c * s_s[j]
             if do_sat:
                 for j in range(width):
-                    tm[j] = sat_bit if raw[r, rx0 + j] >= sat else 0
+                    tm[j] = sat_bit if np.float32(seg[j]) >= sat else zero_i
             else:
-                tm[:] = 0
+                tm[:] = zero_i
             if amp_flip[a]:  # readout order → detector order
-                for j in range(width // 2):
-                    k = width - 1 - j
-                    t[j], t[k] = t[k], t[j]
-                    tm[j], tm[k] = tm[k], tm[j]
+                t[:] = t[::-1].copy()
+                tm[:] = tm[::-1].copy()
             xa = amp_det_x0[a]
-            if do_bias:
-                for j in range(width):
-                    t[j] -= bias[r, xa + j]
-            if do_lin:
-                c2 = np.float32(lin[a, 0])
-                c3 = np.float32(lin[a, 1])
-                c4 = np.float32(lin[a, 2])
-                for j in range(width):
-                    v = t[j]
-                    t[j] = v + v * v * (c2 + v * (c3 + v * c4))
+            c2 = np.float32(lin[a, 0]) if do_lin else zero
+            c3 = np.float32(lin[a, 1]) if do_lin else zero
+            c4 = np.float32(lin[a, 2]) if do_lin else zero
+            b_a = bias_r[xa : xa + width]
+            d_a = dark_r[xa : xa + width]
+            f_a = flat_r[xa : xa + width]
+            i_a = img_r[xa : xa + width]
+            v_a = var_r[xa : xa + width]
+            m_a = msk_r[xa : xa + width]
             for j in range(width):
-                e = t[j] * g
-                t[j] = e
-                tv[j] = max(e, zero) + rn2
-            if do_dark:
-                for j in range(width):
-                    t[j] -= dark[r, xa + j] * dt
-            if do_flat:
-                for j in range(width):
-                    f = flat[r, xa + j]
-                    if f > 0.0 and f < np.inf:
-                        inv = np.float32(1.0) / f
-                        t[j] *= inv
-                        tv[j] *= inv * inv
-                    else:
-                        tm[j] |= bad_bit
-                        t[j] = zero
-                        tv[j] = np.inf
-            for j in range(width):
-                if not (abs(t[j]) < np.inf):
-                    tm[j] |= nan_bit
-                    t[j] = zero
-                    tv[j] = np.inf
-                img[r, xa + j] = t[j]
-                var[r, xa + j] = tv[j]
-                msk[r, xa + j] = tm[j]
+                v = t[j] - b_a[j]
+                v = v + v * v * (c2 + v * (c3 + v * c4))
+                e = v * g
+                ev = max(e, zero) + rn2
+                e = e - d_a[j] * dt
+                f = f_a[j]
+                ok = f > zero and f < inf
+                inv = one / (f if ok else one)
+                e = e * inv if ok else zero
+                ev = ev * (inv * inv) if ok else inf
+                fin = abs(e) < inf
+                i_a[j] = e if fin else zero
+                v_a[j] = ev if fin else inf
+                m_a[j] = tm[j] | (zero_i if ok else bad_bit) | (zero_i if fin else nan_bit)
 
 
 def isr_fused(
@@ -208,6 +229,7 @@ def isr_fused(
     flat: NDArray[np.float32],
     flags: NDArray[np.bool_],
     bits: NDArray[np.int32],
+    out: NDArray[np.float32] | None = None,
 ) -> NDArray[np.float32]:
     """The per-pixel ISR chain of one block of rows, raw ADU → electrons, in one pass.
 
@@ -219,15 +241,18 @@ def isr_fused(
     variance ``max(e, 0) + read_noise²``; dark (``dark × dark_time``); flat (flat ≤ 0 or
     non-finite → BAD, 0, ∞ variance); non-finite → UNMASKEDNAN, 0, ∞ variance.
     ``flags`` follow :data:`FLAG_NAMES`; ``bits`` = (SAT, UNMASKEDNAN, BAD). Absent
-    calibrations are ``(0, 0)`` arrays with their flag off.
+    calibrations are ``(0, 0)`` arrays with their flag off. ``raw`` may be any numeric
+    dtype (uint16 as read; each dtype compiles once).
 
     Returns
     -------
     numpy.ndarray
         ``(3, rows, det_nx)`` float32: image (e⁻), variance (e⁻²) and the int32 mask
-        stored bit for bit (``out[2].view(np.int32)``).
+        stored bit for bit (``out[2].view(np.int32)``); written into ``out`` when given
+        (planes C-contiguous), else newly allocated.
     """
-    out = np.empty((3, raw.shape[0], det_nx), dtype=np.float32)
+    if out is None:
+        out = np.empty((3, raw.shape[0], det_nx), dtype=np.float32)
     _isr_rows(
         raw,
         overscan,
@@ -288,6 +313,18 @@ def rasterize_boxes(
         if ya < yb and xa < xb:
             out[ya:yb, xa:xb] = True
     return out
+
+
+@numba.njit(cache=True, nogil=True)
+def mark_boxes(mask: NDArray[np.int32], boxes: NDArray[np.int64], y0: int, bit: int) -> None:
+    """OR ``bit`` into the pixels of a block at row ``y0`` covered by boxes ``(x0, y0, w, h)``."""
+    ny, nx = mask.shape
+    for k in range(boxes.shape[0]):
+        ya, yb = max(boxes[k, 1] - y0, 0), min(boxes[k, 1] + boxes[k, 3] - y0, ny)
+        xa, xb = max(boxes[k, 0], 0), min(boxes[k, 0] + boxes[k, 2], nx)
+        for y in range(ya, yb):
+            for x in range(xa, xb):
+                mask[y, x] |= bit
 
 
 @numba.njit(cache=True, nogil=True)
@@ -518,32 +555,212 @@ def isr_local(
     Returns
     -------
     numpy.ndarray
-        ``(3, rows, nx)`` float32 in the same layout.
+        ``(3, rows, nx)`` float32 in the same layout (``block`` is not modified).
     """
-    n = block.shape[1]
-    core = slice(top, n - bottom)
-    img = block[0]
+    work = np.array(block, dtype=np.float32, copy=True)
+    return isr_local_inplace(
+        work,
+        flat,
+        top,
+        bottom,
+        bf_kernel=bf_kernel,
+        bf_threshold=bf_threshold,
+        bf_radius=bf_radius,
+        bf_n_iter=bf_n_iter,
+        bits=bits,
+        grow=grow,
+        interp_bits=interp_bits,
+        interp_max_width=interp_max_width,
+    )
+
+
+def isr_local_inplace(
+    work: NDArray[np.float32],
+    flat: NDArray[np.float32] | None,
+    top: int,
+    bottom: int,
+    *,
+    bf_kernel: NDArray[np.float64] | None,
+    bf_threshold: float,
+    bf_radius: int,
+    bf_n_iter: int,
+    bits: NDArray[np.int32],
+    grow: int,
+    interp_bits: int,
+    interp_max_width: int,
+) -> NDArray[np.float32]:
+    """:func:`isr_local` in place on ``work`` (C-contiguous planes); returns its core rows.
+
+    The returned ``(3, rows, nx)`` array is a view of ``work`` (no copy): one allocation
+    per block for the whole ISR.
+    """
+    n = work.shape[1]
+    rows = n - top - bottom
     if bf_kernel is not None:
-        img = bf_correct(img, bf_kernel, threshold=bf_threshold, radius=bf_radius, n_iter=bf_n_iter)
-    mask = np.ascontiguousarray(block[2]).view(np.int32)
-    if grow > 0:
-        mask = grow_mask(mask, int(bits[0]), grow)
-    out = np.empty((3, n - top - bottom, block.shape[2]), np.float32)
-    out[0] = img[core]
-    out[1] = block[1, core]
-    m = out[2].view(np.int32)
-    m[:] = mask[core]
-    if flat is not None:
-        ok = np.isfinite(flat) & (flat > 0)
-        inv = np.where(ok, np.float32(1.0) / np.where(ok, flat, np.float32(1.0)), np.float32(0.0))
-        out[0] *= inv
-        out[1] *= inv * inv
-        out[1][~ok] = np.inf
-        m[~ok] |= bits[2]
-    if interp_max_width > 0 and interp_bits and (m & interp_bits).any():
-        im, va, mm = interpolate_rows(
-            out[0], out[1], m, interp_bits, int(bits[3]), interp_max_width
+        bf_correct_inplace(
+            work[0], bf_kernel, threshold=bf_threshold, radius=bf_radius, n_iter=bf_n_iter
         )
-        out[0], out[1] = im, va
-        m[:] = mm
-    return out
+    no_flat = np.zeros((0, 0), np.float32)
+    _finish_rows(
+        work[0],
+        work[1],
+        work[2].view(np.int32),
+        no_flat if flat is None else np.asarray(flat, np.float32),
+        top,
+        rows,
+        flat is not None,
+        int(bits[2]),
+        int(bits[0]),
+        int(grow),
+        int(interp_bits) if interp_max_width > 0 else 0,
+        int(bits[3]),
+        int(interp_max_width),
+    )
+    return work[:, top : top + rows]
+
+
+@numba.njit(cache=True, nogil=True, fastmath=_FASTMATH)
+def _bright_bbox(image: NDArray[np.float32], threshold: float) -> tuple[int, int, int, int]:
+    """``(y0, y1, x0, x1)`` half-open box of the pixels above ``threshold`` (empty: y1 = 0)."""
+    ny, nx = image.shape
+    y0, y1, x0, x1 = ny, 0, nx, 0
+    thr = np.float32(threshold)
+    for y in range(ny):
+        row = image[y]
+        peak = row[0]
+        for x in range(nx):  # a vectorised max first: most rows have no bright pixel
+            peak = max(peak, row[x])
+        if not peak > thr:
+            continue
+        first = -1
+        last = -1
+        for x in range(nx):
+            if row[x] > thr:
+                if first < 0:
+                    first = x
+                last = x
+        y0 = min(y0, y)
+        y1 = y + 1
+        x0 = min(x0, first)
+        x1 = max(x1, last + 1)
+    return y0, y1, x0, x1
+
+
+def bf_correct_inplace(
+    image: NDArray[np.float32],
+    kernel: NDArray[np.floating],
+    *,
+    threshold: float,
+    radius: int,
+    n_iter: int,
+) -> None:
+    """:func:`bf_correct` in place, on the box around the bright pixels only.
+
+    The box is the bright pixels' bounding box grown by ``radius + n_iter (half-size + 1)``
+    (clipped to the block): every pixel the correction reads or writes, so the result is
+    the same as on the whole block. A block without pixels above ``threshold`` costs one scan.
+    """
+    y0, y1, x0, x1 = _bright_bbox(image, threshold)
+    if y1 <= y0:
+        return
+    margin = radius + n_iter * (np.asarray(kernel).shape[0] // 2 + 1)
+    ny, nx = image.shape
+    box = (
+        slice(max(y0 - margin, 0), min(y1 + margin, ny)),
+        slice(max(x0 - margin, 0), min(x1 + margin, nx)),
+    )
+    image[box] = bf_correct(
+        image[box], np.asarray(kernel, F64), threshold=threshold, radius=radius, n_iter=n_iter
+    )
+
+
+@numba.njit(cache=True, nogil=True)
+def _finish_rows(
+    img: NDArray[np.float32],
+    var: NDArray[np.float32],
+    msk: NDArray[np.int32],
+    flat: NDArray[np.float32],
+    top: int,
+    rows: int,
+    do_flat: bool,
+    bad_bit: int,
+    sat_bit: int,
+    grow: int,
+    interp_bits: int,
+    intrp_bit: int,
+    max_width: int,
+) -> None:
+    # Flat, SAT growth and interpolation on rows [top, top + rows) of full-height planes,
+    # in place; SAT sources are read from the halo rows too (before any growth).
+    n, nx = img.shape
+    zero = np.float32(0.0)
+    one = np.float32(1.0)
+    inf = np.float32(np.inf)
+    zero_i = np.int32(0)
+    bad = np.int32(bad_bit)
+    if do_flat:  # branch-free so that it vectorises
+        for r in range(rows):
+            f_r, i_r, v_r, m_r = flat[r], img[top + r], var[top + r], msk[top + r]
+            for j in range(nx):
+                f = f_r[j]
+                ok = f > zero and f < inf
+                inv = one / (f if ok else one)
+                i_r[j] = i_r[j] * inv if ok else zero
+                v_r[j] = v_r[j] * (inv * inv) if ok else inf
+                m_r[j] |= zero_i if ok else bad
+    if grow > 0:
+        ylo, yhi = max(top - grow, 0), min(top + rows + grow, n)
+        hit = np.zeros(yhi - ylo, np.bool_)
+        count = 0
+        for y in range(ylo, yhi):
+            m_r = msk[y]
+            acc = zero_i
+            for j in range(nx):  # an OR reduction first (vectorised): SAT rows are rare
+                acc |= m_r[j]
+            if acc & sat_bit:
+                hit[y - ylo] = True
+                for j in range(nx):
+                    if m_r[j] & sat_bit:
+                        count += 1
+        ys = np.empty(count, np.int64)
+        xs = np.empty(count, np.int64)
+        k = 0
+        for y in range(ylo, yhi):
+            if hit[y - ylo]:
+                for j in range(nx):
+                    if msk[y, j] & sat_bit:
+                        ys[k] = y
+                        xs[k] = j
+                        k += 1
+        for k in range(count):
+            for yy in range(max(ys[k] - grow, top), min(ys[k] + grow + 1, top + rows)):
+                for xx in range(max(xs[k] - grow, 0), min(xs[k] + grow + 1, nx)):
+                    msk[yy, xx] |= sat_bit
+    if interp_bits == 0:
+        return
+    for y in range(top, top + rows):
+        m_r = msk[y]
+        acc = zero_i
+        for j in range(nx):
+            acc |= m_r[j]
+        if (acc & interp_bits) == 0:
+            continue
+        x = 0
+        while x < nx:
+            if (m_r[x] & interp_bits) == 0:
+                x += 1
+                continue
+            start = x
+            while x < nx and (m_r[x] & interp_bits) != 0:
+                x += 1
+            stop = x  # run is [start, stop)
+            if start == 0 or stop == nx or stop - start > max_width:
+                continue
+            left, right = img[y, start - 1], img[y, stop]
+            vl, vr = var[y, start - 1], var[y, stop]
+            m = stop - start + 1
+            for k in range(start, stop):
+                t = (k - start + 1) / m
+                img[y, k] = left + t * (right - left)
+                var[y, k] = 0.5 * (vl + vr)
+                m_r[k] |= intrp_bit

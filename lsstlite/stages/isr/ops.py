@@ -36,6 +36,8 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 from astropy.io import fits
+from dask.base import tokenize
+from dask.highlevelgraph import HighLevelGraph
 from numpy.typing import NDArray
 
 from lsstlite.data.exposure import make_exposure
@@ -265,29 +267,57 @@ def overscan_levels(
 
     Notes
     -----
-    Lazy: the per-row medians are a ``map_blocks`` over row chunks of the overscan columns;
-    the fit is one small delayed reduction per amplifier. No halo.
+    Lazy: the per-row medians are one ``map_blocks`` over row chunks of the raw (all
+    amplifiers in one numba task); the fit is one small delayed reduction per amplifier.
+    No halo.
     """
     if mode not in _kernels.OVERSCAN_MODES:
         raise ValueError(f"overscan mode must be one of {_kernels.OVERSCAN_MODES}, got {mode!r}")
     image = _dask(raw["image"])
-    levels = []
-    for amp in _amps(raw):
+    amps = _amps(raw)
+    for amp in amps:
         y0, y1, x0, x1 = amp["serial_overscan"]
         if x1 <= x0:
             raise ValueError(
                 f"amplifier {amp.get('name')!r} has no overscan columns ({amp['serial_overscan']})"
             )
-        cols = image[y0:y1, x0:x1].rechunk({1: -1})
-        med = cols.map_blocks(
-            lambda b: np.median(b, axis=1).astype(F32),
-            drop_axis=1,
+    rows = {tuple(a["serial_overscan"][:2]) for a in amps}
+    if rows == {(0, image.shape[0])}:  # full-height overscans: every amplifier in one task
+        x0s = np.array([a["serial_overscan"][2] for a in amps], np.int64)
+        x1s = np.array([a["serial_overscan"][3] for a in amps], np.int64)
+        all_med = da.blockwise(
+            _kernels.row_medians,
+            "ay",
+            image.rechunk({1: -1}),
+            "yx",
+            x0s,
+            None,
+            x1s,
+            None,
+            new_axes={"a": len(amps)},
+            concatenate=True,
             dtype=F32,
-            meta=np.empty((0,), F32),
+            meta=np.empty((0, 0), F32),
         )
-        if mode == "median_per_row":
-            levels.append(med)
-            continue
+        meds = [all_med[i] for i in range(len(amps))]
+    else:
+        meds = []
+        for amp in amps:
+            y0, y1, x0, x1 = amp["serial_overscan"]
+            cols = image[y0:y1, x0:x1].rechunk({1: -1})
+            meds.append(
+                cols.map_blocks(
+                    lambda b: np.median(b, axis=1).astype(F32),
+                    drop_axis=1,
+                    dtype=F32,
+                    meta=np.empty((0,), F32),
+                )
+            )
+    if mode == "median_per_row":
+        stacked = all_med if rows == {(0, image.shape[0])} else da.stack(meds)
+        return xr.DataArray(stacked, dims=("amp", "y"), name="overscan")
+    levels = []
+    for med in meds:
         fit = dask.delayed(_kernels.fit_overscan, pure=True)(
             med.rechunk(-1),
             mode=mode,
@@ -296,7 +326,9 @@ def overscan_levels(
             n_sigma=n_sigma,
             n_iter=n_iter,
         )
-        levels.append(da.from_delayed(fit, shape=(y1 - y0,), dtype=F32, meta=np.empty((0,), F32)))
+        levels.append(
+            da.from_delayed(fit, shape=(med.shape[0],), dtype=F32, meta=np.empty((0,), F32))
+        )
     return xr.DataArray(da.stack(levels), dims=("amp", "y"), name="overscan")
 
 
@@ -825,13 +857,35 @@ def _chain_stack(
     flat: xr.Dataset | None,
     defects: pd.DataFrame | NDArray[np.integer] | None,
     do_saturation: bool,
-    row_chunks: tuple[int, ...],
-) -> tuple[da.Array, list[str]]:
-    """The fused chain as one stacked ``(3, ny, nx)`` float32 dask array, and its steps."""
+    chunk_rows: int,
+    local: Mapping[str, Any] | None = None,
+) -> tuple[tuple[da.Array, da.Array, da.Array], list[str]]:
+    """The ISR as image, variance and mask dask arrays (one task per block), and its steps.
+
+    One task per block of full rows. Without ``local`` it runs the fused per-pixel chain
+    (the flat included when given). With ``local`` (keyword arguments of
+    :func:`_kernels.isr_local_inplace` but ``bits``: ``bf_kernel``, ``bf_threshold``,
+    ``bf_radius``, ``bf_n_iter``, ``grow``, ``interp_bits``, ``interp_max_width``) the
+    same task then runs the neighbourhood steps: it recomputes the fused chain on ``halo``
+    rows of each neighbouring block (the chain is row-local, so they equal the
+    neighbour's) into one ``(3, halo + rows + halo, nx)`` buffer, runs BF, flat (after BF
+    when BF is on), SAT growth and interpolation in place and returns its core rows: one
+    allocation and one pass over memory per block, no overlap concatenation.
+    """
     geo = _readout_geometry(raw)
     ny, nx = geo["shape"]
     n_amps = geo["raw_x0"].size
-    image = _dask(raw["image"]).astype(F32).rechunk((row_chunks, -1))
+    loc = dict(local or {})
+    bf_kernel = loc.get("bf_kernel")
+    halo = 0
+    if loc:
+        halo = max(int(loc["grow"]), 0)
+        if bf_kernel is not None:
+            halo = max(halo, bf_halo(bf_kernel, loc["bf_radius"], loc["bf_n_iter"]))
+    row_chunks = _row_chunks(ny, max(chunk_rows, halo), halo)
+    image = _dask(raw["image"]).rechunk((row_chunks, -1))
+    if not np.issubdtype(image.dtype, np.number) or np.issubdtype(image.dtype, np.complexfloating):
+        raise ValueError(f"raw {raw.attrs.get('filename', '')!r} has pixel type {image.dtype}")
     if overscan is not None:
         os_arr = _dask(overscan).astype(F32).rechunk((n_amps, row_chunks))
     else:
@@ -845,6 +899,7 @@ def _chain_stack(
             raise ValueError(
                 f"{name} has shape {cal['image'].shape}, the assembled raw is {(ny, nx)}"
             )
+    late_flat = flat is not None and bf_kernel is not None
     flags = np.array(
         [
             overscan is not None,
@@ -853,71 +908,129 @@ def _chain_stack(
             linearity is not None,
             dark is not None,
             do_saturation,
-            flat is not None,
+            flat is not None and not late_flat,
         ]
     )
     bits = _mask_bits_array()
     t = _dark_time(raw, dark_time) if dark is not None else 0.0
     boxes = _boxes(defects) if defects is not None else np.zeros((0, 4), np.int64)
     starts = np.cumsum((0, *row_chunks[:-1]))
-    row0 = da.from_array(starts, chunks=1)
-    cals = [c for c in (bias, dark, flat) if c is not None]
-    cal_rows = [_rows(c, row_chunks) for c in cals]
-    empty = np.zeros((0, 0), F32)
     present = (bias is not None, dark is not None, flat is not None)
+    cal_arrays = [_rows(c, row_chunks) for c in (bias, dark, flat) if c is not None]
+    empty = np.zeros((0, 0), F32)
+    n_blocks = len(row_chunks)
 
-    def block(raw_b: Any, os_b: Any, y0_b: Any, *cal: Any) -> Any:
-        it = iter(cal)
-        b, d, f = (next(it) if p else empty for p in present)
-        out = _kernels.isr_fused(
-            raw_b,
-            os_b,
-            geo["raw_x0"],
-            geo["det_x0"],
-            geo["flip"],
-            geo["width"],
-            nx,
-            geo["gain"],
-            geo["read_noise"],
-            geo["saturation"],
-            lin,
-            xt,
-            b,
-            d,
-            t,
-            f,
-            flags,
-            bits,
-        )
+    def block(i: int, raw_p: Any, os_p: Any, *cal_p: Any) -> NDArray[np.float32]:
+        # raw_p, os_p, each of cal_p: (previous, this, next) blocks (None at the edges)
+        top = halo if i > 0 else 0
+        bottom = halo if i < n_blocks - 1 else 0
+        rows = row_chunks[i]
+        work = np.empty((3, top + rows + bottom, nx), F32)
+        for k, lo, hi, sl in (
+            (0, 0, top, slice(-top, None) if top else slice(0, 0)),
+            (1, top, top + rows, slice(None)),
+            (2, top + rows, top + rows + bottom, slice(0, bottom)),
+        ):
+            if hi <= lo:
+                continue
+            it = iter(c[k][sl] for c in cal_p)
+            b, d, f = (next(it) if p else empty for p in present)
+            _kernels.isr_fused(
+                raw_p[k][sl],
+                os_p[k][:, sl],
+                geo["raw_x0"],
+                geo["det_x0"],
+                geo["flip"],
+                geo["width"],
+                nx,
+                geo["gain"],
+                geo["read_noise"],
+                geo["saturation"],
+                lin,
+                xt,
+                b,
+                d,
+                t,
+                empty if late_flat else f,
+                flags,
+                bits,
+                out=work[:, lo:hi],
+            )
         if boxes.size:
-            hit = _kernels.rasterize_boxes(boxes, int(y0_b[0]), 0, out.shape[1:])
-            m = out[2].view(np.int32)
-            m[hit] |= bits[2]
-        return out
+            _kernels.mark_boxes(work[2].view(np.int32), boxes, int(starts[i]) - top, int(bits[2]))
+        if not loc:
+            return work
+        return _kernels.isr_local_inplace(
+            work,
+            cal_p[-1][1] if late_flat else None,
+            top,
+            bottom,
+            bf_kernel=bf_kernel,
+            bf_threshold=loc["bf_threshold"],
+            bf_radius=loc["bf_radius"],
+            bf_n_iter=loc["bf_n_iter"],
+            bits=bits,
+            grow=loc["grow"],
+            interp_bits=loc["interp_bits"],
+            interp_max_width=loc["interp_max_width"],
+        )
 
-    res = da.blockwise(
-        block,
-        "vyx",
-        image,
-        "yx",
-        os_arr,
-        "ay",
-        row0,
-        "y",
-        *[x for arr in cal_rows for x in (arr, "yz")],
-        new_axes={"v": 3},
-        adjust_chunks={"y": row_chunks, "x": nx},
-        align_arrays=False,
-        concatenate=True,
-        dtype=F32,
-        meta=np.empty((0, 0, 0), F32),
+    inputs = [image, os_arr, *cal_arrays]
+    keys = [_row_keys(arr, 1 if arr is os_arr else 0) for arr in inputs]
+    name = "isr-" + tokenize(
+        raw.attrs.get("filename"), *inputs, xt, lin, flags, boxes, t, sorted(loc.items(), key=str)
     )
+    dsk: dict[Any, Any] = {}
+    for i in range(n_blocks):
+        args: list[Any] = []
+        for ks in keys:
+            prev = ks[i - 1] if (halo and i > 0) else None
+            nxt = ks[i + 1] if (halo and i < n_blocks - 1) else None
+            args.append((tuple, [prev, ks[i], nxt]))
+        dsk[(name, i)] = (block, i, *args)
+    planes = []
+    for k, dtype in enumerate((F32, F32, np.int32)):
+        # plain indexing of the block (a view): dask's slicing would copy each plane. The
+        # block tasks are in each plane's layer (same keys): computed once together.
+        pname = f"{name}-{('image', 'variance', 'mask')[k]}"
+        layer: dict[Any, Any] = {(pname, i, 0): (_plane, (name, i), k) for i in range(n_blocks)}
+        graph = HighLevelGraph.from_collections(pname, {**dsk, **layer}, dependencies=inputs)
+        planes.append(da.Array(graph, pname, chunks=(row_chunks, (nx,)), dtype=dtype))
     steps = ["saturation"] * do_saturation + ["overscan"] * (overscan is not None)
     steps += ["crosstalk"] * (crosstalk is not None) + ["assemble"]
     steps += ["bias"] * (bias is not None) + ["linearity"] * (linearity is not None)
     steps += ["gain", "variance", "nans"] + ["defects"] * (defects is not None)
-    steps += ["dark"] * (dark is not None) + ["flat"] * (flat is not None)
-    return res, steps
+    steps += ["dark"] * (dark is not None)
+    if loc:
+        steps += ["brighter_fatter"] * (bf_kernel is not None) + ["flat"] * (flat is not None)
+    else:
+        steps += ["flat"] * (flat is not None)
+    return (planes[0], planes[1], planes[2]), steps
+
+
+def _plane(block: NDArray[np.float32], k: int) -> NDArray[Any]:
+    """Plane ``k`` of a ``(3, rows, nx)`` ISR block: image, variance, or the int32 mask."""
+    return block[k].view(np.int32) if k == 2 else block[k]
+
+
+def _exposure_from_planes(
+    planes: tuple[da.Array, da.Array, da.Array], like: xr.Dataset, steps: list[str]
+) -> xr.Dataset:
+    return make_exposure(
+        planes[0],
+        variance=planes[1],
+        mask=planes[2],
+        wcs=like.attrs.get("wcs") or None,
+        visit_info=_visit_info(like.attrs),
+        units="electron",
+        attrs={"amplifiers": like.attrs.get("amplifiers"), "isr_steps": steps},
+    )
+
+
+def _row_keys(arr: da.Array, axis: int) -> list[Any]:
+    """The keys of a 2-d dask array with one chunk across ``1 - axis``, one per row block."""
+    keys: Any = arr.__dask_keys__()
+    return [k[0] for k in keys] if axis == 0 else list(keys[0])
 
 
 def _exposure_from_stack(stack: da.Array, like: xr.Dataset, steps: list[str]) -> xr.Dataset:
@@ -962,8 +1075,7 @@ def isr_chain(
     levels and the calibration rows; no halo. The output is chunked ``(chunk_rows, nx)``
     and its three planes are views of one ``(3, rows, nx)`` block (no copies).
     """
-    ny = _readout_geometry(raw)["shape"][0]
-    stack, steps = _chain_stack(
+    out, steps = _chain_stack(
         raw,
         overscan=overscan,
         crosstalk=crosstalk,
@@ -974,9 +1086,9 @@ def isr_chain(
         flat=flat,
         defects=defects,
         do_saturation=do_saturation,
-        row_chunks=_row_chunks(ny, chunk_rows),
+        chunk_rows=chunk_rows,
     )
-    return _exposure_from_stack(stack, raw, steps)
+    return _exposure_from_planes(out, raw, steps)
 
 
 def _local_stack(
@@ -1148,28 +1260,34 @@ def isr_stacked(
     interp_max_width: int = 32,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
 ) -> xr.Dataset:
-    """The whole ISR in two passes over the pixels: :func:`isr_chain` then the local steps.
+    """The whole ISR in one pass over the pixels; the task's path.
 
     Same result as :func:`isr_chain` followed by :func:`isr_post_dark` (the flat is folded
-    into the fused chain when there is no brighter-fatter correction); the task's path.
+    into the fused chain when there is no brighter-fatter correction).
 
     Notes
     -----
-    Lazy. Pass 1: one fused ``blockwise`` task per block of ``chunk_rows`` full rows.
-    Pass 2: BF, flat, SAT growth and interpolation in one ``blockwise`` over the same
-    blocks with a y halo of ``max(saturated_grow, bf_halo)`` rows (a short last chunk is
-    merged into its neighbour so that every chunk is at least a halo high). The three
-    planes stay one ``(3, rows, nx)`` array between the passes (no restacking copies).
-    A fringe frame adds one reduction (its amplitude) and splits pass 2 in two.
+    Lazy: one task per block of ``chunk_rows`` full rows (see :func:`_chain_stack`). With
+    BF or SAT growth each task recomputes the row-local chain on a halo of
+    ``max(saturated_grow, bf_halo)`` rows of its neighbours' raw rows (a short last chunk
+    is merged into its neighbour so that every chunk is at least a halo high), then runs
+    BF, flat, SAT growth and interpolation in place: one ``(3, rows, nx)`` allocation
+    per block and no overlap concatenation. A fringe frame adds one reduction (its
+    amplitude) and a second pass for the steps after it.
     """
-    from lsstlite.data.masks import DEFAULT_MASK_PLANES
+    from lsstlite.data.masks import DEFAULT_MASK_PLANES as planes
 
-    ny = _readout_geometry(raw)["shape"][0]
-    halo = max(
-        saturated_grow, bf_halo(bf_kernel, bf_radius, bf_n_iter) if bf_kernel is not None else 0
-    )
-    fold_flat = bf_kernel is None and fringe is None
-    stack, steps = _chain_stack(
+    interp_bits = mask_bits(planes, list(interpolate_planes)) if interpolate_planes else 0
+    local = {
+        "bf_kernel": None if bf_kernel is None else np.asarray(bf_kernel, np.float64),
+        "bf_threshold": bf_threshold,
+        "bf_radius": bf_radius,
+        "bf_n_iter": bf_n_iter,
+        "grow": 0 if fringe is not None else saturated_grow,
+        "interp_bits": 0 if fringe is not None else interp_bits,
+        "interp_max_width": interp_max_width,
+    }
+    out, steps = _chain_stack(
         raw,
         overscan=overscan,
         crosstalk=crosstalk,
@@ -1177,37 +1295,28 @@ def isr_stacked(
         linearity=linearity,
         dark=dark,
         dark_time=dark_time,
-        flat=flat if fold_flat else None,
+        flat=flat,
         defects=defects,
         do_saturation=do_saturation,
-        row_chunks=_row_chunks(ny, chunk_rows, halo),
+        chunk_rows=chunk_rows,
+        local=local,
     )
-    planes = dict(DEFAULT_MASK_PLANES)
-    common: dict[str, Any] = {
-        "bf_threshold": bf_threshold,
-        "bf_radius": bf_radius,
-        "bf_n_iter": bf_n_iter,
-        "interp_max_width": interp_max_width,
-        "planes": planes,
-    }
-    late_flat = None if fold_flat else flat
-    if fringe is not None:
-        stack = _local_stack(
-            stack, flat=late_flat, bf_kernel=bf_kernel, grow=0, interp_planes=None, **common
-        )
-        steps += ["brighter_fatter"] * (bf_kernel is not None) + ["flat"] * (flat is not None)
-        mid = remove_fringe(_exposure_from_stack(stack, raw, steps), fringe, n_sigma=fringe_n_sigma)
-        stack, steps = _stack(mid), list(mid.attrs["isr_steps"])
-        late_flat, bf_kernel = None, None
-    elif not fold_flat:
-        steps += ["brighter_fatter"] * (bf_kernel is not None) + ["flat"] * (flat is not None)
+    if fringe is None:
+        steps += ["interpolate"] * bool(interpolate_planes)
+        return _exposure_from_planes(out, raw, steps)
+    # the fringe amplitude is a reduction over the detector: a second pass after it
+    mid = remove_fringe(_exposure_from_planes(out, raw, steps), fringe, n_sigma=fringe_n_sigma)
     stack = _local_stack(
-        stack,
-        flat=late_flat,
-        bf_kernel=bf_kernel,
+        _stack(mid),
+        flat=None,
+        bf_kernel=None,
+        bf_threshold=bf_threshold,
+        bf_radius=bf_radius,
+        bf_n_iter=bf_n_iter,
         grow=saturated_grow,
         interp_planes=interpolate_planes,
-        **common,
+        interp_max_width=interp_max_width,
+        planes=dict(planes),
     )
-    steps += ["interpolate"] * bool(interpolate_planes)
+    steps = list(mid.attrs["isr_steps"]) + ["interpolate"] * bool(interpolate_planes)
     return _exposure_from_stack(stack, raw, steps)
