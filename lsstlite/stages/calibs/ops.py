@@ -18,6 +18,7 @@ from scipy import ndimage
 
 from lsstlite.data.exposure import make_exposure
 from lsstlite.data.masks import mask_bits, mask_planes
+from lsstlite.stages.calibs import _kernels as _ck
 from lsstlite.stages.isr import _kernels
 
 __all__ = [
@@ -134,7 +135,9 @@ def find_defects(
     hot = rate > hot_rate
     norm = [np.asarray(f["image"].values, dtype=np.float64) for f in flats]
     mean_flat = np.mean([f / np.median(f) for f in norm], axis=0) if norm else np.ones_like(rate)
-    local = ndimage.median_filter(mean_flat, size=(1, window), mode="nearest")
+    if window < 1 or window % 2 == 0:
+        raise ValueError(f"find_defects: window must be a positive odd number, got {window}")
+    local = _ck.row_median_filter(np.ascontiguousarray(mean_flat, dtype=np.float64), window)
     dead = mean_flat < dead_fraction * local
     rows = []
     for kind, plane in (("hot", hot), ("dead", dead)):
@@ -165,14 +168,6 @@ def find_defects(
     )
 
 
-def _plane_fit(img: NDArray[np.float64], good: NDArray[np.bool_]) -> NDArray[np.float64]:
-    ny, nx = img.shape
-    yy, xx = np.mgrid[0:ny, 0:nx].astype(np.float64)
-    design = np.stack([np.ones(good.sum()), xx[good], yy[good]], axis=1)
-    coef, *_ = np.linalg.lstsq(design, img[good], rcond=None)
-    return coef[0] + coef[1] * xx + coef[2] * yy
-
-
 def fringe_from_exposures(
     exposures: Sequence[xr.Dataset],
     *,
@@ -200,10 +195,10 @@ def fringe_from_exposures(
         im = np.asarray(img, dtype=np.float64)
         good = ((msk & bad) == 0) & np.isfinite(im)
         sky = np.full_like(im, np.median(im[good]))
+        noise = n_sigma * np.sqrt(np.maximum(var, 1.0))
         for _ in range(2):
-            src = im > sky + n_sigma * np.sqrt(np.maximum(var, 1.0))
-            src = ndimage.binary_dilation(src, iterations=3)
-            sky = _plane_fit(im, good & ~src)
+            src = _ck.dilate_diamond(im > sky + noise, 3)
+            sky = _ck.plane_fit(im, good & ~src)
         frac = np.where(good & ~src, im / sky - 1.0, np.nan)
         return frac.astype(F32)
 
@@ -218,11 +213,7 @@ def fringe_from_exposures(
         )
 
     def finish(stack: NDArray[np.float32]) -> NDArray[np.float32]:
-        # Pixels masked in every exposure: fill before the median (no all-NaN warning;
-        # catch_warnings is not thread-safe on a Dask worker), then restore the NaN.
-        none = np.asarray(~np.isfinite(stack).any(axis=0), dtype=bool)
-        med = np.nanmedian(np.where(none[None], 0.0, stack), axis=0)
-        med[none] = np.nan
+        med = _ck.nanmedian_axis0(np.ascontiguousarray(stack, dtype=F32))
         ok = np.isfinite(med)
         num = ndimage.gaussian_filter(np.where(ok, med, 0.0).astype(np.float64), smooth_px)
         den = ndimage.gaussian_filter(ok.astype(np.float64), smooth_px)

@@ -15,7 +15,13 @@ from numpy.typing import NDArray
 
 from lsstlite.data.psf import PsfModel, register_psf
 from lsstlite.data.wcs import WcsCards, cached_wcs
-from lsstlite.stages.warp.psf import WarpedPsf, adaptive_moments, moments_summary
+from lsstlite.stages.warp.psf import (
+    WarpedPsf,
+    adaptive_moments,
+    affine_from_sky,
+    moments_summary,
+    stencil_sky,
+)
 
 __all__ = ["CoaddPsf"]
 
@@ -61,14 +67,48 @@ class CoaddPsf(PsfModel):
 
     def covering(self, x: float, y: float) -> list[int]:
         """Indices of the components whose detector contains coadd pixel ``(x, y)``."""
-        ra, dec = cached_wcs(self.wcs_out).all_pix2world([x], [y], 0)
+        return [k for k, *_ in self._affines(x, y)]
+
+    def _affines(self, x: float, y: float) -> list[tuple[int, float, float, NDArray[np.float64]]]:
+        """``(k, x_in, y_in, J)`` of every component covering ``(x, y)``: one sky
+        transform of the stencil shared by all, one inverse transform per component."""
+        ra, dec = stencil_sky(self.wcs_out, x, y)
         out = []
+        boxes = self._coadd_boxes()
         for k, comp in enumerate(self.components):
-            xi, yi = cached_wcs(comp["wcs_in"]).all_world2pix(ra, dec, 0, quiet=True)
+            bx0, by0, bx1, by1 = boxes[k]
+            if not (bx0 <= x <= bx1 and by0 <= y <= by1):
+                continue  # far from this detector: skip its (iterative) inverse transform
+            xi, yi, jac = affine_from_sky(comp["wcs_in"], ra, dec)
             x0, y0, x1, y1 = comp["det_box"]
-            if x0 - 0.5 <= xi[0] < x1 - 0.5 and y0 - 0.5 <= yi[0] < y1 - 0.5:
-                out.append(k)
+            if x0 - 0.5 <= xi < x1 - 0.5 and y0 - 0.5 <= yi < y1 - 0.5:
+                out.append((k, xi, yi, jac))
         return out
+
+    def _coadd_boxes(self) -> NDArray[np.float64]:
+        """Per component, a box of coadd pixels that contains its detector: the bounding
+        box of 64 points along the detector's edges plus a margin of 10% of its size
+        (the edges' curvature between those points is far smaller), built once."""
+        boxes = self.__dict__.get("_boxes")
+        if boxes is None:
+            wout = cached_wcs(self.wcs_out)
+            rows = []
+            for comp in self.components:
+                x0, y0, x1, y1 = comp["det_box"]
+                t = np.linspace(0.0, 1.0, 16)
+                ex = np.concatenate(
+                    [x0 + t * (x1 - x0), np.full(16, x1), x1 - t * (x1 - x0), np.full(16, x0)]
+                )
+                ey = np.concatenate(
+                    [np.full(16, y0), y0 + t * (y1 - y0), np.full(16, y1), y1 - t * (y1 - y0)]
+                )
+                ra, dec = cached_wcs(comp["wcs_in"]).all_pix2world(ex - 0.5, ey - 0.5, 0)
+                cx, cy = wout.all_world2pix(ra, dec, 0, quiet=True)
+                mx, my = 0.1 * (cx.max() - cx.min()) + 2.0, 0.1 * (cy.max() - cy.min()) + 2.0
+                rows.append([cx.min() - mx, cy.min() - my, cx.max() + mx, cy.max() + my])
+            boxes = np.array(rows, dtype=np.float64).reshape(-1, 4)
+            self.__dict__["_boxes"] = boxes
+        return boxes
 
     def image(
         self,
@@ -79,19 +119,26 @@ class CoaddPsf(PsfModel):
         center: tuple[float, float] | None = None,
         oversample: int = 5,
     ) -> NDArray[np.float64]:
-        idx = self.covering(x, y)
-        if not idx:
+        key = (float(x), float(y), size, center, oversample)
+        cache: dict[Any, NDArray[np.float64]] = self.__dict__.setdefault("_image_cache", {})
+        if key in cache:  # measurement asks for the same object's PSF several times
+            return cache[key].copy()
+        covering = self._affines(x, y)
+        if not covering:
             raise ValueError(f"CoaddPsf: no input covers coadd pixel ({x}, {y})")
         total = np.zeros((size, size))
         wsum = 0.0
-        for k in idx:
-            comp = self.components[k]
-            warped = self._warped(k)
-            total += comp["weight"] * warped.image(
-                x, y, size=size, center=center, oversample=oversample
+        for k, xi, yi, jac in covering:
+            weight = self.components[k]["weight"]
+            total += weight * self._warped(k).image_from_affine(
+                xi, yi, jac, x, y, size, center, oversample
             )
-            wsum += comp["weight"]
-        return total / wsum
+            wsum += weight
+        result = total / wsum
+        if len(cache) >= 4096:
+            cache.clear()
+        cache[key] = result
+        return result.copy()
 
     def second_moments(self, x: float = 0.0, y: float = 0.0) -> tuple[float, float, float]:
         _, _, ixx, iyy, ixy = adaptive_moments(self.image(x, y, size=41, center=(20.0, 20.0)))

@@ -515,15 +515,51 @@ def clipped_combine(
     The reference is the median for three or more frames and the minimum for two (a
     cosmic ray then only ever raises one value); σ is each value's own noise
     (``√var``), so rejection works with as few as two frames. Pixels where everything is
-    rejected fall back to the reference.
+    rejected fall back to the reference; a NaN input makes the reference NaN.
     """
-    data = np.asarray(stack, dtype=F64)
-    sig = np.sqrt(np.maximum(np.asarray(var, dtype=F64), 1e-12))
-    ref = np.median(data, axis=0) if data.shape[0] >= 3 else np.min(data, axis=0)
-    keep = np.abs(data - ref) <= n_sigma * sig
-    n = keep.sum(axis=0)
-    total = np.where(keep, data, 0.0).sum(axis=0)
-    return np.where(n > 0, total / np.maximum(n, 1), ref).astype(F32)
+    data = np.ascontiguousarray(stack)
+    v = np.ascontiguousarray(var)
+    out = np.empty(data.shape[1:], F32)
+    _clipped_combine(data, v, float(n_sigma), out)
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
+def _clipped_combine(
+    stack: NDArray[np.float32], var: NDArray[np.float32], n_sigma: float, out: NDArray[np.float32]
+) -> None:
+    # One pixel at a time: its n values sorted in a small buffer (insertion sort), the
+    # median (mean of the middle two for even n) or minimum, then the clipped mean. The
+    # numpy version (median along axis 0, float64 temporaries) ran ~10x slower.
+    n, ny, nx = stack.shape
+    buf = np.empty(n, np.float64)
+    for y in range(ny):
+        for x in range(nx):
+            has_nan = False
+            for k in range(n):
+                d = np.float64(stack[k, y, x])
+                if d != d:
+                    has_nan = True
+                j = k
+                while j > 0 and buf[j - 1] > d:
+                    buf[j] = buf[j - 1]
+                    j -= 1
+                buf[j] = d
+            if has_nan:
+                ref = np.nan
+            elif n >= 3:
+                ref = buf[n // 2] if n % 2 else 0.5 * (buf[n // 2 - 1] + buf[n // 2])
+            else:
+                ref = buf[0]
+            total = 0.0
+            count = 0
+            for k in range(n):
+                d = np.float64(stack[k, y, x])
+                sig = np.sqrt(max(np.float64(var[k, y, x]), 1e-12))
+                if abs(d - ref) <= n_sigma * sig:
+                    total += d
+                    count += 1
+            out[y, x] = total / count if count > 0 else ref
 
 
 def isr_local(

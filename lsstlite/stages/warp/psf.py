@@ -93,11 +93,27 @@ def local_affine(
     wcs_in_cards: WcsCards, wcs_out_cards: WcsCards, x_out: float, y_out: float
 ) -> tuple[float, float, NDArray[np.float64]]:
     """Input position of output pixel ``(x_out, y_out)`` and ``J = d(in)/d(out)`` there."""
-    wout, win = cached_wcs(wcs_out_cards), cached_wcs(wcs_in_cards)
+    return affine_from_sky(wcs_in_cards, *stencil_sky(wcs_out_cards, x_out, y_out))
+
+
+def stencil_sky(
+    wcs_out_cards: WcsCards, x_out: float, y_out: float
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Sky positions of output pixel ``(x_out, y_out)`` and of its four ±1 px neighbours
+    (the stencil of :func:`affine_from_sky`; one transform shared by every input)."""
     xo = np.array([x_out, x_out + 1.0, x_out - 1.0, x_out, x_out])
     yo = np.array([y_out, y_out, y_out, y_out + 1.0, y_out - 1.0])
-    ra, dec = wout.all_pix2world(xo, yo, 0)
-    xi, yi = win.all_world2pix(ra, dec, 0, tolerance=1e-8, maxiter=50, quiet=True)
+    ra, dec = cached_wcs(wcs_out_cards).all_pix2world(xo, yo, 0)
+    return ra, dec
+
+
+def affine_from_sky(
+    wcs_in_cards: WcsCards, ra: NDArray[np.float64], dec: NDArray[np.float64]
+) -> tuple[float, float, NDArray[np.float64]]:
+    """Input position and ``J = d(in)/d(out)`` from the sky positions of a stencil."""
+    xi, yi = cached_wcs(wcs_in_cards).all_world2pix(
+        ra, dec, 0, tolerance=1e-8, maxiter=50, quiet=True
+    )
     jac = np.array(
         [
             [(xi[1] - xi[2]) / 2.0, (xi[3] - xi[4]) / 2.0],
@@ -180,6 +196,20 @@ class WarpedPsf(PsfModel):
         oversample: int = 5,
     ) -> NDArray[np.float64]:
         xi, yi, jac = local_affine(self.wcs_in, self.wcs_out, x, y)
+        return self.image_from_affine(xi, yi, jac, x, y, size, center, oversample)
+
+    def image_from_affine(
+        self,
+        xi: float,
+        yi: float,
+        jac: NDArray[np.float64],
+        x: float,
+        y: float,
+        size: int,
+        center: tuple[float, float] | None,
+        oversample: int,
+    ) -> NDArray[np.float64]:
+        """:meth:`image` given the input position and Jacobian (:func:`local_affine`)."""
         # Draw the input generously (the map may rotate/scale), centred on a whole pixel.
         size_in = math.ceil(size * 1.5 * max(1.0, float(np.abs(jac).max()))) | 1
         half = size_in // 2

@@ -1,0 +1,146 @@
+"""Kernels of the master-calibration ops (numba, one whole detector). No dask, no I/O.
+
+Each replaces a scipy/numpy call whose cost dominated a calibration quantum on an
+8-Mpixel detector (``binary_dilation`` with iterations, ``lstsq`` on every pixel,
+``nanmedian`` along a short axis, a rank filter along rows); results are the same.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+from numpy.typing import NDArray
+
+__all__ = ["dilate_diamond", "nanmedian_axis0", "plane_fit", "row_median_filter"]
+
+
+@numba.njit(cache=True, nogil=True)
+def dilate_diamond(mask: NDArray[np.bool_], radius: int) -> NDArray[np.bool_]:
+    """Binary dilation by the diamond ``|dy| + |dx| <= radius``.
+
+    Same as ``scipy.ndimage.binary_dilation(mask, iterations=radius)`` (cross structure,
+    zero border); cost proportional to the number of set pixels.
+    """
+    ny, nx = mask.shape
+    out = mask.copy()
+    for y in range(ny):
+        for x in range(nx):
+            if not mask[y, x]:
+                continue
+            for dy in range(-radius, radius + 1):
+                yy = y + dy
+                if yy < 0 or yy >= ny:
+                    continue
+                r = radius - abs(dy)
+                for xx in range(max(x - r, 0), min(x + r + 1, nx)):
+                    out[yy, xx] = True
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
+def _plane_sums(img: NDArray[np.float64], good: NDArray[np.bool_]) -> NDArray[np.float64]:
+    ny, nx = img.shape
+    cy, cx = 0.5 * (ny - 1), 0.5 * (nx - 1)
+    s = np.zeros(9)  # n, u, v, uu, uv, vv, z, uz, vz with u, v centred coordinates
+    for y in range(ny):
+        v = y - cy
+        for x in range(nx):
+            if good[y, x]:
+                u = x - cx
+                z = img[y, x]
+                s[0] += 1.0
+                s[1] += u
+                s[2] += v
+                s[3] += u * u
+                s[4] += u * v
+                s[5] += v * v
+                s[6] += z
+                s[7] += u * z
+                s[8] += v * z
+    return s
+
+
+def plane_fit(img: NDArray[np.float64], good: NDArray[np.bool_]) -> NDArray[np.float64]:
+    """The least-squares plane ``c0 + c1 x + c2 y`` through the ``good`` pixels, evaluated
+    on the whole image (normal equations in centred coordinates: one pass, no design
+    matrix)."""
+    ny, nx = img.shape
+    s = _plane_sums(np.asarray(img, np.float64), np.asarray(good, np.bool_))
+    if s[0] < 3:
+        raise ValueError(f"plane fit needs at least 3 good pixels, got {int(s[0])}")
+    a = np.array([[s[0], s[1], s[2]], [s[1], s[3], s[4]], [s[2], s[4], s[5]]])
+    c0, cu, cv = np.linalg.solve(a, np.array([s[6], s[7], s[8]]))
+    u = np.arange(nx, dtype=np.float64) - 0.5 * (nx - 1)
+    v = np.arange(ny, dtype=np.float64) - 0.5 * (ny - 1)
+    out: NDArray[np.float64] = c0 + cu * u[None, :] + cv * v[:, None]
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
+def nanmedian_axis0(stack: NDArray[np.float32]) -> NDArray[np.float64]:
+    """Median over axis 0 of the finite values (NaN where there are none)."""
+    n, ny, nx = stack.shape
+    out = np.empty((ny, nx), np.float64)
+    buf = np.empty(n, np.float64)
+    for y in range(ny):
+        for x in range(nx):
+            m = 0
+            for k in range(n):
+                d = np.float64(stack[k, y, x])
+                if d == d:
+                    j = m
+                    while j > 0 and buf[j - 1] > d:
+                        buf[j] = buf[j - 1]
+                        j -= 1
+                    buf[j] = d
+                    m += 1
+            if m == 0:
+                out[y, x] = np.nan
+            elif m % 2:
+                out[y, x] = buf[m // 2]
+            else:
+                out[y, x] = 0.5 * (buf[m // 2 - 1] + buf[m // 2])
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
+def row_median_filter(img: NDArray[np.float64], window: int) -> NDArray[np.float64]:
+    """Running median along rows over ``window`` (odd) pixels, edges repeated.
+
+    Same as ``scipy.ndimage.median_filter(img, size=(1, window), mode="nearest")`` on
+    finite images (NaN counts as +inf): a sorted window updated by one removal and one
+    insertion per pixel.
+    """
+    ny, nx = img.shape
+    h = window // 2
+    out = np.empty((ny, nx), np.float64)
+    win = np.empty(window, np.float64)
+    row = np.empty(nx, np.float64)
+    for y in range(ny):
+        for x in range(nx):  # NaN sorts last (as +inf) so that removals always match
+            d = img[y, x]
+            row[x] = d if d == d else np.inf
+        for k in range(window):  # window centred on x = 0, edge repeated
+            d = row[min(max(k - h, 0), nx - 1)]
+            j = k
+            while j > 0 and win[j - 1] > d:
+                win[j] = win[j - 1]
+                j -= 1
+            win[j] = d
+        out[y, 0] = win[h]
+        for x in range(1, nx):
+            gone = row[min(max(x - 1 - h, 0), nx - 1)]
+            new = row[min(max(x + h, 0), nx - 1)]
+            i = 0
+            while i < window - 1 and win[i] != gone:  # the value leaving (it is in the window)
+                i += 1
+            while i < window - 1:
+                win[i] = win[i + 1]
+                i += 1
+            j = window - 1
+            while j > 0 and win[j - 1] > new:
+                win[j] = win[j - 1]
+                j -= 1
+            win[j] = new
+            out[y, x] = win[h]
+    return out

@@ -1,0 +1,81 @@
+"""The calibration kernels give what the scipy / numpy calls they replace give."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from lsstlite.stages.calibs import _kernels as ck
+from lsstlite.stages.isr import _kernels as isr_kernels
+
+
+def test_dilate_diamond_is_iterated_cross_dilation() -> None:
+    rng = np.random.default_rng(1)
+    mask = rng.random((120, 97)) > 0.97
+    mask[0, 0] = mask[-1, -1] = mask[60, -1] = True  # corners and edges
+    for radius in (1, 3):
+        want = ndimage.binary_dilation(mask, iterations=radius)
+        np.testing.assert_array_equal(ck.dilate_diamond(mask, radius), want)
+        assert want.sum() > mask.sum()
+
+
+def test_plane_fit_matches_lstsq() -> None:
+    rng = np.random.default_rng(2)
+    ny, nx = 300, 410
+    yy, xx = np.mgrid[0:ny, 0:nx].astype(float)
+    img = 1000.0 + 0.3 * xx - 0.2 * yy + rng.normal(0, 5, (ny, nx))
+    good = rng.random((ny, nx)) > 0.3
+    design = np.stack([np.ones(good.sum()), xx[good], yy[good]], axis=1)
+    coef, *_ = np.linalg.lstsq(design, img[good], rcond=None)
+    want = coef[0] + coef[1] * xx + coef[2] * yy
+    np.testing.assert_allclose(ck.plane_fit(img, good), want, rtol=1e-10)
+    with pytest.raises(ValueError, match="at least 3 good pixels"):
+        ck.plane_fit(img, np.zeros_like(good))
+
+
+def test_nanmedian_axis0_matches_numpy() -> None:
+    rng = np.random.default_rng(3)
+    for n in (1, 2, 4, 5):
+        stack = rng.normal(0, 1, (n, 40, 50)).astype(np.float32)
+        stack[rng.random(stack.shape) < 0.2] = np.nan
+        stack[:, 3, 4] = np.nan  # all NaN
+        got = ck.nanmedian_axis0(stack)
+        with np.errstate(all="ignore"), pytest.warns(RuntimeWarning):
+            want = np.nanmedian(stack.astype(np.float64), axis=0)
+        np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+        np.testing.assert_allclose(got, want, rtol=1e-12, equal_nan=True)
+
+
+def test_row_median_filter_matches_scipy() -> None:
+    rng = np.random.default_rng(4)
+    img = rng.normal(1.0, 0.05, (30, 200))
+    img[:, 50] = 0.1  # a dead column
+    img[5, :20] = 1.0  # ties
+    for window in (1, 3, 15):
+        want = ndimage.median_filter(img, size=(1, window), mode="nearest")
+        np.testing.assert_array_equal(ck.row_median_filter(img, window), want)
+
+
+def _clipped_combine_reference(
+    stack: np.ndarray, var: np.ndarray, n_sigma: float
+) -> np.ndarray:
+    data = stack.astype(np.float64)
+    sig = np.sqrt(np.maximum(var.astype(np.float64), 1e-12))
+    ref = np.median(data, axis=0) if data.shape[0] >= 3 else np.min(data, axis=0)
+    keep = np.abs(data - ref) <= n_sigma * sig
+    n = keep.sum(axis=0)
+    total = np.where(keep, data, 0.0).sum(axis=0)
+    return np.where(n > 0, total / np.maximum(n, 1), ref).astype(np.float32)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 7])
+def test_clipped_combine_matches_numpy(n: int) -> None:
+    rng = np.random.default_rng(5 + n)
+    var = np.full((n, 60, 70), 25.0, np.float32)
+    stack = (100.0 + rng.normal(0, 5, var.shape)).astype(np.float32)
+    stack[0, 10:13, 20:40] += 500.0  # a cosmic ray in one frame
+    got = isr_kernels.clipped_combine(stack, var, 5.0)
+    np.testing.assert_allclose(got, _clipped_combine_reference(stack, var, 5.0), rtol=1e-6)
+    if n >= 2:
+        assert np.all(np.abs(got[10:13, 20:40] - 100.0) < 30.0)  # the ray is rejected
