@@ -23,6 +23,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, ClassVar
 
+import numba
 import numpy as np
 from numpy.typing import NDArray
 
@@ -69,14 +70,39 @@ def lanczos_weights(
         ``(len(offsets), n)``; a row sums to 1 when the kernel lies inside the grid
         (samples beyond the grid are zeros).
     """
-    a = order
     # Normalise over the full lattice (grid extended by the kernel), then crop: samples
     # beyond the grid count as zeros instead of being extrapolated from the edge.
-    t = np.asarray(offsets, dtype=np.float64)[:, None] - np.arange(-a, n + a)[None, :]
-    w = np.where(np.abs(t) < a, np.sinc(t) * np.sinc(t / a), 0.0)
-    total = w.sum(axis=1, keepdims=True)
-    w = np.where(np.abs(total) > 1e-12, w / np.where(total == 0, 1.0, total), 0.0)
-    return w[:, a : a + n]
+    return _lanczos_weights(np.ascontiguousarray(offsets, dtype=np.float64).ravel(), n, order)
+
+
+@numba.njit(cache=True, nogil=True)
+def _sinc(x: float) -> float:
+    y = np.pi * (x if x != 0.0 else 1.0e-20)  # numpy.sinc's formula, bit for bit
+    return math.sin(y) / y
+
+
+@numba.njit(cache=True, nogil=True)
+def _lanczos_weights(offsets: NDArray[np.float64], n: int, a: int) -> NDArray[np.float64]:
+    # Only the 2a lattice points within the kernel of each offset are visited (the numpy
+    # version built the whole (len(offsets), n + 2a) table with two sinc calls per entry).
+    out = np.zeros((offsets.size, n))
+    w = np.empty(2 * a + 2)
+    for i in range(offsets.size):
+        off = offsets[i]
+        k0 = math.floor(off - a) + 1
+        total = 0.0
+        for j in range(2 * a + 2):
+            t = off - (k0 + j)
+            inside = abs(t) < a and -a <= k0 + j < n + a  # the lattice is the grid ± a
+            w[j] = _sinc(t) * _sinc(t / a) if inside else 0.0
+            total += w[j]
+        if abs(total) <= 1e-12:
+            continue
+        for j in range(2 * a + 2):
+            k = k0 + j
+            if 0 <= k < n and w[j] != 0.0:
+                out[i, k] = w[j] / total
+    return out
 
 
 def fit_moffat_image(image: NDArray[np.float64], cx: float, cy: float) -> MoffatPsf:

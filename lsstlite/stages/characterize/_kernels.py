@@ -8,7 +8,7 @@ import numba
 import numpy as np
 from numpy.typing import NDArray
 
-from lsstlite.data.psf_pixel import LANCZOS_ORDER, poly_terms
+from lsstlite.data.psf_pixel import LANCZOS_ORDER, lanczos_weights, poly_terms
 
 __all__ = [
     "adaptive_moments",
@@ -298,15 +298,11 @@ def _star_weights(
     """Per-star resampling matrices ``(S, m, n)`` (pixels × grid samples), x and y."""
     c = n // 2
     pix = np.arange(m, dtype=np.float64)
-    a = LANCZOS_ORDER
-    grid = np.arange(-a, n + a, dtype=np.float64)  # normalise over the full lattice
 
     def weights(centres: NDArray[np.float64]) -> NDArray[np.float64]:
-        t = ((pix[None, :] - centres[:, None]) / step + c)[:, :, None] - grid[None, None, :]
-        w = np.where(np.abs(t) < a, np.sinc(t) * np.sinc(t / a), 0.0)
-        total = w.sum(axis=2, keepdims=True)
-        w = np.where(np.abs(total) > 1e-12, w / np.where(total == 0, 1.0, total), 0.0)
-        return w[:, :, a : a + n] / step
+        offsets = ((pix[None, :] - centres[:, None]) / step + c).ravel()
+        w = lanczos_weights(offsets, n, LANCZOS_ORDER)  # the model's own resampling
+        return w.reshape(centres.size, m, n) / step
 
     return weights(np.asarray(cx, dtype=np.float64)), weights(np.asarray(cy, dtype=np.float64))
 

@@ -57,9 +57,7 @@ def test_row_median_filter_matches_scipy() -> None:
         np.testing.assert_array_equal(ck.row_median_filter(img, window), want)
 
 
-def _clipped_combine_reference(
-    stack: np.ndarray, var: np.ndarray, n_sigma: float
-) -> np.ndarray:
+def _clipped_combine_reference(stack: np.ndarray, var: np.ndarray, n_sigma: float) -> np.ndarray:
     data = stack.astype(np.float64)
     sig = np.sqrt(np.maximum(var.astype(np.float64), 1e-12))
     ref = np.median(data, axis=0) if data.shape[0] >= 3 else np.min(data, axis=0)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from lsstlite.data import MoffatPsf, psf_from_dict
-from lsstlite.data.psf_pixel import PixelPsf
+from lsstlite.data.psf_pixel import PixelPsf, lanczos_weights
 from lsstlite.stages.characterize import _kernels
 
 PSFEX = Path("psf_models_real") / "DECam_00154912_12_psfcat.psf"
@@ -77,3 +77,21 @@ def test_read_psfex_model(real_data: Path) -> None:
     assert np.unravel_index(np.argmax(img), img.shape) == (15, 15)
     # The model varies across the CCD: the images at two corners differ.
     assert np.abs(psf.image(10, 10) - psf.image(2000, 4000)).max() > 1e-4
+
+
+@pytest.mark.parametrize("order", [3, 5])
+def test_lanczos_weights_match_the_dense_formula(order: int) -> None:
+    """The sparse numba weights equal the dense table: ``sinc(t) sinc(t/a)`` over the grid
+    extended by ``a``, normalised per row, cropped to the grid (zeros beyond it)."""
+    rng = np.random.default_rng(0)
+    n = 25
+    offsets = np.concatenate([rng.uniform(-10, n + 10, 300), np.arange(-8.0, n + 8.0, 0.5)])
+    t = offsets[:, None] - np.arange(-order, n + order)[None, :]
+    dense = np.where(np.abs(t) < order, np.sinc(t) * np.sinc(t / order), 0.0)
+    total = dense.sum(axis=1, keepdims=True)
+    dense = np.where(np.abs(total) > 1e-12, dense / np.where(total == 0, 1.0, total), 0.0)
+    want = dense[:, order : order + n]
+    got = lanczos_weights(offsets, n, order)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-14)
+    inside = (offsets >= order) & (offsets <= n - 1 - order)
+    np.testing.assert_allclose(got[inside].sum(axis=1), 1.0, rtol=1e-12)
