@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 from numpy.typing import NDArray
+from scipy.interpolate import RectBivariateSpline
 
 from lsstlite.data.psf import PsfModel, register_psf
 from lsstlite.data.wcs import WcsCards, cached_wcs
@@ -19,11 +20,15 @@ from lsstlite.stages.warp.psf import (
     WarpedPsf,
     adaptive_moments,
     affine_from_sky,
+    affine_from_stencil,
     moments_summary,
     stencil_sky,
 )
 
 __all__ = ["CoaddPsf"]
+
+#: Spacing (coadd pixels) of the grids that map coadd pixels to each input's pixels.
+GRID_STEP = 32.0
 
 
 @register_psf
@@ -72,18 +77,50 @@ class CoaddPsf(PsfModel):
     def _affines(self, x: float, y: float) -> list[tuple[int, float, float, NDArray[np.float64]]]:
         """``(k, x_in, y_in, J)`` of every component covering ``(x, y)``: one sky
         transform of the stencil shared by all, one inverse transform per component."""
-        ra, dec = stencil_sky(self.wcs_out, x, y)
+        sky: tuple[NDArray[np.float64], NDArray[np.float64]] | None = None
         out = []
         boxes = self._coadd_boxes()
+        sx = np.array([x, x + 1.0, x - 1.0, x, x])
+        sy = np.array([y, y, y, y + 1.0, y - 1.0])
         for k, comp in enumerate(self.components):
             bx0, by0, bx1, by1 = boxes[k]
-            if not (bx0 <= x <= bx1 and by0 <= y <= by1):
-                continue  # far from this detector: skip its (iterative) inverse transform
-            xi, yi, jac = affine_from_sky(comp["wcs_in"], ra, dec)
+            if not (bx0 + 1 <= x <= bx1 - 1 and by0 + 1 <= y <= by1 - 1):
+                continue  # far from this detector
+            grid = self._grid_map(k)
+            if grid is not None:
+                xi, yi, jac = affine_from_stencil(grid[0].ev(sy, sx), grid[1].ev(sy, sx))
+            else:
+                if sky is None:
+                    sky = stencil_sky(self.wcs_out, x, y)
+                xi, yi, jac = affine_from_sky(comp["wcs_in"], *sky)
             x0, y0, x1, y1 = comp["det_box"]
             if x0 - 0.5 <= xi < x1 - 0.5 and y0 - 0.5 <= yi < y1 - 0.5:
                 out.append((k, xi, yi, jac))
         return out
+
+    def _grid_map(self, k: int) -> tuple[RectBivariateSpline, RectBivariateSpline] | None:
+        """Coadd pixel → detector pixel of component ``k`` over its coadd-frame box:
+        bicubic splines through the exact transform on a 32-px grid (built once; ~1e-6 px
+        from the iterative inverse on smooth TAN-SIP maps, which costs ~0.2 ms a call).
+        ``None`` when the transform is not finite over the box (exact path then)."""
+        cache: dict[int, Any] = self.__dict__.setdefault("_grid_maps", {})
+        if k not in cache:
+            bx0, by0, bx1, by1 = self._coadd_boxes()[k]
+            gx = np.linspace(bx0, bx1, max(int((bx1 - bx0) / GRID_STEP) + 2, 4))
+            gy = np.linspace(by0, by1, max(int((by1 - by0) / GRID_STEP) + 2, 4))
+            xx, yy = np.meshgrid(gx, gy)
+            ra, dec = cached_wcs(self.wcs_out).all_pix2world(xx.ravel(), yy.ravel(), 0)
+            xi, yi = cached_wcs(self.components[k]["wcs_in"]).all_world2pix(
+                ra, dec, 0, tolerance=1e-8, maxiter=50, quiet=True
+            )
+            if np.all(np.isfinite(xi)) and np.all(np.isfinite(yi)):
+                cache[k] = (
+                    RectBivariateSpline(gy, gx, xi.reshape(xx.shape), kx=3, ky=3),
+                    RectBivariateSpline(gy, gx, yi.reshape(xx.shape), kx=3, ky=3),
+                )
+            else:
+                cache[k] = None
+        return cache[k]  # type: ignore[no-any-return]
 
     def _coadd_boxes(self) -> NDArray[np.float64]:
         """Per component, a box of coadd pixels that contains its detector: the bounding

@@ -114,6 +114,14 @@ def affine_from_sky(
     xi, yi = cached_wcs(wcs_in_cards).all_world2pix(
         ra, dec, 0, tolerance=1e-8, maxiter=50, quiet=True
     )
+    return affine_from_stencil(xi, yi)
+
+
+def affine_from_stencil(
+    xi: NDArray[np.float64], yi: NDArray[np.float64]
+) -> tuple[float, float, NDArray[np.float64]]:
+    """Input position and ``J`` from the input positions of the stencil of
+    :func:`stencil_sky` (centre, x ± 1, y ± 1; central differences)."""
     jac = np.array(
         [
             [(xi[1] - xi[2]) / 2.0, (xi[3] - xi[4]) / 2.0],

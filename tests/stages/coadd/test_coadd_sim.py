@@ -158,3 +158,29 @@ def test_coadd_metadata(sim_coadds: SimCoadds) -> None:
     assert psf_from_dict(psf.to_dict()) == psf
     with pytest.raises(ValueError, match="no input covers"):
         psf.image(*np.argwhere(sc.coverage == 0)[0][::-1].astype(float))
+
+
+def test_coadd_psf_grid_map_matches_exact_transform(sim_coadds: SimCoadds) -> None:
+    """The spline maps coadd → input pixels give the iterative WCS inverse's positions
+    (< 1e-4 px) and Jacobians (< 1e-6), and the same inputs cover each position."""
+    from lsstlite.stages.warp.psf import local_affine
+
+    psf = psf_from_dict(sim_coadds.coadd.attrs["psf"])
+    assert isinstance(psf, CoaddPsf)
+    x0, y0, x1, y1 = sim_coadds.patch.bbox
+    rng = np.random.default_rng(7)
+    n_checked = 0
+    for x, y in zip(rng.uniform(x0, x1, 60), rng.uniform(y0, y1, 60), strict=True):
+        got = psf._affines(x, y)
+        exact = []
+        for k, comp in enumerate(psf.components):
+            xi, yi, jac = local_affine(comp["wcs_in"], psf.wcs_out, x, y)
+            bx0, by0, bx1, by1 = comp["det_box"]
+            if bx0 - 0.5 <= xi < bx1 - 0.5 and by0 - 0.5 <= yi < by1 - 0.5:
+                exact.append((k, xi, yi, jac))
+        assert [g[0] for g in got] == [e[0] for e in exact]
+        for (_, gx, gy, gj), (_, ex, ey, ej) in zip(got, exact, strict=True):
+            assert abs(gx - ex) < 1e-4 and abs(gy - ey) < 1e-4
+            np.testing.assert_allclose(gj, ej, atol=1e-6)
+            n_checked += 1
+    assert n_checked >= 60
