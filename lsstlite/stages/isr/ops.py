@@ -1070,7 +1070,7 @@ def isr_chain(
 
     Notes
     -----
-    Lazy: one ``blockwise`` task per block of ``chunk_rows`` full rows (crosstalk pairs
+    Lazy: one task per block of ``chunk_rows`` full rows (crosstalk pairs
     pixels of every amplifier of a row), reading the raw rows, the per-row overscan
     levels and the calibration rows; no halo. The output is chunked ``(chunk_rows, nx)``
     and its three planes are views of one ``(3, rows, nx)`` block (no copies).
