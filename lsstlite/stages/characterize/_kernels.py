@@ -14,6 +14,7 @@ __all__ = [
     "adaptive_moments",
     "find_cosmic_rays",
     "fit_pixel_basis",
+    "gather_stamps",
     "interpolate_masked",
     "measured_neighbour_ratios",
     "psf_neighbour_ratios",
@@ -451,3 +452,23 @@ def polynomial_terms(
 ) -> NDArray[np.float64]:
     """:func:`lsstlite.data.psf_pixel.poly_terms` of normalised positions."""
     return poly_terms((np.asarray(x) - x0) / x_scale, (np.asarray(y) - y0) / y_scale, degree)
+
+
+@numba.njit(cache=True, nogil=True)
+def gather_stamps(
+    array: NDArray[np.floating], x0: NDArray[np.int64], y0: NDArray[np.int64], m: int, fill: float
+) -> NDArray[np.float64]:
+    """``(N, m, m)`` float64 cut-outs of ``array`` with lower-left corners ``(x0, y0)``;
+    pixels outside the array are ``fill``."""
+    ny, nx = array.shape
+    out = np.full((x0.size, m, m), fill)
+    for i in range(x0.size):
+        for a in range(m):
+            y = y0[i] + a
+            if y < 0 or y >= ny:
+                continue
+            for b in range(m):
+                x = x0[i] + b
+                if 0 <= x < nx:
+                    out[i, a, b] = array[y, x]
+    return out

@@ -538,14 +538,12 @@ def _gather(
     """``(N, m, m)`` cut-outs at lower-left corners ``(x0, y0)``, padded with ``fill``;
     and whether each left the image."""
     ny, nx = array.shape
-    padded = np.pad(array.astype(np.float64), m, constant_values=fill)
-    off = np.arange(m)
-    yy = (y0 + m)[:, None, None] + off[None, :, None]
-    xx = (x0 + m)[:, None, None] + off[None, None, :]
-    yy = np.clip(yy, 0, ny + 2 * m - 1)
-    xx = np.clip(xx, 0, nx + 2 * m - 1)
+    x0 = np.asarray(x0, dtype=np.int64)
+    y0 = np.asarray(y0, dtype=np.int64)
+    # copied stamp by stamp (a padded float64 copy of the whole image cost more)
+    stamps = _kernels.gather_stamps(np.ascontiguousarray(array), x0, y0, int(m), float(fill))
     outside = (x0 < 0) | (y0 < 0) | (x0 + m > nx) | (y0 + m > ny)
-    return padded[yy, xx], outside
+    return stamps, outside
 
 
 def _psf_size(psf: PsfModel, fwhm: float) -> int:

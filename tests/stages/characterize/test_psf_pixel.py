@@ -95,3 +95,21 @@ def test_lanczos_weights_match_the_dense_formula(order: int) -> None:
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-14)
     inside = (offsets >= order) & (offsets <= n - 1 - order)
     np.testing.assert_allclose(got[inside].sum(axis=1), 1.0, rtol=1e-12)
+
+
+def test_gather_stamps_match_padded_fancy_indexing() -> None:
+    """Stamps at corners inside, across the edges and wholly outside the image."""
+    rng = np.random.default_rng(2)
+    image = rng.normal(0, 1, (50, 70)).astype(np.float32)
+    m = 9
+    x0 = np.array([0, 10, -4, 65, -20, 30, 61], dtype=np.int64)
+    y0 = np.array([0, 20, 45, -3, 5, 100, 41], dtype=np.int64)
+    for fill in (0.0, np.inf):
+        padded = np.pad(image.astype(np.float64), m, constant_values=fill)
+        off = np.arange(m)
+        yy = np.clip((y0 + m)[:, None, None] + off[None, :, None], 0, 50 + 2 * m - 1)
+        xx = np.clip((x0 + m)[:, None, None] + off[None, None, :], 0, 70 + 2 * m - 1)
+        want = padded[yy, xx]
+        got = _kernels.gather_stamps(image, x0, y0, m, fill)
+        np.testing.assert_array_equal(got, want)
+        assert got.dtype == np.float64
