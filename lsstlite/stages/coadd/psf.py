@@ -75,8 +75,9 @@ class CoaddPsf(PsfModel):
         return [k for k, *_ in self._affines(x, y)]
 
     def _affines(self, x: float, y: float) -> list[tuple[int, float, float, NDArray[np.float64]]]:
-        """``(k, x_in, y_in, J)`` of every component covering ``(x, y)``: one sky
-        transform of the stencil shared by all, one inverse transform per component."""
+        """``(k, x_in, y_in, J)`` of every component covering ``(x, y)``: components
+        whose coadd-frame box holds the position, mapped by their spline grids
+        (:meth:`_grid_map`; the exact WCS transform where a grid could not be built)."""
         sky: tuple[NDArray[np.float64], NDArray[np.float64]] | None = None
         out = []
         boxes = self._coadd_boxes()
