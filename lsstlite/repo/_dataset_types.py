@@ -118,6 +118,7 @@ STANDARD_DATASET_TYPES: dict[str, DatasetType] = {
         DatasetType("coadd_det", _PATCH_BAND, "Table", doc="detections on a coadd"),
         DatasetType("merged_det", _PATCH, "Table", doc="detections merged across bands"),
         DatasetType("coadd_meas", _PATCH_BAND, "Table", doc="deblended measurements"),
+        DatasetType("coadd_deblend", _PATCH_BAND, "Table", doc="pixels of deblended children"),
         DatasetType("coadd_ref", _PATCH, "Table", doc="reference-band measurements"),
         DatasetType("coadd_forced", _PATCH_BAND, "Table", doc="forced photometry"),
         DatasetType("object", ("skymap", "tract"), "Table", doc="multi-band object table"),

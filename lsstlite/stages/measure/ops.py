@@ -68,7 +68,9 @@ __all__ = [
     "DEFAULT_REFERENCE_FLAGS",
     "choose_reference",
     "deblend_measure",
+    "deblend_measure_children",
     "deblend_patch",
+    "deblend_table",
     "forced_photometry",
     "make_object_table",
 ]
@@ -170,6 +172,7 @@ def deblend_patch(
     max_peaks: int = 50,
     point_chi2: float = 3.0,
     noise_seed: int = 1,
+    deblended: pd.DataFrame | None = None,
 ) -> tuple[list[_Record], _Patch]:
     """Deblend every footprint of ``merged_det`` in one band (internal building block).
 
@@ -177,11 +180,15 @@ def deblend_patch(
     deblend is centroided, PSF models at all peaks are fitted jointly, and a peak whose
     reduced χ² within one FWHM is below ``point_chi2`` gets its PSF model as template.
 
+    ``deblended`` (the ``coadd_deblend`` table of this band, :func:`deblend_table`) gives
+    the children's pixels of an earlier run instead of deblending again.
+
     Returns the objects to measure, in table order (per footprint: parent of a blend,
     then children; isolated objects alone), and the prepared patch (whose ``noise``
     image has every footprint replaced by noise).
     """
     patch = _prepare(coadd, noise_seed)
+    stored = None if deblended is None else _stored_children(deblended, patch.band)
     ny, nx = patch.image.shape
     footprints = footprints_from_merged(merged)
     records: list[_Record] = []
@@ -209,8 +216,11 @@ def deblend_patch(
             _Record(parent_id, 0, len(group), box, parent_pixels, inside, px[0], py[0], skip)
         )
         peaks = np.stack([py - ca, px - da], axis=1)
-        children = _kernels.deblend(parent_pixels, inside, peaks, skip=skip)
-        if not skip and point_chi2 > 0:
+        if stored is not None:
+            children = _children_from_table(stored, ids, inside, patch.band)
+        else:
+            children = _kernels.deblend(parent_pixels, inside, peaks, skip=skip)
+        if stored is None and not skip and point_chi2 > 0:
             models = _point_models(patch, box, inside, parent_pixels, children, point_chi2)
             children = _kernels.deblend(parent_pixels, inside, peaks, point_models=models)
         for k in range(len(group)):
@@ -219,6 +229,50 @@ def deblend_patch(
             )
     patch.noise = np.where(in_any, patch.noise, patch.image)
     return records, patch
+
+
+def deblend_table(records: Sequence[_Record]) -> pd.DataFrame:
+    """The children of every blend as a table (``coadd_deblend``): ``id`` and ``pixels``,
+    the child's values on its parent footprint's pixels in row-major order (LSST keeps
+    them as the HeavyFootprints of ``deepCoadd_meas``). Isolated objects and parents are
+    not stored: their pixels are the coadd's."""
+    children = [r for r in records if r.parent_id != 0]
+    frame = pd.DataFrame(
+        {
+            "id": np.array([r.id for r in children], dtype=np.int64),
+            "pixels": [np.ascontiguousarray(r.heavy[r.inside]) for r in children],
+        }
+    )
+    return frame
+
+
+def _stored_children(table: pd.DataFrame, band: str) -> dict[int, NDArray[np.float64]]:
+    if "id" not in table or "pixels" not in table:
+        raise ValueError(f"coadd_deblend of band {band!r} has no 'id' and 'pixels' columns")
+    return {
+        int(i): np.asarray(p, dtype=np.float64)
+        for i, p in zip(table["id"].to_numpy(), table["pixels"], strict=True)
+    }
+
+
+def _children_from_table(
+    stored: dict[int, NDArray[np.float64]],
+    ids: NDArray[np.int64],
+    inside: NDArray[np.bool_],
+    band: str,
+) -> NDArray[np.float64]:
+    n_pix = int(inside.sum())
+    children = np.zeros((len(ids), *inside.shape))
+    for k, i in enumerate(ids):
+        pixels = stored.get(int(i))
+        if pixels is None or pixels.size != n_pix:
+            raise ValueError(
+                f"coadd_deblend of band {band!r} does not match merged_det at object {int(i)} "
+                f"({'missing' if pixels is None else f'{pixels.size} pixels, footprint {n_pix}'}): "
+                "were they made from the same merged_det?"
+            )
+        children[k][inside] = pixels
+    return children
 
 
 def _point_models(
@@ -563,6 +617,31 @@ def deblend_measure(
     point_chi2: float = 3.0,
     noise_seed: int = 1,
 ) -> pd.DataFrame:
+    """Deblend and measure every merged object on one band's coadd (``coadd_meas``).
+
+    Same as :func:`deblend_measure_children` without the children's pixels.
+    """
+    return deblend_measure_children(
+        coadd,
+        merged,
+        aperture_radii_px=aperture_radii_px,
+        do_cmodel=do_cmodel,
+        max_peaks=max_peaks,
+        point_chi2=point_chi2,
+        noise_seed=noise_seed,
+    )[0]
+
+
+def deblend_measure_children(
+    coadd: xr.Dataset,
+    merged: pd.DataFrame,
+    *,
+    aperture_radii_px: Sequence[int] = APERTURE_RADII_PX,
+    do_cmodel: bool = True,
+    max_peaks: int = 50,
+    point_chi2: float = 3.0,
+    noise_seed: int = 1,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Deblend and measure every merged object on one band's coadd.
 
     Parameters
@@ -587,8 +666,10 @@ def deblend_measure(
 
     Returns
     -------
-    pandas.DataFrame
-        ``coadd_meas``: :func:`lsstlite.data.objects.measurement_columns`.
+    tuple of pandas.DataFrame
+        ``coadd_meas`` (:func:`lsstlite.data.objects.measurement_columns`) and
+        ``coadd_deblend`` (:func:`deblend_table`: the children's pixels, which
+        :func:`forced_photometry` takes instead of deblending this band again).
 
     Notes
     -----
@@ -599,7 +680,7 @@ def deblend_measure(
         coadd, merged, max_peaks=max_peaks, point_chi2=point_chi2, noise_seed=noise_seed
     )
     rows = [_measure(patch, r, aperture_radii_px, do_cmodel, None) for r in records]
-    return _table(patch, records, rows, aperture_radii_px)
+    return _table(patch, records, rows, aperture_radii_px), deblend_table(records)
 
 
 def forced_photometry(
@@ -612,11 +693,13 @@ def forced_photometry(
     max_peaks: int = 50,
     point_chi2: float = 3.0,
     noise_seed: int = 1,
+    deblended: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """Measure one band at the reference positions with the reference shapes.
 
     The deblending is that of :func:`deblend_measure` in this band (same footprints,
-    peaks and noise). PSF and aperture fluxes are measured at the reference centroid
+    peaks and noise): the stored children (``deblended``) when given, else this band is
+    deblended again with the same parameters. PSF and aperture fluxes are measured at the reference centroid
     (mapped through this coadd's WCS), Kron fluxes in the reference ellipse and radius,
     the galaxy model with the reference radii and ``frac_dev`` (amplitude only).
 
@@ -627,6 +710,8 @@ def forced_photometry(
     reference
         ``coadd_ref`` of the patch: same ids in the same order as this band's
         deblended objects.
+    deblended
+        ``coadd_deblend`` of this band (:func:`deblend_measure_children`).
 
     Returns
     -------
@@ -636,10 +721,16 @@ def forced_photometry(
     Raises
     ------
     ValueError
-        If the reference ids differ from the objects of ``merged``.
+        If the reference ids, or the children of ``deblended``, differ from the objects
+        of ``merged``.
     """
     records, patch = deblend_patch(
-        coadd, merged, max_peaks=max_peaks, point_chi2=point_chi2, noise_seed=noise_seed
+        coadd,
+        merged,
+        max_peaks=max_peaks,
+        point_chi2=point_chi2,
+        noise_seed=noise_seed,
+        deblended=deblended,
     )
     ids = np.array([r.id for r in records], dtype=np.int64)
     if len(ids) != len(reference) or not np.array_equal(ids, reference["id"].to_numpy()):

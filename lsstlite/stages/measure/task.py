@@ -11,7 +11,7 @@ from lsstlite.pipe import Config, Input, Output, Task, TaskResult
 from lsstlite.stages.measure.ops import (
     DEFAULT_REFERENCE_FLAGS,
     choose_reference,
-    deblend_measure,
+    deblend_measure_children,
     forced_photometry,
     make_object_table,
 )
@@ -64,12 +64,19 @@ class DeblendMeasureTask(Task):
         "coadd": Input("coadd", _PATCH_BAND),
         "merged": Input("merged_det", _PATCH, storage_class="Table"),
     }
-    outputs = {"measurement": Output("coadd_meas", _PATCH_BAND, storage_class="Table")}
+    outputs = {
+        "measurement": Output("coadd_meas", _PATCH_BAND, storage_class="Table"),
+        "deblended": Output("coadd_deblend", _PATCH_BAND, storage_class="Table"),
+    }
 
     def run(self, coadd: xr.Dataset, merged: pd.DataFrame) -> TaskResult:  # type: ignore[override]
         assert isinstance(self.config, DeblendMeasureConfig)
-        table = deblend_measure(coadd, merged, **_measure_kwargs(self.config))  # type: ignore[arg-type]
-        return TaskResult(measurement=table)
+        table, children = deblend_measure_children(
+            coadd,
+            merged,
+            **_measure_kwargs(self.config),  # type: ignore[arg-type]
+        )
+        return TaskResult(measurement=table, deblended=children)
 
 
 class MergeMeasurementsConfig(Config):
@@ -110,12 +117,25 @@ class ForcedPhotometryTask(Task):
         "coadd": Input("coadd", _PATCH_BAND),
         "merged": Input("merged_det", _PATCH, storage_class="Table"),
         "reference": Input("coadd_ref", _PATCH, storage_class="Table"),
+        "deblended": Input("coadd_deblend", _PATCH_BAND, storage_class="Table"),
     }
     outputs = {"forced": Output("coadd_forced", _PATCH_BAND, storage_class="Table")}
 
-    def run(self, coadd: xr.Dataset, merged: pd.DataFrame, reference: pd.DataFrame) -> TaskResult:  # type: ignore[override]
+    def run(  # type: ignore[override]
+        self,
+        coadd: xr.Dataset,
+        merged: pd.DataFrame,
+        reference: pd.DataFrame,
+        deblended: pd.DataFrame,
+    ) -> TaskResult:
         assert isinstance(self.config, DeblendMeasureConfig)
-        table = forced_photometry(coadd, merged, reference, **_measure_kwargs(self.config))  # type: ignore[arg-type]
+        table = forced_photometry(
+            coadd,
+            merged,
+            reference,
+            deblended=deblended,
+            **_measure_kwargs(self.config),  # type: ignore[arg-type]
+        )
         return TaskResult(forced=table)
 
 
