@@ -141,19 +141,15 @@ class _Runner:
     def client(self) -> Any:
         if self._client is None:
             import logging
-            import os
 
-            from distributed import Client, LocalCluster
+            from distributed import Client
 
-            n = self.n_workers or os.cpu_count() or 1
+            from lsstlite.pipe.clusters import local_cluster
+
             # The cluster's own start-up chatter would bury the progress bars.
             logging.getLogger("distributed").setLevel(logging.WARNING)
-            self._cluster = LocalCluster(
-                n_workers=n,
-                threads_per_worker=1,
-                processes=True,
-                dashboard_address=":0",
-                silence_logs=logging.WARNING,
+            self._cluster = local_cluster(
+                self.n_workers, dashboard_address=":0", silence_logs=logging.WARNING
             )
             self._client = Client(self._cluster)
         return self._client

@@ -21,7 +21,8 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 from numpy.typing import NDArray
-from scipy import ndimage, signal
+from scipy import fft as sfft
+from scipy import ndimage
 
 from lsstlite.data.exposure import PhotoCalib, make_exposure
 from lsstlite.data.masks import DEFAULT_MASK_PLANES, mask_bits, mask_planes
@@ -229,20 +230,34 @@ def _psf_match(
     var: NDArray[np.float32],
     valid: NDArray[np.bool_],
     kern: NDArray[np.float64],
-) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.bool_]]:
+) -> tuple[NDArray[np.float32], NDArray[np.float32], NDArray[np.bool_]]:
     """Convolve a warp block with a matching kernel, normalised over the valid pixels.
 
     Normalised convolution (divide by the kernel's weight on valid pixels) keeps pixels
     near a detector edge usable for artifact detection: an eroded mask would lose a
     kernel radius along every edge, where trails and cosmic rays are just as common.
+
+    The three convolutions (valid pixels, image, variance with the squared kernel) share
+    one batched float32 FFT of the zero-padded block and one of each kernel ("same"
+    output, as ``scipy.signal.fftconvolve``). float32 is ample for a detection
+    threshold of several σ: the round-off is < 1e-5 of the block's brightest pixel.
     """
-    v = valid.astype(np.float64)
-    norm = signal.fftconvolve(v, kern, mode="same")
+    (h, w), (kh, kw) = valid.shape, kern.shape
+    fshape = (sfft.next_fast_len(h + kh - 1, True), sfft.next_fast_len(w + kw - 1, True))
+    planes = np.zeros((3, h, w), np.float32)
+    planes[0] = valid
+    np.copyto(planes[1], img, where=valid)
+    np.copyto(planes[2], var, where=valid)
+    spectra = sfft.rfft2(planes, fshape)
+    kernels = sfft.rfft2(np.stack([kern, kern * kern]).astype(np.float32), fshape)
+    spectra[:2] *= kernels[0]
+    spectra[2] *= kernels[1]
+    ky, kx = (kh - 1) // 2, (kw - 1) // 2
+    conv = sfft.irfft2(spectra, fshape)[:, ky : ky + h, kx : kx + w]
+    norm = conv[0]
     ok = valid & (norm > 0.8)
-    safe = np.where(ok, norm, 1.0)
-    pm = signal.fftconvolve(np.where(valid, img, 0.0), kern, mode="same") / safe
-    pv = signal.fftconvolve(np.where(valid, var, 0.0), kern * kern, mode="same") / safe**2
-    return pm, pv, ok
+    safe = np.where(ok, norm, np.float32(1.0))
+    return conv[1] / safe, conv[2] / (safe * safe), ok
 
 
 # Plain classes, not dataclasses, lists or dicts, on purpose: dask passes them to a task
