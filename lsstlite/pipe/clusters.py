@@ -15,7 +15,13 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["WORKER_MALLOC_ENV", "SlurmSettings", "cluster_client", "local_cluster"]
+__all__ = [
+    "WORKER_MALLOC_ENV",
+    "SlurmSettings",
+    "cluster_client",
+    "local_cluster",
+    "slurm_cluster_kwargs",
+]
 
 #: glibc ``malloc`` settings of the worker processes (see ``docs/design/execution.md``).
 #: Dask's nanny sets ``MALLOC_TRIM_THRESHOLD_=65536`` so that freed memory goes back to
@@ -75,6 +81,28 @@ class SlurmSettings(BaseModel):
         return cls.model_validate(data)
 
 
+def slurm_cluster_kwargs(s: SlurmSettings) -> dict[str, Any]:
+    """Keyword arguments of ``dask_jobqueue.SLURMCluster`` for these settings."""
+    kwargs: dict[str, Any] = {
+        "cores": s.cores,
+        "processes": s.processes,
+        "memory": s.memory,
+        "walltime": s.walltime,
+        "queue": s.queue,
+        "account": s.account,
+        "job_extra_directives": list(s.job_extra_directives),
+        # exported before the worker starts (dask's own setting would otherwise apply)
+        "job_script_prologue": [f"export {k}={v}" for k, v in WORKER_MALLOC_ENV.items()],
+    }
+    if s.scheduler_host:
+        kwargs["scheduler_options"] = {"host": s.scheduler_host}
+    if s.log_directory:
+        kwargs["log_directory"] = s.log_directory
+    if s.python:
+        kwargs["python"] = s.python
+    return kwargs
+
+
 @contextlib.contextmanager
 def cluster_client(
     *,
@@ -98,24 +126,7 @@ def cluster_client(
         from dask_jobqueue import SLURMCluster
 
         s = slurm if isinstance(slurm, SlurmSettings) else SlurmSettings.model_validate(dict(slurm))
-        kwargs: dict[str, Any] = {
-            "cores": s.cores,
-            "processes": s.processes,
-            "memory": s.memory,
-            "walltime": s.walltime,
-            "queue": s.queue,
-            "account": s.account,
-            "job_extra_directives": list(s.job_extra_directives),
-            # exported before the worker starts (dask's own setting would otherwise apply)
-            "job_script_prologue": [f"export {k}={v}" for k, v in WORKER_MALLOC_ENV.items()],
-        }
-        if s.scheduler_host:
-            kwargs["scheduler_options"] = {"host": s.scheduler_host}
-        if s.log_directory:
-            kwargs["log_directory"] = s.log_directory
-        if s.python:
-            kwargs["python"] = s.python
-        with SLURMCluster(**kwargs) as cluster:
+        with SLURMCluster(**slurm_cluster_kwargs(s)) as cluster:
             cluster.scale(jobs=s.jobs)
             with Client(cluster) as c:
                 c.wait_for_workers(1, timeout=s.worker_timeout_s)
