@@ -10,6 +10,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from lsstlite import data
 from lsstlite.data import make_exposure, open_exposure_zarr, read_exposure_fits
+from lsstlite.pipe.clusters import local_cluster
 from lsstlite.pipe.run import run_pipeline
 from lsstlite.repo import Butler
 
@@ -22,6 +23,7 @@ __all__ = [
     "Butler",
     "__version__",
     "data",
+    "local_cluster",
     "make_exposure",
     "open_exposure_zarr",
     "read_exposure_fits",
