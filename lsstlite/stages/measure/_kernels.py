@@ -8,11 +8,12 @@ per-pixel variance. Every kernel is deterministic.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numba
 import numpy as np
 from numpy.typing import NDArray
-from scipy.signal import fftconvolve
+from scipy import fft as sfft
 from scipy.special import gamma, gammainc
 
 from lsstlite.sim._kernels import sersic_grid
@@ -21,7 +22,7 @@ __all__ = [
     "adaptive_moments",
     "deblend",
     "fit_amplitudes",
-    "model_template",
+    "model_templates",
     "psf_flux",
     "sersic_bn",
     "windowed_centroid",
@@ -288,9 +289,8 @@ def sersic_bn(n: float) -> float:
 MODEL_TRUNCATION = {1.0: 4.0, 4.0: 5.0}
 
 
-def model_template(
-    n: float,
-    r_e: float,
+def model_templates(
+    profiles: Sequence[tuple[float, float]],
     e1: float,
     e2: float,
     cx: float,
@@ -298,41 +298,48 @@ def model_template(
     size: int,
     psf: NDArray[np.float64],
 ) -> NDArray[np.float64]:
-    """PSF-convolved, pixel-integrated Sérsic of unit total flux on a square stamp.
+    """PSF-convolved, pixel-integrated Sérsic profiles of unit total flux on a square stamp.
 
-    ``r_e`` is the half-light radius (pixels, geometric mean of the axes), ``e1, e2``
-    the distortion of the isophotes, ``(cx, cy)`` the centre in stamp pixels and ``psf``
-    the PSF image (odd size, centred on its middle pixel) used as convolution kernel.
-    The profile is truncated at :data:`MODEL_TRUNCATION` r_e and normalised
-    analytically, so light falling off the stamp is not renormalised into it.
+    ``profiles`` holds ``(n, r_e)`` pairs: Sérsic index and half-light radius (pixels,
+    geometric mean of the axes); all share the distortion ``e1, e2`` of the isophotes,
+    the centre ``(cx, cy)`` in stamp pixels and ``psf``, the PSF image (odd size,
+    centred on its middle pixel) used as convolution kernel. Each profile is truncated at
+    :data:`MODEL_TRUNCATION` r_e and normalised analytically, so light falling off the
+    stamp is not renormalised into it. Returns ``(len(profiles), size, size)``; the
+    convolutions are one batched FFT ("same" output, as ``scipy.signal.fftconvolve``).
     """
-    over = 4 if r_e < 1.5 else 2
     e = min(math.hypot(e1, e2), 0.95)
     norm = math.sqrt(1.0 - e * e)
     # inverse of the unit-determinant shape matrix (see lsstlite.data.psf.shape_matrix)
     scale = e / max(math.hypot(e1, e2), 1e-12)
     c1, c2 = e1 * scale, e2 * scale
     m00, m01, m11 = (1.0 - c1) / norm, -c2 / norm, (1.0 + c1) / norm
-    b = sersic_bn(float(n))
-    trunc = MODEL_TRUNCATION[float(n)]
-    grid = sersic_grid(
-        size * over,
-        1.0 / over,
-        (cx + 0.5) * over - 0.5,
-        (cy + 0.5) * over - 0.5,
-        float(n),
-        b,
-        float(r_e),
-        m00,
-        m01,
-        m11,
-        trunc * float(r_e),
-    )
-    gal = grid.reshape(size, over, size, over).sum(axis=(1, 3)) / (over * over)
-    two_n = 2.0 * float(n)
-    total = (
-        2.0 * math.pi * n * r_e * r_e * b ** (-two_n) * gamma(two_n)
-        * gammainc(two_n, b * trunc ** (1.0 / n))
-    )  # fmt: skip
-    out = fftconvolve(gal / total, psf, mode="same")
-    return np.asarray(out)
+    gals = np.empty((len(profiles), size, size))
+    for k, (n, r_e) in enumerate(profiles):
+        over = 4 if r_e < 1.5 else 2
+        b = sersic_bn(float(n))
+        trunc = MODEL_TRUNCATION[float(n)]
+        grid = sersic_grid(
+            size * over,
+            1.0 / over,
+            (cx + 0.5) * over - 0.5,
+            (cy + 0.5) * over - 0.5,
+            float(n),
+            b,
+            float(r_e),
+            m00,
+            m01,
+            m11,
+            trunc * float(r_e),
+        )
+        two_n = 2.0 * float(n)
+        total = (
+            2.0 * math.pi * n * r_e * r_e * b ** (-two_n) * gamma(two_n)
+            * gammainc(two_n, b * trunc ** (1.0 / n))
+        )  # fmt: skip
+        gals[k] = grid.reshape(size, over, size, over).sum(axis=(1, 3)) / (over * over * total)
+    kh, kw = psf.shape
+    fshape = (sfft.next_fast_len(size + kh - 1, True), sfft.next_fast_len(size + kw - 1, True))
+    spectra = sfft.rfft2(gals, fshape) * sfft.rfft2(psf, fshape)
+    ky, kx = (kh - 1) // 2, (kw - 1) // 2
+    return np.ascontiguousarray(sfft.irfft2(spectra, fshape)[:, ky : ky + size, kx : kx + size])

@@ -523,15 +523,15 @@ def _cmodel(
     kernel = patch.kernel(px, py)
     lx, ly = radius + (cx - ix), radius + (cy - iy)
 
-    def template(n: float, r_e: float) -> NDArray[np.float64]:
-        return _kernels.model_template(n, r_e, e1, e2, lx, ly, size, kernel)[use]
+    def templates(profiles: list[tuple[float, float]]) -> NDArray[np.float64]:
+        models = _kernels.model_templates(profiles, e1, e2, lx, ly, size, kernel)
+        return models[:, use]
 
     if ref is not None:
         if not (math.isfinite(ref.exp_radius) and math.isfinite(ref.frac_dev)):
             return {"flag_cmodel": True}
-        t = (1.0 - ref.frac_dev) * template(1.0, ref.exp_radius) + ref.frac_dev * template(
-            4.0, ref.dev_radius
-        )
+        exp, dev = templates([(1.0, ref.exp_radius), (4.0, ref.dev_radius)])
+        t = (1.0 - ref.frac_dev) * exp + ref.frac_dev * dev
         norm = float(np.dot(t * wgt, t))
         if norm <= 0:
             return {"flag_cmodel": True}
@@ -543,16 +543,15 @@ def _cmodel(
             "cmodel_dev_radius": ref.dev_radius,
         }
     best: dict[float, tuple[float, float, NDArray[np.float64]]] = {}
-    for n in (1.0, 4.0):
-        for f in CMODEL_RADIUS_GRID:
-            t = template(n, r0 * f)
-            norm = float(np.dot(t * wgt, t))
-            if norm <= 0:
-                continue
-            amp = float(np.dot(t * wgt, data) / norm)
-            chi2 = float(np.dot((data - amp * t) ** 2, wgt))
-            if n not in best or chi2 < best[n][0]:
-                best[n] = (chi2, r0 * f, t)
+    profiles = [(n, r0 * f) for n in (1.0, 4.0) for f in CMODEL_RADIUS_GRID]
+    for (n, r_e), t in zip(profiles, templates(profiles), strict=True):
+        norm = float(np.dot(t * wgt, t))
+        if norm <= 0:
+            continue
+        amp = float(np.dot(t * wgt, data) / norm)
+        chi2 = float(np.dot((data - amp * t) ** 2, wgt))
+        if n not in best or chi2 < best[n][0]:
+            best[n] = (chi2, r_e, t)
     if len(best) < 2:
         return {"flag_cmodel": True}
     a = np.stack([best[1.0][2], best[4.0][2]], axis=1)
