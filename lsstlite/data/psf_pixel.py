@@ -105,6 +105,104 @@ def _lanczos_weights(offsets: NDArray[np.float64], n: int, a: int) -> NDArray[np
     return out
 
 
+#: Sub-sample phases tabulated per unit for :meth:`PixelPsf.add_affine_image` (weights
+#: interpolated linearly between phases: ~1e-7 of a tap's weight).
+TAP_TABLE_RESOLUTION = 2048
+
+
+@lru_cache(maxsize=8)
+def _tap_table(order: int) -> NDArray[np.float64]:
+    """``table[p, j]``: normalised Lanczos weight of lattice point ``floor(off) - order + 1
+    + j`` for ``off - floor(off) = p / TAP_TABLE_RESOLUTION`` (``2 order`` taps; the
+    rows sum to one, as :func:`lanczos_weights` away from the grid's ends)."""
+    f = np.arange(TAP_TABLE_RESOLUTION + 1)[:, None] / TAP_TABLE_RESOLUTION
+    t = f + order - 1 - np.arange(2 * order)[None, :]
+    w = np.where(np.abs(t) < order, np.sinc(t) * np.sinc(t / order), 0.0)
+    return np.ascontiguousarray(w / w.sum(axis=1, keepdims=True))
+
+
+@numba.njit(cache=True, nogil=True)
+def _taps(off: float, n: int, a: int, table: NDArray[np.float64], w: NDArray[np.float64]) -> int:
+    """The ``2a`` weights of lattice points ``k0 … k0 + 2a - 1`` around ``off`` into
+    ``w``, normalised as :func:`lanczos_weights` (over the grid extended by ``a``, then
+    zero off ``[0, n)``); returns ``k0``."""
+    fl = math.floor(off)
+    k0 = fl - a + 1
+    taps = 2 * a
+    if k0 >= -a and k0 + taps <= n + a:  # the whole kernel on the extended grid: tabulated
+        pos = (off - fl) * (table.shape[0] - 1)
+        p = min(int(pos), table.shape[0] - 2)
+        r = pos - p
+        for j in range(taps):
+            w[j] = table[p, j] + r * (table[p + 1, j] - table[p, j])
+    else:  # partly beyond the extended grid (far wings): computed and renormalised
+        total = 0.0
+        for j in range(taps):
+            t = off - (k0 + j)
+            k = k0 + j
+            if abs(t) >= a or k < -a or k >= n + a:
+                w[j] = 0.0
+            elif abs(t) < 1e-12:
+                w[j] = 1.0
+            else:
+                w[j] = a * math.sin(math.pi * t) * math.sin(math.pi * t / a) / (math.pi * t) ** 2
+            total += w[j]
+        for j in range(taps):
+            w[j] = w[j] / total if abs(total) > 1e-12 else 0.0
+    for j in range(taps):
+        if not 0 <= k0 + j < n:
+            w[j] = 0.0
+    return k0
+
+
+@numba.njit(cache=True, nogil=True, fastmath=True)
+def _add_affine_image(
+    grid: NDArray[np.float64],
+    step: float,
+    a: int,
+    table: NDArray[np.float64],
+    jac: NDArray[np.float64],
+    cx: float,
+    cy: float,
+    scale: float,
+    out: NDArray[np.float64],
+) -> None:
+    n = grid.shape[0]
+    c = n // 2
+    taps = 2 * a
+    wx = np.empty(taps)
+    wy = np.empty(taps)
+    for row in range(out.shape[0]):
+        dyo = row - cy
+        for col in range(out.shape[1]):
+            dxo = col - cx
+            su = (jac[0, 0] * dxo + jac[0, 1] * dyo) / step + c
+            sv = (jac[1, 0] * dxo + jac[1, 1] * dyo) / step + c
+            if su <= -a or sv <= -a or su >= n - 1 + a or sv >= n - 1 + a:
+                continue  # beyond the model's grid
+            kx0 = _taps(su, n, a, table, wx)
+            ky0 = _taps(sv, n, a, table, wy)
+            acc = 0.0
+            if kx0 >= 0 and kx0 + taps <= n:  # the usual case: contiguous, branch-free
+                for p in range(taps):
+                    k = ky0 + p
+                    if 0 <= k < n:
+                        line = 0.0
+                        for q in range(taps):
+                            line += grid[k, kx0 + q] * wx[q]
+                        acc += wy[p] * line
+            else:
+                for p in range(taps):
+                    k = ky0 + p
+                    if 0 <= k < n:
+                        line = 0.0
+                        for q in range(taps):
+                            if 0 <= kx0 + q < n:
+                                line += grid[k, kx0 + q] * wx[q]
+                        acc += wy[p] * line
+            out[row, col] += scale * acc
+
+
 def fit_moffat_image(image: NDArray[np.float64], cx: float, cy: float) -> MoffatPsf:
     """The elliptical Moffat whose pixel-integrated image best fits ``image`` (least squares).
 
@@ -277,6 +375,37 @@ class PixelPsf(PsfModel):
         wx = lanczos_weights((pix - cx) / self.step + c, self.size, self.lanczos_order)
         wy = lanczos_weights((pix - cy) / self.step + c, self.size, self.lanczos_order)
         return wy @ grid @ wx.T / self.step**2
+
+    def add_affine_image(
+        self,
+        out: NDArray[np.float64],
+        x: float,
+        y: float,
+        jac: NDArray[np.float64],
+        center: tuple[float, float],
+        weight: float = 1.0,
+    ) -> None:
+        """Add ``weight`` × the model at ``(x, y)`` seen through the affine map ``d_in =
+        jac · d_out`` to the stamp ``out`` (in place), centred at ``center`` of ``out``.
+
+        What resampling :meth:`image` through the map gives (flux scaled by ``|det
+        jac|``), but interpolated once, straight from the model's grid: a warped or coadd
+        PSF is drawn without an intermediate detector-pixel stamp.
+        """
+        grid = np.ascontiguousarray(self.samples(x, y))
+        jac = np.ascontiguousarray(jac, dtype=np.float64)
+        scale = weight * abs(float(np.linalg.det(jac))) / self.step**2
+        _add_affine_image(
+            grid,
+            float(self.step),
+            int(self.lanczos_order),
+            _tap_table(int(self.lanczos_order)),
+            jac,
+            float(center[0]),
+            float(center[1]),
+            scale,
+            out,
+        )
 
     def moffat_at(self, x: float = 0.0, y: float = 0.0) -> MoffatPsf:
         """The elliptical Moffat that best matches the model at ``(x, y)`` (cached)."""

@@ -168,8 +168,8 @@ class CoaddPsf(PsfModel):
         wsum = 0.0
         for k, xi, yi, jac in covering:
             weight = self.components[k]["weight"]
-            total += weight * self._warped(k).image_from_affine(
-                xi, yi, jac, x, y, size, center, oversample
+            self._warped(k).add_image_from_affine(
+                total, xi, yi, jac, x, y, center, weight, oversample
             )
             wsum += weight
         result = total / wsum

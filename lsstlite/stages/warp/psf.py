@@ -18,6 +18,7 @@ from numpy.typing import NDArray
 from scipy import ndimage
 
 from lsstlite.data.psf import PsfModel, psf_from_dict, register_psf
+from lsstlite.data.psf_pixel import PixelPsf
 from lsstlite.data.wcs import WcsCards, cached_wcs
 
 __all__ = ["SIGMA_TO_FWHM", "WarpedPsf", "adaptive_moments", "local_affine", "moments_summary"]
@@ -218,13 +219,42 @@ class WarpedPsf(PsfModel):
         oversample: int,
     ) -> NDArray[np.float64]:
         """:meth:`image` given the input position and Jacobian (:func:`local_affine`)."""
+        out = np.zeros((size, size))
+        self.add_image_from_affine(out, xi, yi, jac, x, y, center)
+        return out
+
+    def add_image_from_affine(
+        self,
+        out: NDArray[np.float64],
+        xi: float,
+        yi: float,
+        jac: NDArray[np.float64],
+        x: float,
+        y: float,
+        center: tuple[float, float] | None,
+        weight: float = 1.0,
+        oversample: int = 5,
+    ) -> None:
+        """Add ``weight`` × the image at output ``(x, y)`` (input ``(xi, yi)``, Jacobian
+        ``jac``) to the square stamp ``out``, in place.
+
+        A pixel-basis input model is interpolated straight from its sample grid through
+        the affine map (:meth:`PixelPsf.add_affine_image`); other models are drawn on a
+        detector-pixel stamp that is then resampled (cubic spline)."""
+        size = out.shape[0]
+        model = self.input_model()
+        if isinstance(model, PixelPsf):
+            model.add_affine_image(out, xi, yi, jac, _stamp_center(x, y, size, center), weight)
+            return
         # Draw the input generously (the map may rotate/scale), centred on a whole pixel.
         size_in = math.ceil(size * 1.5 * max(1.0, float(np.abs(jac).max()))) | 1
         half = size_in // 2
         stamp = self.input_model().image(
             xi, yi, size=size_in, center=(half, half), oversample=oversample
         )
-        return resample_stamp(stamp, (half, half), jac, size, _stamp_center(x, y, size, center))
+        out += weight * resample_stamp(
+            stamp, (half, half), jac, size, _stamp_center(x, y, size, center)
+        )
 
     def second_moments(self, x: float = 0.0, y: float = 0.0) -> tuple[float, float, float]:
         _, _, ixx, iyy, ixy = adaptive_moments(self.image(x, y, size=41, center=(20.0, 20.0)))
