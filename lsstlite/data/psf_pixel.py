@@ -342,12 +342,12 @@ class PixelPsf(PsfModel):
 
     def samples(self, x: float, y: float) -> NDArray[np.float64]:
         """The grid of samples valid at ``(x, y)`` (sums to 1)."""
-        terms = poly_terms(
-            np.array((x - self.x0) / self.x_scale),
-            np.array((y - self.y0) / self.y_scale),
-            self.degree,
-        )
-        return np.tensordot(terms, self._array, axes=(0, 0))  # type: ignore[attr-defined]
+        u, v = (float(x) - self.x0) / self.x_scale, (float(y) - self.y0) / self.y_scale
+        d = self.degree
+        terms = np.array([u**i * v**j for j in range(d + 1) for i in range(d + 1 - j)])
+        arr = self._array  # type: ignore[attr-defined]
+        # one (T,) @ (T, n²) product (poly_terms on 0-d arrays cost more than the sum)
+        return (terms @ arr.reshape(arr.shape[0], -1)).reshape(arr.shape[1:])  # type: ignore[no-any-return]
 
     def image(
         self,

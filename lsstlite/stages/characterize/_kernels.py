@@ -12,14 +12,86 @@ from lsstlite.data.psf_pixel import LANCZOS_ORDER, lanczos_weights, poly_terms
 
 __all__ = [
     "adaptive_moments",
+    "correlate_separable",
     "find_cosmic_rays",
     "fit_pixel_basis",
     "gather_stamps",
     "interpolate_masked",
+    "local_maxima",
     "measured_neighbour_ratios",
     "psf_neighbour_ratios",
     "stellar_locus",
 ]
+
+
+# -- separable correlation ----------------------------------------------------------------
+@numba.njit(cache=True, nogil=True, fastmath=True)
+def correlate_separable(
+    data: NDArray[np.float32], ky: NDArray[np.float64], kx: NDArray[np.float64]
+) -> NDArray[np.float32]:
+    """``data`` correlated with ``ky`` along y then ``kx`` along x (odd lengths, centred;
+    zeros beyond the edges), as two ``scipy.ndimage.correlate1d(mode="constant")`` calls.
+
+    Both passes run along contiguous rows with a float64 accumulator: the y pass adds
+    whole weighted rows, the x pass adds whole shifted rows; scipy's y pass walks
+    columns, ~10× slower on a 16-Mpix detector.
+    """
+    ny, nx = data.shape
+    ry, rx = len(ky) // 2, len(kx) // 2
+    tmp = np.empty((ny, nx), dtype=np.float32)
+    acc = np.empty(nx, dtype=np.float64)
+    for i in range(ny):
+        acc[:] = 0.0
+        for j in range(len(ky)):
+            r = i + j - ry
+            if 0 <= r < ny:
+                w = ky[j]
+                for x in range(nx):
+                    acc[x] += w * data[r, x]
+        for x in range(nx):
+            tmp[i, x] = acc[x]
+    out = np.empty((ny, nx), dtype=np.float32)
+    for i in range(ny):
+        acc[:] = 0.0
+        for j in range(len(kx)):
+            shift = j - rx  # out[x] += kx[j] * tmp[x + shift]
+            w = kx[j]
+            lo, hi = max(0, -shift), min(nx, nx - shift)
+            for x in range(lo, hi):
+                acc[x] += w * tmp[i, x + shift]
+        for x in range(nx):
+            out[i, x] = acc[x]
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
+def local_maxima(
+    values: NDArray[np.float32], segmap: NDArray[np.int32], threshold: float, half: int
+) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+    """``(y, x)`` of pixels inside a footprint, above ``threshold``, that no pixel of the
+    ``(2 half + 1)²`` box around them exceeds: ``values == maximum_filter(values)`` on
+    those pixels only (the box clipped at the edges, which is what scipy's reflection
+    gives), in raster order."""
+    ny, nx = values.shape
+    ys = []
+    xs = []
+    for y in range(ny):
+        for x in range(nx):
+            v = values[y, x]
+            if not (v > threshold and segmap[y, x] > 0):
+                continue
+            peak = True
+            for yy in range(max(y - half, 0), min(y + half + 1, ny)):
+                for xx in range(max(x - half, 0), min(x + half + 1, nx)):
+                    if values[yy, xx] > v:
+                        peak = False
+                        break
+                if not peak:
+                    break
+            if peak:
+                ys.append(y)
+                xs.append(x)
+    return np.array(ys, dtype=np.int64), np.array(xs, dtype=np.int64)
 
 
 # -- adaptive moments ---------------------------------------------------------------------

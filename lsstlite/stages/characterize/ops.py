@@ -28,6 +28,7 @@ from lsstlite.data import GaussianPsf, MoffatPsf, PsfModel, VaryingMoffatPsf, ma
 from lsstlite.data.masks import mask_planes as _mask_planes
 from lsstlite.data.psf_pixel import PixelPsf, fit_moffat_image, poly_terms
 from lsstlite.data.sources import AP_RADII, SRC_COLUMNS, SRC_FLAGS, ap_flux_column
+from lsstlite.stages.calibs._kernels import dilate_diamond
 from lsstlite.stages.characterize import _kernels
 from lsstlite.stages.characterize.config import (
     BackgroundConfig,
@@ -210,6 +211,8 @@ def _separable(data: NDArray[Any], kernel: NDArray[np.float64], *, square: bool 
     ky, kx = u[:, 0] * math.sqrt(sv[0]), vt[0] * math.sqrt(sv[0])
     if square:
         ky, kx = ky * ky, kx * kx
+    if len(ky) % 2 and len(kx) % 2:
+        return _kernels.correlate_separable(np.ascontiguousarray(data, dtype=np.float32), ky, kx)
     tmp = ndimage.correlate1d(data, ky, axis=0, mode="constant")
     return ndimage.correlate1d(tmp, kx, axis=1, mode="constant")
 
@@ -319,10 +322,9 @@ def _add_peaks(
     median of a ring 1.5 kernel-FWHM around it (noise bumps on a bright wing do not).
     """
     half = kernel.shape[0] // 2
-    peaks = (
-        (snr == ndimage.maximum_filter(snr, size=2 * half + 1)) & (snr > threshold) & (segmap > 0)
+    py, px = _kernels.local_maxima(
+        np.ascontiguousarray(snr, dtype=np.float32), segmap, float(threshold), half
     )
-    py, px = np.nonzero(peaks)
     if len(px) == 0:
         return table
     # Ring contrast.
@@ -560,7 +562,11 @@ def _measure(
     fwhm: float,
     config: MeasurementConfig,
     aperture_radii: tuple[float, ...],
+    for_selection: bool = False,
 ) -> pd.DataFrame:
+    """See :func:`measure_sources`. ``for_selection``: only what star selection reads
+    (flags, windowed centroids in the PSF's window, the given apertures, moments), no
+    Kron quantities (NaN), as a star's light radius gives the PSF's window anyway."""
     image, mask, variance = _arrays(exposure)
     planes = _mask_planes(exposure)
     x0, y0 = int(exposure["x"].values[0]), int(exposure["y"].values[0])
@@ -606,7 +612,9 @@ def _measure(
         flags[(detections["flag"].to_numpy() & sep.OBJ_MERGED) != 0] |= 1 << SRC_FLAGS["BLENDED"]
 
     # Kron (at the isophotal barycentre).
-    if n:
+    if for_selection:
+        kr, kflux, kerr = np.full(n, np.nan), np.full(n, np.nan), np.full(n, np.nan)
+    elif n:
         kr, kflag = sep.kron_radius(image, xs_a, ys_a, a, b, theta, 6.0)
         bad_kron = ~np.isfinite(kr) | (kr <= 0) | (kflag != 0)
         kr = np.where(bad_kron, config.kron_min_radius / np.sqrt(a * b), kr)
@@ -627,7 +635,9 @@ def _measure(
         kr, kflux, kerr = np.zeros(0), np.zeros(0), np.zeros(0)
     # Windowed centroids (SExtractor XWIN: Gaussian of σ = 2 r_half / 2.35, r_half of
     # the Kron flux), measured after Kron at the isophotal barycentre, as SExtractor does.
-    if n:
+    if n and for_selection:
+        sig = np.full(n, max(fwhm, 1.0) / FWHM_PER_SIGMA)
+    elif n:
         r_half, _ = sep.flux_radius(
             image,
             xs_a,
@@ -645,6 +655,7 @@ def _measure(
         if config.blended_window == "psf":
             blended = (flags & (1 << SRC_FLAGS["BLENDED"])) != 0
             sig = np.where(blended, max(fwhm, 1.0) / FWHM_PER_SIGMA, sig)
+    if n:
         xw, yw, wflag = sep.winpos(image, xs_a, ys_a, sig)
         good = (wflag == 0) & np.isfinite(xw) & (np.hypot(xw - xs_a, yw - ys_a) < 2.0 * sig + 1.0)
         xs_a = np.where(good, xw, xs_a)
@@ -1158,7 +1169,7 @@ def _characterize(exposure: xr.Dataset, config: CharacterizeConfig) -> Character
     det, seg = _detect(repaired, config.detection, fwhm0, None)
     # 4. second background with detections masked, on the repaired (not subtracted) image.
     grown = (
-        ndimage.binary_dilation(seg > 0, iterations=config.background.mask_grow_px)
+        dilate_diamond(seg > 0, config.background.mask_grow_px)  # binary_dilation's
         if (config.background.mask_grow_px)
         else seg > 0
     )
@@ -1170,7 +1181,7 @@ def _characterize(exposure: xr.Dataset, config: CharacterizeConfig) -> Character
     fmask[seg > 0] |= np.int32(1 << planes["DETECTED"])
     final["mask"] = (("y", "x"), fmask, final["mask"].attrs)
     # 5. measure without PSF, select stars, fit the PSF.
-    pre = _measure(final, det, seg, None, fwhm0, config.measurement, AP_RADII)
+    pre = _measure(final, det, seg, None, fwhm0, config.measurement, (12.0,), for_selection=True)
     m_guess = int(
         2
         * np.clip(

@@ -13,6 +13,8 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy import ndimage
 
+from lsstlite.stages.characterize._kernels import correlate_separable
+
 __all__ = [
     "decode_spans",
     "encode_spans",
@@ -23,6 +25,14 @@ __all__ = [
 
 #: 8-connectivity: diagonal neighbours belong to the same footprint (as in LSST).
 _EIGHT = np.ones((3, 3), dtype=bool)
+
+
+def _gaussian_taps(sigma: float, truncate: float = 4.0) -> NDArray[np.float64]:
+    """Normalised Gaussian taps of radius ``int(truncate σ + 0.5)`` (``gaussian_filter``'s)."""
+    r = int(truncate * sigma + 0.5)
+    x = np.arange(-r, r + 1, dtype=np.float64)
+    w = np.exp(-0.5 * x * x / (sigma * sigma))
+    return w / w.sum()
 
 
 def gaussian_snr(
@@ -36,11 +46,13 @@ def gaussian_snr(
     ``bad`` pixels count as zero signal and infinite variance. Returns 0 where no pixel
     of the kernel is usable. The halo of the filter is ``ceil(4 sigma)`` pixels.
     """
-    img = np.where(bad, 0.0, image)
-    var = np.where(bad, 0.0, variance)
-    smooth = ndimage.gaussian_filter(img, sigma, mode="constant", truncate=4.0)
-    # G² is a Gaussian of sigma/√2 with peak 1/(4π σ²); gaussian_filter normalises to 1.
-    noise2 = ndimage.gaussian_filter(var, sigma / math.sqrt(2.0), mode="constant", truncate=4.0)
+    img = np.where(bad, np.float32(0.0), image).astype(np.float32)
+    var = np.where(bad, np.float32(0.0), variance).astype(np.float32)
+    g = _gaussian_taps(sigma)
+    smooth = correlate_separable(img, g, g)
+    # G² is a Gaussian of sigma/√2 with peak 1/(4π σ²); the taps are normalised to 1.
+    g2 = _gaussian_taps(sigma / math.sqrt(2.0))
+    noise2 = correlate_separable(var, g2, g2).astype(np.float64)
     noise2 /= 4.0 * math.pi * sigma * sigma
     with np.errstate(invalid="ignore", divide="ignore"):
         snr = np.where(noise2 > 0, smooth / np.sqrt(noise2), 0.0)

@@ -27,3 +27,23 @@ def test_batched_model_templates_equal_separate_convolutions() -> None:
         np.testing.assert_allclose(model, expected, rtol=0, atol=1e-12 * gal.max())
     # unit flux where the pixel sampling resolves the profile (r_e = 0.4 px: 1.4% low)
     np.testing.assert_allclose(models[1:].sum(axis=(1, 2)), 1.0, atol=0.005)
+
+
+def test_sersic_grid_and_binning_match_the_formula() -> None:
+    """Cells beyond r_e are the profile at their centre (n = 1 and 4 take a pow-free
+    path); binning ``over × over`` cells is numpy's reshape-sum."""
+    from lsstlite.sim._kernels import sersic_grid
+    from lsstlite.stages.measure._kernels import _bin, sersic_bn
+
+    size, cx, cy, r_e = 40, 19.3, 20.6, 3.0
+    yy, xx = np.mgrid[0:size, 0:size]
+    r = np.hypot(xx - cx, yy - cy)
+    for n in (1.0, 4.0, 2.5):
+        b = sersic_bn(n)
+        grid = sersic_grid(size, 1.0, cx, cy, n, b, r_e, 1.0, 0.0, 1.0, 4.0 * r_e)
+        outer = (r > r_e * 1.01) & (r < 4.0 * r_e * 0.99)
+        want = np.exp(-b * (r / r_e) ** (1.0 / n))
+        np.testing.assert_allclose(grid[outer], want[outer], rtol=1e-13)
+        np.testing.assert_allclose(
+            _bin(grid, 4, 0.5), 0.5 * grid.reshape(10, 4, 10, 4).sum(axis=(1, 3)), rtol=1e-13
+        )
