@@ -19,6 +19,7 @@ from scipy import ndimage
 from lsstlite.data.exposure import make_exposure
 from lsstlite.data.masks import mask_bits, mask_planes
 from lsstlite.stages.calibs import _kernels as _ck
+from lsstlite.stages.characterize._kernels import correlate_separable, gaussian_taps
 from lsstlite.stages.isr import _kernels
 
 __all__ = [
@@ -221,8 +222,10 @@ def fringe_from_exposures(
     def finish(stack: NDArray[np.float32]) -> NDArray[np.float32]:
         med = _ck.nanmedian_axis0(np.ascontiguousarray(stack, dtype=F32))
         ok = np.isfinite(med)
-        num = ndimage.gaussian_filter(np.where(ok, med, 0.0).astype(np.float64), smooth_px)
-        den = ndimage.gaussian_filter(ok.astype(np.float64), smooth_px)
+        # normalised convolution (zeros beyond the edges and at masked pixels)
+        g = gaussian_taps(smooth_px)
+        num = correlate_separable(np.where(ok, med, np.float32(0.0)).astype(F32), g, g)
+        den = correlate_separable(ok.astype(F32), g, g)
         out = np.where(den > 1e-3, num / np.maximum(den, 1e-3), 0.0)
         return (out - out.mean()).astype(F32)
 

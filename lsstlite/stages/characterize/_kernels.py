@@ -16,6 +16,7 @@ __all__ = [
     "find_cosmic_rays",
     "fit_pixel_basis",
     "gather_stamps",
+    "gaussian_taps",
     "interpolate_masked",
     "local_maxima",
     "measured_neighbour_ratios",
@@ -25,6 +26,14 @@ __all__ = [
 
 
 # -- separable correlation ----------------------------------------------------------------
+def gaussian_taps(sigma: float, truncate: float = 4.0) -> NDArray[np.float64]:
+    """Normalised Gaussian taps of radius ``int(truncate σ + 0.5)`` (``gaussian_filter``'s)."""
+    r = int(truncate * sigma + 0.5)
+    x = np.arange(-r, r + 1, dtype=np.float64)
+    w = np.exp(-0.5 * x * x / (sigma * sigma))
+    return w / w.sum()  # type: ignore[no-any-return]
+
+
 @numba.njit(cache=True, nogil=True, fastmath=True)
 def correlate_separable(
     data: NDArray[np.float32], ky: NDArray[np.float64], kx: NDArray[np.float64]

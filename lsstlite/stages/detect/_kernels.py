@@ -13,7 +13,7 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy import ndimage
 
-from lsstlite.stages.characterize._kernels import correlate_separable
+from lsstlite.stages.characterize._kernels import correlate_separable, gaussian_taps
 
 __all__ = [
     "decode_spans",
@@ -25,14 +25,6 @@ __all__ = [
 
 #: 8-connectivity: diagonal neighbours belong to the same footprint (as in LSST).
 _EIGHT = np.ones((3, 3), dtype=bool)
-
-
-def _gaussian_taps(sigma: float, truncate: float = 4.0) -> NDArray[np.float64]:
-    """Normalised Gaussian taps of radius ``int(truncate σ + 0.5)`` (``gaussian_filter``'s)."""
-    r = int(truncate * sigma + 0.5)
-    x = np.arange(-r, r + 1, dtype=np.float64)
-    w = np.exp(-0.5 * x * x / (sigma * sigma))
-    return w / w.sum()
 
 
 def gaussian_snr(
@@ -48,10 +40,10 @@ def gaussian_snr(
     """
     img = np.where(bad, np.float32(0.0), image).astype(np.float32)
     var = np.where(bad, np.float32(0.0), variance).astype(np.float32)
-    g = _gaussian_taps(sigma)
+    g = gaussian_taps(sigma)
     smooth = correlate_separable(img, g, g)
     # G² is a Gaussian of sigma/√2 with peak 1/(4π σ²); the taps are normalised to 1.
-    g2 = _gaussian_taps(sigma / math.sqrt(2.0))
+    g2 = gaussian_taps(sigma / math.sqrt(2.0))
     noise2 = correlate_separable(var, g2, g2).astype(np.float64)
     noise2 /= 4.0 * math.pi * sigma * sigma
     with np.errstate(invalid="ignore", divide="ignore"):

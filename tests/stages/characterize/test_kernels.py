@@ -8,7 +8,6 @@ from scipy import ndimage
 
 from lsstlite.stages.calibs._kernels import dilate_diamond
 from lsstlite.stages.characterize import _kernels
-from lsstlite.stages.detect._kernels import _gaussian_taps
 
 
 @pytest.mark.parametrize(("ny", "nx", "ry", "rx"), [(300, 257, 4, 4), (64, 90, 1, 6), (7, 5, 4, 3)])
@@ -32,7 +31,7 @@ def test_gaussian_taps_are_gaussian_filters() -> None:
     rng = np.random.default_rng(4)
     data = rng.normal(size=(120, 130)).astype(np.float32)
     for sigma in (0.5, 1.7, 3.2):
-        g = _gaussian_taps(sigma)
+        g = _kernels.gaussian_taps(sigma)
         want = ndimage.gaussian_filter(data.astype(np.float64), sigma, mode="constant", truncate=4)
         np.testing.assert_allclose(_kernels.correlate_separable(data, g, g), want, atol=1e-5)
 
