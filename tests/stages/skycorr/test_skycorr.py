@@ -169,3 +169,18 @@ def test_coadd_with_sky_correction_on_the_demo(demo_run: Any) -> None:
         # same sources, sky level changed by far less than a source
         diff = img[both] - ref_img[both]
         assert abs(float(np.median(diff))) < 0.5 * float(np.nanstd(ref_img[both]))
+
+
+def test_linear_weights_are_regular_grid_bilinear() -> None:
+    from scipy.interpolate import RegularGridInterpolator
+
+    from lsstlite.stages.skycorr.ops import _linear_weights
+
+    gy = np.array([0.0, 32.0, 64.0, 96.0, 99.0])
+    gx = np.array([0.0, 32.0, 64.0, 70.0])
+    coarse = np.random.default_rng(7).normal(size=(len(gy), len(gx)))
+    ys, xs = np.arange(10.0, 100.0), np.arange(0.0, 71.0)
+    got = _linear_weights(ys, gy) @ coarse @ _linear_weights(xs, gx).T
+    yy, xx = np.meshgrid(ys, xs, indexing="ij")
+    want = RegularGridInterpolator((gy, gx), coarse)(np.stack([yy.ravel(), xx.ravel()], 1))
+    np.testing.assert_allclose(got, want.reshape(got.shape), rtol=0, atol=1e-12)
