@@ -741,8 +741,10 @@ def forced_photometry(
         reference["ra"].to_numpy(float), reference["dec"].to_numpy(float), 0
     )
     rows = []
+    # plain column arrays: a pandas row per object (iloc) cost ~7% of the quantum
+    cols = {c: reference[c].to_numpy() for c in reference.columns}
     for k, rec in enumerate(records):
-        row = reference.iloc[k]
+        row = {c: v[k] for c, v in cols.items()}
         ref = _Reference(
             x=float(x[k]) - patch.x0,
             y=float(y[k]) - patch.y0,
