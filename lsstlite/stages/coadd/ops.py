@@ -44,6 +44,8 @@ from lsstlite.stages.warp.ops import (
     mapping_grid,
     matching_kernel,
     model_psf_image,
+    region_arrays,
+    region_task,
     warp_arrays,
 )
 from lsstlite.stages.warp.psf import WarpedPsf
@@ -498,9 +500,10 @@ def coadd_exposures(
     chunk (footprints are found on the grown chunk, and the matching kernel is spatially
     constant per chunk, computed at its centre). Peak memory per task is about
     ``n_overlapping_inputs × (chunk + halo)² × 26 bytes`` (× ~2 more for compare_warp);
-    the figure for this graph is ``attrs["coadd"]["max_task_bytes"]``. Input chunks are
-    sliced to the regions needed: from zarr, dask fuses the slice into the read, so only
-    those bytes are read.
+    the figure for this graph is ``attrs["coadd"]["max_task_bytes"]``. Each input chunk
+    is read (decoded) once and sliced in memory to the regions its output tasks need (see
+    :func:`~lsstlite.stages.warp.ops.region_task`); a chunk stays in memory until its last
+    output task has run.
     ``"mean"``, ``"clipped"`` and ``"median"`` do not depend on the chunking (bit for
     bit); ``"compare_warp"`` may differ only where an outlier footprint is cut by a halo
     edge. Only ``weights=None`` computes anything while building (see
@@ -590,12 +593,11 @@ def coadd_exposures(
                 mapping = block_mapping(grids[k], ext_box, boxes[k], radius=radius)
                 if mapping.region is None:
                     continue
-                bx0, by0 = boxes[k][0], boxes[k][1]
                 rx0, ry0, rx1, ry1 = mapping.region
-                sl = (slice(ry0 - by0, ry1 - by0), slice(rx0 - bx0, rx1 - bx0))
-                imgs.append(ds["image"].data[sl])
-                variances.append(ds["variance"].data[sl])
-                masks.append(ds["mask"].data[sl])
+                img, var, msk = region_arrays(ds, mapping.region)
+                imgs.append(img)
+                variances.append(var)
+                masks.append(msk)
                 mappings.append(mapping)
                 det_boxes.append(boxes[k])
                 indices.append(k)
@@ -612,8 +614,17 @@ def coadd_exposures(
                 )
                 continue
             plan = _Plan(mappings, det_boxes, indices)
-            res = dask.delayed(_coadd_block, nout=3, pure=False)(
-                imgs, variances, masks, plan, ext_box, out_box, static
+            res = region_task(
+                _coadd_block,
+                imgs,
+                variances,
+                masks,
+                plan,
+                ext_box,
+                out_box,
+                static,
+                nout=3,
+                pure=False,
             )
             row.append(
                 tuple(

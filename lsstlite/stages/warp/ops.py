@@ -267,12 +267,25 @@ def _blocks(
     return rows
 
 
-def _region_arrays(exposure: xr.Dataset, region: tuple[int, int, int, int]) -> tuple[Any, Any, Any]:
+def region_arrays(exposure: xr.Dataset, region: tuple[int, int, int, int]) -> tuple[Any, Any, Any]:
     """Dask (or numpy) slices of an exposure's planes covering a parent-frame box."""
     bx0, by0, _, _ = detector_box(exposure)
     x0, y0, x1, y1 = region
     sl = (slice(y0 - by0, y1 - by0), slice(x0 - bx0, x1 - bx0))
     return exposure["image"].data[sl], exposure["variance"].data[sl], exposure["mask"].data[sl]
+
+
+def region_task(func: Any, *args: Any, nout: int, pure: bool) -> Any:
+    """``dask.delayed(func, nout=nout, pure=pure)(*args)`` where ``args`` hold input regions.
+
+    Built with Dask's low-level fusion off. With it on, turning the region slices into a
+    task argument fuses each slice into its chunk's read, so a compressed zarr chunk
+    shared by k output tasks is decoded k times (about 5 times per calexp chunk for a
+    coadd in 512² chunks of calexps in 1024² chunks). Unfused, each chunk is read once and
+    the tasks slice it in memory; the graph keeps this however it is computed later.
+    """
+    with dask.config.set({"optimization.fuse.active": False}):
+        return dask.delayed(func, nout=nout, pure=pure)(*args)
 
 
 def _warp_task(
@@ -365,9 +378,20 @@ def warp_exposure(
                 r_var.append(da.full(shape, np.nan, dtype=np.float32))
                 r_msk.append(da.full(shape, no_data, dtype=np.int32))
                 continue
-            img, var, msk = _region_arrays(exposure, mapping.region)
-            out = dask.delayed(_warp_task, nout=3, pure=True)(
-                img, var, msk, mapping, det_box, box, kernel, no_data, edge
+            img, var, msk = region_arrays(exposure, mapping.region)
+            out = region_task(
+                _warp_task,
+                img,
+                var,
+                msk,
+                mapping,
+                det_box,
+                box,
+                kernel,
+                no_data,
+                edge,
+                nout=3,
+                pure=True,
             )
             r_img.append(
                 da.from_delayed(out[0], shape, dtype=np.float32, meta=np.empty((0, 0), np.float32))

@@ -139,8 +139,10 @@ def test_non_overlapping_skipped_broken_wcs_reported(
 
 
 class _Virtual:
-    """An array-like that makes pixels for any slice on demand (like a zarr array: dask
-    fuses slicing into the read, so only the requested region is ever built)."""
+    """An array-like that makes pixels for any slice on demand, as a zarr array reads
+    them, and records every read in ``reads``."""
+
+    reads: list[tuple[int, str, int, int, int, int]] = []
 
     def __init__(self, shape: tuple[int, int], seed: int, kind: str) -> None:
         self.shape = shape
@@ -152,6 +154,7 @@ class _Virtual:
     def __getitem__(self, key: tuple[slice, slice]) -> np.ndarray:
         ys = np.arange(self.shape[0])[key[0]].astype(np.float32)
         xs = np.arange(self.shape[1])[key[1]].astype(np.float32)
+        _Virtual.reads.append((self.seed, self.kind, int(ys[0]), int(xs[0]), ys.size, xs.size))
         if self.kind == "mask":
             return np.zeros((ys.size, xs.size), np.int32)
         if self.kind == "variance":
@@ -190,6 +193,28 @@ def _peak_bytes(n: int, shape: tuple[int, int]) -> tuple[int, int]:
     finally:
         tracemalloc.stop()
     return peak, c.attrs["coadd"]["max_task_bytes"]
+
+
+def test_each_input_chunk_is_read_once() -> None:
+    """Output chunks (256²) smaller than input chunks (512²) share them: each input
+    chunk is read whole, once, not once per output chunk that needs a piece of it (a
+    compressed zarr chunk is decoded whole for any slice of it)."""
+    calexps = [_virtual_calexp((1024, 1024), k) for k in range(3)]
+    c = coadd_exposures(
+        calexps,
+        synthetic_patch((1024, 1024)),
+        method="mean",
+        kernel="bilinear",
+        weights=[1.0] * 3,
+        chunks=(256, 256),
+    )
+    _Virtual.reads.clear()
+    c["image"].data.compute(scheduler="threads")
+    reads = list(_Virtual.reads)
+    assert len(reads) == len(set(reads)) and reads
+    assert {r[4:] for r in reads} == {(512, 512)}
+    # every chunk of every plane of every input overlaps the patch: 3 × 3 × 4 reads
+    assert len(reads) == 3 * 3 * 4
 
 
 def test_memory_grows_with_inputs_times_chunk_not_patch() -> None:
