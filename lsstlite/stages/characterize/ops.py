@@ -563,10 +563,14 @@ def _measure(
     config: MeasurementConfig,
     aperture_radii: tuple[float, ...],
     for_selection: bool = False,
+    min_snr: float = 0.0,
 ) -> pd.DataFrame:
     """See :func:`measure_sources`. ``for_selection``: only what star selection reads
     (flags, windowed centroids in the PSF's window, the given apertures, moments), no
-    Kron quantities (NaN), as a star's light radius gives the PSF's window anyway."""
+    Kron quantities (NaN), as a star's light radius gives the PSF's window anyway; and
+    centroids and moments only of sources whose S/N in the first aperture, at their
+    detected position, is above half of ``min_snr`` (the others keep their detected
+    position and isophotal moments, flagged MOMENTS_FAILED)."""
     image, mask, variance = _arrays(exposure)
     planes = _mask_planes(exposure)
     x0, y0 = int(exposure["x"].values[0]), int(exposure["y"].values[0])
@@ -588,6 +592,7 @@ def _measure(
     # Footprint mask flags (one pass over the segmentation map).
     seg_flat = segmentation.ravel()
     on = seg_flat > 0
+    seg_on, mask_on = seg_flat[on], mask.ravel()[on]
     for plane, flag in (
         ("SAT", "SATURATED"),
         ("CR", "CR"),
@@ -598,8 +603,7 @@ def _measure(
     ):
         if plane not in planes:
             continue
-        hit = on & ((mask.ravel() & (1 << planes[plane])) != 0)
-        touched = np.unique(seg_flat[hit])
+        touched = np.unique(seg_on[(mask_on & (1 << planes[plane])) != 0])
         flags[np.isin(seg_ids, touched)] |= 1 << SRC_FLAGS[flag]
     if n:
         bbox_edge = (
@@ -655,11 +659,22 @@ def _measure(
         if config.blended_window == "psf":
             blended = (flags & (1 << SRC_FLAGS["BLENDED"])) != 0
             sig = np.where(blended, max(fwhm, 1.0) / FWHM_PER_SIGMA, sig)
-    if n:
-        xw, yw, wflag = sep.winpos(image, xs_a, ys_a, sig)
-        good = (wflag == 0) & np.isfinite(xw) & (np.hypot(xw - xs_a, yw - ys_a) < 2.0 * sig + 1.0)
-        xs_a = np.where(good, xw, xs_a)
-        ys_a = np.where(good, yw, ys_a)
+    # Which sources get centroids and moments (all, except for a selection).
+    use = np.ones(n, dtype=bool)
+    if n and for_selection and min_snr > 0:
+        f0, e0, _ = sep.sum_circle(
+            image, xs_a, ys_a, float(aperture_radii[0]), var=variance, subpix=5
+        )
+        use = np.asarray(f0) > 0.5 * min_snr * np.asarray(e0)
+    if use.any():
+        xw, yw, wflag = sep.winpos(image, xs_a[use], ys_a[use], sig[use])
+        good = (
+            (wflag == 0)
+            & np.isfinite(xw)
+            & (np.hypot(xw - xs_a[use], yw - ys_a[use]) < 2.0 * sig[use] + 1.0)
+        )
+        xs_a[use] = np.where(good, xw, xs_a[use])
+        ys_a[use] = np.where(good, yw, ys_a[use])
     out["x"] = xs_a + x0
     out["y"] = ys_a + y0
     out["x_err"] = np.sqrt(np.clip(detections["errx2"].to_numpy(np.float64, copy=True), 0, None))
@@ -683,7 +698,12 @@ def _measure(
 
     # Adaptive moments.
     sigma0 = max(fwhm / FWHM_PER_SIGMA, 0.7)
-    ixx, iyy, ixy, ok = _kernels.adaptive_moments(image, xs_a, ys_a, sigma0)
+    ixx, iyy, ixy = np.full(n, np.nan), np.full(n, np.nan), np.full(n, np.nan)
+    ok = np.zeros(n, dtype=bool)
+    if use.any():
+        ixx[use], iyy[use], ixy[use], ok[use] = _kernels.adaptive_moments(
+            image, xs_a[use], ys_a[use], sigma0
+        )
     iso = ~ok
     ixx = np.where(iso, detections["x2"].to_numpy(np.float64, copy=True), ixx)
     iyy = np.where(iso, detections["y2"].to_numpy(np.float64, copy=True), iyy)
@@ -1181,7 +1201,17 @@ def _characterize(exposure: xr.Dataset, config: CharacterizeConfig) -> Character
     fmask[seg > 0] |= np.int32(1 << planes["DETECTED"])
     final["mask"] = (("y", "x"), fmask, final["mask"].attrs)
     # 5. measure without PSF, select stars, fit the PSF.
-    pre = _measure(final, det, seg, None, fwhm0, config.measurement, (12.0,), for_selection=True)
+    pre = _measure(
+        final,
+        det,
+        seg,
+        None,
+        fwhm0,
+        config.measurement,
+        (12.0,),
+        for_selection=True,
+        min_snr=config.star_selection.min_snr,
+    )
     m_guess = int(
         2
         * np.clip(

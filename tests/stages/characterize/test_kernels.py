@@ -55,3 +55,45 @@ def test_dilate_diamond_is_iterated_binary_dilation() -> None:
     for radius in (1, 3):
         want = ndimage.binary_dilation(mask, iterations=radius)
         np.testing.assert_array_equal(dilate_diamond(mask, radius), want)
+
+
+def _fixed_point_moments(img: np.ndarray, xc: float, yc: float, w: np.ndarray) -> np.ndarray:
+    """Reference: the plain W ← 2 M(W) iteration (truncated at 4σ), to 1e-10."""
+    yy, xx = np.mgrid[: img.shape[0], : img.shape[1]]
+    d = np.stack([xx - xc, yy - yc])
+    for _ in range(2000):
+        q = np.einsum("iyx,ij,jyx->yx", d, np.linalg.inv(w), d)
+        g = np.where(q <= 16.0, np.exp(-0.5 * q), 0.0) * img
+        m = np.einsum("iyx,jyx,yx->ij", d, d, g) / g.sum()
+        if np.allclose(2 * m, w, rtol=1e-12, atol=0):
+            break
+        w = 2 * m
+    return w
+
+
+@pytest.mark.parametrize("profile", ["gaussian", "exponential"])
+def test_adaptive_moments_reach_the_fixed_point(profile: str) -> None:
+    """Gaussians give their covariance; any source the fixed point W = 2 M(W) of the
+    textbook iteration, however the iteration gets there."""
+    yy, xx = np.mgrid[:81, :81].astype(np.float64)
+    xc, yc = 40.3, 39.8
+    cov = np.array([[6.0, 1.5], [1.5, 3.5]])
+    inv = np.linalg.inv(cov)
+    dx, dy = xx - xc, yy - yc
+    q = inv[0, 0] * dx**2 + 2 * inv[0, 1] * dx * dy + inv[1, 1] * dy**2
+    img = (np.exp(-0.5 * q) if profile == "gaussian" else np.exp(-np.sqrt(q))).astype(np.float32)
+    ixx, iyy, ixy, ok = _kernels.adaptive_moments(img, np.array([xc]), np.array([yc]), 1.5)
+    assert ok[0]
+    want = _fixed_point_moments(img.astype(np.float64), xc, yc, np.eye(2) * 1.5**2)
+    np.testing.assert_allclose(
+        [ixx[0], iyy[0], ixy[0]], [want[0, 0], want[1, 1], want[0, 1]], rtol=3e-4
+    )
+    if profile == "gaussian":
+        np.testing.assert_allclose([ixx[0], iyy[0], ixy[0]], [6.0, 3.5, 1.5], rtol=1e-3)
+
+
+def test_grow_3x3_is_binary_dilation() -> None:
+    m = np.random.default_rng(5).random((61, 47)) > 0.97
+    m[0, 0] = m[-1, 5] = m[7, -1] = True  # edges and corners
+    want = ndimage.binary_dilation(m, structure=np.ones((3, 3), bool))
+    np.testing.assert_array_equal(_kernels._grow_3x3(m), want)
