@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from astropy.table import Table
+from PIL import Image
 
 from lsstlite.stages.export import make_rgb, write_rgb_png, write_table
 
@@ -33,6 +34,9 @@ def test_rgb_size_and_colour_preserving(tmp_path: Path) -> None:
     np.testing.assert_allclose(faint / faint[0], [1.0, 2 / 3, 1 / 3], atol=0.05)
     out = write_rgb_png(rgb, tmp_path / "p.png", comment="test")
     assert matplotlib.image.imread(out).shape[:2] == shape
+    with Image.open(out) as png:
+        np.testing.assert_array_equal(np.asarray(png), rgb)  # lossless, no alpha
+        assert png.text == {"Software": "lsstlite", "Comment": "test"}
 
 
 def test_rgb_two_bands_synthesises_green(caplog: pytest.LogCaptureFixture) -> None:
