@@ -122,6 +122,23 @@ def _sersic_value(r2: float, r_e: float, b_n: float, n: float, inv_n: float) -> 
     return math.exp(-b_n * t)
 
 
+@numba.njit(cache=True, inline="always")
+def ellipse_cells(
+    size: int, step: float, cx: float, cy: float, m00: float, m01: float, m11: float, r: float
+) -> tuple[int, int, int, int]:
+    """Rows ``j0:j1`` and columns ``i0:i1`` of a ``size × size`` grid of cells (side
+    ``step``, centre ``(cx, cy)`` in cells) holding every cell centre with
+    ``dᵀ m d < r²``: the ellipse's bounding box, a cell wider on each side."""
+    det = m00 * m11 - m01 * m01
+    hx = r * math.sqrt(max(m11 / det, 0.0)) / step + 1.0
+    hy = r * math.sqrt(max(m00 / det, 0.0)) / step + 1.0
+    i0 = min(max(math.floor(cx - hx), 0), size)
+    i1 = min(max(math.ceil(cx + hx) + 1, i0), size)
+    j0 = min(max(math.floor(cy - hy), 0), size)
+    j1 = min(max(math.ceil(cy + hy) + 1, j0), size)
+    return j0, j1, i0, i1
+
+
 @numba.njit(cache=True)
 def sersic_grid(
     size: int,
@@ -151,8 +168,9 @@ def sersic_grid(
     rt2 = r_trunc * r_trunc
     inner2 = r_e * r_e
     core2 = 0.0625 * r_e * r_e + 2.0 * step * step
-    for j in range(size):
-        for i in range(size):
+    j0, j1, i0, i1 = ellipse_cells(size, step, cx, cy, m00, m01, m11, r_trunc)
+    for j in range(j0, j1):
+        for i in range(i0, i1):
             dy = (j - cy) * step
             dx = (i - cx) * step
             r2 = m00 * dx * dx + 2.0 * m01 * dx * dy + m11 * dy * dy

@@ -16,7 +16,7 @@ from numpy.typing import NDArray
 from scipy import fft as sfft
 from scipy.special import gamma, gammainc
 
-from lsstlite.sim._kernels import sersic_grid
+from lsstlite.sim._kernels import ellipse_cells, sersic_grid
 
 __all__ = [
     "adaptive_moments",
@@ -290,16 +290,23 @@ MODEL_TRUNCATION = {1.0: 4.0, 4.0: 5.0}
 
 
 @numba.njit(cache=True, nogil=True)
-def _bin(grid: NDArray[np.float64], over: int, scale: float) -> NDArray[np.float64]:
+def _bin(
+    grid: NDArray[np.float64],
+    over: int,
+    scale: float,
+    cells: tuple[int, int, int, int] = (0, 1 << 30, 0, 1 << 30),
+) -> NDArray[np.float64]:
     """Sums of ``over × over`` blocks of ``grid`` times ``scale`` (numpy's reshape-sum
-    over two axes cost as much as drawing the profile)."""
+    over two axes cost as much as drawing the profile); only rows ``j0:j1`` and columns
+    ``i0:i1`` of ``grid`` (``cells``) are read, the rest being zero."""
     size = grid.shape[0] // over
     out = np.zeros((size, size))
-    for j in range(grid.shape[0]):
+    j0, j1, i0, i1 = cells
+    for j in range(j0, min(j1, grid.shape[0])):
         row = out[j // over]
-        for i in range(grid.shape[1]):
-            row[i // over] += grid[j, i]
-    return out * scale
+        for i in range(i0, min(i1, grid.shape[1])):
+            row[i // over] += grid[j, i] * scale
+    return out
 
 
 def model_templates(
@@ -332,25 +339,18 @@ def model_templates(
         over = 4 if r_e < 1.5 else 2
         b = sersic_bn(float(n))
         trunc = MODEL_TRUNCATION[float(n)]
+        gcx, gcy = (cx + 0.5) * over - 0.5, (cy + 0.5) * over - 0.5
         grid = sersic_grid(
-            size * over,
-            1.0 / over,
-            (cx + 0.5) * over - 0.5,
-            (cy + 0.5) * over - 0.5,
-            float(n),
-            b,
-            float(r_e),
-            m00,
-            m01,
-            m11,
+            size * over, 1.0 / over, gcx, gcy, float(n), b, float(r_e), m00, m01, m11,
             trunc * float(r_e),
-        )
+        )  # fmt: skip
         two_n = 2.0 * float(n)
         total = (
             2.0 * math.pi * n * r_e * r_e * b ** (-two_n) * gamma(two_n)
             * gammainc(two_n, b * trunc ** (1.0 / n))
         )  # fmt: skip
-        gals[k] = _bin(grid, over, 1.0 / (over * over * total))
+        cells = ellipse_cells(size * over, 1.0 / over, gcx, gcy, m00, m01, m11, trunc * r_e)
+        gals[k] = _bin(grid, over, 1.0 / (over * over * total), cells)
     kh, kw = psf.shape
     fshape = (sfft.next_fast_len(size + kh - 1, True), sfft.next_fast_len(size + kw - 1, True))
     spectra = sfft.rfft2(gals, fshape) * sfft.rfft2(psf, fshape)

@@ -47,3 +47,28 @@ def test_sersic_grid_and_binning_match_the_formula() -> None:
         np.testing.assert_allclose(
             _bin(grid, 4, 0.5), 0.5 * grid.reshape(10, 4, 10, 4).sum(axis=(1, 3)), rtol=1e-13
         )
+
+
+def test_ellipse_cells_hold_every_cell_inside_the_ellipse() -> None:
+    """The loops of ``sersic_grid`` and ``_bin`` visit only this box: every cell centre
+    inside the truncation ellipse must be in it (cells outside it are zero)."""
+    from lsstlite.sim._kernels import ellipse_cells
+
+    rng = np.random.default_rng(11)
+    for _ in range(200):
+        size, step = int(rng.integers(20, 120)), float(rng.choice([0.25, 0.5, 1.0]))
+        e1, e2 = rng.uniform(-0.6, 0.6, 2)
+        e = min(np.hypot(e1, e2), 0.95)
+        norm = np.sqrt(1 - e * e)
+        s = e / max(np.hypot(e1, e2), 1e-12)
+        m00, m01, m11 = (1 - e1 * s) / norm, -e2 * s / norm, (1 + e1 * s) / norm
+        cx, cy = rng.uniform(-10, size + 10, 2)
+        r = float(rng.uniform(0.5, 30.0))
+        j0, j1, i0, i1 = ellipse_cells(size, step, cx, cy, m00, m01, m11, r)
+        yy, xx = np.mgrid[0:size, 0:size]
+        dx, dy = (xx - cx) * step, (yy - cy) * step
+        inside = m00 * dx * dx + 2 * m01 * dx * dy + m11 * dy * dy < r * r
+        box = np.zeros_like(inside)
+        box[j0:j1, i0:i1] = True
+        assert not (inside & ~box).any()
+        assert box.sum() <= max(inside.sum(), 1) * 4 + 8 * (j1 - j0 + i1 - i0) + 16
