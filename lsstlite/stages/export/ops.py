@@ -76,7 +76,8 @@ def make_rgb(
             f"make_rgb needs at least two of the bands {list(bands)}; got images for "
             f"{sorted(images_by_band)}"
         )
-    arrays = {b: _plane(images_by_band[b]) for b in have}
+    planes = {b: _plane(images_by_band[b]) for b in have}  # each image read once
+    arrays = {b: arr for b, (arr, _) in planes.items()}
     shapes = {a.shape for a in arrays.values()}
     if len(shapes) != 1:
         raise ValueError(f"images of bands {have} have different shapes {sorted(shapes)}")
@@ -94,7 +95,7 @@ def make_rgb(
             bluer,
         )
     # Pixels some band does not cover are black: a one-band pixel would take its colour.
-    covered = np.logical_and.reduce([_covered(images_by_band[b]) for b in have])
+    covered = np.logical_and.reduce([ok for _, ok in planes.values()])
     red, green, blue = (np.where(covered, c, 0.0) for c in (red, green, blue))
     if stretch is None:
         total = (red + green + blue)[covered]
@@ -109,22 +110,18 @@ def _band_rank(band: str) -> int:
     return BAND_ORDER.index(band) if band in BAND_ORDER else len(BAND_ORDER)
 
 
-def _covered(image: Any) -> NDArray[np.bool_]:
-    """Pixels with data: finite, and not NO_DATA for an exposure."""
-    ok = np.isfinite(np.asarray(image["image"].values if isinstance(image, xr.Dataset) else image))
+def _plane(image: Any) -> tuple[NDArray[np.float64], NDArray[np.bool_]]:
+    """The pixels (0 where not finite) and where there are data: finite, and not NO_DATA
+    for an exposure."""
+    pixels = image["image"] if isinstance(image, xr.Dataset) else image
+    arr = np.asarray(pixels.values if isinstance(pixels, xr.DataArray) else pixels, dtype=float)
+    ok = np.isfinite(arr)
     if isinstance(image, xr.Dataset) and "mask" in image:
         from lsstlite.data.masks import mask_bits, mask_planes
 
         no_data = mask_bits(mask_planes(image), "NO_DATA")
         ok &= (np.asarray(image["mask"].values) & no_data) == 0
-    return ok
-
-
-def _plane(image: Any) -> NDArray[np.float64]:
-    if isinstance(image, xr.Dataset):
-        image = image["image"]
-    arr = np.asarray(image.values if isinstance(image, xr.DataArray) else image, dtype=float)
-    return np.where(np.isfinite(arr), arr, 0.0)
+    return np.where(ok, arr, 0.0), ok
 
 
 def write_rgb_png(
