@@ -231,3 +231,15 @@ def test_memory_grows_with_inputs_times_chunk_not_patch() -> None:
         est_10, rel=0.05
     )
     assert peak_40 < 3 * est_40
+
+
+@pytest.mark.parametrize(("h", "w"), [(200, 130), (40, 300), (9, 11)])
+def test_kernel_coverage_is_the_convolution_of_ones(h: int, w: int) -> None:
+    """The all-valid shortcut of the PSF matching equals the FFT path's weight plane."""
+    from scipy.signal import fftconvolve
+
+    from lsstlite.stages.coadd.ops import _kernel_coverage
+
+    kern = np.random.default_rng(4).random((25, 19))  # asymmetric, not normalised
+    want = fftconvolve(np.ones((h, w)), kern, mode="same")
+    np.testing.assert_allclose(_kernel_coverage(kern, h, w), want, rtol=1e-6)
