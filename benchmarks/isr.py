@@ -6,8 +6,10 @@ calibrations in memory as dask arrays in row blocks, as a worker holds them afte
 reading; planes stored into preallocated numpy arrays) and including zarr I/O (raw read
 from a uint16 zarr array as the camera writes it, image/variance/mask written to a zarr
 group; calibrations in memory, as a worker caches them), on one and two threads; the
-fused per-pixel kernel alone; and astropy ccdproc's overscan, trim, bias, dark and flat
-on the same pixels, as a ratio to ours. The machine's load average is printed: on a
+fused per-pixel kernel alone; the memory roofline of this machine (a kernel that only
+streams what any one-pass ISR must: the raw, bias, dark and flat read, image, variance
+and mask written, into preallocated and into fresh arrays); and astropy ccdproc's
+overscan, trim, bias, dark and flat on the same pixels, as a ratio to ours. The machine's load average is printed: on a
 shared machine the figures move with the other users, so compare ratios.
 
 Usage::
@@ -30,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a sourc
 
 import dask
 import dask.array as da
+import numba
 import numpy as np
 import pandas as pd
 import xarray as xr
@@ -106,9 +109,8 @@ def main() -> None:
     lin = ops._linearity_array(consts["linearity"])
     levels = np.asarray(ops.overscan_levels(raw).values)
     flags = np.ones(7, bool)
-    bias_np, dark_np, flat_np = (
-        np.asarray(calib[k]["image"].values) for k in ("bias", "dark", "flat")
-    )
+    calib_np = [np.asarray(calib[k]["image"].values) for k in ("bias", "dark", "flat")]
+    bias_np, dark_np, flat_np = calib_np
     bits = ops._mask_bits_array()[:3]
 
     def kernel_only() -> None:
@@ -124,6 +126,17 @@ def main() -> None:
             rows.append(("ISR, no I/O", threads, _best(in_memory, args.repeat)))
             rows.append(("ISR + zarr I/O", threads, _best(with_io, args.repeat)))
     rows.append(("fused kernel only (numba)", 1, _best(kernel_only, args.repeat)))
+    planes = [np.empty((N, N), np.float32) for _ in range(3)]
+    rows.append(
+        (
+            "roofline, preallocated out",
+            1,
+            _best(lambda: _stream(raw_np, *calib_np, *planes), args.repeat),
+        )
+    )
+    rows.append(
+        ("roofline, fresh out", 1, _best(lambda: _stream_fresh(raw_np, *calib_np), args.repeat))
+    )
     ccd_time = _ccdproc(raw, calib, args.repeat)
 
     print(f"load average: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; detector {N}×{N}")
@@ -136,6 +149,31 @@ def main() -> None:
         print(
             f"{'ccdproc (os/trim/bias/dark/flat)':28s} {1:7d} {ccd_time:7.3f} {MPIX / ccd_time:8.1f}"
         )
+
+
+@numba.njit(cache=True, nogil=True, fastmath=True)
+def _stream(
+    raw: np.ndarray,
+    bias: np.ndarray,
+    dark: np.ndarray,
+    flat: np.ndarray,
+    image: np.ndarray,
+    variance: np.ndarray,
+    mask: np.ndarray,
+) -> None:
+    """The memory traffic of any one-pass ISR and almost no arithmetic: an upper bound."""
+    ny, nx = image.shape
+    for j in range(ny):
+        for i in range(nx):
+            e = (raw[j, i] - bias[j, i]) * np.float32(1.7) - dark[j, i]
+            image[j, i] = e / flat[j, i]
+            variance[j, i] = e + np.float32(25.0)
+            mask[j, i] = np.float32(0.0)
+
+
+def _stream_fresh(raw: np.ndarray, bias: np.ndarray, dark: np.ndarray, flat: np.ndarray) -> None:
+    planes = [np.empty(bias.shape, np.float32) for _ in range(3)]
+    _stream(raw, bias, dark, flat, *planes)
 
 
 def _row_blocks(ds: xr.Dataset) -> xr.Dataset:
