@@ -20,6 +20,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -375,7 +376,7 @@ def _export(result: DemoResult) -> str:
     counts = {}
     for dataset_type in ("calexp", "src", "coadd"):
         to = result.export / dataset_type
-        written = export(butler, OUTPUT, dataset_type, None, to, overwrite=True)
+        written = export(butler, OUTPUT, dataset_type, None, to, overwrite=True, threads=2)
         counts[dataset_type] = len(written)
     tables = export_object_table(butler, OUTPUT, result.export / "object")
     result.catalog = next(p for p in tables if p.suffix == ".parquet")
@@ -389,10 +390,15 @@ def _export(result: DemoResult) -> str:
             for r in coadds
         }
     )
-    for sky, tract, patch in patches:
-        path = result.export / f"color_{sky}_tract{tract}_patch{patch}.png"
-        export_rgb(butler, OUTPUT, sky, tract, patch, bands, path)
-        result.pictures.append(path)
+    paths = [result.export / f"color_{s}_tract{t}_patch{p}.png" for s, t, p in patches]
+    with ThreadPoolExecutor(max_workers=2) as pool:  # numpy, zarr and zlib release the GIL
+        list(
+            pool.map(
+                lambda job: export_rgb(butler, OUTPUT, *job[0], bands, job[1]),
+                zip(patches, paths, strict=True),
+            )
+        )
+    result.pictures.extend(paths)
     counts["png"] = len(patches)
     return ", ".join(f"{n} {k}" for k, n in counts.items())
 

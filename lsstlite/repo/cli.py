@@ -183,6 +183,7 @@ def _export(args: argparse.Namespace) -> int:
             args.where,
             args.to,
             overwrite=args.overwrite,
+            threads=args.threads,
         )
     print(f"exported {len(written)} file(s) to {args.to}")
     return 0
@@ -248,6 +249,7 @@ def add_commands(subparsers: Any) -> None:
     p.add_argument("--where", default=None)
     p.add_argument("--to", required=True, metavar="DIR")
     p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--threads", type=int, default=2, help="files written at once (default 2)")
     p.add_argument(
         "--format",
         action="append",

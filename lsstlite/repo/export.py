@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ def export(
     *,
     bind: Mapping[str, Any] | None = None,
     overwrite: bool = False,
+    threads: int = 1,
 ) -> list[Path]:
     """Export matching datasets, one file per dataset named from its data ID.
 
@@ -40,35 +42,55 @@ def export(
     data ID added as columns, JSON datasets ``.json``, raws a copy of the
     raw file.
 
+    Parameters
+    ----------
+    threads
+        Files written at once. Reading (zarr decompression), FITS byte swapping and
+        writing release the GIL, so 2 threads on 2 cores take about half the time.
+
     Returns
     -------
     list of Path
-        The files written.
-    """
-    from lsstlite.data import write_exposure_fits
+        The files written, in the order of the query.
 
+    Raises
+    ------
+    FileExistsError
+        A destination exists and ``overwrite`` is false (checked for every file before
+        any is written).
+    """
     refs = butler.query_datasets(dataset_type, where, collections=collections, bind=bind)
     assert isinstance(refs, list)
     out_dir = Path(to_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    for ref in refs:
-        dest = out_dir / export_name(ref)
-        if dest.exists() and not overwrite:
-            raise FileExistsError(f"{dest} exists; pass overwrite=True to replace it")
-        obj = butler.get(ref)
-        if ref.storage_class == "Exposure":
-            write_exposure_fits(obj, dest, overwrite=overwrite)
-        elif ref.storage_class == "Table":
-            table = obj.copy()
-            for k, v in ref.data_id.items():
-                table[k] = v
-            tmp = dest.with_name(f".{dest.name}.tmp")
-            table.to_parquet(tmp)
-            os.replace(tmp, dest)
-        elif ref.storage_class == "Json":
-            dest.write_text(json.dumps(obj, indent=1, sort_keys=True))
-        else:
-            shutil.copyfile(str(obj), dest)
-        written.append(dest)
-    return written
+    dests = [out_dir / export_name(ref) for ref in refs]
+    if not overwrite:
+        for dest in dests:
+            if dest.exists():
+                raise FileExistsError(f"{dest} exists; pass overwrite=True to replace it")
+    jobs = list(zip(refs, dests, strict=True))
+    if threads <= 1 or len(jobs) <= 1:
+        return [_export_one(butler, ref, dest) for ref, dest in jobs]
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        return list(pool.map(lambda job: _export_one(butler, *job), jobs))
+
+
+def _export_one(butler: Butler, ref: DatasetRef, dest: Path) -> Path:
+    """Write one dataset to ``dest`` (replacing it)."""
+    from lsstlite.data import write_exposure_fits
+
+    obj = butler.get(ref)
+    if ref.storage_class == "Exposure":
+        write_exposure_fits(obj, dest, overwrite=True)
+    elif ref.storage_class == "Table":
+        table = obj.copy()
+        for k, v in ref.data_id.items():
+            table[k] = v
+        tmp = dest.with_name(f".{dest.name}.tmp")
+        table.to_parquet(tmp)
+        os.replace(tmp, dest)
+    elif ref.storage_class == "Json":
+        dest.write_text(json.dumps(obj, indent=1, sort_keys=True))
+    else:
+        shutil.copyfile(str(obj), dest)
+    return dest

@@ -222,6 +222,31 @@ def test_export(butler: Butler, tmp_path: Path) -> None:
     assert export(butler, "demo", "calexp", "detector = 4", out) == []
 
 
+def test_export_threads(butler: Butler, tmp_path: Path) -> None:
+    """Several files at once: the same files in query order as one at a time; an existing
+    destination stops the export before anything is written."""
+    from lsstlite.data import read_exposure_fits
+
+    for det in range(5):
+        butler.put(
+            small_exposure(float(det)),
+            "calexp",
+            {"instrument": "SimCam", "exposure": 12, "detector": det},
+        )
+    serial = export(butler, "demo", "calexp", None, tmp_path / "a")
+    threaded = export(butler, "demo", "calexp", None, tmp_path / "b", threads=3)
+    assert [f.name for f in threaded] == [f.name for f in serial] and len(serial) == 5
+    for f, g in zip(serial, threaded, strict=True):
+        np.testing.assert_array_equal(
+            read_exposure_fits(f)["image"].values, read_exposure_fits(g)["image"].values
+        )
+    keep = threaded[2].read_bytes()
+    threaded[0].unlink()
+    with pytest.raises(FileExistsError, match=threaded[1].name):
+        export(butler, "demo", "calexp", None, tmp_path / "b", threads=3)
+    assert not threaded[0].exists() and threaded[2].read_bytes() == keep
+
+
 def test_cli(tmp_path: Path, raw_dir: Path, capsys, monkeypatch) -> None:
     import lsstlite.instruments as instruments
 
