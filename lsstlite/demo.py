@@ -391,13 +391,13 @@ def _export(result: DemoResult) -> str:
         }
     )
     paths = [result.export / f"color_{s}_tract{t}_patch{p}.png" for s, t, p in patches]
+
+    def picture(job: tuple[tuple[str, int, int], Path]) -> Path:
+        (sky, tract, patch), path = job
+        return export_rgb(butler, OUTPUT, sky, tract, patch, bands, path)
+
     with ThreadPoolExecutor(max_workers=2) as pool:  # numpy, zarr and zlib release the GIL
-        list(
-            pool.map(
-                lambda job: export_rgb(butler, OUTPUT, *job[0], bands, job[1]),
-                zip(patches, paths, strict=True),
-            )
-        )
+        list(pool.map(picture, zip(patches, paths, strict=True)))
     result.pictures.extend(paths)
     counts["png"] = len(patches)
     return ", ".join(f"{n} {k}" for k, n in counts.items())
