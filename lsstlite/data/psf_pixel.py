@@ -155,6 +155,45 @@ def _taps(off: float, n: int, a: int, table: NDArray[np.float64], w: NDArray[np.
     return k0
 
 
+@numba.njit(cache=True, nogil=True, fastmath=True, inline="always")
+def _interior_taps(off: float, table: NDArray[np.float64], w: NDArray[np.float64]) -> None:
+    """:func:`_taps` where the whole kernel lies on the grid: the table row interpolated."""
+    fl = math.floor(off)
+    pos = (off - fl) * (table.shape[0] - 1)
+    p = min(int(pos), table.shape[0] - 2)
+    r = pos - p
+    t0 = table[p]
+    t1 = table[p + 1]
+    for j in range(w.size):
+        w[j] = t0[j] + r * (t1[j] - t0[j])
+
+
+@numba.njit(cache=True, nogil=True, fastmath=True, inline="always")
+def _dot10x10(
+    grid: NDArray[np.float64], ky: int, kx: int, wx: NDArray[np.float64], wy: NDArray[np.float64]
+) -> float:
+    """``Σ_p wy[p] Σ_q wx[q] grid[ky + p, kx + q]`` for 10 taps (order 5), unrolled:
+    ten independent column sums, then one dot (1.3× the looped sum)."""
+    a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = a8 = a9 = 0.0
+    for p in range(10):
+        wp = wy[p]
+        g = grid[ky + p, kx : kx + 10]
+        a0 += wp * g[0]
+        a1 += wp * g[1]
+        a2 += wp * g[2]
+        a3 += wp * g[3]
+        a4 += wp * g[4]
+        a5 += wp * g[5]
+        a6 += wp * g[6]
+        a7 += wp * g[7]
+        a8 += wp * g[8]
+        a9 += wp * g[9]
+    return (
+        wx[0] * a0 + wx[1] * a1 + wx[2] * a2 + wx[3] * a3 + wx[4] * a4
+        + wx[5] * a5 + wx[6] * a6 + wx[7] * a7 + wx[8] * a8 + wx[9] * a9
+    )  # fmt: skip
+
+
 @numba.njit(cache=True, nogil=True, fastmath=True)
 def _add_affine_image(
     grid: NDArray[np.float64],
@@ -180,10 +219,27 @@ def _add_affine_image(
             sv = (jac[1, 0] * dxo + jac[1, 1] * dyo) / step + c
             if su <= -a or sv <= -a or su >= n - 1 + a or sv >= n - 1 + a:
                 continue  # beyond the model's grid
+            kx = math.floor(su) - a + 1
+            ky = math.floor(sv) - a + 1
+            if kx >= 0 and kx + taps <= n and ky >= 0 and ky + taps <= n:
+                # every tap on the grid (the usual case): tabulated weights, no tests
+                _interior_taps(su, table, wx)
+                _interior_taps(sv, table, wy)
+                if taps == 10:
+                    acc = _dot10x10(grid, ky, kx, wx, wy)
+                else:
+                    acc = 0.0
+                    for p in range(taps):
+                        line = 0.0
+                        for q in range(taps):
+                            line += grid[ky + p, kx + q] * wx[q]
+                        acc += wy[p] * line
+                out[row, col] += scale * acc
+                continue
             kx0 = _taps(su, n, a, table, wx)
             ky0 = _taps(sv, n, a, table, wy)
             acc = 0.0
-            if kx0 >= 0 and kx0 + taps <= n:  # the usual case: contiguous, branch-free
+            if kx0 >= 0 and kx0 + taps <= n:
                 for p in range(taps):
                     k = ky0 + p
                     if 0 <= k < n:
@@ -394,7 +450,8 @@ class PixelPsf(PsfModel):
         """
         grid = np.ascontiguousarray(self.samples(x, y))
         jac = np.ascontiguousarray(jac, dtype=np.float64)
-        scale = weight * abs(float(np.linalg.det(jac))) / self.step**2
+        det = jac[0, 0] * jac[1, 1] - jac[0, 1] * jac[1, 0]  # np.linalg.det: 15 µs a call
+        scale = weight * abs(float(det)) / self.step**2
         _add_affine_image(
             grid,
             float(self.step),
