@@ -15,16 +15,22 @@ def _gaussian(size: int, sigma: float) -> np.ndarray:
 
 
 def test_batched_model_templates_equal_separate_convolutions() -> None:
+    """The batched FFT (padded by half the kernel only) is scipy's linear "same"
+    convolution, also for profiles that fill the stamp and stamps smaller than the PSF."""
     profiles = [(1.0, 0.4), (1.0, 2.5), (4.0, 0.8), (4.0, 3.0)]
-    psf = _gaussian(25, 1.7)
     delta = np.ones((1, 1))
-    size, cx, cy = 41, 20.3, 19.6
-    models = model_templates(profiles, 0.2, -0.1, cx, cy, size, psf)
-    galaxies = model_templates(profiles, 0.2, -0.1, cx, cy, size, delta)
-    assert models.shape == (len(profiles), size, size)
-    for model, gal in zip(models, galaxies, strict=True):
-        expected = fftconvolve(gal, psf, mode="same")
-        np.testing.assert_allclose(model, expected, rtol=0, atol=1e-12 * gal.max())
+    for size, psf_size in [(41, 25), (27, 23), (15, 25), (60, 23)]:
+        psf = _gaussian(psf_size, 1.7)
+        psf[0, -1] = psf[-1, 0] = 0.01  # power in the corners: wrapping would show
+        cx, cy = size / 2 - 0.2, size / 2 - 0.9
+        models = model_templates(profiles, 0.2, -0.1, cx, cy, size, psf)
+        galaxies = model_templates(profiles, 0.2, -0.1, cx, cy, size, delta)
+        assert models.shape == (len(profiles), size, size)
+        for model, gal in zip(models, galaxies, strict=True):
+            expected = fftconvolve(gal, psf, mode="same")
+            np.testing.assert_allclose(model, expected, rtol=0, atol=1e-12 * gal.max())
+    psf = _gaussian(25, 1.7)
+    models = model_templates(profiles, 0.2, -0.1, 20.3, 19.6, 41, psf)
     # unit flux where the pixel sampling resolves the profile (r_e = 0.4 px: 1.4% low)
     np.testing.assert_allclose(models[1:].sum(axis=(1, 2)), 1.0, atol=0.005)
 
