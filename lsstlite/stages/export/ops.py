@@ -140,9 +140,13 @@ def write_rgb_png(
     info.add_text("Software", "lsstlite")
     if comment:
         info.add_text("Comment", comment)
-    Image.fromarray(np.ascontiguousarray(rgb, dtype=np.uint8)).save(
-        out, format="PNG", pnginfo=info, compress_level=1
-    )
+    picture = Image.fromarray(np.ascontiguousarray(rgb, dtype=np.uint8))
+    tmp = out.with_name(f".{out.name}.part")  # a failed write leaves the old file
+    try:
+        picture.save(tmp, format="PNG", pnginfo=info, compress_level=1)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
     return out
 
 

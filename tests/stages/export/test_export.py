@@ -37,6 +37,20 @@ def test_rgb_size_and_colour_preserving(tmp_path: Path) -> None:
     with Image.open(out) as png:
         np.testing.assert_array_equal(np.asarray(png), rgb)  # lossless, no alpha
         assert png.text == {"Software": "lsstlite", "Comment": "test"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.png"]  # no partial file left
+    # a write that fails half-way leaves the previous picture intact and no partial file
+    before = out.read_bytes()
+
+    def broken_save(self: Image.Image, fp: Path, *args: object, **kwargs: object) -> None:
+        Path(fp).write_bytes(b"\x89PNG half")
+        raise OSError("disk full")
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Image.Image, "save", broken_save)
+        with pytest.raises(OSError, match="disk full"):
+            write_rgb_png(rgb[::-1], out)
+    assert out.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.png"]
 
 
 def test_rgb_two_bands_synthesises_green(caplog: pytest.LogCaptureFixture) -> None:
