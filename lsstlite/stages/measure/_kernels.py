@@ -350,7 +350,25 @@ def model_templates(
             * gammainc(two_n, b * trunc ** (1.0 / n))
         )  # fmt: skip
         cells = ellipse_cells(size * over, 1.0 / over, gcx, gcy, m00, m01, m11, trunc * r_e)
-        gals[k] = _bin(grid, over, 1.0 / (over * over * total), cells)
+        # Where the truncated profile lies inside the stamp its flux there is 1 by
+        # definition: normalise by the sampled sum. The analytic total would leave the
+        # sampling error of the cusp in the template (r_e = 0.1 px: sums of 0.86 (n=1) and
+        # 0.91 (n=4), so a star fitted by it came out 10-15% too bright).
+        det = m00 * m11 - m01 * m01
+        hx = trunc * r_e * math.sqrt(m11 / det) * over
+        hy = trunc * r_e * math.sqrt(m00 / det) * over
+        last = size * over - 1
+        sampled = float(grid.sum())
+        if (
+            0 <= gcx - hx
+            and gcx + hx <= last
+            and 0 <= gcy - hy
+            and gcy + hy <= last
+            and sampled > 0
+        ):
+            gals[k] = _bin(grid, over, 1.0 / sampled, cells)
+        else:  # light falls off the stamp: it is not renormalised into it
+            gals[k] = _bin(grid, over, 1.0 / (over * over * total), cells)
     kh, kw = psf.shape
     ky, kx = (kh - 1) // 2, (kw - 1) // 2
     # Circular convolution of period N equals the linear one on the "same" window

@@ -557,11 +557,10 @@ def _cmodel(
     a = np.stack([best[1.0][2], best[4.0][2]], axis=1)
     ata = a.T @ (a * wgt[:, None])
     atb = a.T @ (data * wgt)
-    try:
-        cov = np.linalg.inv(ata)
-    except np.linalg.LinAlgError:
+    fit = _joint_amplitudes(a, data, wgt)
+    if fit is None:
         return {"flag_cmodel": True}
-    amps = cov @ atb
+    amps, cov = fit
     if amps[0] < 0 or amps[1] < 0:
         # non-negative solution: the better single profile
         k = 0 if best[1.0][0] <= best[4.0][0] else 1
@@ -578,6 +577,31 @@ def _cmodel(
         "cmodel_exp_radius": best[1.0][1],
         "cmodel_dev_radius": best[4.0][1],
     }
+
+
+def _joint_amplitudes(
+    templates: NDArray[np.float64], data: NDArray[np.float64], wgt: NDArray[np.float64]
+) -> tuple[NDArray[np.float64], NDArray[np.float64]] | None:
+    """Weighted least-squares amplitudes of the columns of ``templates`` and their
+    covariance, through the SVD of the weighted design with singular values below 1e-8
+    of the largest dropped (``None`` if there is nothing to fit).
+
+    When both CModel radii sit at the bottom of the grid the exponential and de
+    Vaucouleurs templates are the PSF to round-off; inverting the 2×2 normal matrix then
+    gave arbitrary amplitudes (bright stars' totals 1.07–1.65× their flux on a `ci`
+    patch). The truncated, minimum-norm solution splits such a star evenly between the
+    two, and its total and the total's variance are those of the one-template fit.
+    """
+    sw = np.sqrt(wgt)
+    try:
+        u, sv, vt = np.linalg.svd(templates * sw[:, None], full_matrices=False)
+    except np.linalg.LinAlgError:
+        return None
+    if not sv[0] > 0:
+        return None
+    inv_sv = np.where(sv > 1e-8 * sv[0], 1.0 / np.where(sv > 0, sv, 1.0), 0.0)
+    amps = vt.T @ (inv_sv * (u.T @ (data * sw)))
+    return amps, (vt.T * inv_sv**2) @ vt
 
 
 def _table(

@@ -243,3 +243,28 @@ def test_kernel_coverage_is_the_convolution_of_ones(h: int, w: int) -> None:
     kern = np.random.default_rng(4).random((25, 19))  # asymmetric, not normalised
     want = fftconvolve(np.ones((h, w)), kern, mode="same")
     np.testing.assert_allclose(_kernel_coverage(kern, h, w), want, rtol=1e-6)
+
+
+def test_spline_stencil_equals_scipy_splines() -> None:
+    """The coadd PSF's numba evaluation of the coadd → input maps gives what
+    ``RectBivariateSpline.ev`` gives on the ±1 px stencil, also beyond the grid (clamped)."""
+    from scipy.interpolate import RectBivariateSpline
+
+    from lsstlite.stages.coadd.psf import _spline_stencil
+    from lsstlite.stages.warp.psf import affine_from_stencil
+
+    gx, gy = np.linspace(-100.0, 4000.0, 129), np.linspace(-50.0, 4100.0, 131)
+    xx, yy = np.meshgrid(gx, gy)
+    map_x = RectBivariateSpline(gy, gx, 1.001 * xx + 0.002 * yy + 3 * np.sin(xx / 700))
+    map_y = RectBivariateSpline(gy, gx, 0.999 * yy - 0.003 * xx + 2 * np.cos(yy / 500))
+    assert all(np.array_equal(a, b) for a, b in zip(map_x.tck[:2], map_y.tck[:2], strict=True))
+    rng = np.random.default_rng(3)
+    points = [*zip(rng.uniform(-130, 4030, 500), rng.uniform(-70, 4120, 500), strict=True)]
+    points += [(gx[0], gy[0]), (gx[-1], gy[-1]), (gx[5], gy[7])]  # knots, ends
+    for x, y in points:
+        sx = np.array([x, x + 1.0, x - 1.0, x, x])
+        sy = np.array([y, y, y, y + 1.0, y - 1.0])
+        want = affine_from_stencil(map_x.ev(sy, sx), map_y.ev(sy, sx))
+        got = _spline_stencil(*map_x.tck[:2], map_x.tck[2], map_y.tck[2], y, x)
+        assert abs(got[0] - want[0]) < 1e-9 and abs(got[1] - want[1]) < 1e-9
+        np.testing.assert_allclose(got[2], want[2], rtol=0, atol=1e-11)
