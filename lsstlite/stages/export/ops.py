@@ -96,14 +96,32 @@ def make_rgb(
         )
     # Pixels some band does not cover are black: a one-band pixel would take its colour.
     covered = np.logical_and.reduce([ok for _, ok in planes.values()])
-    red, green, blue = (np.where(covered, c, 0.0) for c in (red, green, blue))
+    del planes, arrays
+    uncovered = ~covered
+    for channel in {id(c): c for c in (red, green, blue)}.values():
+        channel[uncovered] = 0.0  # in place: these arrays are make_rgb's own
+    del uncovered
     if stretch is None:
         total = (red + green + blue)[covered]
         mad = float(np.median(np.abs(total - np.median(total)))) if total.size else 0.0
         stretch = 15.0 * 1.4826 * mad if mad > 0 else 1.0
-    with np.errstate(invalid="ignore", divide="ignore"):  # 0/0 where all bands are 0
-        rgb = make_lupton_rgb(red, green, blue, minimum=minimum, stretch=stretch, Q=q)
-    return np.ascontiguousarray(np.asarray(rgb, dtype=np.uint8)[::-1])
+        del total
+    # The mapping is per pixel: strips of rows bound astropy's float64 temporaries (a
+    # 4200² patch peaked at 3.3 GB in one call) and give the same bytes.
+    ny = red.shape[0]
+    rgb = np.empty((*red.shape, 3), np.uint8)
+    for y0 in range(0, ny, _STRIP_ROWS):
+        rows = slice(y0, min(y0 + _STRIP_ROWS, ny))
+        with np.errstate(invalid="ignore", divide="ignore"):  # 0/0 where all bands are 0
+            strip = make_lupton_rgb(
+                red[rows], green[rows], blue[rows], minimum=minimum, stretch=stretch, Q=q
+            )
+        rgb[rows] = np.asarray(strip, dtype=np.uint8)
+    return np.ascontiguousarray(rgb[::-1])
+
+
+#: Rows of the picture mapped at a time by :func:`make_rgb`.
+_STRIP_ROWS = 256
 
 
 def _band_rank(band: str) -> int:

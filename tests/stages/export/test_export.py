@@ -75,3 +75,19 @@ def test_write_table_parquet_and_fits(tmp_path: Path) -> None:
     assert list(t["id"]) == [1, 2] and str(t["i_psf_flux"].unit) == "nJy"
     with pytest.raises(ValueError, match="format"):
         write_table(table, tmp_path / "o.csv")
+
+
+def test_rgb_strips_equal_one_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    """make_rgb maps strips of rows (bounded memory): the same bytes as one pass, also
+    with uncovered pixels (NaN) and a synthesised green."""
+    import lsstlite.stages.export.ops as export_ops
+
+    rng = np.random.default_rng(8)
+    images = {b: rng.normal(0.0, 1.0, (37, 23)) + 50.0 * (b == "i") for b in ("i", "r")}
+    images["r"][3:9, 4:7] = np.nan
+    monkeypatch.setattr(export_ops, "_STRIP_ROWS", 10**6)
+    whole = make_rgb(images, ("i", "r", "g"), stretch=5.0)
+    monkeypatch.setattr(export_ops, "_STRIP_ROWS", 5)
+    np.testing.assert_array_equal(make_rgb(images, ("i", "r", "g"), stretch=5.0), whole)
+    np.testing.assert_array_equal(make_rgb(images, ("i", "r", "g")), make_rgb(images, ("i", "r")))
+    assert np.isnan(images["r"][3:9, 4:7]).all()  # the caller's arrays are left alone
