@@ -139,6 +139,7 @@ def measurement_columns(radii_px: Sequence[int] = APERTURE_RADII_PX) -> dict[str
     ``kron_flux``          flux in the ellipse of 2.5 Kron radii (≥ 3.5 px)
     ``cmodel_flux``        exponential + de Vaucouleurs model (PSF-convolved) flux
     ``cmodel_frac_dev``    fraction of the model flux in the de Vaucouleurs part
+                           (0.5 when both templates are the PSF: undetermined)
     ``cmodel_exp_radius``  half-light radius of the fitted exponential (pixels)
     ``cmodel_dev_radius``  half-light radius of the fitted de Vaucouleurs (pixels)
     ``footprint_flux``     sum of the (deblended) pixels of the footprint
