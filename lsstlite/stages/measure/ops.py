@@ -31,7 +31,7 @@ from __future__ import annotations
 import math
 import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -104,7 +104,6 @@ class _Patch:
     psf_size: int
     wcs_cards: dict[str, Any]
     psf_ref: tuple[float, float]  # where the PSF is typical (parent frame)
-    kernels: dict[tuple[int, int], NDArray[np.float64]] = field(default_factory=dict)
 
     def psf_image(self, x: float, y: float) -> NDArray[np.float64]:
         """The PSF at ``(x, y)`` (parent frame); where no input covers that position in
@@ -115,15 +114,6 @@ class _Patch:
             return np.asarray(self.psf.image(x, y, size=self.psf_size), dtype=float)
         except ValueError:
             return np.asarray(self.psf.image(*self.psf_ref, size=self.psf_size), dtype=float)
-
-    def kernel(self, x: float, y: float) -> NDArray[np.float64]:
-        """PSF image centred on its middle pixel, cached per 64-pixel cell."""
-        key = (int(x) // 64, int(y) // 64)
-        if key not in self.kernels:
-            cx, cy = key[0] * 64 + 32.0, key[1] * 64 + 32.0
-            k = self.psf_image(cx, cy)  # parent frame, as x, y
-            self.kernels[key] = k / k.sum()
-        return self.kernels[key]
 
 
 @dataclass
@@ -468,7 +458,7 @@ def _measure(
         cmodel_dev_radius=math.nan,
     )
     if do_cmodel:
-        out.update(_cmodel(patch, stamp, var, ok, cx, cy, px, py, ixx, iyy, ixy,
+        out.update(_cmodel(patch, stamp, var, ok, cx, cy, psf_img, ixx, iyy, ixy,
                            (pxx, pyy, pxy), ref))  # fmt: skip
     else:
         out["flag_cmodel"] = True
@@ -482,8 +472,7 @@ def _cmodel(
     ok: NDArray[np.bool_],
     cx: float,
     cy: float,
-    px: float,
-    py: float,
+    psf_img: NDArray[np.float64],
     ixx: float,
     iyy: float,
     ixy: float,
@@ -496,6 +485,14 @@ def _cmodel(
     deconvolved moments' size (amplitude linear), then both amplitudes are fitted
     together (non-negative); ``cmodel_flux`` is their sum. Forced: radii and
     ``frac_dev`` from the reference, one amplitude.
+
+    The profiles are drawn centred on the stamp's middle pixel and convolved with
+    ``psf_img``, the PSF at the centroid that the PSF flux uses (its middle pixel shifted
+    by the centroid's sub-pixel offset): the offset is interpolated once, in the PSF.
+    Drawn at the offset, a profile smaller than a pixel lands in one pixel and the
+    template was off-centre by up to half a pixel (stars then preferred a wider
+    profile and came out 1-4% bright). The PSF is not renormalised, so a star's CModel
+    flux is its PSF flux.
     """
     if ref is None:
         r0, e1, e2 = _intrinsic(ixx, iyy, ixy, *psf_moments)
@@ -520,8 +517,8 @@ def _cmodel(
     wgt = 1.0 / v[use]
     data = img[use]
     size = 2 * radius + 1
-    kernel = patch.kernel(px, py)
-    lx, ly = radius + (cx - ix), radius + (cy - iy)
+    kernel = psf_img
+    lx = ly = float(radius)
 
     def templates(profiles: list[tuple[float, float]]) -> NDArray[np.float64]:
         models = _kernels.model_templates(profiles, e1, e2, lx, ly, size, kernel)
