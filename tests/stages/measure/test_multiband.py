@@ -11,7 +11,12 @@ from scipy.spatial import cKDTree
 
 from lsstlite.data.objects import PARENT_ID_BIT, object_columns
 from lsstlite.stages.detect.ops import detect_sources, mark_detected, merge_detections
-from lsstlite.stages.measure.ops import choose_reference, deblend_measure, make_object_table
+from lsstlite.stages.measure.ops import (
+    choose_reference,
+    deblend_measure,
+    forced_photometry,
+    make_object_table,
+)
 from tests.stages._coadds import FWHM_PX, make_wcs, render_coadd, star_pairs
 
 
@@ -153,13 +158,20 @@ def test_cmodel_of_bright_stars_is_their_flux() -> None:
     coadd = render_coadd(truth, "i", shape=(200, 200), noise_njy=1.0, seed=5)
     det, seg = detect_sources(coadd)
     coadd = mark_detected(coadd, seg)
-    meas = deblend_measure(coadd, merge_detections([det], [coadd], priority=["i"]))
+    merged = merge_detections([det], [coadd], priority=["i"])
+    meas = deblend_measure(coadd, merged)
     assert len(meas) == len(truth)
     ratio = meas["cmodel_flux"] / meas["psf_flux"]
     np.testing.assert_allclose(ratio, 1.0, atol=0.005)
     err = meas["cmodel_flux_err"] / meas["psf_flux_err"]
     np.testing.assert_allclose(err, 1.0, atol=0.1)
     assert not meas["flag_cmodel"].any()
+    # forced at the reference (same band): the reference's radii and frac_dev, one amplitude
+    ref = choose_reference([meas], priority=["i"])
+    forced = forced_photometry(coadd, merged, ref)
+    both = meas.merge(forced, on="id", suffixes=("", "_forced"))
+    assert len(both) == len(meas)
+    np.testing.assert_allclose(both["cmodel_flux_forced"], both["cmodel_flux"], rtol=1e-3)
 
 
 def test_cmodel_joint_fit_of_identical_templates_is_the_single_fit() -> None:
