@@ -205,16 +205,10 @@ def subtract_background(
 
 
 # -- detection ----------------------------------------------------------------------------
-def _separable(data: NDArray[Any], kernel: NDArray[np.float64], *, square: bool = False) -> Any:
-    """Correlate with a (rank-one) kernel by rows then columns: 2k taps instead of k²."""
+def _factor(kernel: NDArray[np.float64]) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """``(ky, kx)`` with ``kernel ≈ ky ⊗ kx`` (exact for a rank-one kernel)."""
     u, sv, vt = np.linalg.svd(kernel)
-    ky, kx = u[:, 0] * math.sqrt(sv[0]), vt[0] * math.sqrt(sv[0])
-    if square:
-        ky, kx = ky * ky, kx * kx
-    if len(ky) % 2 and len(kx) % 2:
-        return _kernels.correlate_separable(np.ascontiguousarray(data, dtype=np.float32), ky, kx)
-    tmp = ndimage.correlate1d(data, ky, axis=0, mode="constant")
-    return ndimage.correlate1d(tmp, kx, axis=1, mode="constant")
+    return u[:, 0] * math.sqrt(sv[0]), vt[0] * math.sqrt(sv[0])
 
 
 def _snr_map(
@@ -223,10 +217,27 @@ def _snr_map(
     bad: NDArray[np.bool_],
     kernel: NDArray[np.float32],
 ) -> NDArray[np.float32]:
-    """Matched-filter S/N: ``(K ⋆ image) / √(K² ⋆ variance)`` (sep's ``"matched"``)."""
-    k = (kernel / kernel.sum()).astype(np.float64)
-    num = _separable(np.where(bad, 0, image).astype(np.float32), k)
-    den = _separable(np.where(bad, 0, variance).astype(np.float32), k, square=True)
+    """Matched-filter S/N: ``(K ⋆ image) / √(K² ⋆ variance)`` (sep's ``"matched"``) for a
+    rank-one kernel, by rows then columns (2k taps instead of k²), bad pixels as zero."""
+    ky, kx = _factor((kernel / kernel.sum()).astype(np.float64))
+    if len(ky) % 2 and len(kx) % 2:
+        out = np.empty(image.shape, dtype=np.float32)
+        _kernels.matched_snr(
+            np.ascontiguousarray(image, dtype=np.float32),
+            np.ascontiguousarray(variance, dtype=np.float32),
+            np.ascontiguousarray(bad),
+            ky,
+            kx,
+            ky * ky,
+            kx * kx,
+            1.0,
+            out,
+        )
+        return out
+    num = ndimage.correlate1d(np.where(bad, 0.0, image), ky, axis=0, mode="constant")
+    num = ndimage.correlate1d(num, kx, axis=1, mode="constant")
+    den = ndimage.correlate1d(np.where(bad, 0.0, variance), ky * ky, axis=0, mode="constant")
+    den = ndimage.correlate1d(den, kx * kx, axis=1, mode="constant")
     return np.asarray(num / np.sqrt(np.maximum(den, 1e-30)), dtype=np.float32)
 
 
@@ -270,7 +281,9 @@ def _detect(
                 global_rms = float(np.sqrt(np.median(variance[~bad]))) if (~bad).any() else 1.0
             kwargs["err"] = float(global_rms)
         else:
-            kwargs["var"] = np.where(bad, np.inf, variance).astype(np.float32)
+            var = np.array(variance, dtype=np.float32)
+            np.putmask(var, bad, np.float32(np.inf))
+            kwargs["var"] = var
         objects, segmap = sep.extract(
             image,
             config.threshold,
@@ -288,8 +301,7 @@ def _detect(
         _, xx = np.mgrid[: kernel.shape[0], : kernel.shape[1]]
         kw = kernel / kernel.sum()
         s2 = float((kw * (xx - (kernel.shape[1] - 1) / 2) ** 2).sum())
-        flux = np.bincount(segmap.ravel(), weights=image.ravel(), minlength=len(table) + 1)
-        table["flux"] = flux[1 : len(table) + 1]
+        table["flux"] = _kernels.label_sums(segmap, image, len(table))[1:]
         x2 = np.clip(table["x2"] - s2, 0.1, None)
         y2 = np.clip(table["y2"] - s2, 0.1, None)
         xy = table["xy"]

@@ -13,7 +13,7 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy import ndimage
 
-from lsstlite.stages.characterize._kernels import correlate_separable, gaussian_taps
+from lsstlite.stages.characterize._kernels import gaussian_taps, matched_snr
 
 __all__ = [
     "decode_spans",
@@ -38,17 +38,22 @@ def gaussian_snr(
     ``bad`` pixels count as zero signal and infinite variance. Returns 0 where no pixel
     of the kernel is usable. The halo of the filter is ``ceil(4 sigma)`` pixels.
     """
-    img = np.where(bad, np.float32(0.0), image).astype(np.float32)
-    var = np.where(bad, np.float32(0.0), variance).astype(np.float32)
     g = gaussian_taps(sigma)
-    smooth = correlate_separable(img, g, g)
     # G² is a Gaussian of sigma/√2 with peak 1/(4π σ²); the taps are normalised to 1.
     g2 = gaussian_taps(sigma / math.sqrt(2.0))
-    noise2 = correlate_separable(var, g2, g2).astype(np.float64)
-    noise2 /= 4.0 * math.pi * sigma * sigma
-    with np.errstate(invalid="ignore", divide="ignore"):
-        snr = np.where(noise2 > 0, smooth / np.sqrt(noise2), 0.0)
-    return np.asarray(snr, dtype=np.float64)
+    snr = np.empty(image.shape, dtype=np.float64)
+    matched_snr(
+        np.ascontiguousarray(image, dtype=np.float32),
+        np.ascontiguousarray(variance, dtype=np.float32),
+        np.ascontiguousarray(bad),
+        g,
+        g,
+        g2,
+        g2,
+        1.0 / (4.0 * math.pi * sigma * sigma),
+        snr,
+    )
+    return snr
 
 
 def footprint_labels(

@@ -27,6 +27,7 @@ from lsstlite.data.masks import mask_bits, mask_planes
 from lsstlite.data.objects import DETECTION_COLUMNS, PARENT_ID_BIT, object_id
 from lsstlite.data.psf import PsfModel, psf_from_dict
 from lsstlite.data.wcs import wcs_from_cards
+from lsstlite.stages.characterize._kernels import label_sums
 from lsstlite.stages.detect import _kernels
 
 __all__ = [
@@ -181,7 +182,7 @@ def detect_sources(
     psf = exposure_psf(exposure)
     sigma = psf_sigma_px(psf, *psf_position(exposure))
     snr = _kernels.gaussian_snr(image, variance, sigma, bad)
-    labels, _ = _kernels.footprint_labels(snr >= n_sigma, min_area=min_area, grow_px=grow_px)
+    labels, n_fp = _kernels.footprint_labels(snr >= n_sigma, min_area=min_area, grow_px=grow_px)
     light = _kernels.gaussian_snr(image, variance, peak_smoothing_px, bad)
     # peaks on the lightly smoothed image, in units of its own noise (smooth/noise = light)
     peaks = _kernels.find_peaks(
@@ -189,7 +190,7 @@ def detect_sources(
     )
     lab, iy, ix = peaks[:, 0], peaks[:, 1], peaks[:, 2]
     xs, ys = _refine(light, iy, ix)
-    fp_flux = np.bincount(labels.ravel(), weights=image.ravel(), minlength=int(labels.max()) + 1)
+    fp_flux = label_sums(labels, image, n_fp)
     wcs = wcs_from_cards(exposure.attrs["wcs"])
     ra, dec = wcs.all_pix2world(xs + x0, ys + y0, 0)
     table = pd.DataFrame(

@@ -27,6 +27,40 @@ def test_correlate_separable_matches_scipy(ny: int, nx: int, ry: int, rx: int) -
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-5)
 
 
+@pytest.mark.parametrize(("ny", "nx", "r", "r2"), [(300, 257, 4, 4), (64, 90, 6, 3), (7, 5, 4, 2)])
+def test_matched_snr_is_masked_correlations_divided(ny: int, nx: int, r: int, r2: int) -> None:
+    rng = np.random.default_rng(6)
+    image = rng.normal(10.0, 3.0, (ny, nx)).astype(np.float32)
+    variance = rng.uniform(5.0, 20.0, (ny, nx)).astype(np.float32)
+    bad = rng.uniform(size=(ny, nx)) < 0.05
+    bad[: ny // 3, : nx // 3] = True  # a masked corner: zero signal and variance there
+    image[bad] = np.nan  # masked pixels are never read
+    ky, kx = rng.uniform(0.1, 1.0, 2 * r + 1), rng.uniform(-0.2, 1.0, 2 * r + 1)
+    ky2, kx2 = rng.uniform(0.1, 1.0, 2 * r2 + 1), rng.uniform(0.1, 1.0, 2 * r2 + 1)
+
+    def corr(data: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        tmp = ndimage.correlate1d(np.where(bad, 0.0, data), a, axis=0, mode="constant")
+        return ndimage.correlate1d(tmp, b, axis=1, mode="constant")
+
+    den = 0.3 * corr(variance, ky2, kx2)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        want = np.where(den > 0, corr(image, ky, kx) / np.sqrt(den), 0.0)
+    for dtype in (np.float32, np.float64):
+        got = np.full((ny, nx), np.nan, dtype=dtype)
+        _kernels.matched_snr(image, variance, bad, ky, kx, ky2, kx2, 0.3, got)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_label_sums_are_bincount() -> None:
+    rng = np.random.default_rng(7)
+    labels = rng.integers(0, 40, (90, 70)).astype(np.int32)
+    values = rng.normal(size=(90, 70)).astype(np.float32)
+    want = np.bincount(labels.ravel(), weights=values.ravel(), minlength=41)
+    np.testing.assert_allclose(_kernels.label_sums(labels, values, 40), want, rtol=1e-12)
+    # labels beyond n are left out, not written past the end
+    np.testing.assert_allclose(_kernels.label_sums(labels, values, 20), want[:21], rtol=1e-12)
+
+
 def test_gaussian_taps_are_gaussian_filters() -> None:
     rng = np.random.default_rng(4)
     data = rng.normal(size=(120, 130)).astype(np.float32)
