@@ -9,7 +9,7 @@ import numba
 import numpy as np
 from numpy.typing import NDArray
 
-from lsstlite.data.psf_pixel import LANCZOS_ORDER, lanczos_weights, poly_terms
+from lsstlite.data.psf_pixel import LANCZOS_ORDER, _tap_table, _taps, lanczos_weights, poly_terms
 
 __all__ = [
     "adaptive_moments",
@@ -18,6 +18,7 @@ __all__ = [
     "fit_pixel_basis",
     "gather_stamps",
     "gaussian_taps",
+    "gaussian_weighted_sums",
     "interpolate_masked",
     "label_sums",
     "local_maxima",
@@ -199,6 +200,71 @@ def local_maxima(
 
 
 # -- adaptive moments ---------------------------------------------------------------------
+#: Stands for "no mask" in :func:`gaussian_weighted_sums` (a 0×0 array).
+_NO_MASK = np.ones((0, 0), dtype=np.bool_)
+
+
+@numba.njit(cache=True, nogil=True)
+def gaussian_weighted_sums(
+    image: NDArray[Any],
+    ok: NDArray[np.bool_],
+    xc: float,
+    yc: float,
+    axx: float,
+    ayy: float,
+    axy: float,
+    x0: int,
+    x1: int,
+    y0: int,
+    y1: int,
+) -> tuple[float, float, float, float]:
+    """``Σ w I``, ``Σ w I dx²``, ``Σ w I dy²``, ``Σ w I dx dy`` over the pixels of rows
+    ``y0:y1``, columns ``x0:x1`` with ``q = axx dx² + 2 axy dx dy + ayy dy² ≤ 16``, where
+    ``w = exp(-q/2)`` and ``(dx, dy)`` is the offset from ``(xc, yc)``; pixels where
+    ``ok`` is False are left out (``ok`` of size 0: all pixels count).
+
+    Along a row ``q(dx) = axx dx² + b dx + c``: the pixels with ``q ≤ 16`` form one run,
+    and ``exp(-q/2)`` steps by a ratio that itself steps by ``exp(-axx)``, so a weight
+    costs two multiplications instead of an ``exp`` (4× faster; equal to 1e-8).
+    """
+    use_ok = ok.size > 0
+    s0 = sxx = syy = sxy = 0.0
+    if axx <= 0.0:
+        return s0, sxx, syy, sxy
+    step = math.exp(-axx)
+    for j in range(y0, y1):
+        dy = j - yc
+        b = 2.0 * axy * dy
+        c = ayy * dy * dy
+        disc = b * b - 4.0 * axx * (c - 16.0)
+        if disc < 0.0:
+            continue
+        root = math.sqrt(disc)
+        i0 = max(x0, math.ceil(xc + (-b - root) / (2.0 * axx)))
+        i1 = min(x1 - 1, math.floor(xc + (-b + root) / (2.0 * axx)))
+        if i1 < i0:
+            continue
+        dx = i0 - xc
+        e = math.exp(-0.5 * (axx * dx * dx + b * dx + c))
+        ratio = math.exp(-0.5 * (axx * (2.0 * dx + 1.0) + b))
+        r0 = rx = rxx = 0.0
+        row = image[j]
+        for i in range(i0, i1 + 1):
+            if not use_ok or ok[j, i]:
+                dx = i - xc
+                w = e * row[i]
+                r0 += w
+                rx += w * dx
+                rxx += w * dx * dx
+            e *= ratio
+            ratio *= step
+        s0 += r0
+        sxx += rxx
+        syy += r0 * dy * dy
+        sxy += rx * dy
+    return s0, sxx, syy, sxy
+
+
 @numba.njit(cache=True)
 def _adaptive_one(
     image: NDArray[np.float32],
@@ -217,19 +283,9 @@ def _adaptive_one(
         r = math.ceil(4.0 * math.sqrt(max(wxx, wyy))) + 1
         x0, x1 = max(int(xc) - r, 0), min(int(xc) + r + 2, nx)
         y0, y1 = max(int(yc) - r, 0), min(int(yc) + r + 2, ny)
-        s0 = sxx = syy = sxy = 0.0
-        for j in range(y0, y1):
-            dy = j - yc
-            for i in range(x0, x1):
-                dx = i - xc
-                q = ixx_i * dx * dx + 2.0 * ixy_i * dx * dy + iyy_i * dy * dy
-                if q > 16.0:
-                    continue
-                w = math.exp(-0.5 * q) * image[j, i]
-                s0 += w
-                sxx += w * dx * dx
-                syy += w * dy * dy
-                sxy += w * dx * dy
+        s0, sxx, syy, sxy = gaussian_weighted_sums(
+            image, _NO_MASK, xc, yc, ixx_i, iyy_i, ixy_i, x0, x1, y0, y1
+        )
         if s0 <= 0.0:
             return np.nan, np.nan, np.nan, False
         mxx, myy, mxy = sxx / s0, syy / s0, sxy / s0
@@ -629,11 +685,77 @@ def render_stars(
     m: int,
     step: float,
 ) -> NDArray[np.float64]:
-    """Unit-flux model stamps ``(S, m, m)`` of :func:`fit_pixel_basis` output."""
-    n = basis.shape[1]
-    wx, wy = _star_weights(cx, cy, m, n, step)
-    grids = np.tensordot(terms.T, basis, axes=(1, 0))
-    return wy @ grids @ wx.transpose(0, 2, 1)
+    """Unit-flux model stamps ``(S, m, m)`` of :func:`fit_pixel_basis` output.
+
+    What ``R_s`` (the fit's dense Lanczos matrices) gives, with the taps from the
+    tabulated kernel (``PixelPsf.add_affine_image``'s, ~1e-7 of a weight) and only the
+    ``2a`` non-zero taps per pixel visited: a few times faster for thousands of sources.
+    """
+    out = np.empty((len(cx), m, m))
+    _render_separable(
+        np.ascontiguousarray(basis, dtype=np.float64),
+        np.ascontiguousarray(terms, dtype=np.float64),
+        np.ascontiguousarray(cx, dtype=np.float64),
+        np.ascontiguousarray(cy, dtype=np.float64),
+        float(step),
+        LANCZOS_ORDER,
+        _tap_table(LANCZOS_ORDER),
+        out,
+    )
+    return out
+
+
+@numba.njit(cache=True, nogil=True, fastmath=True)
+def _render_separable(
+    basis: NDArray[np.float64],
+    terms: NDArray[np.float64],
+    cx: NDArray[np.float64],
+    cy: NDArray[np.float64],
+    step: float,
+    a: int,
+    table: NDArray[np.float64],
+    out: NDArray[np.float64],
+) -> None:
+    n_t, n, _ = basis.shape
+    n_s, m, _ = out.shape
+    c = n // 2
+    taps = 2 * a
+    grid = np.empty((n, n))
+    tmp = np.empty((m, n))
+    wx = np.empty((m, taps))
+    wy = np.empty((m, taps))
+    kx0 = np.empty(m, dtype=np.int64)
+    ky0 = np.empty(m, dtype=np.int64)
+    w = np.empty(taps)
+    inv = 1.0 / (step * step)
+    for s in range(n_s):
+        grid[:] = 0.0
+        for t in range(n_t):
+            ts = terms[t, s]
+            for i in range(n):
+                for j in range(n):
+                    grid[i, j] += ts * basis[t, i, j]
+        for p in range(m):
+            kx0[p] = _taps((p - cx[s]) / step + c, n, a, table, w)
+            wx[p] = w
+            ky0[p] = _taps((p - cy[s]) / step + c, n, a, table, w)
+            wy[p] = w
+        for p in range(m):  # rows: tmp[p] = Σ_q wy[p, q] grid[ky0[p] + q]
+            tmp[p] = 0.0
+            for q in range(taps):
+                k = ky0[p] + q
+                if 0 <= k < n:
+                    wq = wy[p, q]
+                    for j in range(n):
+                        tmp[p, j] += wq * grid[k, j]
+        for p in range(m):  # columns
+            for r in range(m):
+                v = 0.0
+                for q in range(taps):
+                    k = kx0[r] + q
+                    if 0 <= k < n:
+                        v += wx[r, q] * tmp[p, k]
+                out[s, p, r] = v * inv
 
 
 def polynomial_terms(

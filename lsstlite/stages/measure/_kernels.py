@@ -17,6 +17,7 @@ from scipy import fft as sfft
 from scipy.special import gamma, gammainc
 
 from lsstlite.sim._kernels import ellipse_cells, sersic_grid
+from lsstlite.stages.characterize._kernels import gaussian_weighted_sums
 
 __all__ = [
     "adaptive_moments",
@@ -223,23 +224,19 @@ def adaptive_moments(
             return ixx0, iyy0, ixy0, True
         axx, ayy, axy = wyy / det, wxx / det, -wxy / det
         r = math.ceil(4.0 * math.sqrt(max(wxx, wyy)))
-        s0 = 0.0
-        sxx = 0.0
-        syy = 0.0
-        sxy = 0.0
-        for py in range(max(int(y) - r, 0), min(int(y) + r + 2, h)):
-            for px in range(max(int(x) - r, 0), min(int(x) + r + 2, w)):
-                if not ok[py, px]:
-                    continue
-                dx, dy = px - x, py - y
-                q = axx * dx * dx + 2.0 * axy * dx * dy + ayy * dy * dy
-                if q > 16.0:
-                    continue
-                wt = math.exp(-0.5 * q) * img[py, px]
-                s0 += wt
-                sxx += wt * dx * dx
-                syy += wt * dy * dy
-                sxy += wt * dx * dy
+        s0, sxx, syy, sxy = gaussian_weighted_sums(
+            img,
+            ok,
+            x,
+            y,
+            axx,
+            ayy,
+            axy,
+            max(int(x) - r, 0),
+            min(int(x) + r + 2, w),
+            max(int(y) - r, 0),
+            min(int(y) + r + 2, h),
+        )
         if s0 <= 0.0:
             return ixx0, iyy0, ixy0, True
         mxx, myy, mxy = sxx / s0, syy / s0, sxy / s0
