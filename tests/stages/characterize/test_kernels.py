@@ -131,3 +131,38 @@ def test_grow_3x3_is_binary_dilation() -> None:
     m[0, 0] = m[-1, 5] = m[7, -1] = True  # edges and corners
     want = ndimage.binary_dilation(m, structure=np.ones((3, 3), bool))
     np.testing.assert_array_equal(_kernels._grow_3x3(m), want)
+
+
+def test_gaussian_weighted_sums_are_the_direct_sums() -> None:
+    rng = np.random.default_rng(8)
+    image = rng.normal(5.0, 2.0, (60, 70))
+    ok = rng.uniform(size=image.shape) > 0.1
+    yy, xx = np.mgrid[:60, :70].astype(float)
+    for xc, yc, axx, ayy, axy, box in [
+        (30.3, 28.7, 0.2, 0.3, 0.05, (0, 70, 0, 60)),
+        (2.2, 57.9, 0.5, 0.1, -0.15, (0, 70, 0, 60)),  # run clipped at the image edges
+        (35.0, 30.0, 0.05, 0.05, 0.0, (20, 50, 25, 40)),  # clipped by the box
+    ]:
+        dx, dy = xx - xc, yy - yc
+        q = axx * dx * dx + 2 * axy * dx * dy + ayy * dy * dy
+        x0, x1, y0, y1 = box
+        inside = (q <= 16) & (xx >= x0) & (xx < x1) & (yy >= y0) & (yy < y1)
+        for mask in (np.ones((0, 0), dtype=bool), ok):
+            use = inside & (mask if mask.size else True)
+            w = np.where(use, np.exp(-0.5 * q) * image, 0.0)
+            want = (w.sum(), (w * dx * dx).sum(), (w * dy * dy).sum(), (w * dx * dy).sum())
+            got = _kernels.gaussian_weighted_sums(image, mask, xc, yc, axx, ayy, axy, *box)
+            np.testing.assert_allclose(got, want, rtol=1e-9)
+
+
+def test_render_stars_equals_the_fit_resampling_matrices() -> None:
+    rng = np.random.default_rng(9)
+    n, m, step, n_s = 31, 21, 0.8, 40
+    basis = rng.normal(size=(3, n, n))
+    terms = rng.normal(size=(3, n_s))
+    cx = rng.uniform(-2.0, m + 1.0, n_s)  # some centres off the stamp: edge taps
+    cy = rng.uniform(8.0, 12.0, n_s)
+    wx, wy = _kernels._star_weights(cx, cy, m, n, step)
+    want = wy @ np.tensordot(terms.T, basis, axes=(1, 0)) @ wx.transpose(0, 2, 1)
+    got = _kernels.render_stars(basis, cx, cy, terms, m=m, step=step)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-6 * np.abs(want).max())
