@@ -458,8 +458,7 @@ def _repair_cosmic_rays(
     if cr.any():
         new_mask[cr] |= np.int32((1 << planes["CR"]) | (1 << planes["INTRP"]))
         if config.do_repair:
-            image = _kernels.interpolate_masked(image, cr | bad)
-            image[bad & ~cr] = exposure["image"].values[bad & ~cr]
+            image = _kernels.interpolate_masked(image, cr | bad, only=cr)
     out = _with_planes(exposure, image, new_mask, variance)
     out.attrs["n_cosmic_ray_pixels"] = int(cr.sum())
     return out

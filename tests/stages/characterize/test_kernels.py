@@ -126,11 +126,84 @@ def test_adaptive_moments_reach_the_fixed_point(profile: str) -> None:
         np.testing.assert_allclose([ixx[0], iyy[0], ixy[0]], [6.0, 3.5, 1.5], rtol=1e-3)
 
 
-def test_grow_3x3_is_binary_dilation() -> None:
-    m = np.random.default_rng(5).random((61, 47)) > 0.97
-    m[0, 0] = m[-1, 5] = m[7, -1] = True  # edges and corners
-    want = ndimage.binary_dilation(m, structure=np.ones((3, 3), bool))
-    np.testing.assert_array_equal(_kernels._grow_3x3(m), want)
+def _reference_seeds(
+    work: np.ndarray, sigma: np.ndarray, bad: np.ndarray, n_sigma: float, k: float
+) -> np.ndarray:
+    """The CR test of every interior pixel, vectorised (ratios 0.3 / 0.15, cond 1.2)."""
+    v = work[1:-1, 1:-1].astype(np.float64)
+    s = sigma[1:-1, 1:-1].astype(np.float64)
+    w = work.astype(np.float64)
+    pairs = [
+        (w[1:-1, :-2], w[1:-1, 2:], 0.3),
+        (w[:-2, 1:-1], w[2:, 1:-1], 0.3),
+        (w[:-2, :-2], w[2:, 2:], 0.15),
+        (w[:-2, 2:], w[2:, :-2], 0.15),
+    ]
+    sharp = np.zeros(v.shape, bool)
+    for a, b, r in pairs:
+        q = r / 1.2
+        sharp |= v * q - 0.5 * (a + b) > k * s * np.sqrt(q * q + 0.5)
+    out = np.zeros(work.shape, bool)
+    out[1:-1, 1:-1] = sharp & ~bad[1:-1, 1:-1] & (v >= n_sigma * s)
+    return out
+
+
+def _reference_interp(image: np.ndarray, masked: np.ndarray) -> np.ndarray:
+    out = image.astype(np.float32).copy()
+    ny, nx = image.shape
+    for j, i in zip(*np.nonzero(masked), strict=True):
+        out[j, i] = 0.0
+        for r in range(2, 8):
+            sl = (
+                slice(max(j - r, 0), min(j + r + 1, ny)),
+                slice(max(i - r, 0), min(i + r + 1, nx)),
+            )
+            yy, xx = np.mgrid[sl]
+            use = ~masked[sl]
+            if use.any():
+                w = 1.0 / ((yy - j) ** 2 + (xx - i) ** 2)[use]
+                out[j, i] = (w * image[sl][use]).sum() / w.sum()
+                break
+    return out
+
+
+def test_cosmic_rays_equal_the_dense_iteration() -> None:
+    """Seeds on the whole image, then growth passes visiting only CR neighbours, equal
+    the dense form: interpolate CR + bad pixels, test the 8-neighbours of CRs again."""
+    rng = np.random.default_rng(10)
+    ny, nx = 120, 150
+    yy, xx = np.mgrid[:ny, :nx]
+    image = rng.normal(0.0, 5.0, (ny, nx))
+    for x, y, f in rng.uniform((5, 5, 500), (nx - 5, ny - 5, 20000), (15, 3)):
+        image += f / (2 * np.pi * 2.0**2) * np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / 8.0)
+    for _ in range(25):  # tracks: a bright core with fainter pixels along it
+        y, x = rng.integers(3, ny - 3), rng.integers(3, nx - 10)
+        length = rng.integers(1, 8)
+        image[y, x : x + length] += rng.uniform(200, 2000)
+        image[y + 1, x : x + length] += rng.uniform(20, 60)
+    image = image.astype(np.float32)
+    variance = np.full((ny, nx), 25.0, np.float32)
+    bad = np.zeros((ny, nx), bool)
+    bad[:, 70] = True  # a bad column
+    got = _kernels.find_cosmic_rays(image, variance, bad, ratios=(0.3, 0.15), n_grow=3)
+
+    sigma = np.sqrt(variance)
+    want = _reference_seeds(image, sigma, bad, 5.0, 5.0)
+    for _ in range(3):
+        work = _reference_interp(image, want | bad)
+        near = ndimage.binary_dilation(want, structure=np.ones((3, 3), bool)) & ~want
+        new = _reference_seeds(work, sigma, bad, 3.0, 3.0) & near
+        if not new.any():
+            break
+        want |= new
+    assert want.sum() > 60 and (want & ~_reference_seeds(image, sigma, bad, 5, 5)).any()
+    np.testing.assert_array_equal(got, want)
+    # repair: only the CR pixels change, by the interpolation that skips bad pixels
+    repaired = _kernels.interpolate_masked(image, got | bad, only=got)
+    np.testing.assert_array_equal(repaired[~got], image[~got])
+    np.testing.assert_allclose(
+        repaired[got], _reference_interp(image, got | bad)[got], rtol=1e-6, atol=1e-4
+    )
 
 
 def test_gaussian_weighted_sums_are_the_direct_sums() -> None:
