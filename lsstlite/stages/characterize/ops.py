@@ -653,23 +653,19 @@ def _measure(
     if n and for_selection:
         sig = np.full(n, max(fwhm, 1.0) / FWHM_PER_SIGMA)
     elif n:
-        r_half, _ = sep.flux_radius(
-            image,
-            xs_a,
-            ys_a,
-            6.0 * a,
-            0.5,
-            normflux=np.where(
-                np.asarray(kflux) > 0, kflux, detections["flux"].to_numpy(np.float64)
-            ),
-            subpix=5,
-        )
-        sig = 2.0 / 2.35 * np.clip(np.nan_to_num(r_half, nan=1.0), 0.3, None)
         # A deblended source's light radius includes its neighbours': by default it
-        # gets the PSF's window (SExtractor keeps the contaminated one: "light").
+        # gets the PSF's window (SExtractor keeps the contaminated one: "light"), and
+        # its light radius is not measured.
+        sig = np.full(n, max(fwhm, 1.0) / FWHM_PER_SIGMA)
+        own = np.ones(n, dtype=bool)
         if config.blended_window == "psf":
-            blended = (flags & (1 << SRC_FLAGS["BLENDED"])) != 0
-            sig = np.where(blended, max(fwhm, 1.0) / FWHM_PER_SIGMA, sig)
+            own = (flags & (1 << SRC_FLAGS["BLENDED"])) == 0
+        if own.any():
+            norm = np.where(np.asarray(kflux) > 0, kflux, detections["flux"].to_numpy(np.float64))
+            r_half, _ = sep.flux_radius(
+                image, xs_a[own], ys_a[own], 6.0 * a[own], 0.5, normflux=norm[own], subpix=5
+            )
+            sig[own] = 2.0 / 2.35 * np.clip(np.nan_to_num(r_half, nan=1.0), 0.3, None)
     # Which sources get centroids and moments (all, except for a selection).
     use = np.ones(n, dtype=bool)
     if n and for_selection and min_snr > 0:
