@@ -165,7 +165,10 @@ def _subtract_background(
     bkg = _background(image, bad, config)
     model = bkg.back(dtype=np.float32)
     out = _with_planes(exposure, image - model, mask, variance)
-    background = _with_planes(exposure, model, np.zeros_like(mask), np.zeros_like(variance))
+    # np.zeros maps zero pages lazily (zeros_like writes 128 MB on a 16-Mpix detector)
+    background = _with_planes(
+        exposure, model, np.zeros(mask.shape, mask.dtype), np.zeros(variance.shape, variance.dtype)
+    )
     background.attrs = {
         **{k: v for k, v in exposure.attrs.items() if k not in ("psf",)},
         "background": {"global_mean": float(bkg.globalback), "global_rms": float(bkg.globalrms)},
@@ -1170,7 +1173,7 @@ def _characterize(exposure: xr.Dataset, config: CharacterizeConfig) -> Character
     ny, nx = exposure.sizes["y"], exposure.sizes["x"]
     x0, y0 = int(exposure["x"].values[0]), int(exposure["y"].values[0])
     # 1. first background and bright detections: the PSF size.
-    sub, _ = _subtract_background(exposure, config.background, None)
+    sub, background0 = _subtract_background(exposure, config.background, None)
     bright_cfg = config.detection.model_copy(
         update={"threshold": config.bright_threshold, "filter_type": "none", "find_peaks": False}
     )
@@ -1197,17 +1200,22 @@ def _characterize(exposure: xr.Dataset, config: CharacterizeConfig) -> Character
     # 3. detection with the PSF-matched filter.
     det, seg = _detect(repaired, config.detection, fwhm0, None)
     # 4. second background with detections masked, on the repaired (not subtracted) image.
+    detected = seg > 0
     grown = (
-        dilate_diamond(seg > 0, config.background.mask_grow_px)  # binary_dilation's
+        dilate_diamond(detected, config.background.mask_grow_px)  # binary_dilation's
         if (config.background.mask_grow_px)
-        else seg > 0
+        else detected
     )
     restored = repaired.copy()
-    restored["image"] = repaired["image"] + (exposure["image"] - sub["image"])
+    restored["image"] = (
+        ("y", "x"),
+        np.add(repaired["image"].values, background0["image"].values, dtype=np.float32),
+        repaired["image"].attrs,
+    )
     final, background = _subtract_background(restored, config.background, grown)
     planes = _mask_planes(final)
-    fmask = np.asarray(final["mask"].values).copy()
-    fmask[seg > 0] |= np.int32(1 << planes["DETECTED"])
+    fmask = np.array(final["mask"].values, copy=True)
+    np.bitwise_or(fmask, np.int32(1 << planes["DETECTED"]), out=fmask, where=detected)
     final["mask"] = (("y", "x"), fmask, final["mask"].attrs)
     # 5. measure without PSF, select stars, fit the PSF.
     pre = _measure(
