@@ -428,7 +428,7 @@ def _cr_seeds(
             v = image[j, i]
             if v < 0.0 or bad[j, i]:
                 continue
-            s = np.float32(math.sqrt(max(variance[j, i], 0.0)))
+            s = float(np.float32(math.sqrt(max(variance[j, i], 0.0))))
             if v < n_sigma * s:
                 continue
             # Not a local maximum: a CR pixel on a track may still qualify across it.
@@ -498,7 +498,7 @@ def _grow_cosmic_rays(
                 v = image[j, i]
                 if v < 0.0:
                     continue
-                s = np.float32(math.sqrt(max(variance[j, i], 0.0)))
+                s = float(np.float32(math.sqrt(max(variance[j, i], 0.0))))
                 if v < k_grow * s:
                     continue
                 for t in range(8):
@@ -649,6 +649,7 @@ def fit_pixel_basis(
     step: float,
     n_iter: int = 4,
     recentre: bool = True,
+    basis0: NDArray[np.float64] | None = None,
 ) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
     """Least-squares pixel basis (``n_terms × n × n``) from star stamps (PSFEx-like).
 
@@ -675,6 +676,9 @@ def fit_pixel_basis(
     recentre
         Refine each star's centre against the model (windowed centroids of blended or
         faint stars can be off by a tenth of a pixel, which broadens the model).
+    basis0
+        Starting basis (``n_terms × n × n``), e.g. the previous fit when stars were
+        rejected: the fluxes start from it and conjugate gradients from it.
 
     Returns
     -------
@@ -695,8 +699,16 @@ def fit_pixel_basis(
         return wx, wy, wxt @ wx, wyt @ wy, wyt @ stamps @ wx
 
     wx, wy, ax, ay, proj = operators(cx, cy)
-    fluxes = stamps.sum(axis=(1, 2))
-    basis = np.zeros((n_t, n, n))
+    if basis0 is not None and basis0.shape == (n_t, n, n):
+        basis = np.array(basis0, dtype=np.float64)
+        grids = np.tensordot(terms.T, basis, axes=(1, 0))
+        models = wy @ grids @ wx.transpose(0, 2, 1)
+        fluxes = (models * stamps).sum(axis=(1, 2)) / np.maximum(
+            (models * models).sum(axis=(1, 2)), 1e-30
+        )
+    else:
+        fluxes = stamps.sum(axis=(1, 2))
+        basis = np.zeros((n_t, n, n))
     size = n_t * n * n
     for _ in range(n_iter):
         c = weights * fluxes**2

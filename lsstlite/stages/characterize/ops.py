@@ -959,16 +959,25 @@ def _fit_psf(
     if want_pixel:
         psf: PsfModel | None = None
         chi2 = np.full(n_stars, np.nan)
+        fcx, fcy = cx.copy(), cy.copy()
+        basis: NDArray[np.float64] | None = None
         for it in range(config.n_reject_iter + 1):
             n_use = int(use.sum())
             degree = config.spatial_degree
             while degree > 0 and n_use < config.stars_per_term * (degree + 1) * (degree + 2) // 2:
                 degree -= 1
             terms = _kernels.polynomial_terms(xs + x0, ys + y0, degree, **geometry)
+            # After a rejection, the fit restarts from the last basis and centres.
             basis, _, ucx, ucy = _kernels.fit_pixel_basis(
-                stamps[use], cx[use], cy[use], terms[:, use], weights[use], n=n, step=step
+                stamps[use],
+                fcx[use],
+                fcy[use],
+                terms[:, use],
+                weights[use],
+                n=n,
+                step=step,
+                basis0=basis,
             )
-            fcx, fcy = cx.copy(), cy.copy()
             fcx[use], fcy[use] = ucx, ucy
             models = _kernels.render_stars(basis, fcx, fcy, terms, m=m, step=step)
             fl = (models * stamps).sum(axis=(1, 2)) / (models * models).sum(axis=(1, 2))
