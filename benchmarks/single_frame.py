@@ -10,7 +10,8 @@ Usage::
 
     python benchmarks/single_frame.py [--workdir DIR] [--no-astromatic]
 
-Prints a table. Needs ``source-extractor``, ``psfex`` and ``scamp`` on the PATH for the
+Each side runs ``--repeat`` times (default 3), in turn, and each step's best time is
+printed (the machine is shared). Prints a table. Needs ``source-extractor``, ``psfex`` and ``scamp`` on the PATH for the
 comparison (Debian: ``apt-get install source-extractor psfex scamp``).
 """
 
@@ -93,15 +94,22 @@ def make_image(workdir: Path) -> tuple[Any, pd.DataFrame]:
     return exposure, pd.read_parquet(refcat_path)
 
 
-def run_lsstlite(exposure: Any, refcat: pd.DataFrame) -> dict[str, float]:
-    """Time characterisation and calibration (numba compiled beforehand on a cut-out)."""
+def warm_up(exposure: Any, refcat: pd.DataFrame) -> float:
+    """Compile (or load) the numba kernels on a cut-out; returns the seconds it took."""
     from lsstlite.stages.calibrate import calibrate_exposure
     from lsstlite.stages.characterize import characterize_exposure
 
     t0 = time.perf_counter()
     warm = characterize_exposure(exposure.lsst.cutout(0, 0, 1024, 1024))
     calibrate_exposure(warm.exposure, warm.sources, refcat)
-    t_compile = time.perf_counter() - t0
+    return time.perf_counter() - t0
+
+
+def run_lsstlite(exposure: Any, refcat: pd.DataFrame) -> dict[str, float]:
+    """Time characterisation and calibration (after :func:`warm_up`)."""
+    from lsstlite.stages.calibrate import calibrate_exposure
+    from lsstlite.stages.characterize import characterize_exposure
+
     t0 = time.perf_counter()
     char = characterize_exposure(exposure)
     t1 = time.perf_counter()
@@ -109,7 +117,6 @@ def run_lsstlite(exposure: Any, refcat: pd.DataFrame) -> dict[str, float]:
     t2 = time.perf_counter()
     meta = {**char.metadata, **cal.metadata}
     return {
-        "warmup_s": t_compile,
         "characterize_s": t1 - t0,
         "calibrate_s": t2 - t1,
         "total_s": t2 - t0,
@@ -333,33 +340,46 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", default=None, help="where the image is cached")
     parser.add_argument("--no-astromatic", action="store_true", help="skip SExtractor & co.")
+    parser.add_argument(
+        "--repeat", type=int, default=3, help="runs of each side, interleaved; best is shown"
+    )
     args = parser.parse_args()
     workdir = Path(args.workdir or Path(tempfile.gettempdir()) / "lsstlite_bench_single_frame")
     workdir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     exposure, refcat = make_image(workdir)
     print(f"image {SIZE}×{SIZE} ready in {time.perf_counter() - t0:.1f} s ({workdir})")
-    ours = run_lsstlite(exposure, refcat)
+    t_warm = warm_up(exposure, refcat)
+    tools = all(shutil.which(t) for t in ("source-extractor", "psfex", "scamp"))
+    astromatic = tools and not args.no_astromatic
+    # The machine is shared: both sides run in turn and each step's best time is kept.
+    runs: list[dict[str, float]] = []
+    their_runs: list[dict[str, float]] = []
+    for _ in range(max(args.repeat, 1)):
+        runs.append(run_lsstlite(exposure, refcat))
+        if astromatic:
+            their_runs.append(run_astromatic(workdir, refcat, exposure.attrs["visit_info"]["band"]))
+    ours = {k: min(r[k] for r in runs) for k in runs[0]}
     rows = [
         ("lsstlite characterize", ours["characterize_s"]),
         ("lsstlite calibrate", ours["calibrate_s"]),
         ("lsstlite total", ours["total_s"]),
     ]
     theirs: dict[str, float] = {}
-    tools = all(shutil.which(t) for t in ("source-extractor", "psfex", "scamp"))
-    if tools and not args.no_astromatic:
-        theirs = run_astromatic(workdir, refcat, exposure.attrs["visit_info"]["band"])
+    if their_runs:
+        theirs = {k: min(r[k] for r in their_runs) for k in their_runs[0]}
         se_psfex = theirs["sextractor_s"] + theirs["psfex_s"]
         rows += [(k.removesuffix("_s").replace("_", " "), v) for k, v in theirs.items()]
         rows += [
             ("SExtractor + PSFEx", se_psfex),
             ("SExtractor + PSFEx + SE(PSF) + SCAMP", sum(theirs.values())),
         ]
+    print(f"best of {len(runs)} interleaved runs per side")
     print(f"{'step':45s} {'seconds':>9s}")
     for name, seconds in rows:
         print(f"{name:45s} {seconds:9.2f}")
     print(
-        f"(numba warm-up on a 1024² cut-out, not counted: {ours['warmup_s']:.1f} s; "
+        f"(numba warm-up on a 1024² cut-out, not counted: {t_warm:.1f} s; "
         f"{int(ours['n_sources'])} sources, {int(ours['n_psf_stars'])} PSF stars, "
         f"astrometric fit rms {ours['astrometry_rms_mas']:.1f} mas)"
     )
