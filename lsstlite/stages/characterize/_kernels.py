@@ -733,7 +733,7 @@ def fit_pixel_basis(
             (size, size), matvec=lambda r, d=diag + ridge: r / d, dtype=np.float64
         )
         rhs = ((terms * (weights * fluxes)) @ proj.reshape(n_s, -1)).ravel()
-        sol, _ = cg(op, rhs, x0=basis.ravel(), rtol=1e-8, maxiter=2000, M=precond)
+        sol, _ = cg(op, rhs, x0=basis.ravel(), rtol=1e-6, maxiter=2000, M=precond)
         basis = sol.reshape(n_t, n, n)
         sums = basis.sum(axis=(1, 2))
         basis[0] /= sums[0]
