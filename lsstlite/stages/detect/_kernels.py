@@ -13,7 +13,7 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy import ndimage
 
-from lsstlite.stages.characterize._kernels import gaussian_taps, matched_snr
+from lsstlite.stages.characterize._kernels import gaussian_taps, local_maxima, matched_snr
 
 __all__ = [
     "decode_spans",
@@ -80,43 +80,40 @@ def footprint_labels(
 
 
 def find_peaks(
-    smooth: NDArray[np.float64],
-    noise: NDArray[np.float64],
+    snr: NDArray[np.float64],
     labels: NDArray[np.int32],
     *,
     min_snr: float,
     min_dip_sigma: float,
     window: int = 3,
 ) -> NDArray[np.int64]:
-    """Peaks of ``smooth`` inside footprints, as an ``(n, 3)`` array ``(label, iy, ix)``.
+    """Peaks of the significance image ``snr`` inside footprints, as an ``(n, 3)`` array
+    ``(label, iy, ix)``.
 
-    A candidate is a local maximum over a ``window × window`` box with
-    ``smooth / noise >= min_snr``. Within a footprint, candidates are taken in decreasing
-    order and one is kept only if, towards every brighter kept peak, the profile along
-    the straight line between them dips at least ``min_dip_sigma × noise`` below it (the
-    saddle test of multi-threshold deblenders, on one line instead of a threshold tree).
-    Rows are sorted by footprint label, then by decreasing peak value.
+    A candidate is a local maximum over a ``window × window`` box (``snr ==
+    maximum_filter(snr)``, edges clipped) with ``snr >= min_snr``; only footprint pixels
+    above the threshold are visited. Within a footprint, candidates are taken in
+    decreasing order and one is kept only if, towards every brighter kept peak, the
+    profile along the straight line between them dips at least ``min_dip_sigma`` below
+    it (the saddle test of multi-threshold deblenders, on one line instead of a threshold
+    tree). Rows are sorted by footprint label, then by decreasing peak value.
     """
-    local_max = smooth == ndimage.maximum_filter(smooth, size=window, mode="nearest")
-    with np.errstate(invalid="ignore", divide="ignore"):
-        snr = np.where(noise > 0, smooth / noise, 0.0)
-    cand = local_max & (labels > 0) & (snr >= min_snr)
-    iy, ix = np.nonzero(cand)
+    values = np.ascontiguousarray(snr, dtype=np.float64)
+    # v > nextafter(min_snr, -inf) is v >= min_snr
+    iy, ix = local_maxima(
+        values, np.ascontiguousarray(labels), float(np.nextafter(min_snr, -np.inf)), window // 2
+    )
     if iy.size == 0:
         return np.zeros((0, 3), dtype=np.int64)
     lab = labels[iy, ix].astype(np.int64)
-    val = smooth[iy, ix]
+    val = values[iy, ix]
     order = np.lexsort((-val, lab))
-    return _select_peaks(
-        smooth, noise, lab[order], iy[order].astype(np.int64), ix[order].astype(np.int64),
-        float(min_dip_sigma),
-    )  # fmt: skip
+    return _select_peaks(values, lab[order], iy[order], ix[order], float(min_dip_sigma))
 
 
 @numba.njit(cache=True)
 def _select_peaks(
     smooth: NDArray[np.float64],
-    noise: NDArray[np.float64],
     lab: NDArray[np.int64],
     iy: NDArray[np.int64],
     ix: NDArray[np.int64],
@@ -145,7 +142,7 @@ def _select_peaks(
                     v = smooth[py, px]
                     if v < lowest:
                         lowest = v
-                if vi - lowest < min_dip_sigma * noise[iy[i], ix[i]]:
+                if vi - lowest < min_dip_sigma:
                     ok = False
                     break
             keep[i] = ok

@@ -185,9 +185,7 @@ def detect_sources(
     labels, n_fp = _kernels.footprint_labels(snr >= n_sigma, min_area=min_area, grow_px=grow_px)
     light = _kernels.gaussian_snr(image, variance, peak_smoothing_px, bad)
     # peaks on the lightly smoothed image, in units of its own noise (smooth/noise = light)
-    peaks = _kernels.find_peaks(
-        light, np.ones_like(light), labels, min_snr=n_sigma, min_dip_sigma=min_dip_sigma
-    )
+    peaks = _kernels.find_peaks(light, labels, min_snr=n_sigma, min_dip_sigma=min_dip_sigma)
     lab, iy, ix = peaks[:, 0], peaks[:, 1], peaks[:, 2]
     xs, ys = _refine(light, iy, ix)
     fp_flux = label_sums(labels, image, n_fp)
