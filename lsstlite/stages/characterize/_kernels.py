@@ -171,7 +171,7 @@ def label_sums(labels: NDArray[np.int32], values: NDArray[Any], n: int) -> NDArr
 
 @numba.njit(cache=True, nogil=True)
 def local_maxima(
-    values: NDArray[np.float32], segmap: NDArray[np.int32], threshold: float, half: int
+    values: NDArray[Any], segmap: NDArray[np.int32], threshold: float, half: int
 ) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
     """``(y, x)`` of pixels inside a footprint, above ``threshold``, that no pixel of the
     ``(2 half + 1)²`` box around them exceeds: ``values == maximum_filter(values)`` on

@@ -8,10 +8,12 @@ as the whole image.
 
 from __future__ import annotations
 
+import math
+
 import numba
 import numpy as np
 from numpy.typing import NDArray
-from scipy import interpolate, ndimage
+from scipy import interpolate
 
 __all__ = [
     "bf_correct",
@@ -392,52 +394,113 @@ def interpolate_rows(
 
 
 @numba.njit(cache=True, nogil=True)
-def _bf_delta(
-    image: NDArray[np.float64], kernel: NDArray[np.float64], active: NDArray[np.bool_]
-) -> NDArray[np.float64]:
-    """``ΔI = ½ ∇·(I ∇(K ∗ I))`` at ``active`` pixels (0 elsewhere); no flux through edges."""
+def _bf_sparse(
+    image: NDArray[np.float32],
+    kernel: NDArray[np.float64],
+    threshold: float,
+    radius: int,
+    n_iter: int,
+) -> None:
+    """:func:`bf_correct` in place, visiting only the pixels it changes or reads.
+
+    The active pixels (within ``radius`` of a pixel above ``threshold``) and their
+    8-neighbours (where ``K ∗ I`` is needed) are indexed through a map of the block;
+    everything else is read from ``image`` (non-finite as 0) and never copied.
+    """
     ny, nx = image.shape
     kh = kernel.shape[0] // 2
-    need = np.zeros((ny, nx), dtype=np.bool_)
+    # 1-based compact index of each active pixel (0: not active)
+    aidx = np.zeros((ny, nx), dtype=np.int32)
+    ay = []
+    ax = []
     for y in range(ny):
         for x in range(nx):
-            if active[y, x]:
-                for dy in range(-1, 2):
-                    for dx in range(-1, 2):
-                        yy, xx = y + dy, x + dx
-                        if 0 <= yy < ny and 0 <= xx < nx:
-                            need[yy, xx] = True
-    phi = np.zeros((ny, nx))
-    for y in range(ny):
+            if image[y, x] > threshold:
+                # after a bright left neighbour only the square's new column is unmarked
+                first = x - radius if x == 0 or not image[y, x - 1] > threshold else x + radius
+                for yy in range(max(y - radius, 0), min(y + radius + 1, ny)):
+                    for xx in range(max(first, 0), min(x + radius + 1, nx)):
+                        aidx[yy, xx] = -1
+    for y in range(ny):  # raster order
         for x in range(nx):
-            if need[y, x]:
-                acc = 0.0
-                for ky in range(-kh, kh + 1):
-                    yy = y - ky
-                    if yy < 0 or yy >= ny:
-                        continue
-                    for kx in range(-kh, kh + 1):
-                        xx = x - kx
-                        if 0 <= xx < nx:
-                            acc += kernel[ky + kh, kx + kh] * image[yy, xx]
-                phi[y, x] = acc
-    delta = np.zeros((ny, nx))
-    for y in range(ny):
-        for x in range(nx):
-            if not active[y, x]:
-                continue
-            i0, p0 = image[y, x], phi[y, x]
+            if aidx[y, x] == -1:
+                ay.append(y)
+                ax.append(x)
+                aidx[y, x] = len(ay)
+    n_a = len(ay)
+    if n_a == 0:
+        return
+    # the active pixels and their 8-neighbours, where phi = K ∗ I is needed
+    pidx = np.zeros((ny, nx), dtype=np.int32)
+    py = []
+    px = []
+    for p in range(n_a):
+        for yy in range(max(ay[p] - 1, 0), min(ay[p] + 2, ny)):
+            for xx in range(max(ax[p] - 1, 0), min(ax[p] + 2, nx)):
+                if pidx[yy, xx] == 0:
+                    py.append(yy)
+                    px.append(xx)
+                    pidx[yy, xx] = len(py)
+    n_p = len(py)
+    work = np.empty(n_a)  # the observed image (non-finite as 0) at active pixels
+    for p in range(n_a):
+        v = float(image[ay[p], ax[p]])
+        work[p] = v if math.isfinite(v) else 0.0
+    cur = work.copy()
+    phi = np.empty(n_p)
+    for _ in range(n_iter):
+        for q in range(n_p):
+            y, x = py[q], px[q]
+            acc = 0.0
+            for ky in range(-kh, kh + 1):
+                yy = y - ky
+                if yy < 0 or yy >= ny:
+                    continue
+                for kx in range(-kh, kh + 1):
+                    xx = x - kx
+                    if 0 <= xx < nx:
+                        j = aidx[yy, xx]
+                        if j > 0:
+                            v = cur[j - 1]
+                        else:
+                            v = float(image[yy, xx])
+                            if not math.isfinite(v):
+                                v = 0.0
+                        acc += kernel[ky + kh, kx + kh] * v
+            phi[q] = acc
+        new = np.empty(n_a)
+        for p in range(n_a):
+            y, x = ay[p], ax[p]
+            i0, p0 = cur[p], phi[pidx[y, x] - 1]
             d = 0.0
+            # ΔI = ½ ∇·(I ∇φ): no flux through the block's edges; all four neighbours
+            # have phi, and an active neighbour's current value is its iterate
             if x + 1 < nx:
-                d += 0.5 * (image[y, x + 1] + i0) * (phi[y, x + 1] - p0)
+                j = aidx[y, x + 1]
+                v = cur[j - 1] if j > 0 else _finite(image[y, x + 1])
+                d += 0.5 * (v + i0) * (phi[pidx[y, x + 1] - 1] - p0)
             if x > 0:
-                d -= 0.5 * (image[y, x - 1] + i0) * (p0 - phi[y, x - 1])
+                j = aidx[y, x - 1]
+                v = cur[j - 1] if j > 0 else _finite(image[y, x - 1])
+                d -= 0.5 * (v + i0) * (p0 - phi[pidx[y, x - 1] - 1])
             if y + 1 < ny:
-                d += 0.5 * (image[y + 1, x] + i0) * (phi[y + 1, x] - p0)
+                j = aidx[y + 1, x]
+                v = cur[j - 1] if j > 0 else _finite(image[y + 1, x])
+                d += 0.5 * (v + i0) * (phi[pidx[y + 1, x] - 1] - p0)
             if y > 0:
-                d -= 0.5 * (image[y - 1, x] + i0) * (p0 - phi[y - 1, x])
-            delta[y, x] = 0.5 * d
-    return delta
+                j = aidx[y - 1, x]
+                v = cur[j - 1] if j > 0 else _finite(image[y - 1, x])
+                d -= 0.5 * (v + i0) * (p0 - phi[pidx[y - 1, x] - 1])
+            new[p] = work[p] - 0.5 * d
+        cur = new
+    for p in range(n_a):
+        image[ay[p], ax[p]] = cur[p]
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _finite(v: float) -> float:
+    x = float(v)
+    return x if math.isfinite(x) else 0.0
 
 
 def bf_correct(
@@ -448,23 +511,17 @@ def bf_correct(
     radius: int,
     n_iter: int,
 ) -> NDArray[np.float32]:
-    """Undo the brighter-fatter effect: ``I ← I_obs − ΔI(I)``, iterated ``n_iter`` times.
+    """Undo the brighter-fatter effect: ``I ← I_obs − ΔI(I)``, ``ΔI = ½ ∇·(I ∇(K ∗ I))``,
+    iterated ``n_iter`` times (no flux through the edges).
 
     ``ΔI`` scales as I², so it is evaluated only within ``radius`` px of pixels brighter
-    than ``threshold`` (e⁻); the active set is a function of the neighbourhood only, so a
-    block with halo ``n_iter × (kernel half-size + 1) + radius`` matches the whole image.
+    than ``threshold`` (e⁻), and only those pixels (and the ones they read) are visited;
+    the active set is a function of the neighbourhood only, so a block with halo
+    ``n_iter × (kernel half-size + 1) + radius`` matches the whole image.
     """
-    obs = np.asarray(image, dtype=F64)
-    bright = obs > threshold
-    if not bright.any():
-        return np.asarray(image, dtype=F32)
-    active = ndimage.maximum_filter(bright, size=2 * radius + 1, mode="constant")
-    work = np.where(np.isfinite(obs), obs, 0.0)
-    cur = work
-    k = np.asarray(kernel, dtype=F64)
-    for _ in range(n_iter):
-        cur = work - _bf_delta(cur, k, active)
-    return np.where(active, cur, obs).astype(F32)
+    out = np.array(image, dtype=F32, copy=True)
+    bf_correct_inplace(out, kernel, threshold=threshold, radius=radius, n_iter=n_iter)
+    return out
 
 
 def fringe_normal_equations(
@@ -655,33 +712,6 @@ def isr_local_inplace(
     return work[:, top : top + rows]
 
 
-@numba.njit(cache=True, nogil=True, fastmath=_FASTMATH)
-def _bright_bbox(image: NDArray[np.float32], threshold: float) -> tuple[int, int, int, int]:
-    """``(y0, y1, x0, x1)`` half-open box of the pixels above ``threshold`` (empty: y1 = 0)."""
-    ny, nx = image.shape
-    y0, y1, x0, x1 = ny, 0, nx, 0
-    thr = np.float32(threshold)
-    for y in range(ny):
-        row = image[y]
-        peak = row[0]
-        for x in range(nx):  # a vectorised max first: most rows have no bright pixel
-            peak = max(peak, row[x])
-        if not peak > thr:
-            continue
-        first = -1
-        last = -1
-        for x in range(nx):
-            if row[x] > thr:
-                if first < 0:
-                    first = x
-                last = x
-        y0 = min(y0, y)
-        y1 = y + 1
-        x0 = min(x0, first)
-        x1 = max(x1, last + 1)
-    return y0, y1, x0, x1
-
-
 def bf_correct_inplace(
     image: NDArray[np.float32],
     kernel: NDArray[np.floating],
@@ -690,24 +720,9 @@ def bf_correct_inplace(
     radius: int,
     n_iter: int,
 ) -> None:
-    """:func:`bf_correct` in place, on the box around the bright pixels only.
-
-    The box is the bright pixels' bounding box grown by ``radius + n_iter (half-size + 1)``
-    (clipped to the block): every pixel the correction reads or writes, so the result is
-    the same as on the whole block. A block without pixels above ``threshold`` costs one scan.
-    """
-    y0, y1, x0, x1 = _bright_bbox(image, threshold)
-    if y1 <= y0:
-        return
-    margin = radius + n_iter * (np.asarray(kernel).shape[0] // 2 + 1)
-    ny, nx = image.shape
-    box = (
-        slice(max(y0 - margin, 0), min(y1 + margin, ny)),
-        slice(max(x0 - margin, 0), min(x1 + margin, nx)),
-    )
-    image[box] = bf_correct(
-        image[box], np.asarray(kernel, F64), threshold=threshold, radius=radius, n_iter=n_iter
-    )
+    """:func:`bf_correct` in place (a block without pixels above ``threshold`` costs one
+    scan)."""
+    _bf_sparse(image, np.asarray(kernel, dtype=F64), float(threshold), int(radius), int(n_iter))
 
 
 @numba.njit(cache=True, nogil=True)
