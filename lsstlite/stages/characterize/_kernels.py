@@ -476,7 +476,7 @@ def _grow_cosmic_rays(
     on the image with CR and bad pixels interpolated; ``cr`` is updated in place.
 
     Only the neighbours of CR pixels are visited (the interpolated values they need are
-    computed on demand), not the whole image.
+    computed on demand), not the whole image: the dense iteration's result.
     """
     ny, nx = image.shape
     ys, xs = np.nonzero(cr)
@@ -514,8 +514,10 @@ def _grow_cosmic_rays(
             break
         for p in range(len(new_y)):
             cr[new_y[p], new_x[p]] = True
-        ys_l = new_y
-        xs_l = new_x
+        # every CR pixel's neighbours again: a new CR pixel also changes the interpolated
+        # value of older ones within 7 px
+        ys_l.extend(new_y)
+        xs_l.extend(new_x)
 
 
 def measured_neighbour_ratios(
