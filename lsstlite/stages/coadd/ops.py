@@ -273,8 +273,10 @@ def _psf_match(
     threshold of several σ: the round-off is < 1e-5 of the block's brightest pixel.
     """
     (h, w), (kh, kw) = valid.shape, kern.shape
-    fshape = (sfft.next_fast_len(h + kh - 1, True), sfft.next_fast_len(w + kw - 1, True))
     ky, kx = (kh - 1) // 2, (kw - 1) // 2
+    # A circular convolution of period N ≥ h + ky equals the linear one on the "same"
+    # window [ky, ky + h): the wrapped tail lands beyond it (as in the CModel templates).
+    fshape = (sfft.next_fast_len(h + ky, True), sfft.next_fast_len(w + kx, True))
     # Where every pixel is valid (most blocks) the weight is the kernel's sum over the
     # taps inside the block, from its summed-area table: one FFT pair fewer.
     full = bool(valid.all())

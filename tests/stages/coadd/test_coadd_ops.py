@@ -245,6 +245,31 @@ def test_kernel_coverage_is_the_convolution_of_ones(h: int, w: int) -> None:
     np.testing.assert_allclose(_kernel_coverage(kern, h, w), want, rtol=1e-6)
 
 
+@pytest.mark.parametrize(("h", "w"), [(200, 130), (40, 300), (9, 11)])
+def test_psf_match_is_the_normalised_linear_convolution(h: int, w: int) -> None:
+    """The batched FFT on a grid padded by half the kernel equals direct "same"
+    convolutions (normalised over valid pixels; variance with the squared kernel)."""
+    from scipy.signal import convolve
+
+    from lsstlite.stages.coadd.ops import _psf_match
+
+    rng = np.random.default_rng(5)
+    kern = rng.random((25, 19))  # asymmetric
+    kern /= kern.sum()
+    img = rng.normal(100.0, 10.0, (h, w)).astype(np.float32)
+    img[h // 2, w // 2] = 1e5  # a bright pixel: the wrapped tail would show
+    var = rng.uniform(50.0, 150.0, (h, w)).astype(np.float32)
+    for valid in (np.ones((h, w), bool), rng.random((h, w)) > 0.2):
+        pm, pv, ok = _psf_match(img, var, valid, kern)
+        norm = convolve(valid.astype(float), kern, mode="same", method="direct")
+        num = convolve(np.where(valid, img, 0.0), kern, mode="same", method="direct")
+        vnum = convolve(np.where(valid, var, 0.0), kern**2, mode="same", method="direct")
+        want_ok = valid & (norm > 0.8)
+        np.testing.assert_array_equal(ok, want_ok)
+        np.testing.assert_allclose(pm[ok], (num / norm)[ok], rtol=1e-4, atol=1e-5 * 1e5)
+        np.testing.assert_allclose(pv[ok], (vnum / norm**2)[ok], rtol=1e-4, atol=1e-3)
+
+
 def test_spline_stencil_equals_scipy_splines() -> None:
     """The coadd PSF's numba evaluation of the coadd → input maps gives what
     ``RectBivariateSpline.ev`` gives on the ±1 px stencil, also beyond the grid (clamped)."""
