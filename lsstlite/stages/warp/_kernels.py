@@ -60,53 +60,179 @@ def _phase_row(phase: float) -> int:
 
 @numba.njit(cache=True, inline="always")
 def _cell(
-    gx: NDArray[np.float64], gy: NDArray[np.float64], u: float, v: float
-) -> tuple[float, float, float, float, float, float]:
-    """Bilinear input position and Jacobian terms at grid coordinates (u, v)."""
-    gh, gw = gx.shape
-    iu = min(max(math.floor(u), 0), gw - 2)
-    iv = min(max(math.floor(v), 0), gh - 2)
-    fu = u - iu
-    fv = v - iv
+    gx: NDArray[np.float64], gy: NDArray[np.float64], iu: int, iv: int, fv: float
+) -> tuple[float, float, float, float, float, float, float, float]:
+    """Grid cell ``(iu, iv)`` at fraction ``fv`` of its height: a row segment along which
+    the bilinear mapping is linear in the cell fraction ``fu``.
+
+    Returns ``(xl, yl, dxdu, dydu, ex0, ex, ey0, ey)``: the input position is
+    ``(xl + dxdu fu, yl + dydu fu)`` and its derivatives along the grid's v axis are
+    ``ex0 + ex fu`` and ``ey0 + ey fu`` (per grid step).
+    """
     x00, x01, x10, x11 = gx[iv, iu], gx[iv, iu + 1], gx[iv + 1, iu], gx[iv + 1, iu + 1]
     y00, y01, y10, y11 = gy[iv, iu], gy[iv, iu + 1], gy[iv + 1, iu], gy[iv + 1, iu + 1]
-    a, b, c, d = (1 - fu) * (1 - fv), fu * (1 - fv), (1 - fu) * fv, fu * fv
-    x = a * x00 + b * x01 + c * x10 + d * x11
-    y = a * y00 + b * y01 + c * y10 + d * y11
-    dxdu = (x01 - x00) * (1 - fv) + (x11 - x10) * fv
-    dxdv = (x10 - x00) * (1 - fu) + (x11 - x01) * fu
-    dydu = (y01 - y00) * (1 - fv) + (y11 - y10) * fv
-    dydv = (y10 - y00) * (1 - fu) + (y11 - y01) * fu
-    return x, y, dxdu, dxdv, dydu, dydv
+    xl = x00 + (x10 - x00) * fv
+    yl = y00 + (y10 - y00) * fv
+    dxdu = (x01 + (x11 - x01) * fv) - xl
+    dydu = (y01 + (y11 - y01) * fv) - yl
+    ex0 = x10 - x00
+    ey0 = y10 - y00
+    return xl, yl, dxdu, dydu, ex0, (x11 - x01) - ex0, ey0, (y11 - y01) - ey0
 
 
 @numba.njit(cache=True, inline="always")
+def _grid_index(t: float, n: int) -> int:
+    """Grid cell along one axis of ``n`` points (the edge cells extend beyond the grid)."""
+    return min(max(math.floor(t), 0), n - 2)
+
+
+@numba.njit(cache=True, inline="always", fastmath={"contract"})
 def _taps6(
+    fimg: NDArray[np.float32],
+    fvar: NDArray[np.float32],
+    base: int,
+    nx: int,
+    table: NDArray[np.float32],
+    px: int,
+    py: int,
+) -> tuple[float, float]:
+    """The 6×6 (Lanczos3) sums from flat arrays, ``base`` the first tap's offset.
+
+    Columns first: six independent column accumulators per plane (LLVM packs four of
+    them into one vector), then the x weights. Unsigned offsets spare numba's
+    negative-index wraparound on each of the 72 loads; float32 as the pixels are.
+    """
+    c0 = c1 = c2 = c3 = c4 = c5 = np.float32(0.0)
+    d0 = d1 = d2 = d3 = d4 = d5 = np.float32(0.0)
+    for q in range(6):
+        wq = table[py, q]
+        wq2 = wq * wq
+        b = np.uint64(base + q * nx)
+        c0 += wq * fimg[b]
+        c1 += wq * fimg[b + np.uint64(1)]
+        c2 += wq * fimg[b + np.uint64(2)]
+        c3 += wq * fimg[b + np.uint64(3)]
+        c4 += wq * fimg[b + np.uint64(4)]
+        c5 += wq * fimg[b + np.uint64(5)]
+        d0 += wq2 * fvar[b]
+        d1 += wq2 * fvar[b + np.uint64(1)]
+        d2 += wq2 * fvar[b + np.uint64(2)]
+        d3 += wq2 * fvar[b + np.uint64(3)]
+        d4 += wq2 * fvar[b + np.uint64(4)]
+        d5 += wq2 * fvar[b + np.uint64(5)]
+    w0, w1, w2 = table[px, 0], table[px, 1], table[px, 2]
+    w3, w4, w5 = table[px, 3], table[px, 4], table[px, 5]
+    s_img = ((w0 * c0 + w1 * c1) + (w2 * c2 + w3 * c3)) + (w4 * c4 + w5 * c5)
+    s_var = ((w0 * w0 * d0 + w1 * w1 * d1) + (w2 * w2 * d2 + w3 * w3 * d3)) + (
+        w4 * w4 * d4 + w5 * w5 * d5
+    )
+    return float(s_img), float(s_var)
+
+
+@numba.njit(cache=True, inline="always")
+def _taps(
     img: NDArray[np.float32],
     var: NDArray[np.float32],
     x0: int,
     y0: int,
-    wx: NDArray[np.float64],
-    wy: NDArray[np.float64],
+    wx: NDArray[np.float32],
+    wy: NDArray[np.float32],
 ) -> tuple[float, float]:
-    """The 6×6 (Lanczos3) sums, unrolled as trees: independent chains, not one of 36;
-    in float32, as the pixels are (float64 spent a conversion per tap: 20% of the time)."""
-    w0, w1, w2, w3, w4, w5 = wx[0], wx[1], wx[2], wx[3], wx[4], wx[5]
-    v0, v1, v2, v3, v4, v5 = w0 * w0, w1 * w1, w2 * w2, w3 * w3, w4 * w4, w5 * w5
-    s_img = np.float32(0.0)
-    s_var = np.float32(0.0)
-    for q in range(6):
-        a = img[y0 + q]
-        b = var[y0 + q]
-        r_img = ((w0 * a[x0] + w1 * a[x0 + 1]) + (w2 * a[x0 + 2] + w3 * a[x0 + 3])) + (
-            w4 * a[x0 + 4] + w5 * a[x0 + 5]
-        )
-        r_var = ((v0 * b[x0] + v1 * b[x0 + 1]) + (v2 * b[x0 + 2] + v3 * b[x0 + 3])) + (
-            v4 * b[x0 + 4] + v5 * b[x0 + 5]
-        )
-        s_img += wy[q] * r_img
-        s_var += wy[q] * wy[q] * r_var
-    return float(s_img), float(s_var)
+    """The ``n × n`` sums of any other kernel (all taps inside the input)."""
+    s_img = 0.0
+    s_var = 0.0
+    for q in range(wy.size):
+        row = y0 + q
+        r_img = 0.0
+        r_var = 0.0
+        for k in range(wx.size):
+            wk = wx[k]
+            r_img += wk * img[row, x0 + k]
+            r_var += wk * wk * var[row, x0 + k]
+        wq = wy[q]
+        s_img += wq * r_img
+        s_var += wq * wq * r_var
+    return s_img, s_var
+
+
+@numba.njit(cache=True, nogil=True)
+def _careful(
+    img: NDArray[np.float32],
+    var: NDArray[np.float32],
+    msk: NDArray[np.int32],
+    ixc: int,
+    iyc: int,
+    fx: float,
+    fy: float,
+    wxt: NDArray[np.float32],
+    wyt: NDArray[np.float32],
+    sensor_edge: np.int32,
+) -> tuple[float, float, float, int, bool]:
+    """One output pixel whose taps leave the input or meet a non-finite value: weights
+    normalised over the usable taps.
+
+    Returns ``(Σ w I, Σ w² V, Σ w, mask, ok)``; the mask has ``sensor_edge`` if a tap
+    was missing; ``ok`` is false when the usable taps carry less than a tenth of the
+    weight of the taps inside the input (or none).
+    """
+    ny, nx = img.shape
+    n_taps = wxt.size
+    radius = n_taps // 2
+    ix_first = ixc - radius + 1
+    iy_first = iyc - radius + 1
+    edge = False
+    sx = 0.0
+    sy = 0.0
+    for k in range(n_taps):
+        if 0 <= ix_first + k < nx:
+            sx += wxt[k]
+        else:
+            edge = True
+        if 0 <= iy_first + k < ny:
+            sy += wyt[k]
+        else:
+            edge = True
+    s_img = 0.0
+    s_var = 0.0
+    s_w = 0.0
+    for q in range(n_taps):
+        row = iy_first + q
+        wq = wyt[q]
+        if wq == 0.0 or not 0 <= row < ny:
+            continue
+        r_img = 0.0
+        r_var = 0.0
+        r_w = 0.0
+        for k in range(n_taps):
+            col = ix_first + k
+            wk = wxt[k]
+            if wk == 0.0 or not 0 <= col < nx:
+                continue
+            val = img[row, col]
+            vv = var[row, col]
+            if math.isfinite(val) and math.isfinite(vv):
+                r_img += wk * val
+                r_var += wk * wk * vv
+                r_w += wk
+            else:
+                edge = True
+        s_img += wq * r_img
+        s_var += wq * wq * r_var
+        s_w += wq * r_w
+    m = 0
+    for q in range(2):
+        yy = iyc + q
+        if (q == 1 and fy == 0.0) or not 0 <= yy < ny:
+            continue
+        for k in range(2):
+            xx = ixc + k
+            if (k == 1 and fx == 0.0) or not 0 <= xx < nx:
+                continue
+            m |= msk[yy, xx]
+    if edge:
+        m |= sensor_edge
+    ok = s_w != 0.0 and abs(s_w) >= 0.1 * abs(sx * sy)
+    return s_img, s_var, s_w, m, ok
 
 
 @numba.njit(cache=True, nogil=True)
@@ -120,18 +246,24 @@ def interpolate_grid(
     y: NDArray[np.float64],
 ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
     """Input coordinates at output positions ``(x, y)`` (1-D), as the warp kernel sees them."""
+    gh, gw = gx.shape
     xi = np.empty(x.size)
     yi = np.empty(x.size)
     for k in range(x.size):
-        xx, yy, _, _, _, _ = _cell(gx, gy, (x[k] - grid_x0) / step, (y[k] - grid_y0) / step)
-        xi[k] = xx
-        yi[k] = yy
+        v = (y[k] - grid_y0) / step
+        iv = _grid_index(v, gh)
+        iu = _grid_index((x[k] - grid_x0) / step, gw)
+        xl, yl, dxdu, dydu, _, _, _, _ = _cell(gx, gy, iu, iv, v - iv)
+        fu = (x[k] - (grid_x0 + iu * step)) / step
+        xi[k] = xl + dxdu * fu
+        yi[k] = yl + dydu * fu
     return xi, yi
 
 
-# No fastmath: with reassociation LLVM vectorises the tap sums with an alignment-dependent
-# peel, so a pixel's value changed with the (chunking-dependent) address of its input.
-@numba.njit(cache=True, nogil=True)
+# Contraction (FMA) only: with reassociation LLVM vectorises the tap sums with an
+# alignment-dependent peel, so a pixel's value changed with the (chunking-dependent)
+# address of its input.
+@numba.njit(cache=True, nogil=True, fastmath={"contract"})
 def warp_block(
     img: NDArray[np.float32],
     var: NDArray[np.float32],
@@ -181,130 +313,86 @@ def warp_block(
     the taps inside the input; a missing tap (off-detector, or a non-finite pixel) flags
     the output SENSOR_EDGE. The mask is the OR over the bilinear (2×2) footprint: the
     Lanczos footprint (6×6) would grow every masked pixel into a 6-pixel blob.
+
+    The mapping is linear along each output row within a grid cell, so it is set up once
+    per cell and row (:func:`_cell`) and stepped per pixel.
     """
     h, w = out_img.shape
     ny, nx = img.shape
     n_taps = 2 * radius
-    wx = np.empty(n_taps)
-    wy = np.empty(n_taps)
     bx0, by0, bx1, by1 = det_box
+    gh, gw = gx.shape
+    inv_step = 1.0 / step
+    inv_step2 = inv_step * inv_step
+    fimg, fvar, fmsk = img.ravel(), var.ravel(), msk.ravel()
+    foi, fov, fom = out_img.ravel(), out_var.ravel(), out_msk.ravel()
     for j in range(h):
-        v = (out_y0 + j - grid_y0) / step
-        for i in range(w):
-            u = (out_x0 + i - grid_x0) / step
-            xin, yin, dxdu, dxdv, dydu, dydv = _cell(gx, gy, u, v)
-            jac = abs(dxdu * dydv - dxdv * dydu) / (step * step)
-            if not (bx0 <= xin < bx1 and by0 <= yin < by1):
-                out_img[j, i] = np.nan
-                out_var[j, i] = np.nan
-                out_msk[j, i] = no_data
-                continue
-            # Phase from the parent-frame position, so that it does not depend on where
-            # the input region starts (i.e. on the chunking): bit-identical results.
-            fxp = math.floor(xin)
-            fyp = math.floor(yin)
-            fx = xin - fxp
-            fy = yin - fyp
-            ixc = int(fxp) - sub_x0
-            iyc = int(fyp) - sub_y0
-            ix_first = ixc - radius + 1
-            iy_first = iyc - radius + 1
-            px = _phase_row(fx)
-            py = _phase_row(fy)
-            if (
-                ix_first >= 0
-                and iy_first >= 0
-                and ix_first + n_taps <= nx
-                and iy_first + n_taps <= ny
-            ):
-                # Fast path (every tap inside, rows normalised): no per-tap tests; a NaN
-                # shows in the sum and sends the pixel to the careful path below.
-                if n_taps == 6:
-                    s_img, s_var = _taps6(img, var, ix_first, iy_first, table[px], table[py])
-                else:
-                    s_img = 0.0
-                    s_var = 0.0
-                    for q in range(n_taps):
-                        row = iy_first + q
-                        r_img = 0.0
-                        r_var = 0.0
-                        for k in range(n_taps):
-                            wk = table[px, k]
-                            r_img += wk * img[row, ix_first + k]
-                            r_var += wk * wk * var[row, ix_first + k]
-                        wq = table[py, q]
-                        s_img += wq * r_img
-                        s_var += wq * wq * r_var
-                if math.isfinite(s_img) and math.isfinite(s_var):
-                    out_img[j, i] = s_img * jac
-                    out_var[j, i] = s_var * jac * jac
-                    m = msk[iyc, ixc]
-                    if fx > 0.0:
-                        m |= msk[iyc, ixc + 1]
-                    if fy > 0.0:
-                        m |= msk[iyc + 1, ixc]
-                        if fx > 0.0:
-                            m |= msk[iyc + 1, ixc + 1]
-                    out_msk[j, i] = m
+        v = (out_y0 + j - grid_y0) * inv_step
+        iv = _grid_index(v, gh)
+        fv = v - iv
+        i = 0
+        while i < w:
+            iu = _grid_index((out_x0 + i - grid_x0) * inv_step, gw)
+            cell_x = grid_x0 + iu * step
+            # this cell's pixels (the last cell also takes those beyond the grid)
+            i_end = w if iu == gw - 2 else min(w, max(i + 1, int(cell_x + step) - out_x0))
+            xl, yl, dxdu, dydu, ex0, ex, ey0, ey = _cell(gx, gy, iu, iv, fv)
+            for ii in range(i, i_end):
+                o = np.uint64(j * w + ii)
+                fu = (out_x0 + ii - cell_x) * inv_step
+                xin = xl + dxdu * fu
+                yin = yl + dydu * fu
+                if not (bx0 <= xin < bx1 and by0 <= yin < by1):
+                    foi[o] = np.nan
+                    fov[o] = np.nan
+                    fom[o] = no_data
                     continue
-            sx = 0.0
-            sy = 0.0
-            edge = False
-            for k in range(n_taps):
-                if 0 <= ix_first + k < nx:
-                    wx[k] = table[px, k]
-                    sx += wx[k]
-                else:
-                    wx[k] = 0.0
-                    edge = True
-                if 0 <= iy_first + k < ny:
-                    wy[k] = table[py, k]
-                    sy += wy[k]
-                else:
-                    wy[k] = 0.0
-                    edge = True
-            s_img = 0.0
-            s_var = 0.0
-            s_w = 0.0
-            for q in range(n_taps):
-                if wy[q] == 0.0:
-                    continue
-                row = iy_first + q
-                r_img = 0.0
-                r_var = 0.0
-                r_w = 0.0
-                for k in range(n_taps):
-                    wk = wx[k]
-                    if wk == 0.0:
-                        continue
-                    val = img[row, ix_first + k]
-                    vv = var[row, ix_first + k]
-                    if math.isfinite(val) and math.isfinite(vv):
-                        r_img += wk * val
-                        r_var += wk * wk * vv
-                        r_w += wk
+                jac = abs(dxdu * (ey0 + ey * fu) - (ex0 + ex * fu) * dydu) * inv_step2
+                # Phase from the parent-frame position, so that it does not depend on
+                # where the input region starts (i.e. on the chunking): bit-identical.
+                fxp = math.floor(xin)
+                fyp = math.floor(yin)
+                fx = xin - fxp
+                fy = yin - fyp
+                ixc = int(fxp) - sub_x0
+                iyc = int(fyp) - sub_y0
+                ix_first = ixc - radius + 1
+                iy_first = iyc - radius + 1
+                px = _phase_row(fx)
+                py = _phase_row(fy)
+                if (
+                    ix_first >= 0
+                    and iy_first >= 0
+                    and ix_first + n_taps <= nx
+                    and iy_first + n_taps <= ny
+                ):
+                    # Fast path (every tap inside, rows normalised): no per-tap tests; a
+                    # NaN shows in the sum and sends the pixel to the careful path.
+                    if n_taps == 6:
+                        s_img, s_var = _taps6(
+                            fimg, fvar, iy_first * nx + ix_first, nx, table, px, py
+                        )
                     else:
-                        edge = True
-                s_img += wy[q] * r_img
-                s_var += wy[q] * wy[q] * r_var
-                s_w += wy[q] * r_w
-            m = 0
-            for q in range(2):
-                yy = iyc + q
-                if (q == 1 and fy == 0.0) or not 0 <= yy < ny:
-                    continue
-                for k in range(2):
-                    xx = ixc + k
-                    if (k == 1 and fx == 0.0) or not 0 <= xx < nx:
+                        s_img, s_var = _taps(img, var, ix_first, iy_first, table[px], table[py])
+                    if math.isfinite(s_img) and math.isfinite(s_var):
+                        foi[o] = s_img * jac
+                        fov[o] = s_var * jac * jac
+                        # OR over the bilinear footprint, branch-free (offset 0 on an
+                        # axis whose phase is exactly 0)
+                        mb = np.uint64(iyc * nx + ixc)
+                        ox = np.uint64(1) if fx > 0.0 else np.uint64(0)
+                        oy = np.uint64(nx) if fy > 0.0 else np.uint64(0)
+                        fom[o] = (fmsk[mb] | fmsk[mb + ox]) | (fmsk[mb + oy] | fmsk[mb + ox + oy])
                         continue
-                    m |= msk[yy, xx]
-            if edge:
-                m |= sensor_edge
-            if abs(s_w) < 0.1 * abs(sx * sy) or s_w == 0.0:
-                out_img[j, i] = np.nan
-                out_var[j, i] = np.nan
-                out_msk[j, i] = m | no_data
-                continue
-            out_img[j, i] = s_img / s_w * jac
-            out_var[j, i] = s_var / (s_w * s_w) * jac * jac
-            out_msk[j, i] = m
+                s_img, s_var, s_w, m, ok = _careful(
+                    img, var, msk, ixc, iyc, fx, fy, table[px], table[py], sensor_edge
+                )
+                if not ok:
+                    foi[o] = np.nan
+                    fov[o] = np.nan
+                    fom[o] = m | no_data
+                    continue
+                foi[o] = s_img / s_w * jac
+                fov[o] = s_var / (s_w * s_w) * jac * jac
+                fom[o] = m
+            i = i_end
