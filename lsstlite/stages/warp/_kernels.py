@@ -228,9 +228,9 @@ def _careful(
             xx = ixc + k
             if (k == 1 and fx == 0.0) or not 0 <= xx < nx:
                 continue
-            m |= msk[yy, xx]
+            m |= int(msk[yy, xx])
     if edge:
-        m |= sensor_edge
+        m |= int(sensor_edge)
     ok = s_w != 0.0 and abs(s_w) >= 0.1 * abs(sx * sy)
     return s_img, s_var, s_w, m, ok
 
