@@ -12,7 +12,7 @@ import numba
 import numpy as np
 from numpy.typing import NDArray
 
-__all__ = ["combine_clipped", "combine_mean", "combine_median"]
+__all__ = ["combine_clipped", "combine_mean", "combine_median", "positive_outliers"]
 
 
 @numba.njit(cache=True, nogil=True)
@@ -234,3 +234,35 @@ def combine_median(
                 out[j, i] = _median(vals, m)
                 ovar[j, i] = (math.pi / 2.0 if m > 2 else 1.0) * sv / (m * m)
     return out, ovar
+
+
+@numba.njit(cache=True, nogil=True)
+def positive_outliers(
+    img: NDArray[np.float32],
+    var: NDArray[np.float32],
+    valid: NDArray[np.bool_],
+    template: NDArray[np.float32],
+    tvar: NDArray[np.float32],
+    peak: NDArray[np.float32],
+    n_sigma: float,
+    frac: float,
+) -> NDArray[np.bool_]:
+    """``valid & (img − template > n_sigma √(var + tvar + (frac peak)²))`` per input.
+
+    One pass in float32 (as the numpy expression evaluates it, with the same operation
+    order: equal to it bit for bit) without its five stack-sized temporaries.
+    """
+    n, ny, nx = img.shape
+    out = np.zeros((n, ny, nx), np.bool_)
+    ns = np.float32(n_sigma)
+    fr = np.float32(frac)
+    for k in range(n):
+        for j in range(ny):
+            for i in range(nx):
+                if not valid[k, j, i]:
+                    continue
+                t = template[j, i]
+                fp = fr * peak[j, i]
+                s2 = (var[k, j, i] + tvar[j, i]) + fp * fp
+                out[k, j, i] = (img[k, j, i] - t) > ns * np.sqrt(s2)
+    return out

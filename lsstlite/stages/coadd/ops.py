@@ -29,7 +29,12 @@ from lsstlite.data.masks import DEFAULT_MASK_PLANES, mask_bits, mask_planes
 from lsstlite.data.psf import psf_from_dict
 from lsstlite.data.skymap import PatchGeometry
 from lsstlite.data.wcs import wcs_from_cards
-from lsstlite.stages.coadd._kernels import combine_clipped, combine_mean, combine_median
+from lsstlite.stages.coadd._kernels import (
+    combine_clipped,
+    combine_mean,
+    combine_median,
+    positive_outliers,
+)
 from lsstlite.stages.coadd.psf import CoaddPsf
 from lsstlite.stages.skymap.ops import exposure_corners
 from lsstlite.stages.warp._kernels import KERNEL_RADIUS
@@ -151,8 +156,10 @@ def input_weights(
     """Coadd weight of each calexp: ``1 / mean variance`` of its good pixels.
 
     The mean is taken over the central ``sample_px × sample_px`` region (the whole
-    exposure if smaller): a calexp's variance is smooth, and reading one region instead of
-    every chunk made this step 5× cheaper for 2k × 4k detectors.
+    exposure if smaller) cut to the storage chunk that holds the centre: a calexp's
+    variance is smooth, and reading one chunk instead of every one made this step 5×
+    cheaper for 2k × 4k detectors (and one chunk instead of the four that meet at the
+    centre of a detector stored in 2 × 2 chunks another 4×).
 
     Notes
     -----
@@ -164,9 +171,12 @@ def input_weights(
     """
     terms = []
     for ds in calexps:
-        ny, nx = ds.sizes["y"], ds.sizes["x"]
-        y0, x0 = max(0, (ny - sample_px) // 2), max(0, (nx - sample_px) // 2)
-        sub = ds.isel(y=slice(y0, y0 + sample_px), x=slice(x0, x0 + sample_px))
+        chunks = ds["variance"].chunks
+        sy, sx = (
+            _central_sample(n, sample_px, None if chunks is None else chunks[axis])
+            for axis, n in enumerate((ds.sizes["y"], ds.sizes["x"]))
+        )
+        sub = ds.isel(y=sy, x=sx)
         planes = mask_planes(ds)
         bits = mask_bits(planes, [p for p in bad_mask_planes if p in planes])
         var = da.asarray(sub["variance"].data)
@@ -182,6 +192,17 @@ def input_weights(
             )
         out.append(float(n / s))
     return out
+
+
+def _central_sample(n: int, size: int, chunks: tuple[int, ...] | None) -> slice:
+    """Along one axis of length ``n``: the central ``size`` pixels, within the chunk that
+    holds the centre."""
+    lo, hi = max(0, (n - size) // 2), min(n, max(0, (n - size) // 2) + size)
+    if chunks:
+        edges = np.cumsum((0, *chunks))
+        k = int(np.searchsorted(edges, n // 2, side="right")) - 1
+        lo, hi = max(lo, int(edges[k])), min(hi, int(edges[k + 1]))
+    return slice(lo, hi)
 
 
 def _pixel_scale(cards: dict[str, Any], x: float, y: float) -> float:
@@ -351,9 +372,16 @@ def _outliers(
     peak = np.nan_to_num(np.abs(template))
     if fwhm is not None:
         peak = ndimage.maximum_filter(peak, size=2 * math.ceil(fwhm) + 1)
-    sigma2 = var + tvar[None] + (frac * peak[None]) ** 2
-    with np.errstate(invalid="ignore"):
-        return valid & ((img - template[None]) > n_sigma * np.sqrt(sigma2))
+    return positive_outliers(
+        np.ascontiguousarray(img, dtype=np.float32),
+        np.ascontiguousarray(var, dtype=np.float32),
+        np.ascontiguousarray(valid),
+        np.ascontiguousarray(template, dtype=np.float32),
+        np.ascontiguousarray(tvar, dtype=np.float32),
+        np.ascontiguousarray(peak, dtype=np.float32),
+        n_sigma,
+        frac,
+    )
 
 
 def _reject_artifacts(
@@ -404,9 +432,29 @@ def _reject_artifacts(
         is_artifact[0] = False
         flagged = is_artifact[labels]
         if cfg.grow_px > 0 and flagged.any():
-            flagged = ndimage.binary_dilation(flagged, structure, iterations=cfg.grow_px)
+            flagged = _grow_footprints(flagged, labels, np.flatnonzero(is_artifact), cfg.grow_px)
         rejected[k] = flagged & use[k]
     return rejected
+
+
+def _grow_footprints(
+    flagged: NDArray[np.bool_], labels: NDArray[np.int32], which: NDArray[np.intp], grow: int
+) -> NDArray[np.bool_]:
+    """``binary_dilation(flagged, 3×3, iterations=grow)`` where ``flagged`` is the union of
+    the footprints ``which`` of ``labels``: dilated within each footprint's bounding box
+    grown by ``grow`` (the dilation is local), not over the whole block."""
+    out = flagged.copy()
+    boxes = ndimage.find_objects(labels)
+    structure = np.ones((3, 3), bool)
+    ny, nx = flagged.shape
+    for lab in which:
+        sy, sx = boxes[lab - 1]
+        box = (
+            slice(max(sy.start - grow, 0), min(sy.stop + grow, ny)),
+            slice(max(sx.start - grow, 0), min(sx.stop + grow, nx)),
+        )
+        out[box] |= ndimage.binary_dilation(flagged[box], structure, iterations=grow)
+    return out
 
 
 def _coadd_block(

@@ -270,6 +270,52 @@ def test_psf_match_is_the_normalised_linear_convolution(h: int, w: int) -> None:
         np.testing.assert_allclose(pv[ok], (vnum / norm**2)[ok], rtol=1e-4, atol=1e-3)
 
 
+def test_positive_outliers_equal_the_array_expression() -> None:
+    """The fused outlier kernel gives the float32 numpy expression bit for bit (NaN
+    inputs, invalid pixels and negative residuals included)."""
+    from lsstlite.stages.coadd._kernels import positive_outliers
+
+    rng = np.random.default_rng(6)
+    n, ny, nx = 5, 60, 70
+    img = rng.normal(0.0, 1.0, (n, ny, nx)).astype(np.float32)
+    img[1, 10:12, :] += 8.0  # a trail
+    img[2, 5, 5] = np.nan
+    var = rng.uniform(0.5, 1.5, (n, ny, nx)).astype(np.float32)
+    var[3, 7, 7] = np.nan
+    valid = rng.random((n, ny, nx)) > 0.1
+    template = rng.normal(0.0, 0.3, (ny, nx)).astype(np.float32)
+    tvar = rng.uniform(0.1, 0.3, (ny, nx)).astype(np.float32)
+    peak = np.abs(rng.normal(0.0, 5.0, (ny, nx))).astype(np.float32)
+    with np.errstate(invalid="ignore"):
+        want = valid & (
+            (img - template[None])
+            > 5.0 * np.sqrt(var + tvar[None] + (np.float32(0.03) * peak[None]) ** 2)
+        )
+    got = positive_outliers(img, var, valid, template, tvar, peak, 5.0, 0.03)
+    np.testing.assert_array_equal(got, want)
+    assert got[1, 10:12].sum() > 0.9 * nx * 2 * 0.9
+
+
+def test_grown_footprints_equal_whole_block_dilation() -> None:
+    """Dilating each artifact footprint in its grown bounding box equals dilating the
+    whole block (footprints at the block edges and next to each other included)."""
+    from scipy import ndimage
+
+    from lsstlite.stages.coadd.ops import _grow_footprints
+
+    rng = np.random.default_rng(7)
+    outlier = rng.random((90, 80)) > 0.97
+    outlier[0:3, 40:60] = True  # on the edge
+    outlier[50, :] = True  # across the block
+    labels, n_fp = ndimage.label(outlier, structure=np.ones((3, 3), bool))
+    which = np.flatnonzero(rng.random(n_fp + 1) > 0.5)
+    which = which[which > 0]
+    flagged = np.isin(labels, which)
+    for grow in (1, 2, 3):
+        want = ndimage.binary_dilation(flagged, np.ones((3, 3), bool), iterations=grow)
+        np.testing.assert_array_equal(_grow_footprints(flagged, labels, which, grow), want)
+
+
 def test_spline_stencil_equals_scipy_splines() -> None:
     """The coadd PSF's numba evaluation of the coadd → input maps gives what
     ``RectBivariateSpline.ev`` gives on the ±1 px stencil, also beyond the grid (clamped)."""
