@@ -770,13 +770,13 @@ def _measure(
         psf_err = np.where(
             ok, np.sqrt((p * p * np.where(use, v, 0.0)).sum(axis=(1, 2))) / safe, np.nan
         )
-        # PSF moments: the centred model stamps stacked in one column, one numba call (the
-        # adaptive window, < 5σ, never reaches the next stamp).
-        centred, _, _ = _psf_stamps(psf, np.floor(xs_a + 0.5) + x0, np.floor(ys_a + 0.5) + y0, m)
-        column = np.ascontiguousarray(centred.reshape(n * m, m), dtype=np.float32)
-        cy = np.arange(n) * m + m // 2
+        # PSF moments: the same model stamps stacked in one column, one numba call, the
+        # window centred on each source's position in its stamp (the adaptive window,
+        # < 5σ, never reaches the next stamp). Drawn at the source's sub-pixel phase
+        # rather than re-drawn centred on a pixel: the moments differ by ~1e-3.
+        column = np.ascontiguousarray(stamps.reshape(n * m, m), dtype=np.float32)
         pxx, pyy, pxy, _ = _kernels.adaptive_moments(
-            column, np.full(n, m // 2, dtype=float), cy.astype(float), sigma0
+            column, xs_a - lx, np.arange(n) * m + (ys_a - ly), sigma0
         )
     out["psf_flux"], out["psf_flux_err"] = psf_flux, psf_err
     for r in aperture_radii:
