@@ -31,6 +31,7 @@ from numpy.typing import NDArray
 
 from lsstlite.data.masks import mask_bits, mask_planes
 from lsstlite.data.wcs import wcs_from_cards
+from lsstlite.stages.skycorr import _kernels
 
 __all__ = [
     "SKY_BAD_PLANES",
@@ -171,20 +172,9 @@ def binned_sky(
     by, bx = ny // bin_px, nx // bin_px
     if by == 0 or bx == 0:
         raise ValueError(f"{_describe(calexp)}: smaller than one {bin_px}-px superpixel")
-    blocks = np.where(bad, np.nan, image)[: by * bin_px, : bx * bin_px]
-    blocks = blocks.reshape(by, bin_px, bx, bin_px).transpose(0, 2, 1, 3).reshape(by, bx, -1)
-    with np.errstate(all="ignore"):
-        import warnings
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN superpixels
-            med = np.nanmedian(blocks, axis=2)
-            mad = np.nanmedian(np.abs(blocks - med[..., None]), axis=2) * 1.4826
-            keep = np.abs(blocks - med[..., None]) <= n_sigma * np.maximum(mad, 1e-30)[..., None]
-            clipped = np.where(keep, blocks, np.nan)
-            value = np.nanmedian(clipped, axis=2)
-            n_good = np.sum(np.isfinite(clipped), axis=2)
-            sigma = np.nanstd(clipped, axis=2)
+    value, n_good, sigma = _kernels.clipped_block_stats(
+        np.ascontiguousarray(image), np.ascontiguousarray(bad), int(bin_px), float(n_sigma)
+    )
     ok = (n_good >= min_good_fraction * bin_px * bin_px) & np.isfinite(value)
     iy, ix = np.nonzero(ok)
     x0, y0 = float(calexp["x"].values[0]), float(calexp["y"].values[0])
