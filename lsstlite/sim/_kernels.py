@@ -153,6 +153,7 @@ def sersic_grid(
     m11: float,
     r_trunc: float,
     core: int = 9,
+    centred: bool = False,
 ) -> NDArray[np.float64]:
     """Unnormalised Sérsic profile on a ``size × size`` grid of cells of side ``step`` px.
 
@@ -162,13 +163,23 @@ def sersic_grid(
     within r_e are the mean of 3 × 3 sub-samples, those within r_e / 4 (and the cells
     next to the centre) of ``core × core`` (9 by default, for the steep n = 4 cusp); the
     others are sampled at their centre.
+
+    ``centred``: the centre is the grid's middle (``cx = cy = (size - 1) / 2``, checked),
+    where the profile is point-symmetric: the lower half of the rows is computed and
+    mirrored (equal to rounding: the mirrored sub-samples are the same points).
     """
     out = np.zeros((size, size))
+    if centred and not (cx == cy == 0.5 * (size - 1)):
+        raise ValueError("sersic_grid: centred=True needs cx = cy = (size - 1) / 2")
     inv_n = 1.0 / n
     rt2 = r_trunc * r_trunc
     inner2 = r_e * r_e
     core2 = 0.0625 * r_e * r_e + 2.0 * step * step
     j0, j1, i0, i1 = ellipse_cells(size, step, cx, cy, m00, m01, m11, r_trunc)
+    if centred:
+        # rows j >= size / 2 are the mirrors of rows size - 1 - j; for an odd size the
+        # middle row is computed whole
+        j1 = min(j1, (size + 1) // 2)
     for j in range(j0, j1):
         for i in range(i0, i1):
             dy = (j - cy) * step
@@ -187,6 +198,12 @@ def sersic_grid(
                     s2 = m00 * sx * sx + 2.0 * m01 * sx * sy + m11 * sy * sy
                     acc += _sersic_value(s2, r_e, b_n, n, inv_n)
             out[j, i] = acc / (k * k)
+    if centred:
+        for j in range(j0, j1):
+            jm = size - 1 - j
+            if jm > j:
+                for i in range(i0, i1):
+                    out[jm, size - 1 - i] = out[j, i]
     return out
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from scipy.signal import fftconvolve
 
 from lsstlite.stages.measure._kernels import model_templates
@@ -53,6 +54,28 @@ def test_sersic_grid_and_binning_match_the_formula() -> None:
         np.testing.assert_allclose(
             _bin(grid, 4, 0.5), 0.5 * grid.reshape(10, 4, 10, 4).sum(axis=(1, 3)), rtol=1e-13
         )
+
+
+def test_centred_sersic_grid_is_the_mirrored_half() -> None:
+    """A profile centred on the grid's middle computes half the rows and mirrors them:
+    the same grid to rounding, for odd and even sizes, elliptical, cuspy and truncated
+    within the grid; an off-centre call is refused."""
+    from lsstlite.sim._kernels import sersic_grid
+    from lsstlite.stages.measure._kernels import sersic_bn
+
+    for size, step in ((108, 0.25), (54, 0.5), (41, 1.0)):
+        c = 0.5 * (size - 1)
+        for n, r_e, (m00, m01, m11) in (
+            (1.0, 2.0, (1.2, 0.3, 0.9083333333333333)),
+            (4.0, 0.4, (1.0, 0.0, 1.0)),
+            (4.0, 6.0, (0.8, -0.2, 1.3)),
+        ):
+            args = (size, step, c, c, n, sersic_bn(n), r_e, m00, m01, m11, 4.0 * r_e, 9)
+            full, half = sersic_grid(*args, False), sersic_grid(*args, True)
+            assert full.max() > 0
+            np.testing.assert_allclose(half, full, rtol=1e-14, atol=1e-300)
+    with pytest.raises(ValueError, match="centred"):
+        sersic_grid(40, 1.0, 19.5, 19.0, 1.0, 1.678, 3.0, 1.0, 0.0, 1.0, 12.0, 9, True)
 
 
 def test_ellipse_cells_hold_every_cell_inside_the_ellipse() -> None:
