@@ -20,7 +20,6 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -350,7 +349,7 @@ def _run_steps(
         return note
 
     def export() -> str:
-        return _export(result)
+        return _export(result, runner.client())
 
     steps.run("simulate the survey", simulate)
     steps.run("create the repository", create)
@@ -366,8 +365,9 @@ def _run_steps(
     result.timings = steps.timings
 
 
-def _export(result: DemoResult) -> str:
-    """Files for other tools: calexp/coadd FITS, src/object tables, colour pictures."""
+def _export(result: DemoResult, client: Any) -> str:
+    """Files for other tools: calexp/coadd FITS, src/object tables, colour pictures,
+    written by the workers of ``client``."""
     from lsstlite.repo import Butler
     from lsstlite.repo.export import export
     from lsstlite.stages.export.ops import export_object_table, export_rgb
@@ -376,7 +376,7 @@ def _export(result: DemoResult) -> str:
     counts = {}
     for dataset_type in ("calexp", "src", "coadd"):
         to = result.export / dataset_type
-        written = export(butler, OUTPUT, dataset_type, None, to, overwrite=True, threads=2)
+        written = export(butler, OUTPUT, dataset_type, None, to, overwrite=True, client=client)
         counts[dataset_type] = len(written)
     tables = export_object_table(butler, OUTPUT, result.export / "object")
     result.catalog = next(p for p in tables if p.suffix == ".parquet")
@@ -392,12 +392,11 @@ def _export(result: DemoResult) -> str:
     )
     paths = [result.export / f"color_{s}_tract{t}_patch{p}.png" for s, t, p in patches]
 
-    def picture(job: tuple[tuple[str, int, int], Path]) -> Path:
-        (sky, tract, patch), path = job
-        return export_rgb(butler, OUTPUT, sky, tract, patch, bands, path)
-
-    with ThreadPoolExecutor(max_workers=2) as pool:  # numpy, zarr and zlib release the GIL
-        list(pool.map(picture, zip(patches, paths, strict=True)))
+    futures = [
+        client.submit(export_rgb, butler, OUTPUT, sky, tract, patch, bands, path, pure=False)
+        for (sky, tract, patch), path in zip(patches, paths, strict=True)
+    ]
+    client.gather(futures)
     result.pictures.extend(paths)
     counts["png"] = len(patches)
     return ", ".join(f"{n} {k}" for k, n in counts.items())

@@ -245,6 +245,20 @@ def test_export_threads(butler: Butler, tmp_path: Path) -> None:
     with pytest.raises(FileExistsError, match=threaded[1].name):
         export(butler, "demo", "calexp", None, tmp_path / "b", threads=3)
     assert not threaded[0].exists() and threaded[2].read_bytes() == keep
+    # on the workers of a dask cluster (processes: the butler travels by its root)
+    from distributed import Client, LocalCluster
+
+    with (
+        LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address=None) as cluster,
+        Client(cluster) as client,
+    ):
+        remote = export(butler, "demo", "calexp", None, tmp_path / "c", client=client)
+    assert [f.name for f in remote] == [f.name for f in serial]
+    for f, g in zip(serial, remote, strict=True):
+        assert g.parent == tmp_path / "c"
+        np.testing.assert_array_equal(
+            read_exposure_fits(f)["image"].values, read_exposure_fits(g)["image"].values
+        )
 
 
 def test_cli(tmp_path: Path, raw_dir: Path, capsys, monkeypatch) -> None:
