@@ -29,6 +29,7 @@ from lsstlite.data.masks import DEFAULT_MASK_PLANES, mask_bits, mask_planes
 from lsstlite.data.psf import psf_from_dict
 from lsstlite.data.skymap import PatchGeometry
 from lsstlite.data.wcs import wcs_from_cards
+from lsstlite.stages.characterize._kernels import rfft2_padded
 from lsstlite.stages.coadd._kernels import (
     combine_clipped,
     combine_mean,
@@ -307,7 +308,7 @@ def _psf_match(
     if not full:
         planes[0] = valid
     spectra = sfft.rfft2(planes, fshape)
-    kernels = sfft.rfft2(np.stack([kern, kern * kern]).astype(np.float32), fshape)
+    kernels = rfft2_padded(np.stack([kern, kern * kern]).astype(np.float32), fshape)
     spectra[:-1] *= kernels[0]
     spectra[-1] *= kernels[1]
     conv = sfft.irfft2(spectra, fshape)[:, ky : ky + h, kx : kx + w]

@@ -239,3 +239,13 @@ def test_render_stars_equals_the_fit_resampling_matrices() -> None:
     want = wy @ np.tensordot(terms.T, basis, axes=(1, 0)) @ wx.transpose(0, 2, 1)
     got = _kernels.render_stars(basis, cx, cy, terms, m=m, step=step)
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-6 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_rfft2_padded_is_scipy_rfft2(dtype: type) -> None:
+    from scipy import fft as sfft
+
+    rng = np.random.default_rng(5)
+    for shape, fshape in (((31, 31), (540, 540)), ((3, 27, 27), (40, 45)), ((8, 5), (9, 16))):
+        a = rng.standard_normal(shape).astype(dtype)
+        np.testing.assert_array_equal(_kernels.rfft2_padded(a, fshape), sfft.rfft2(a, fshape))
