@@ -25,8 +25,12 @@ from typing import Any, ClassVar
 
 import numba
 import numpy as np
+from llvmlite import ir
+from numba.core import cgutils, types
+from numba.extending import intrinsic
 from numpy.typing import NDArray
 
+from lsstlite._vector import splat, tree_sum
 from lsstlite.data.psf import MoffatPsf, PsfModel, register_psf
 
 __all__ = ["PixelPsf", "fit_moffat_image", "lanczos_weights", "poly_terms"]
@@ -168,30 +172,64 @@ def _interior_taps(off: float, table: NDArray[np.float64], w: NDArray[np.float64
         w[j] = t0[j] + r * (t1[j] - t0[j])
 
 
-@numba.njit(cache=True, nogil=True, fastmath=True, inline="always")
-def _dot10x10(
-    grid: NDArray[np.float64], ky: int, kx: int, wx: NDArray[np.float64], wy: NDArray[np.float64]
-) -> float:
-    """``Σ_p wy[p] Σ_q wx[q] grid[ky + p, kx + q]`` for 10 taps (order 5), unrolled:
-    ten independent column sums, then one dot (1.3× the looped sum)."""
-    a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = a8 = a9 = 0.0
-    for p in range(10):
-        wp = wy[p]
-        g = grid[ky + p, kx : kx + 10]
-        a0 += wp * g[0]
-        a1 += wp * g[1]
-        a2 += wp * g[2]
-        a3 += wp * g[3]
-        a4 += wp * g[4]
-        a5 += wp * g[5]
-        a6 += wp * g[6]
-        a7 += wp * g[7]
-        a8 += wp * g[8]
-        a9 += wp * g[9]
-    return (
-        wx[0] * a0 + wx[1] * a1 + wx[2] * a2 + wx[3] * a3 + wx[4] * a4
-        + wx[5] * a5 + wx[6] * a6 + wx[7] * a7 + wx[8] * a8 + wx[9] * a9
-    )  # fmt: skip
+def _lanczos10_ir(
+    typingctx: Any, grid: Any, ky: Any, kx: Any, table: Any, px: Any, rx: Any, py: Any, ry: Any
+) -> Any:
+    """``Σ_p wy[p] Σ_q wx[q] grid[ky + p, kx + q]`` for 10 taps (order 5), the weights
+    interpolated between rows ``px``, ``px + 1`` (fraction ``rx``) and ``py``, ``py + 1``
+    (``ry``) of the :func:`_tap_table`, as LLVM vector code: the weights are two vector
+    interpolations, each grid row one 10-double load and one fused multiply-add into a
+    column accumulator, then the x weights and a fixed-order horizontal sum. Numba's
+    loops packed at most 8 of the 10 columns and stored the weights to memory between
+    the two steps: 2.2× slower."""
+    for arr in (grid, table):
+        if not (isinstance(arr, types.Array) and arr.dtype == types.float64):
+            raise numba.core.errors.TypingError(f"_lanczos10: float64 arrays expected, got {arr}")
+    if grid.ndim != 2 or grid.layout != "C" or table.ndim != 2 or table.layout != "C":
+        raise numba.core.errors.TypingError("_lanczos10: C-contiguous grid and table")
+    sig = types.float64(grid, ky, kx, table, px, rx, py, ry)
+
+    def codegen(context: Any, builder: ir.IRBuilder, signature: Any, args: Any) -> Any:
+        a_grid, a_ky, a_kx, a_tab, a_px, a_rx, a_py, a_ry = args
+        t_grid, t_ky, t_kx, t_tab, t_px, t_rx, t_py, t_ry = signature.args
+        i64 = ir.IntType(64)
+        ky_ = context.cast(builder, a_ky, t_ky, types.int64)
+        kx_ = context.cast(builder, a_kx, t_kx, types.int64)
+        px_ = context.cast(builder, a_px, t_px, types.int64)
+        py_ = context.cast(builder, a_py, t_py, types.int64)
+        rx_ = context.cast(builder, a_rx, t_rx, types.float64)
+        ry_ = context.cast(builder, a_ry, t_ry, types.float64)
+        g = context.make_array(t_grid)(context, builder, a_grid)
+        tab = context.make_array(t_tab)(context, builder, a_tab)
+        n_col = cgutils.unpack_tuple(builder, g.shape, 2)[1]
+        t_col = cgutils.unpack_tuple(builder, tab.shape, 2)[1]
+        v10 = ir.VectorType(ir.DoubleType(), 10)
+        fma = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(v10, [v10, v10, v10]), "llvm.fma.v10f64"
+        )
+
+        def load(base: ir.Value, off: ir.Value) -> ir.Value:
+            ptr = builder.bitcast(builder.gep(base, [off]), v10.as_pointer())
+            return builder.load(ptr, align=8)
+
+        def weights(p: ir.Value, r: ir.Value) -> ir.Value:
+            t0 = load(tab.data, builder.mul(p, t_col))
+            t1 = load(tab.data, builder.mul(builder.add(p, ir.Constant(i64, 1)), t_col))
+            return builder.fadd(t0, builder.fmul(splat(builder, r, v10), builder.fsub(t1, t0)))
+
+        wx = weights(px_, rx_)
+        wy = weights(py_, ry_)
+        acc = ir.Constant(v10, [0.0] * 10)
+        for p in range(10):
+            off = builder.add(builder.mul(builder.add(ky_, ir.Constant(i64, p)), n_col), kx_)
+            wp = builder.extract_element(wy, ir.Constant(ir.IntType(32), p))
+            acc = builder.call(fma, [splat(builder, wp, v10), load(g.data, off), acc])
+        return tree_sum(builder, builder.fmul(acc, wx), 10)
+
+    return sig, codegen
+
+
+_lanczos10: Any = intrinsic(_lanczos10_ir)
 
 
 @numba.njit(cache=True, nogil=True, fastmath=True)
@@ -223,11 +261,15 @@ def _add_affine_image(
             ky = math.floor(sv) - a + 1
             if kx >= 0 and kx + taps <= n and ky >= 0 and ky + taps <= n:
                 # every tap on the grid (the usual case): tabulated weights, no tests
-                _interior_taps(su, table, wx)
-                _interior_taps(sv, table, wy)
                 if taps == 10:
-                    acc = _dot10x10(grid, ky, kx, wx, wy)
+                    fx, fy = su - math.floor(su), sv - math.floor(sv)
+                    posx, posy = fx * (table.shape[0] - 1), fy * (table.shape[0] - 1)
+                    px = min(int(posx), table.shape[0] - 2)
+                    py = min(int(posy), table.shape[0] - 2)
+                    acc = _lanczos10(grid, ky, kx, table, px, posx - px, py, posy - py)
                 else:
+                    _interior_taps(su, table, wx)
+                    _interior_taps(sv, table, wy)
                     acc = 0.0
                     for p in range(taps):
                         line = 0.0

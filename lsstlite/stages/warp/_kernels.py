@@ -17,6 +17,8 @@ from numba.core import cgutils, types
 from numba.extending import intrinsic
 from numpy.typing import NDArray
 
+from lsstlite._vector import splat, tree_sum
+
 __all__ = [
     "KERNEL_RADIUS",
     "TABLE_RESOLUTION",
@@ -90,13 +92,6 @@ def _grid_index(t: float, n: int) -> int:
     return min(max(math.floor(t), 0), n - 2)
 
 
-def _splat(builder: ir.IRBuilder, value: ir.Value, vec: ir.VectorType) -> ir.Value:
-    undef = ir.Constant(vec, ir.Undefined)
-    lane0 = builder.insert_element(undef, value, ir.Constant(ir.IntType(32), 0))
-    zeros = ir.Constant(ir.VectorType(ir.IntType(32), vec.count), [0] * vec.count)
-    return builder.shuffle_vector(lane0, undef, zeros)
-
-
 def _taps6_ir(
     typingctx: Any,
     fimg: Any,
@@ -153,22 +148,16 @@ def _taps6_ir(
                 builder.bitcast(builder.gep(var.data, [off]), v6.as_pointer()), align=4
             )
             wq = builder.load(builder.gep(tab.data, [builder.add(wy_row, ir.Constant(i64, q))]))
-            acc_i = builder.call(fma, [_splat(builder, wq, v6), row_i, acc_i])
-            acc_v = builder.call(fma, [_splat(builder, builder.fmul(wq, wq), v6), row_v, acc_v])
+            acc_i = builder.call(fma, [splat(builder, wq, v6), row_i, acc_i])
+            acc_v = builder.call(fma, [splat(builder, builder.fmul(wq, wq), v6), row_v, acc_v])
         wx_ptr = builder.gep(tab.data, [builder.mul(px_, n_col)])
         wx = builder.load(builder.bitcast(wx_ptr, v6.as_pointer()), align=4)
         terms_i = builder.fmul(acc_i, wx)
         terms_v = builder.fmul(builder.fmul(acc_v, wx), wx)
-
-        def tree_sum(v: ir.Value) -> ir.Value:
-            e = [builder.extract_element(v, ir.Constant(ir.IntType(32), k)) for k in range(6)]
-            return builder.fadd(
-                builder.fadd(builder.fadd(e[0], e[1]), builder.fadd(e[2], e[3])),
-                builder.fadd(e[4], e[5]),
-            )
-
         return context.make_tuple(
-            builder, signature.return_type, [tree_sum(terms_i), tree_sum(terms_v)]
+            builder,
+            signature.return_type,
+            [tree_sum(builder, terms_i, 6), tree_sum(builder, terms_v, 6)],
         )
 
     return sig, codegen

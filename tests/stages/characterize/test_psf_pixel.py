@@ -133,6 +133,37 @@ def test_affine_image_identity_is_image() -> None:
     )
 
 
+def test_affine_image_vector_taps_are_the_tabulated_sums() -> None:
+    """The order-5 interior pixels (LLVM vector code) are the separable sums of the
+    tap table's interpolated rows, as the scalar path computes them (to rounding)."""
+    from lsstlite.data.psf_pixel import _tap_table
+
+    rng = np.random.default_rng(2)
+    n, step, order = 61, 0.5, 5
+    grid = rng.random((n, n))
+    psf = PixelPsf.from_array(grid[None], degree=0, step=step)
+    assert psf.lanczos_order == order
+    jac = np.array([[1.03, 0.21], [-0.17, 0.94]])
+    out = np.zeros((17, 17))
+    psf.add_affine_image(out, 0.0, 0.0, jac, (8.4, 7.7), weight=1.5)
+    table = _tap_table(order)
+    samples = psf.samples(0.0, 0.0)
+    scale = 1.5 * abs(np.linalg.det(jac)) / step**2
+    want = np.zeros_like(out)
+    for row in range(17):
+        for col in range(17):
+            su, sv = (jac @ [col - 8.4, row - 7.7]) / step + n // 2
+            kx, ky = int(np.floor(su)) - order + 1, int(np.floor(sv)) - order + 1
+            assert 0 <= kx and kx + 10 <= n and 0 <= ky and ky + 10 <= n  # all interior
+            w = []
+            for off in (su, sv):
+                pos = (off - np.floor(off)) * (table.shape[0] - 1)
+                p = min(int(pos), table.shape[0] - 2)
+                w.append(table[p] + (pos - p) * (table[p + 1] - table[p]))
+            want[row, col] = scale * (w[1] @ samples[ky : ky + 10, kx : kx + 10] @ w[0])
+    np.testing.assert_allclose(out, want, rtol=1e-13, atol=1e-15 * np.abs(want).max())
+
+
 @pytest.mark.parametrize("angle", [0.0, 0.4, 1.3])
 def test_affine_image_matches_transformed_gaussian(angle: float) -> None:
     """Through ``d_in = J d_out`` a Gaussian of covariance C becomes one of covariance
