@@ -14,7 +14,12 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy import ndimage
 
-from lsstlite.stages.characterize._kernels import gaussian_taps, local_maxima, matched_snr
+from lsstlite.stages.characterize._kernels import (
+    gaussian_taps,
+    label_sums,
+    local_maxima,
+    matched_snr,
+)
 
 __all__ = [
     "clean_pixels",
@@ -73,7 +78,8 @@ def footprint_labels(
         labels, n = ndimage.label(above, structure=_EIGHT)
         if n == 0:
             return labels.astype(np.int32, copy=False), 0
-        keep = np.bincount(labels.ravel(), minlength=n + 1) >= min_area
+        # areas: sums of `above` over each label (np.bincount would copy to intp first)
+        keep = label_sums(labels, above, n) >= min_area
         keep[0] = False
         mask = grow_kept(labels, keep, int(grow_px))
     elif grow_px > 0:

@@ -195,7 +195,7 @@ def detect_sources(
         box = int(background_box_px)
         # sep works in float32 whatever the input: the float32 pixels give the same mesh
         back = sep.Background(pixels, mask=bad, bw=box, bh=box, fw=3, fh=3)
-        image -= back.back(dtype=np.float64)
+        back.subfrom(image)  # image - back.back(), in place
         np.copyto(image, 0.0, where=bad)
     x0, y0 = int(exposure["x"].values[0]), int(exposure["y"].values[0])
     psf = exposure_psf(exposure)
