@@ -7,20 +7,28 @@ positions are 0-based array indices (the ops add the parent-frame origin).
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numba
 import numpy as np
 from numpy.typing import NDArray
 from scipy import ndimage
 
-from lsstlite.stages.characterize._kernels import gaussian_taps, local_maxima, matched_snr
+from lsstlite.stages.characterize._kernels import (
+    gaussian_taps,
+    label_sums,
+    local_maxima,
+    matched_snr,
+)
 
 __all__ = [
+    "clean_pixels",
     "decode_spans",
     "encode_spans",
     "find_peaks",
     "footprint_labels",
     "gaussian_snr",
+    "grow_kept",
 ]
 
 #: 8-connectivity: diagonal neighbours belong to the same footprint (as in LSST).
@@ -28,8 +36,8 @@ _EIGHT = np.ones((3, 3), dtype=bool)
 
 
 def gaussian_snr(
-    image: NDArray[np.float64],
-    variance: NDArray[np.float64],
+    image: NDArray[np.floating[Any]],
+    variance: NDArray[np.floating[Any]],
     sigma: float,
     bad: NDArray[np.bool_],
 ) -> NDArray[np.float64]:
@@ -63,20 +71,115 @@ def footprint_labels(
 
     Returns the label image (0 = background, 1..n) and n. Growing can join footprints;
     labels are assigned after growing, in raster order of each region's first pixel.
+    The regions are labelled before growing only when ``min_area > 1`` (their areas are
+    needed); the disc growth is :func:`grow_kept`.
     """
-    labels, n = ndimage.label(above, structure=_EIGHT)
-    if n == 0:
-        return labels.astype(np.int32), 0
-    areas = np.bincount(labels.ravel(), minlength=n + 1)
-    keep = areas >= min_area
-    keep[0] = False
-    mask = keep[labels]
-    if grow_px > 0:
-        r = int(grow_px)
-        yy, xx = np.mgrid[-r : r + 1, -r : r + 1]
-        mask = ndimage.binary_dilation(mask, structure=(xx * xx + yy * yy) <= r * r)
+    if min_area > 1:
+        labels, n = ndimage.label(above, structure=_EIGHT)
+        if n == 0:
+            return labels.astype(np.int32, copy=False), 0
+        # areas: sums of `above` over each label (np.bincount would copy to intp first)
+        keep = label_sums(labels, above, n) >= min_area
+        keep[0] = False
+        mask = grow_kept(labels, keep, int(grow_px))
+    elif grow_px > 0:
+        mask = grow_kept(above.view(np.uint8), np.array([False, True]), int(grow_px))
+    else:
+        mask = above
     out, n = ndimage.label(mask, structure=_EIGHT)
-    return out.astype(np.int32), int(n)
+    return out.astype(np.int32, copy=False), int(n)
+
+
+def grow_kept(
+    labels: NDArray[np.integer[Any]], keep: NDArray[np.bool_], r: int
+) -> NDArray[np.bool_]:
+    """``keep[labels]`` dilated by a disc of radius ``r`` (``x² + y² <= r²``, nothing
+    beyond the edges): ``ndimage.binary_dilation(keep[labels], structure=disc)``.
+
+    ``labels`` must be non-negative and below ``len(keep)``. Each run of kept pixels
+    along a row is widened by the disc's half-width on every row it reaches, so the cost
+    follows the number of runs, not the image area times the disc area.
+    """
+    half = np.array([math.isqrt(r * r - d * d) for d in range(-r, r + 1)], dtype=np.int64)
+    return _grow_runs(np.ascontiguousarray(labels), np.ascontiguousarray(keep), half)
+
+
+@numba.njit(cache=True, nogil=True)
+def _grow_runs(
+    labels: NDArray[Any], keep: NDArray[np.bool_], half: NDArray[np.int64]
+) -> NDArray[np.bool_]:
+    ny, nx = labels.shape
+    r = half.size // 2
+    out = np.zeros((ny, nx), dtype=np.bool_)
+    for y in range(ny):
+        row = labels[y]
+        x = 0
+        while x < nx:
+            if not keep[row[x]]:
+                x += 1
+                continue
+            x0 = x
+            while x < nx and keep[row[x]]:
+                x += 1
+            for d in range(-r, r + 1):
+                yy = y + d
+                if 0 <= yy < ny:
+                    h = half[d + r]
+                    out[yy, max(x0 - h, 0) : min(x + h, nx)] = True
+    return out
+
+
+def clean_pixels(
+    image: NDArray[np.floating[Any]],
+    variance: NDArray[np.floating[Any]],
+    mask: NDArray[np.integer[Any]],
+    bits: int,
+) -> tuple[NDArray[np.floating[Any]], NDArray[np.floating[Any]], NDArray[np.bool_]]:
+    """Image and variance (in their float precision, at least float32) set to 0 where a
+    pixel is bad, and the bad pixels: ``mask & bits``, a non-finite image or variance,
+    or a variance ``<= 0``.
+
+    One pass instead of the numpy expression's seven full-size temporaries.
+    """
+    img = np.empty(image.shape, dtype=np.result_type(image.dtype, np.float32))
+    var = np.empty(image.shape, dtype=np.result_type(variance.dtype, np.float32))
+    bad = np.empty(image.shape, dtype=np.bool_)
+    _clean_pixels(
+        np.ascontiguousarray(image),
+        np.ascontiguousarray(variance),
+        np.ascontiguousarray(mask),
+        np.int64(bits),
+        img,
+        var,
+        bad,
+    )
+    return img, var, bad
+
+
+@numba.njit(cache=True, nogil=True)
+def _clean_pixels(
+    image: NDArray[Any],
+    variance: NDArray[Any],
+    mask: NDArray[Any],
+    bits: np.int64,
+    img: NDArray[Any],
+    var: NDArray[Any],
+    bad: NDArray[np.bool_],
+) -> None:
+    ny, nx = image.shape
+    for y in range(ny):
+        for x in range(nx):
+            i = image[y, x]
+            v = variance[y, x]
+            b = (
+                (mask[y, x] & bits) != 0
+                or not math.isfinite(i)
+                or not math.isfinite(v)
+                or not v > 0
+            )
+            bad[y, x] = b
+            img[y, x] = 0.0 if b else i
+            var[y, x] = 0.0 if b else v
 
 
 def find_peaks(

@@ -87,9 +87,12 @@ def psf_position(ds: xr.Dataset) -> tuple[float, float]:
     x0, y0 = float(ds["x"].values[0]), float(ds["y"].values[0])
     ny, nx = ds["image"].shape
     mask = np.asarray(ds["mask"].values)
-    covered = (mask & mask_bits(mask_planes(ds), "NO_DATA")) == 0
+    no_data = mask_bits(mask_planes(ds), "NO_DATA")
     iy, ix = ny // 2, nx // 2
-    if covered[iy, ix] or not covered.any():
+    if (mask[iy, ix] & no_data) == 0:
+        return x0 + nx / 2.0, y0 + ny / 2.0
+    covered = (mask & no_data) == 0
+    if not covered.any():
         return x0 + nx / 2.0, y0 + ny / 2.0
     ys, xs = np.nonzero(covered)
     # the covered pixel nearest the centroid (the centroid itself may fall in a gap)
@@ -120,12 +123,24 @@ def psf_sigma_px(psf: PsfModel, x: float, y: float, *, size: int = 41) -> float:
     return math.sqrt(s2)
 
 
-def _pixels(ds: xr.Dataset) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.bool_]]:
-    image = np.asarray(ds["image"].values, dtype=np.float64)
-    variance = np.asarray(ds["variance"].values, dtype=np.float64)
-    bad = (np.asarray(ds["mask"].values) & mask_bits(mask_planes(ds), BAD_PLANES)) != 0
-    bad |= ~np.isfinite(image) | ~np.isfinite(variance) | (variance <= 0)
-    return np.where(bad, 0.0, image), np.where(bad, 0.0, variance), bad
+def _in_memory(ds: xr.Dataset, names: Sequence[str]) -> xr.Dataset:
+    """``ds`` with the variables ``names`` read into memory (in one dask computation), so
+    that later ``.values`` do not read them again; ``ds`` itself is left as it is."""
+    loaded = ds[list(names)].compute()
+    return ds.assign({name: loaded[name] for name in names})
+
+
+def _pixels(
+    ds: xr.Dataset,
+) -> tuple[NDArray[np.floating[Any]], NDArray[np.floating[Any]], NDArray[np.bool_]]:
+    """Image and variance (their own float precision, at least float32) with bad pixels
+    (``BAD_PLANES``, non-finite values, variance ``<= 0``) set to 0, and the bad pixels."""
+    return _kernels.clean_pixels(
+        np.asarray(ds["image"].values),
+        np.asarray(ds["variance"].values),
+        np.asarray(ds["mask"].values),
+        mask_bits(mask_planes(ds), BAD_PLANES),
+    )
 
 
 def detect_sources(
@@ -173,17 +188,22 @@ def detect_sources(
     Eager: reads the whole exposure. The matched filter's halo is ``4 σ_PSF``.
     """
     band = exposure_band(exposure)
-    image, variance, bad = _pixels(exposure)
+    exposure = _in_memory(exposure, ("image", "variance", "mask"))
+    pixels, variance, bad = _pixels(exposure)
+    image = pixels.astype(np.float64)
     if subtract_background:
         box = int(background_box_px)
-        back = sep.Background(np.ascontiguousarray(image), mask=bad, bw=box, bh=box, fw=3, fh=3)
-        image = np.where(bad, 0.0, image - back.back())
+        # sep works in float32 whatever the input: the float32 pixels give the same mesh
+        back = sep.Background(pixels, mask=bad, bw=box, bh=box, fw=3, fh=3)
+        back.subfrom(image)  # image - back.back(), in place
+        np.copyto(image, 0.0, where=bad)
     x0, y0 = int(exposure["x"].values[0]), int(exposure["y"].values[0])
     psf = exposure_psf(exposure)
     sigma = psf_sigma_px(psf, *psf_position(exposure))
-    snr = _kernels.gaussian_snr(image, variance, sigma, bad)
+    image32 = image.astype(np.float32)  # what gaussian_snr filters, converted once for both
+    snr = _kernels.gaussian_snr(image32, variance, sigma, bad)
     labels, n_fp = _kernels.footprint_labels(snr >= n_sigma, min_area=min_area, grow_px=grow_px)
-    light = _kernels.gaussian_snr(image, variance, peak_smoothing_px, bad)
+    light = _kernels.gaussian_snr(image32, variance, peak_smoothing_px, bad)
     # peaks on the lightly smoothed image, in units of its own noise (smooth/noise = light)
     peaks = _kernels.find_peaks(light, labels, min_snr=n_sigma, min_dip_sigma=min_dip_sigma)
     lab, iy, ix = peaks[:, 0], peaks[:, 1], peaks[:, 2]
@@ -321,10 +341,12 @@ def merged_footprint_labels(
                 f"{_describe(ds)} has shape {ds['image'].shape}, the other coadds of the "
                 f"patch {shape}: coadds of one patch must share a pixel grid"
             )
-        detected = (np.asarray(ds["mask"].values) & mask_bits(mask_planes(ds), "DETECTED")) != 0
+        mem = _in_memory(ds, ("mask",))  # the mask is read once, used up to 3 times
+        detected = (np.asarray(mem["mask"].values) & mask_bits(mask_planes(ds), "DETECTED")) != 0
         if not detected.any():
-            image, variance, bad = _pixels(ds)
-            sigma = psf_sigma_px(exposure_psf(ds), *psf_position(ds))
+            mem = _in_memory(mem, ("image", "variance"))
+            image, variance, bad = _pixels(mem)
+            sigma = psf_sigma_px(exposure_psf(mem), *psf_position(mem))
             detected = _kernels.gaussian_snr(image, variance, sigma, bad) >= n_sigma
         union |= detected
     r = int(min_radius_px)

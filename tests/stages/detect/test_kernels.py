@@ -49,3 +49,56 @@ def test_find_peaks_are_the_maximum_filter_candidates_with_dips() -> None:
             kept.append((int(lab[i]), int(iy[i]), int(ix[i])))
     assert len(kept) > 30
     np.testing.assert_array_equal(got, np.array(kept, dtype=np.int64))
+
+
+def _disc(r: int) -> np.ndarray:
+    yy, xx = np.mgrid[-r : r + 1, -r : r + 1]
+    return (xx * xx + yy * yy) <= r * r
+
+
+def test_grow_kept_is_binary_dilation_by_a_disc() -> None:
+    rng = np.random.default_rng(5)
+    labels = rng.integers(0, 6, (90, 110)) * (rng.random((90, 110)) < 0.03)
+    labels[0, :4] = labels[-1, -3:] = labels[30:33, 0] = 3  # runs on every edge
+    keep = np.array([False, True, False, True, True, False])
+    for r in range(6):
+        want = keep[labels] if r == 0 else ndimage.binary_dilation(keep[labels], _disc(r))
+        np.testing.assert_array_equal(_kernels.grow_kept(labels, keep, r), want)
+
+
+def test_footprint_labels_as_label_filter_dilate_label() -> None:
+    rng = np.random.default_rng(7)
+    above = ndimage.gaussian_filter(rng.normal(size=(160, 140)), 1.5) > 0.25
+    eight = np.ones((3, 3), dtype=bool)
+    for min_area, grow_px in [(1, 0), (1, 2), (5, 0), (5, 2), (12, 3)]:
+        labels, n = ndimage.label(above, structure=eight)
+        keep = np.bincount(labels.ravel(), minlength=n + 1) >= min_area
+        keep[0] = False
+        mask = keep[labels]
+        if grow_px > 0:
+            mask = ndimage.binary_dilation(mask, structure=_disc(grow_px))
+        want, n_want = ndimage.label(mask, structure=eight)
+        got, n_got = _kernels.footprint_labels(above, min_area=min_area, grow_px=grow_px)
+        assert n_got == n_want > 0 and got.dtype == np.int32
+        np.testing.assert_array_equal(got, want)
+
+
+def test_clean_pixels_as_numpy() -> None:
+    rng = np.random.default_rng(3)
+    shape = (40, 50)
+    for dtype in (np.float32, np.float64):
+        image = rng.normal(size=shape).astype(dtype)
+        variance = rng.uniform(-0.2, 2.0, shape).astype(dtype)
+        image[rng.random(shape) < 0.05] = np.nan
+        image[rng.random(shape) < 0.02] = np.inf
+        variance[rng.random(shape) < 0.05] = np.nan
+        variance[rng.random(shape) < 0.02] = -np.inf
+        mask = rng.integers(0, 16, shape).astype(np.int32)
+        img, var, bad = _kernels.clean_pixels(image, variance, mask, 0b1010)
+
+        want_bad = (mask & 0b1010) != 0
+        want_bad |= ~np.isfinite(image) | ~np.isfinite(variance) | (variance <= 0)
+        np.testing.assert_array_equal(bad, want_bad)
+        assert img.dtype == var.dtype == dtype
+        np.testing.assert_array_equal(img, np.where(want_bad, 0.0, image))
+        np.testing.assert_array_equal(var, np.where(want_bad, 0.0, variance))
