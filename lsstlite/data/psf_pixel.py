@@ -249,6 +249,14 @@ def _add_affine_image(
     taps = 2 * a
     wx = np.empty(taps)
     wy = np.empty(taps)
+    # Order 5: the grid padded with a zeros on each side, where every tap of a kernel on
+    # the extended lattice (tabulated weights, taps off the grid multiplying zeros, as
+    # :func:`_taps`) is one vector sum: the PSF models' grids are barely wider than the
+    # stamps drawn from them, and half the pixels took the careful path.
+    padded = np.zeros((n + 2 * a, n + 2 * a)) if taps == 10 else grid
+    if taps == 10:
+        padded[a : a + n, a : a + n] = grid
+    npad = padded.shape[0]
     for row in range(out.shape[0]):
         dyo = row - cy
         for col in range(out.shape[1]):
@@ -259,23 +267,25 @@ def _add_affine_image(
                 continue  # beyond the model's grid
             kx = math.floor(su) - a + 1
             ky = math.floor(sv) - a + 1
-            if kx >= 0 and kx + taps <= n and ky >= 0 and ky + taps <= n:
-                # every tap on the grid (the usual case): tabulated weights, no tests
-                if taps == 10:
+            if taps == 10:
+                if 0 <= kx + a and kx + a + taps <= npad and 0 <= ky + a and ky + a + taps <= npad:
                     fx, fy = su - math.floor(su), sv - math.floor(sv)
                     posx, posy = fx * (table.shape[0] - 1), fy * (table.shape[0] - 1)
                     px = min(int(posx), table.shape[0] - 2)
                     py = min(int(posy), table.shape[0] - 2)
-                    acc = _lanczos10(grid, ky, kx, table, px, posx - px, py, posy - py)
-                else:
-                    _interior_taps(su, table, wx)
-                    _interior_taps(sv, table, wy)
-                    acc = 0.0
-                    for p in range(taps):
-                        line = 0.0
-                        for q in range(taps):
-                            line += grid[ky + p, kx + q] * wx[q]
-                        acc += wy[p] * line
+                    acc = _lanczos10(padded, ky + a, kx + a, table, px, posx - px, py, posy - py)
+                    out[row, col] += scale * acc
+                    continue
+            elif kx >= 0 and kx + taps <= n and ky >= 0 and ky + taps <= n:
+                # every tap on the grid (the usual case): tabulated weights, no tests
+                _interior_taps(su, table, wx)
+                _interior_taps(sv, table, wy)
+                acc = 0.0
+                for p in range(taps):
+                    line = 0.0
+                    for q in range(taps):
+                        line += grid[ky + p, kx + q] * wx[q]
+                    acc += wy[p] * line
                 out[row, col] += scale * acc
                 continue
             kx0 = _taps(su, n, a, table, wx)

@@ -164,6 +164,38 @@ def test_affine_image_vector_taps_are_the_tabulated_sums() -> None:
     np.testing.assert_allclose(out, want, rtol=1e-13, atol=1e-15 * np.abs(want).max())
 
 
+def test_affine_image_edges_are_the_scalar_taps() -> None:
+    """A grid barely wider than the stamp (as the fitted models: 29 samples of 1 px for a
+    27-px stamp): pixels whose kernel overhangs the grid take the padded vector path and
+    equal the scalar taps (:func:`_taps`: weights of the extended lattice, zero off the
+    grid), to rounding; pixels beyond the grid stay zero."""
+    from lsstlite.data.psf_pixel import _tap_table, _taps
+
+    rng = np.random.default_rng(4)
+    n, step, a = 29, 1.0, 5
+    psf = PixelPsf.from_array(rng.random((n, n))[None], degree=0, step=step)
+    samples = psf.samples(0.0, 0.0)
+    jac = np.array([[1.02, 0.05], [-0.04, 0.97]])
+    out = np.zeros((41, 41))
+    psf.add_affine_image(out, 0.0, 0.0, jac, (20.3, 19.6))
+    table = _tap_table(a)
+    wx, wy = np.empty(2 * a), np.empty(2 * a)
+    want = np.zeros_like(out)
+    for row in range(41):
+        for col in range(41):
+            su, sv = (jac @ [col - 20.3, row - 19.6]) / step + n // 2
+            if min(su, sv) <= -a or max(su, sv) >= n - 1 + a:
+                continue
+            kx, ky = _taps(su, n, a, table, wx), _taps(sv, n, a, table, wy)
+            for p in range(2 * a):
+                for q in range(2 * a):
+                    if 0 <= ky + p < n and 0 <= kx + q < n:
+                        want[row, col] += wy[p] * wx[q] * samples[ky + p, kx + q]
+    want *= abs(np.linalg.det(jac)) / step**2  # flux through the map
+    assert (want == 0).sum() > 100 and (want != 0).sum() > 900  # edges and beyond
+    np.testing.assert_allclose(out, want, rtol=1e-12, atol=1e-14 * np.abs(want).max())
+
+
 @pytest.mark.parametrize("angle", [0.0, 0.4, 1.3])
 def test_affine_image_matches_transformed_gaussian(angle: float) -> None:
     """Through ``d_in = J d_out`` a Gaussian of covariance C becomes one of covariance
