@@ -11,7 +11,13 @@ import numba
 import numpy as np
 from numpy.typing import NDArray
 
-__all__ = ["dilate_diamond", "nanmedian_axis0", "plane_fit", "row_median_filter"]
+__all__ = [
+    "dilate_diamond",
+    "nanmedian_all",
+    "nanmedian_axis0",
+    "plane_fit",
+    "row_median_filter",
+]
 
 
 @numba.njit(cache=True, nogil=True)
@@ -101,6 +107,73 @@ def nanmedian_axis0(stack: NDArray[np.float32]) -> NDArray[np.float64]:
             else:
                 out[y, x] = 0.5 * (buf[m // 2 - 1] + buf[m // 2])
     return out
+
+
+@numba.njit(cache=True, nogil=True)
+def _key(b: np.uint32) -> np.int64:
+    """float32 bits as an integer in the floats' order (-1 for NaN)."""
+    k = np.int64(b)
+    if (k & 0x7FFFFFFF) > 0x7F800000:
+        return np.int64(-1)
+    if k & 0x80000000:
+        return 0xFFFFFFFF - k  # negatives: reversed
+    return k | 0x80000000
+
+
+@numba.njit(cache=True, nogil=True)
+def _ranked_keys(bits: NDArray[np.uint32]) -> tuple[int, int, int]:
+    """Number of non-NaN values and the keys of ranks ``(m - 1) // 2`` and ``m // 2``
+    (radix selection: a histogram of the high 16 key bits, then of the low 16 bits
+    within the bins holding the two ranks)."""
+    hi = np.zeros(65536, np.int64)
+    m = 0
+    for i in range(bits.size):
+        k = _key(bits[i])
+        if k >= 0:
+            hi[k >> 16] += 1
+            m += 1
+    if m == 0:
+        return 0, 0, 0
+    r0, r1 = (m - 1) // 2, m // 2
+    b0, b1 = _select(hi, r0), _select(hi, r1)
+    c0, c1 = hi[:b0].sum(), hi[:b1].sum()
+    lo0 = np.zeros(65536, np.int64)
+    lo1 = np.zeros(65536, np.int64)
+    for i in range(bits.size):  # branch-free: often half the values share a bin
+        k = _key(bits[i])
+        h = k >> 16
+        lo0[k & 0xFFFF] += h == b0
+        lo1[k & 0xFFFF] += h == b1
+    return m, _select(lo0, r0 - c0) | (b0 << 16), _select(lo1, r1 - c1) | (b1 << 16)
+
+
+@numba.njit(cache=True, nogil=True)
+def _select(hist: NDArray[np.int64], rank: int) -> int:
+    """The bin holding the value of ``rank`` (0-based) in a histogram."""
+    c = 0
+    for h in range(hist.size):
+        c += hist[h]
+        if c > rank:
+            return h
+    return hist.size - 1
+
+
+def nanmedian_all(values: NDArray[np.float32]) -> np.float32:
+    """Median of the non-NaN values of a float32 array (NaN when there are none).
+
+    Same as ``np.nanmedian(values)`` (float32; the mean of the middle two in float32 for
+    an even count) without its copy and partition: two passes over the data.
+    """
+    bits = np.ascontiguousarray(values, dtype=np.float32).ravel().view(np.uint32)
+    m, k1, k2 = _ranked_keys(bits)
+    if m == 0:
+        return np.float32(np.nan)
+    keys = np.array([k1, k2], np.int64)
+    neg = keys < 0x80000000
+    v = np.where(neg, 0xFFFFFFFF - keys, keys - 0x80000000).astype(np.uint32).view(np.float32)
+    if m % 2:
+        return np.float32(v[0])
+    return np.float32((v[0] + v[1]) / np.float32(2.0))
 
 
 @numba.njit(cache=True, nogil=True)

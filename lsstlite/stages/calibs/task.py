@@ -77,6 +77,17 @@ def _isr(
     )
 
 
+def _in_memory(cal: xr.Dataset, chunk_rows: int) -> xr.Dataset:
+    """A calibration with its image read once (float32, in the ISR's row chunks).
+
+    Every raw's ISR graph would otherwise read and decompress the image from the
+    repository again (~0.2 s of each raw of a flat or defects quantum).
+    """
+    out = cal.copy()
+    out["image"] = cal["image"].astype(np.float32).chunk({"y": chunk_rows, "x": -1}).persist()
+    return out
+
+
 def _to_adu(exp: xr.Dataset) -> xr.Dataset:
     """Electrons → ADU per amplifier (a master bias is kept in ADU, subtracted before gain)."""
     amps = exp.attrs["amplifiers"]
@@ -144,6 +155,7 @@ class DarkTask(_CalibTask):
     def run(self, raws: list[str], bias: xr.Dataset) -> TaskResult:
         c = self.config
         assert isinstance(c, CalibConfig)
+        bias = _in_memory(bias, c.chunk_rows)
         exps = [_isr(p, c, bias=bias) for p in raws]
         times = [isr_ops._dark_time(e, None) for e in exps]
         master = ops.combine_exposures(exps, scales=times, n_sigma=c.n_sigma)
@@ -213,6 +225,7 @@ class FlatTask(_CalibTask):
     ) -> TaskResult:
         c = self.config
         assert isinstance(c, CalibConfig)
+        bias, dark = _in_memory(bias, c.chunk_rows), _in_memory(dark, c.chunk_rows)
         exps = [_isr(p, c, bias=bias, dark=dark) for p in raws]
         scales = []
         for e in exps:
@@ -255,6 +268,7 @@ class DefectsTask(_CalibTask):
         c = self.config
         assert isinstance(c, DefectsConfig)
         cc = CalibConfig(n_sigma=c.n_sigma, overscan_mode=c.overscan_mode, chunk_rows=c.chunk_rows)
+        bias, dark = _in_memory(bias, c.chunk_rows), _in_memory(dark, c.chunk_rows)
         exps = [_isr(p, cc, bias=bias, dark=dark) for p in flats]
         table = ops.find_defects(dark, exps, hot_rate=c.hot_rate, dead_fraction=c.dead_fraction)
         return TaskResult(defects=table)
@@ -308,11 +322,14 @@ class FringeTask(_CalibTask):
         flat: xr.Dataset,
         defects: pd.DataFrame,
     ) -> TaskResult:
-        from lsstlite.stages.isr.task import IsrTask
+        from lsstlite.stages.isr.task import IsrConfig, IsrTask
 
         c = self.config
         assert isinstance(c, FringeConfig)
         isr = IsrTask({"do_fringe": False}, label=f"{self.label}.isr")
+        assert isinstance(isr.config, IsrConfig)
+        rows = isr.config.chunk_rows
+        bias, dark, flat = (_in_memory(cal, rows) for cal in (bias, dark, flat))
         exps = [
             isr.run(raw=p, bias=bias, dark=dark, flat=flat, defects=defects).post_isr for p in raws
         ]

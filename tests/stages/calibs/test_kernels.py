@@ -77,3 +77,48 @@ def test_clipped_combine_matches_numpy(n: int) -> None:
     np.testing.assert_allclose(got, _clipped_combine_reference(stack, var, 5.0), rtol=1e-6)
     if n >= 2:
         assert np.all(np.abs(got[10:13, 20:40] - 100.0) < 30.0)  # the ray is rejected
+
+
+def test_nanmedian_all_matches_numpy() -> None:
+    rng = np.random.default_rng(6)
+    for n in (1, 2, 3, 4, 1000, 1001, 200_000):
+        for scale in (1.0, 1e-30, 1e30):
+            vals = (rng.normal(0, 1, n) * scale).astype(np.float32)
+            vals[: n // 3] = np.round(vals[: n // 3])  # ties, zeros
+            vals[rng.random(n) < 0.2] = np.nan
+            got = ck.nanmedian_all(vals)
+            want = np.float32(np.nanmedian(vals))
+            assert got.dtype == np.float32
+            if np.isnan(want):
+                assert np.isnan(got)
+            else:
+                assert got == want, (n, scale)
+    narrow = rng.normal(2e4, 100, (500, 401)).astype(np.float32)  # big numpy path, float32
+    assert ck.nanmedian_all(narrow).tobytes() == np.nanmedian(narrow).tobytes()
+    assert np.isnan(ck.nanmedian_all(np.full(4, np.nan, np.float32)))
+    assert ck.nanmedian_all(np.array([np.inf, -np.inf, 1.0], np.float32)) == 1.0
+
+
+def test_robust_mean_level_matches_dask_formulation() -> None:
+    import dask.array as da
+
+    from lsstlite.data.exposure import make_exposure
+    from lsstlite.data.masks import mask_bits, mask_planes
+    from lsstlite.stages.calibs import ops
+
+    rng = np.random.default_rng(7)
+    img = rng.normal(2e4, 150, (1088, 300)).astype(np.float32)  # 17 chunks: 3 sum levels
+    img[rng.random(img.shape) < 0.01] *= 3.0  # outliers to clip
+    exp = make_exposure(da.from_array(img, chunks=(64, -1)))
+    bits = mask_bits(mask_planes(exp), ["BAD", "SAT"])
+    mask = np.where(rng.random(img.shape) < 0.05, bits, 0).astype(exp["mask"].dtype)
+    exp["mask"] = (("y", "x"), da.from_array(mask, chunks=(64, -1)), exp["mask"].attrs)
+    # the dask formulation robust_mean_level replaced
+    bad = da.from_array(mask, chunks=(64, -1)).ravel() != 0
+    vals = da.where(bad, np.nan, exp["image"].data.ravel())
+    med = da.nanmedian(vals.rechunk(-1), axis=0)
+    mad = 1.4826 * da.nanmedian(da.fabs(vals - med).rechunk(-1), axis=0)
+    keep = da.fabs(vals - med) <= 4.0 * mad
+    want = float((da.where(keep, vals, 0).sum() / keep.sum()).compute())
+    got = float(ops.robust_mean_level(exp).compute())
+    assert got == want
