@@ -12,6 +12,8 @@ Products are matched to their consumers by the standard join: a master bias (no
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +38,9 @@ __all__ = [
     "FringeConfig",
     "FringeTask",
 ]
+
+#: One raw read at a time: the reader swaps process-wide warning filters (not thread-safe).
+_READ_LOCK = threading.Lock()
 
 RAW_DIMS = ("instrument", "exposure", "detector")
 DET_CAL = ("instrument", "detector")
@@ -62,7 +67,8 @@ def _isr(
     Crosstalk and linearity matter for flats: 20 ke⁻ flats leak ~0.1% between amplifiers
     and are ~0.4% nonlinear.
     """
-    raw = read_raw(path, chunk_rows=config.chunk_rows)
+    with _READ_LOCK:
+        raw = read_raw(path, chunk_rows=config.chunk_rows)
     camera = instrument_for_header(raw.attrs.get("header", {}))
     det = int(raw.attrs["visit_info"]["detector"])
     levels = isr_ops.overscan_levels(raw, mode=config.overscan_mode)
@@ -189,11 +195,18 @@ class FlatNormTask(_CalibTask):
     def run(self, raws: list[str]) -> TaskResult:
         c = self.config
         assert isinstance(c, CalibConfig)
+
+        def level(path: str) -> tuple[str, float]:
+            exp = _isr(path, c)
+            value = float(ops.robust_mean_level(exp).compute(scheduler="sync"))
+            return str(exp.attrs["visit_info"]["exposure"]), value
+
+        # Two raws at a time, each computed in its own thread: one raw's reading overlaps
+        # the other's ISR and level kernels (nogil); the reading itself is serialised.
         per_exposure: dict[str, list[float]] = {}
-        for p in raws:
-            exp = _isr(p, c)
-            level = float(ops.robust_mean_level(exp).compute())
-            per_exposure.setdefault(str(exp.attrs["visit_info"]["exposure"]), []).append(level)
+        with ThreadPoolExecutor(2) as pool:
+            for key, value in pool.map(level, raws):
+                per_exposure.setdefault(key, []).append(value)
         n_det = {len(v) for v in per_exposure.values()}
         if len(n_det) != 1:
             raise ValueError(f"flat exposures cover different numbers of detectors: {per_exposure}")
