@@ -2,7 +2,8 @@
 
 Each replaces a scipy/numpy call whose cost dominated a calibration quantum on an
 8-Mpixel detector (``binary_dilation`` with iterations, ``lstsq`` on every pixel,
-``nanmedian`` along a short axis, a rank filter along rows); results are the same.
+``nanmedian`` along a short axis or over a whole image, a rank filter along rows,
+float64 temporaries of whole-image expressions); results are the same.
 """
 
 from __future__ import annotations
@@ -12,11 +13,14 @@ import numpy as np
 from numpy.typing import NDArray
 
 __all__ = [
+    "above_sky",
     "dilate_diamond",
+    "middle_values",
     "nanmedian_all",
     "nanmedian_axis0",
     "plane_fit",
     "row_median_filter",
+    "sky_fraction",
 ]
 
 
@@ -40,6 +44,32 @@ def dilate_diamond(mask: NDArray[np.bool_], radius: int) -> NDArray[np.bool_]:
                 r = radius - abs(dy)
                 for xx in range(max(x - r, 0), min(x + r + 1, nx)):
                     out[yy, xx] = True
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
+def above_sky(
+    img: NDArray[np.float64], sky: NDArray[np.float64], noise: NDArray[np.floating]
+) -> NDArray[np.bool_]:
+    """``img > sky + noise`` (float64 sum) in one pass, without the temporary sum."""
+    ny, nx = img.shape
+    out = np.empty((ny, nx), np.bool_)
+    for y in range(ny):
+        for x in range(nx):
+            out[y, x] = img[y, x] > sky[y, x] + np.float64(noise[y, x])
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
+def sky_fraction(
+    img: NDArray[np.float64], sky: NDArray[np.float64], keep: NDArray[np.bool_]
+) -> NDArray[np.float32]:
+    """``np.where(keep, img / sky - 1.0, np.nan).astype(np.float32)`` in one pass."""
+    ny, nx = img.shape
+    out = np.empty((ny, nx), np.float32)
+    for y in range(ny):
+        for x in range(nx):
+            out[y, x] = np.float32(img[y, x] / sky[y, x] - 1.0) if keep[y, x] else np.nan
     return out
 
 
@@ -158,22 +188,32 @@ def _select(hist: NDArray[np.int64], rank: int) -> int:
     return hist.size - 1
 
 
+def middle_values(values: NDArray[np.float32]) -> tuple[int, np.float32, np.float32]:
+    """Number of non-NaN values of a float32 array and its values of ranks ``(m - 1) // 2``
+    and ``m // 2`` (the two middle ones; the same one for odd ``m``; NaN when ``m`` is 0).
+
+    Two passes over the data (radix selection), no copy or partition.
+    """
+    bits = np.ascontiguousarray(values, dtype=np.float32).ravel().view(np.uint32)
+    m, k1, k2 = _ranked_keys(bits)
+    if m == 0:
+        return 0, np.float32(np.nan), np.float32(np.nan)
+    keys = np.array([k1, k2], np.int64)
+    neg = keys < 0x80000000
+    v = np.where(neg, 0xFFFFFFFF - keys, keys - 0x80000000).astype(np.uint32).view(np.float32)
+    return int(m), v[0], v[1]
+
+
 def nanmedian_all(values: NDArray[np.float32]) -> np.float32:
     """Median of the non-NaN values of a float32 array (NaN when there are none).
 
     Same as ``np.nanmedian(values)`` (float32; the mean of the middle two in float32 for
     an even count) without its copy and partition: two passes over the data.
     """
-    bits = np.ascontiguousarray(values, dtype=np.float32).ravel().view(np.uint32)
-    m, k1, k2 = _ranked_keys(bits)
-    if m == 0:
-        return np.float32(np.nan)
-    keys = np.array([k1, k2], np.int64)
-    neg = keys < 0x80000000
-    v = np.where(neg, 0xFFFFFFFF - keys, keys - 0x80000000).astype(np.uint32).view(np.float32)
+    m, lo, hi = middle_values(values)
     if m % 2:
-        return np.float32(v[0])
-    return np.float32((v[0] + v[1]) / np.float32(2.0))
+        return lo
+    return np.float32((lo + hi) / np.float32(2.0))
 
 
 @numba.njit(cache=True, nogil=True)

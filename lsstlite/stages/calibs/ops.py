@@ -224,15 +224,19 @@ def fringe_from_exposures(
     def one(
         img: NDArray[np.float32], var: NDArray[np.float32], msk: NDArray[np.int32], bad: int
     ) -> NDArray[np.float32]:
+        good = ((msk & bad) == 0) & np.isfinite(img)
+        # np.median(im[good]) of the float64 image: the middle float32 values, their
+        # mean in float64
+        m, lo, hi = _ck.middle_values(np.where(good, img, np.float32(np.nan)))
+        level = np.float64(lo) if m % 2 else (np.float64(lo) + np.float64(hi)) / 2.0
         im = np.asarray(img, dtype=np.float64)
-        good = ((msk & bad) == 0) & np.isfinite(im)
-        sky = np.full_like(im, np.median(im[good]))
-        noise = n_sigma * np.sqrt(np.maximum(var, 1.0))
+        sky = np.full_like(im, level)
+        noise = np.ascontiguousarray(n_sigma * np.sqrt(np.maximum(var, 1.0)))
         for _ in range(2):
-            src = _ck.dilate_diamond(im > sky + noise, 3)
-            sky = _ck.plane_fit(im, good & ~src)
-        frac = np.where(good & ~src, im / sky - 1.0, np.nan)
-        return frac.astype(F32)
+            src = _ck.dilate_diamond(_ck.above_sky(im, sky, noise), 3)
+            keep = good & ~src
+            sky = _ck.plane_fit(im, keep)
+        return _ck.sky_fraction(im, sky, keep)
 
     fracs = []
     for e in exposures:

@@ -122,3 +122,31 @@ def test_robust_mean_level_matches_dask_formulation() -> None:
     want = float((da.where(keep, vals, 0).sum() / keep.sum()).compute())
     got = float(ops.robust_mean_level(exp).compute())
     assert got == want
+
+
+def test_middle_values_give_numpy_float64_median() -> None:
+    rng = np.random.default_rng(8)
+    for n in (1, 2, 7, 1000, 100_001):
+        img = rng.normal(500.0, 30.0, n).astype(np.float32)
+        good = rng.random(n) > 0.1
+        img[rng.random(n) < 0.01] = np.inf
+        good &= np.isfinite(img)
+        m, lo, hi = ck.middle_values(np.where(good, img, np.float32(np.nan)))
+        assert m == good.sum()
+        got = np.float64(lo) if m % 2 else (np.float64(lo) + np.float64(hi)) / 2.0
+        assert got == np.median(img.astype(np.float64)[good])
+
+
+def test_above_sky_and_sky_fraction_match_numpy() -> None:
+    rng = np.random.default_rng(9)
+    img = rng.normal(1000.0, 30.0, (70, 90))
+    img[5, 5] = np.nan
+    sky = 1000.0 + 0.01 * np.arange(90)[None, :] - 0.02 * np.arange(70)[:, None]
+    var = rng.uniform(0.5, 900.0, img.shape).astype(np.float32)
+    noise = 3.0 * np.sqrt(np.maximum(var, 1.0))
+    np.testing.assert_array_equal(ck.above_sky(img, sky, noise), img > sky + noise)
+    keep = rng.random(img.shape) > 0.2
+    want = np.where(keep, img / sky - 1.0, np.nan).astype(np.float32)
+    got = ck.sky_fraction(img, sky, keep)
+    assert got.dtype == np.float32
+    assert got.tobytes() == want.tobytes()
