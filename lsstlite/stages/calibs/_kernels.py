@@ -14,6 +14,7 @@ from numpy.typing import NDArray
 
 __all__ = [
     "above_sky",
+    "add_scaled",
     "dilate_diamond",
     "middle_values",
     "nanmedian_all",
@@ -58,6 +59,15 @@ def above_sky(
         for x in range(nx):
             out[y, x] = img[y, x] > sky[y, x] + np.float64(noise[y, x])
     return out
+
+
+@numba.njit(cache=True, nogil=True)
+def add_scaled(acc: NDArray[np.float64], img: NDArray[np.floating], scale: float) -> None:
+    """``acc += img / scale`` (float64) in place, without a float64 copy of ``img``."""
+    ny, nx = acc.shape
+    for y in range(ny):
+        for x in range(nx):
+            acc[y, x] += np.float64(img[y, x]) / scale
 
 
 @numba.njit(cache=True, nogil=True)

@@ -138,6 +138,11 @@ def _robust_mean(
     return np.float64(total) / np.int64(keep.sum())
 
 
+def _middle_mean(m: int, lo: np.float32, hi: np.float32) -> np.float64:
+    """``np.median`` of ``m`` float32 values taken as float64, from its middle two."""
+    return np.float64(lo) if m % 2 else (np.float64(lo) + np.float64(hi)) / 2.0
+
+
 def find_defects(
     dark: xr.Dataset,
     flats: Sequence[xr.Dataset],
@@ -167,8 +172,14 @@ def find_defects(
     # error (~1e-4) is far below the dead-pixel threshold.
     mean_flat = np.zeros_like(rate)
     for f in flats:
-        img = np.asarray(f["image"].values, dtype=np.float64)
-        mean_flat += img / np.median(img.ravel()[::7])
+        img = np.ascontiguousarray(f["image"].values)
+        sample = img.ravel()[::7]
+        if img.dtype == np.float32:  # np.median of the float64 sample, by radix selection
+            m, lo, hi = _ck.middle_values(sample)
+            level = _middle_mean(m, lo, hi) if m == sample.size else np.float64(np.nan)
+        else:
+            level = np.median(np.asarray(sample, dtype=np.float64))
+        _ck.add_scaled(mean_flat, img, level)
     mean_flat = mean_flat / len(flats) if flats else np.ones_like(rate)
     local = _ck.row_median_filter(np.ascontiguousarray(mean_flat, dtype=np.float64), window)
     dead = mean_flat < dead_fraction * local
@@ -228,7 +239,7 @@ def fringe_from_exposures(
         # np.median(im[good]) of the float64 image: the middle float32 values, their
         # mean in float64
         m, lo, hi = _ck.middle_values(np.where(good, img, np.float32(np.nan)))
-        level = np.float64(lo) if m % 2 else (np.float64(lo) + np.float64(hi)) / 2.0
+        level = _middle_mean(m, lo, hi)
         im = np.asarray(img, dtype=np.float64)
         sky = np.full_like(im, level)
         noise = np.ascontiguousarray(n_sigma * np.sqrt(np.maximum(var, 1.0)))
