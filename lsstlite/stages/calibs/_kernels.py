@@ -2,7 +2,8 @@
 
 Each replaces a scipy/numpy call whose cost dominated a calibration quantum on an
 8-Mpixel detector (``binary_dilation`` with iterations, ``lstsq`` on every pixel,
-``nanmedian`` along a short axis, a rank filter along rows); results are the same.
+``nanmedian`` along a short axis or over a whole image, a rank filter along rows,
+float64 temporaries of whole-image expressions); results are the same.
 """
 
 from __future__ import annotations
@@ -11,7 +12,17 @@ import numba
 import numpy as np
 from numpy.typing import NDArray
 
-__all__ = ["dilate_diamond", "nanmedian_axis0", "plane_fit", "row_median_filter"]
+__all__ = [
+    "above_sky",
+    "add_scaled",
+    "dilate_diamond",
+    "middle_values",
+    "nanmedian_all",
+    "nanmedian_axis0",
+    "plane_fit",
+    "row_median_filter",
+    "sky_fraction",
+]
 
 
 @numba.njit(cache=True, nogil=True)
@@ -34,6 +45,41 @@ def dilate_diamond(mask: NDArray[np.bool_], radius: int) -> NDArray[np.bool_]:
                 r = radius - abs(dy)
                 for xx in range(max(x - r, 0), min(x + r + 1, nx)):
                     out[yy, xx] = True
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
+def above_sky(
+    img: NDArray[np.float64], sky: NDArray[np.float64], noise: NDArray[np.floating]
+) -> NDArray[np.bool_]:
+    """``img > sky + noise`` (float64 sum) in one pass, without the temporary sum."""
+    ny, nx = img.shape
+    out = np.empty((ny, nx), np.bool_)
+    for y in range(ny):
+        for x in range(nx):
+            out[y, x] = img[y, x] > sky[y, x] + np.float64(noise[y, x])
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
+def add_scaled(acc: NDArray[np.float64], img: NDArray[np.floating], scale: float) -> None:
+    """``acc += img / scale`` (float64) in place, without a float64 copy of ``img``."""
+    ny, nx = acc.shape
+    for y in range(ny):
+        for x in range(nx):
+            acc[y, x] += np.float64(img[y, x]) / scale
+
+
+@numba.njit(cache=True, nogil=True)
+def sky_fraction(
+    img: NDArray[np.float64], sky: NDArray[np.float64], keep: NDArray[np.bool_]
+) -> NDArray[np.float32]:
+    """``np.where(keep, img / sky - 1.0, np.nan).astype(np.float32)`` in one pass."""
+    ny, nx = img.shape
+    out = np.empty((ny, nx), np.float32)
+    for y in range(ny):
+        for x in range(nx):
+            out[y, x] = np.float32(img[y, x] / sky[y, x] - 1.0) if keep[y, x] else np.nan
     return out
 
 
@@ -101,6 +147,83 @@ def nanmedian_axis0(stack: NDArray[np.float32]) -> NDArray[np.float64]:
             else:
                 out[y, x] = 0.5 * (buf[m // 2 - 1] + buf[m // 2])
     return out
+
+
+@numba.njit(cache=True, nogil=True)
+def _key(b: np.uint32) -> np.int64:
+    """float32 bits as an integer in the floats' order (-1 for NaN)."""
+    k = np.int64(b)
+    if (k & 0x7FFFFFFF) > 0x7F800000:
+        return np.int64(-1)
+    if k & 0x80000000:
+        return 0xFFFFFFFF - k  # negatives: reversed
+    return k | 0x80000000
+
+
+@numba.njit(cache=True, nogil=True)
+def _ranked_keys(bits: NDArray[np.uint32]) -> tuple[int, int, int]:
+    """Number of non-NaN values and the keys of ranks ``(m - 1) // 2`` and ``m // 2``
+    (radix selection: a histogram of the high 16 key bits, then of the low 16 bits
+    within the bins holding the two ranks)."""
+    hi = np.zeros(65536, np.int64)
+    m = 0
+    for i in range(bits.size):
+        k = _key(bits[i])
+        if k >= 0:
+            hi[k >> 16] += 1
+            m += 1
+    if m == 0:
+        return 0, 0, 0
+    r0, r1 = (m - 1) // 2, m // 2
+    b0, b1 = _select(hi, r0), _select(hi, r1)
+    c0, c1 = hi[:b0].sum(), hi[:b1].sum()
+    lo0 = np.zeros(65536, np.int64)
+    lo1 = np.zeros(65536, np.int64)
+    for i in range(bits.size):  # branch-free: often half the values share a bin
+        k = _key(bits[i])
+        h = k >> 16
+        lo0[k & 0xFFFF] += h == b0
+        lo1[k & 0xFFFF] += h == b1
+    return m, _select(lo0, r0 - c0) | (b0 << 16), _select(lo1, r1 - c1) | (b1 << 16)
+
+
+@numba.njit(cache=True, nogil=True)
+def _select(hist: NDArray[np.int64], rank: int) -> int:
+    """The bin holding the value of ``rank`` (0-based) in a histogram."""
+    c = 0
+    for h in range(hist.size):
+        c += hist[h]
+        if c > rank:
+            return h
+    return hist.size - 1
+
+
+def middle_values(values: NDArray[np.float32]) -> tuple[int, np.float32, np.float32]:
+    """Number of non-NaN values of a float32 array and its values of ranks ``(m - 1) // 2``
+    and ``m // 2`` (the two middle ones; the same one for odd ``m``; NaN when ``m`` is 0).
+
+    Two passes over the data (radix selection), no copy or partition.
+    """
+    bits = np.ascontiguousarray(values, dtype=np.float32).ravel().view(np.uint32)
+    m, k1, k2 = _ranked_keys(bits)
+    if m == 0:
+        return 0, np.float32(np.nan), np.float32(np.nan)
+    keys = np.array([k1, k2], np.int64)
+    neg = keys < 0x80000000
+    v = np.where(neg, 0xFFFFFFFF - keys, keys - 0x80000000).astype(np.uint32).view(np.float32)
+    return int(m), v[0], v[1]
+
+
+def nanmedian_all(values: NDArray[np.float32]) -> np.float32:
+    """Median of the non-NaN values of a float32 array (NaN when there are none).
+
+    Same as ``np.nanmedian(values)`` (float32; the mean of the middle two in float32 for
+    an even count) without its copy and partition: two passes over the data.
+    """
+    m, lo, hi = middle_values(values)
+    if m % 2:
+        return lo
+    return np.float32((lo + hi) / np.float32(2.0))
 
 
 @numba.njit(cache=True, nogil=True)

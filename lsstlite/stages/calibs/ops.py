@@ -8,7 +8,9 @@ variance plane). Every op is lazy except the ones that return small tables
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import pairwise
 
+import dask
 import dask.array as da
 import numpy as np
 import pandas as pd
@@ -100,16 +102,45 @@ def robust_mean_level(
 
     Notes
     -----
-    Lazy: a median and a MAD (``da.percentile``-free: exact on the flattened image, small
-    detectors) then one masked mean.
+    Lazy: one delayed task on the whole image: an exact median and MAD
+    (:func:`~lsstlite.stages.calibs._kernels.nanmedian_all`, float32 as ``np.nanmedian``),
+    then the masked float32 sum block by block in the order ``da.sum`` adds them (the
+    image's row chunks, then its tree of partial sums).
     """
-    img = _arr(exp, "image").ravel()
-    bad = (_arr(exp, "mask").ravel() & mask_bits(mask_planes(exp), list(bad_planes))) != 0
-    vals = da.where(bad, np.nan, img)
-    med = da.nanmedian(vals.rechunk(-1), axis=0)
-    mad = 1.4826 * da.nanmedian(da.fabs(vals - med).rechunk(-1), axis=0)
-    keep = da.fabs(vals - med) <= n_sigma * mad
-    return da.where(keep, vals, 0).sum() / keep.sum()
+    img = _arr(exp, "image")
+    msk = _arr(exp, "mask")
+    bits = mask_bits(mask_planes(exp), list(bad_planes))
+    sizes = tuple(int(c) for c in img.ravel().chunks[0])
+    level = dask.delayed(_robust_mean, pure=True)(img, msk, bits, float(n_sigma), sizes)
+    return da.from_delayed(level, shape=(), dtype=np.float64)
+
+
+def _robust_mean(
+    img: NDArray[np.float32],
+    msk: NDArray[np.integer],
+    bits: int,
+    n_sigma: float,
+    sizes: tuple[int, ...],
+) -> np.float64:
+    vals = np.where((msk & bits) != 0, np.float32(np.nan), img).ravel()
+    med = _ck.nanmedian_all(vals)
+    dev = np.fabs(vals - med)
+    mad = 1.4826 * _ck.nanmedian_all(dev)
+    keep = dev <= n_sigma * mad
+    kept = np.where(keep, vals, np.float32(0.0))
+    edges = np.cumsum((0, *sizes))
+    parts = [kept[a:b].sum() for a, b in pairwise(edges)]
+    split = dask.config.get("split_every", 4)
+    split = split if isinstance(split, int) and split > 1 else 4
+    while len(parts) > split:  # da.sum's tree: consecutive groups of split_every partials
+        parts = [np.array(parts[i : i + split]).sum() for i in range(0, len(parts), split)]
+    total = np.array(parts, dtype=kept.dtype).sum()
+    return np.float64(total) / np.int64(keep.sum())
+
+
+def _middle_mean(m: int, lo: np.float32, hi: np.float32) -> np.float64:
+    """``np.median`` of ``m`` float32 values taken as float64, from its middle two."""
+    return np.float64(lo) if m % 2 else (np.float64(lo) + np.float64(hi)) / 2.0
 
 
 def find_defects(
@@ -141,8 +172,14 @@ def find_defects(
     # error (~1e-4) is far below the dead-pixel threshold.
     mean_flat = np.zeros_like(rate)
     for f in flats:
-        img = np.asarray(f["image"].values, dtype=np.float64)
-        mean_flat += img / np.median(img.ravel()[::7])
+        img = np.ascontiguousarray(f["image"].values)
+        sample = img.ravel()[::7]
+        if img.dtype == np.float32:  # np.median of the float64 sample, by radix selection
+            m, lo, hi = _ck.middle_values(sample)
+            level = _middle_mean(m, lo, hi) if m == sample.size else np.float64(np.nan)
+        else:
+            level = np.median(np.asarray(sample, dtype=np.float64))
+        _ck.add_scaled(mean_flat, img, level)
     mean_flat = mean_flat / len(flats) if flats else np.ones_like(rate)
     local = _ck.row_median_filter(np.ascontiguousarray(mean_flat, dtype=np.float64), window)
     dead = mean_flat < dead_fraction * local
@@ -194,20 +231,23 @@ def fringe_from_exposures(
     Each exposure is one delayed block (a plane fit needs the whole detector); computes
     nothing until asked. Needs whole exposures in memory.
     """
-    import dask
 
     def one(
         img: NDArray[np.float32], var: NDArray[np.float32], msk: NDArray[np.int32], bad: int
     ) -> NDArray[np.float32]:
+        good = ((msk & bad) == 0) & np.isfinite(img)
+        # np.median(im[good]) of the float64 image: the middle float32 values, their
+        # mean in float64
+        m, lo, hi = _ck.middle_values(np.where(good, img, np.float32(np.nan)))
+        level = _middle_mean(m, lo, hi)
         im = np.asarray(img, dtype=np.float64)
-        good = ((msk & bad) == 0) & np.isfinite(im)
-        sky = np.full_like(im, np.median(im[good]))
-        noise = n_sigma * np.sqrt(np.maximum(var, 1.0))
+        sky = np.full_like(im, level)
+        noise = np.ascontiguousarray(n_sigma * np.sqrt(np.maximum(var, 1.0)))
         for _ in range(2):
-            src = _ck.dilate_diamond(im > sky + noise, 3)
-            sky = _ck.plane_fit(im, good & ~src)
-        frac = np.where(good & ~src, im / sky - 1.0, np.nan)
-        return frac.astype(F32)
+            src = _ck.dilate_diamond(_ck.above_sky(im, sky, noise), 3)
+            keep = good & ~src
+            sky = _ck.plane_fit(im, keep)
+        return _ck.sky_fraction(im, sky, keep)
 
     fracs = []
     for e in exposures:

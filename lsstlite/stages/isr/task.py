@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -9,6 +10,7 @@ import dask.array as da
 import numpy as np
 import pandas as pd
 import xarray as xr
+from dask.base import tokenize
 from pydantic import Field
 
 from lsstlite.instruments import instrument_for_header
@@ -60,7 +62,11 @@ def read_raw(
     header = fits.getheader(raw, 0)
     ds = instrument_for_header(header).read_raw(raw)
     data = ds["image"].data
-    ds["image"] = (("y", "x"), da.from_array(data, chunks=(chunk_rows, -1)))
+    # Named after the file (path, size, mtime): hashing the pixels for a name took ~0.08 s
+    # of every 8-Mpixel raw.
+    st = os.stat(raw)
+    name = "raw-" + tokenize(os.path.abspath(raw), st.st_size, st.st_mtime_ns, chunk_rows)
+    ds["image"] = (("y", "x"), da.from_array(data, chunks=(chunk_rows, -1), name=name))
     return ds
 
 
