@@ -11,6 +11,7 @@ installation metadata.
 
 from __future__ import annotations
 
+import functools
 import importlib
 from collections.abc import Mapping
 from importlib.metadata import entry_points
@@ -106,11 +107,18 @@ def _load(target: str) -> type[Instrument]:
     return cls
 
 
+@functools.lru_cache(maxsize=1)
+def _plugins() -> tuple[tuple[str, str], ...]:
+    """The ``lsstlite.instruments`` entry points, scanned once per process (a scan of
+    the installed distributions takes ~20 ms, and every raw read looked its camera up)."""
+    return tuple((ep.name, ep.value) for ep in entry_points(group="lsstlite.instruments"))
+
+
 def _registry() -> dict[str, str]:
-    """Name → "module:Class" for built-in and plug-in instruments (plug-ins win)."""
+    """Name → "module:Class" for built-in and plug-in instruments (plug-ins win; a
+    plug-in installed after the first lookup needs a new process)."""
     found = dict(_BUILTIN)
-    for ep in entry_points(group="lsstlite.instruments"):
-        found[ep.name] = ep.value
+    found.update(_plugins())
     return found
 
 
