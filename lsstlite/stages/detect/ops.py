@@ -18,7 +18,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import sep
 import xarray as xr
 from numpy.typing import NDArray
 from scipy.spatial import cKDTree
@@ -27,6 +26,7 @@ from lsstlite.data.masks import mask_bits, mask_planes
 from lsstlite.data.objects import DETECTION_COLUMNS, PARENT_ID_BIT, object_id
 from lsstlite.data.psf import PsfModel, psf_from_dict
 from lsstlite.data.wcs import wcs_from_cards
+from lsstlite.stages.characterize._background import mesh_background
 from lsstlite.stages.characterize._kernels import label_sums
 from lsstlite.stages.detect import _kernels
 
@@ -173,7 +173,7 @@ def detect_sources(
         A fainter peak is a separate object only if the image dips by this many σ
         between it and every brighter peak of its footprint.
     subtract_background
-        Subtract a ``sep.Background`` mesh of ``background_box_px`` first.
+        Subtract SExtractor's mesh background (cells of ``background_box_px``) first.
 
     Returns
     -------
@@ -193,9 +193,8 @@ def detect_sources(
     image = pixels.astype(np.float64)
     if subtract_background:
         box = int(background_box_px)
-        # sep works in float32 whatever the input: the float32 pixels give the same mesh
-        back = sep.Background(pixels, mask=bad, bw=box, bh=box, fw=3, fh=3)
-        back.subfrom(image)  # image - back.back(), in place
+        # SExtractor's mesh (sep.Background's, equal to it), on the float32 pixels
+        image -= mesh_background(pixels, bad, bw=box, bh=box, fw=3, fh=3).back()
         np.copyto(image, 0.0, where=bad)
     x0, y0 = int(exposure["x"].values[0]), int(exposure["y"].values[0])
     psf = exposure_psf(exposure)
