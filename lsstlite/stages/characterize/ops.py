@@ -257,7 +257,7 @@ def _detect(
     else:
         kernel = _gaussian_kernel(fwhm or 3.0)
     common: dict[str, Any] = {
-        "mask": bad,
+        "mask": bad if bad.any() else None,  # sep reads a mask with every pixel: ~10%
         "minarea": config.min_area,
         "deblend_nthresh": config.deblend_n_thresh,
         "deblend_cont": config.deblend_cont,
@@ -549,20 +549,6 @@ def _cut(
     return out, not (xa == x0 and ya == y0 and xb == x0 + m and yb == y0 + m)
 
 
-def _gather(
-    array: NDArray[Any], x0: NDArray[np.int64], y0: NDArray[np.int64], m: int, fill: float
-) -> tuple[NDArray[np.float64], NDArray[np.bool_]]:
-    """``(N, m, m)`` cut-outs at lower-left corners ``(x0, y0)``, padded with ``fill``;
-    and whether each left the image."""
-    ny, nx = array.shape
-    x0 = np.asarray(x0, dtype=np.int64)
-    y0 = np.asarray(y0, dtype=np.int64)
-    # copied stamp by stamp (a padded float64 copy of the whole image cost more)
-    stamps = _kernels.gather_stamps(np.ascontiguousarray(array), x0, y0, int(m), float(fill))
-    outside = (x0 < 0) | (y0 < 0) | (x0 + m > nx) | (y0 + m > ny)
-    return stamps, outside
-
-
 def _psf_size(psf: PsfModel, fwhm: float) -> int:
     if isinstance(psf, PixelPsf):
         return int(2 * math.ceil(0.5 * psf.size * psf.step) + 1)
@@ -700,9 +686,10 @@ def _measure(
         )
         use = np.asarray(f0) > 0.5 * min_snr * np.asarray(e0)
     if use.any():
-        # Exact pixel/circle overlap (subpix=0): 3× faster than SExtractor's 11×11
-        # sub-sampling and within 2e-4 px of it (99%; 7e-4 px at most) on a 16-Mpix image.
-        xw, yw, wflag = sep.winpos(image, xs_a[use], ys_a[use], sig[use], subpix=0)
+        # Exact pixel/circle overlap (sep's subpix=0): within 2e-4 px of SExtractor's 11×11
+        # sub-sampling (99%; 7e-4 px at most) on a 16-Mpix image; sep.winpos's result
+        # (to ~1e-13 px) in 40% of its time.
+        xw, yw, wflag = _kernels.windowed_positions(image, xs_a[use], ys_a[use], sig[use])
         good = (
             (wflag == 0)
             & np.isfinite(xw)
@@ -757,20 +744,16 @@ def _measure(
         stamps, lx, ly = _psf_stamps(psf, xs_a + x0, ys_a + y0, m)
         lx -= x0
         ly -= y0
-        # Uniform weights (unbiased for bright stars); errors from the variance plane.
-        d, off = _gather(image, lx, ly, m, 0.0)
-        v, _ = _gather(variance, lx, ly, m, np.inf)
-        use = np.isfinite(v)
-        p = np.where(use, stamps, 0.0)
-        pp = (p * p).sum(axis=(1, 2))
+        # Uniform weights (unbiased for bright stars) over the pixels inside the image
+        # with a finite variance; errors from the variance plane.
+        pp, pi, ppv = _kernels.psf_fit_sums(image, variance, stamps, lx, ly)
+        off = (lx < 0) | (ly < 0) | (lx + m > nx) | (ly + m > ny)
         ok = pp > 0
         flags[~ok] |= 1 << SRC_FLAGS["PSF_FLUX_FAILED"]
         flags[off] |= 1 << SRC_FLAGS["EDGE"]
         safe = np.where(ok, pp, 1.0)
-        psf_flux = np.where(ok, (p * d).sum(axis=(1, 2)) / safe, np.nan)
-        psf_err = np.where(
-            ok, np.sqrt((p * p * np.where(use, v, 0.0)).sum(axis=(1, 2))) / safe, np.nan
-        )
+        psf_flux = np.where(ok, pi / safe, np.nan)
+        psf_err = np.where(ok, np.sqrt(ppv) / safe, np.nan)
         # PSF moments: the same model stamps stacked in one column, one numba call, the
         # window centred on each source's position in its stamp (the adaptive window,
         # < 5σ, never reaches the next stamp). Drawn at the source's sub-pixel phase

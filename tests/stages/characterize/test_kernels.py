@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 import pytest
 from scipy import ndimage
@@ -249,3 +250,62 @@ def test_rfft2_padded_is_scipy_rfft2(dtype: type) -> None:
     for shape, fshape in (((31, 31), (540, 540)), ((3, 27, 27), (40, 45)), ((8, 5), (9, 16))):
         a = rng.standard_normal(shape).astype(dtype)
         np.testing.assert_array_equal(_kernels.rfft2_padded(a, fshape), sfft.rfft2(a, fshape))
+
+
+def test_windowed_positions_equal_sep_winpos() -> None:
+    """Same centroids as ``sep.winpos(subpix=0)`` (exact overlap), edges and NaNs too."""
+    sep = pytest.importorskip("sep")
+    rng = np.random.default_rng(11)
+    ny, nx = 120, 150
+    yy, xx = np.mgrid[:ny, :nx]
+    image = rng.normal(0.0, 1.0, (ny, nx))
+    xs = rng.uniform(-1, nx, 60)
+    ys = rng.uniform(-1, ny, 60)
+    for x, y in zip(xs, ys, strict=True):
+        image += rng.uniform(50, 500) * np.exp(-0.5 * ((xx - x) ** 2 + (yy - y) ** 2) / 2.2**2)
+    image = image.astype(np.float32)
+    image[60, 70:73] = np.nan
+    x0 = xs + rng.normal(0, 0.4, xs.size)
+    y0 = ys + rng.normal(0, 0.4, ys.size)
+    sig = rng.uniform(0.2, 3.0, xs.size)  # some below sep's minimum σ
+    want_x, want_y, want_flag = sep.winpos(image, x0, y0, sig, subpix=0)
+    got_x, got_y, got_flag = _kernels.windowed_positions(image, x0, y0, sig)
+    np.testing.assert_allclose(got_x, want_x, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(got_y, want_y, rtol=0, atol=1e-9)
+    np.testing.assert_array_equal(got_flag, want_flag)
+    assert (got_flag & _kernels.APER_TRUNC).any() and not (got_flag & _kernels.APER_TRUNC).all()
+
+
+def test_quadrant_areas_give_exact_pixel_overlaps() -> None:
+    """Pixel ∩ disc by the quadrant areas, against a fine numerical integration."""
+
+    @numba.njit
+    def overlap(x0: float, y0: float, x1: float, y1: float, r: float) -> float:
+        p = _kernels._arc_primitive
+        pr = p(r, r)
+
+        def c_of(y: float) -> float:
+            return np.sqrt(r * r - y * y) if abs(y) < r else 0.0
+
+        c0, c1 = c_of(y0), c_of(y1)
+        q = _kernels._quadrant_area
+        return (
+            q(p(x1, r), x1, y1, c1, p(c1, r), pr)
+            - q(p(x0, r), x0, y1, c1, p(c1, r), pr)
+            - q(p(x1, r), x1, y0, c0, p(c0, r), pr)
+            + q(p(x0, r), x0, y0, c0, p(c0, r), pr)
+        )
+
+    g = (np.arange(4000) + 0.5) / 4000
+    for x0, y0, r in [
+        (-0.5, -0.5, 0.6),
+        (2.1, 0.3, 3.0),
+        (-3.5, -0.5, 3.2),
+        (0.2, -2.9, 2.5),
+        (-0.5, 2.4, 2.9),
+        (5.0, 5.0, 3.0),
+        (-0.3, -0.4, 6.0),
+    ]:
+        xx, yy = np.meshgrid(x0 + g, y0 + g)
+        want = float(((xx**2 + yy**2) < r * r).mean())
+        assert abs(overlap(x0, y0, x0 + 1.0, y0 + 1.0, r) - want) < 2e-4

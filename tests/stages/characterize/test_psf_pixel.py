@@ -97,22 +97,32 @@ def test_lanczos_weights_match_the_dense_formula(order: int) -> None:
     np.testing.assert_allclose(got[inside].sum(axis=1), 1.0, rtol=1e-12)
 
 
-def test_gather_stamps_match_padded_fancy_indexing() -> None:
-    """Stamps at corners inside, across the edges and wholly outside the image."""
+def test_psf_fit_sums_match_padded_cutouts() -> None:
+    """Stamps inside, across the edges and wholly outside the image; a pixel with an
+    infinite variance is left out like one outside."""
     rng = np.random.default_rng(2)
     image = rng.normal(0, 1, (50, 70)).astype(np.float32)
+    variance = rng.uniform(1, 2, (50, 70)).astype(np.float32)
+    variance[20:23, 12:14] = np.inf
     m = 9
     x0 = np.array([0, 10, -4, 65, -20, 30, 61], dtype=np.int64)
     y0 = np.array([0, 20, 45, -3, 5, 100, 41], dtype=np.int64)
-    for fill in (0.0, np.inf):
-        padded = np.pad(image.astype(np.float64), m, constant_values=fill)
+    stamps = rng.uniform(0, 1, (len(x0), m, m))
+
+    def cutouts(array: np.ndarray, fill: float) -> np.ndarray:
+        padded = np.pad(array.astype(np.float64), m, constant_values=fill)
         off = np.arange(m)
         yy = np.clip((y0 + m)[:, None, None] + off[None, :, None], 0, 50 + 2 * m - 1)
         xx = np.clip((x0 + m)[:, None, None] + off[None, None, :], 0, 70 + 2 * m - 1)
-        want = padded[yy, xx]
-        got = _kernels.gather_stamps(image, x0, y0, m, fill)
-        np.testing.assert_array_equal(got, want)
-        assert got.dtype == np.float64
+        return padded[yy, xx]  # type: ignore[no-any-return]
+
+    d, v = cutouts(image, 0.0), cutouts(variance, np.inf)
+    p = np.where(np.isfinite(v), stamps, 0.0)
+    pp, pd, ppv = _kernels.psf_fit_sums(image, variance, stamps, x0, y0)
+    np.testing.assert_allclose(pp, (p * p).sum(axis=(1, 2)), rtol=1e-13)
+    np.testing.assert_allclose(pd, (p * d).sum(axis=(1, 2)), rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(ppv, (p * p * np.where(p > 0, v, 0)).sum(axis=(1, 2)), rtol=1e-13)
+    assert pp[5] == 0.0  # wholly outside
 
 
 def _gaussian_pixel_psf(sigma: float = 2.0, step: float = 0.5, n: int = 41) -> PixelPsf:
