@@ -309,3 +309,43 @@ def test_quadrant_areas_give_exact_pixel_overlaps() -> None:
         xx, yy = np.meshgrid(x0 + g, y0 + g)
         want = float(((xx**2 + yy**2) < r * r).mean())
         assert abs(overlap(x0, y0, x0 + 1.0, y0 + 1.0, r) - want) < 2e-4
+
+
+def test_circular_apertures_equal_sep_sum_circle() -> None:
+    """Every radius equal to ``sep.sum_circle(subpix=5)``, also across the edges."""
+    sep = pytest.importorskip("sep")
+    rng = np.random.default_rng(12)
+    image = rng.normal(10.0, 3.0, (90, 110)).astype(np.float32)
+    variance = rng.uniform(5.0, 15.0, (90, 110)).astype(np.float32)
+    x = rng.uniform(-4, 114, 200)
+    y = rng.uniform(-4, 94, 200)
+    radii = np.array([3.0, 5.0, 8.0, 12.0, 2.5])
+    flux, err, flag = _kernels.circular_apertures(image, variance, x, y, radii)
+    for q, r in enumerate(radii):
+        want_flux, want_err, want_flag = sep.sum_circle(image, x, y, r, var=variance, subpix=5)
+        np.testing.assert_array_equal(flux[:, q], want_flux)
+        np.testing.assert_array_equal(err[:, q], want_err)
+        np.testing.assert_array_equal(flag[:, q], want_flag & sep.APER_TRUNC)
+    assert (flag & _kernels.APER_TRUNC).any()
+
+
+def test_flux_radius_equals_sep() -> None:
+    """Half-light radii equal to ``sep.flux_radius(subpix=5)``, also across the edges."""
+    sep = pytest.importorskip("sep")
+    rng = np.random.default_rng(13)
+    ny, nx = 100, 120
+    yy, xx = np.mgrid[:ny, :nx]
+    image = rng.normal(0.0, 1.0, (ny, nx))
+    xs = rng.uniform(-2, nx + 1, 80)
+    ys = rng.uniform(-2, ny + 1, 80)
+    for x, y in zip(xs, ys, strict=True):
+        s = rng.uniform(0.8, 4.0)
+        image += rng.uniform(50, 900) * np.exp(-0.5 * ((xx - x) ** 2 + (yy - y) ** 2) / s**2)
+    image = image.astype(np.float32)
+    rmax = rng.uniform(2.0, 25.0, xs.size)
+    norm = rng.uniform(100.0, 5000.0, xs.size)
+    for frac in (0.5, 0.9):
+        want, want_flag = sep.flux_radius(image, xs, ys, rmax, frac, normflux=norm, subpix=5)
+        got, got_flag = _kernels.flux_radius(image, xs, ys, rmax, frac, norm)
+        np.testing.assert_array_equal(got, want)
+        np.testing.assert_array_equal(got_flag, want_flag & sep.APER_TRUNC)
