@@ -80,25 +80,34 @@ def lanczos_weights(
 
 
 @numba.njit(cache=True, nogil=True)
-def _sinc(x: float) -> float:
-    y = np.pi * (x if x != 0.0 else 1.0e-20)  # numpy.sinc's formula, bit for bit
-    return math.sin(y) / y
-
-
-@numba.njit(cache=True, nogil=True)
 def _lanczos_weights(offsets: NDArray[np.float64], n: int, a: int) -> NDArray[np.float64]:
     # Only the 2a lattice points within the kernel of each offset are visited (the numpy
     # version built the whole (len(offsets), n + 2a) table with two sinc calls per entry).
+    # The taps are one unit apart: sin(π t) only changes sign from tap to tap and
+    # sin(π t / a) rotates by π / a, so each offset needs three sines, not 4a + 4.
     out = np.zeros((offsets.size, n))
     w = np.empty(2 * a + 2)
+    cos_step = np.array([math.cos(j * math.pi / a) for j in range(2 * a + 2)])
+    sin_step = np.array([math.sin(j * math.pi / a) for j in range(2 * a + 2)])
     for i in range(offsets.size):
         off = offsets[i]
         k0 = math.floor(off - a) + 1
+        base = off - k0
+        s_pi = math.sin(math.pi * base)
+        s_th = math.sin(math.pi * base / a)
+        c_th = math.cos(math.pi * base / a)
         total = 0.0
         for j in range(2 * a + 2):
-            t = off - (k0 + j)
+            t = base - j
             inside = abs(t) < a and -a <= k0 + j < n + a  # the lattice is the grid ± a
-            w[j] = _sinc(t) * _sinc(t / a) if inside else 0.0
+            if not inside:
+                w[j] = 0.0
+            elif t == 0.0:
+                w[j] = 1.0
+            else:
+                sin_t = s_pi if j % 2 == 0 else -s_pi
+                sin_ta = s_th * cos_step[j] - c_th * sin_step[j]
+                w[j] = (sin_t / (math.pi * t)) * (sin_ta / (math.pi * t / a))
             total += w[j]
         if abs(total) <= 1e-12:
             continue
