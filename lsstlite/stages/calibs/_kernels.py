@@ -30,21 +30,31 @@ def dilate_diamond(mask: NDArray[np.bool_], radius: int) -> NDArray[np.bool_]:
     """Binary dilation by the diamond ``|dy| + |dx| <= radius``.
 
     Same as ``scipy.ndimage.binary_dilation(mask, iterations=radius)`` (cross structure,
-    zero border); cost proportional to the number of set pixels.
+    zero border). Works on runs of set pixels along rows: a run ``[x0, x1)`` marks
+    ``[x0 − r, x1 + r)`` on the row ``radius − r`` away, so the cost is proportional to
+    the number of runs, not of set pixels (a footprint's row is one run).
     """
     ny, nx = mask.shape
     out = mask.copy()
     for y in range(ny):
-        for x in range(nx):
-            if not mask[y, x]:
+        row = mask[y]
+        x = 0
+        while x < nx:
+            if not row[x]:
+                x += 1
                 continue
+            end = x + 1
+            while end < nx and row[end]:
+                end += 1
             for dy in range(-radius, radius + 1):
                 yy = y + dy
                 if yy < 0 or yy >= ny:
                     continue
                 r = radius - abs(dy)
-                for xx in range(max(x - r, 0), min(x + r + 1, nx)):
-                    out[yy, xx] = True
+                orow = out[yy]
+                for xx in range(max(x - r, 0), min(end + r, nx)):
+                    orow[xx] = True
+            x = end
     return out
 
 
