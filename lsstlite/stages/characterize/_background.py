@@ -235,8 +235,18 @@ def _mesh(
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
 def _fqmedian(values: NDArray[np.float32]) -> np.float32:
-    a = np.sort(values)
+    """sep's ``fqmedian``: the middle value, or the mean of the two middle values (in
+    float). Insertion sort: a few hundred cells at most, and numba compiles ``np.sort``
+    for seconds."""
+    a = values.copy()
     n = len(a)
+    for i in range(1, n):
+        v = a[i]
+        j = i - 1
+        while j >= 0 and a[j] > v:
+            a[j + 1] = a[j]
+            j -= 1
+        a[j + 1] = v
     if n < 2:
         return a[0]
     if n & 1:
@@ -300,7 +310,14 @@ def _filter(
     glob = _fqmedian(back2.ravel())
     grms = _fqmedian(sigma2.ravel())
     if grms <= 0.0:  # median of the positive values (sep scans its sorted copy)
-        flat = np.sort(sigma2.ravel())
+        flat = sigma2.ravel().copy()
+        for i in range(1, len(flat)):  # sorted, as sep's copy is after its median
+            v = flat[i]
+            j = i - 1
+            while j >= 0 and flat[j] > v:
+                flat[j + 1] = flat[j]
+                j -= 1
+            flat[j + 1] = v
         i = len(flat) - 1
         while i >= 0 and flat[i] > 0.0:
             i -= 1
@@ -396,11 +413,14 @@ def _evaluate(
     dnode = np.zeros(nbx, dtype=np.float32)
     lo_of, cdxs, dxs, acx, adx = _x_steps(width, bw, nbx)
     # the pixel ranges sharing one spline interval
-    starts = [0]
+    starts = np.empty(nbx + 1, dtype=np.int64)
+    starts[0] = 0
+    n_runs = 1
     for p in range(1, width):
         if lo_of[p] != lo_of[p - 1]:
-            starts.append(p)
-    starts.append(width)
+            starts[n_runs] = p
+            n_runs += 1
+    starts[n_runs] = width
     for y in range(height):
         if nby > 1:
             dy = np.float32(np.float64(np.float32(y) / np.float32(bh)) - 0.5)
@@ -430,7 +450,7 @@ def _evaluate(
                 dnode[x] = dback[0, x]
         row = model[y]
         if nbx > 1:
-            for s in range(len(starts) - 1):
+            for s in range(n_runs):
                 lo = lo_of[starts[s]]
                 n0 = node[lo]
                 d0 = dnode[lo]
