@@ -939,7 +939,8 @@ def windowed_positions(
     flags = np.zeros(n, dtype=np.int64)
     size = 0
     for k in range(n):
-        size = max(size, int(8.0 * max(sig[k], minsig)) + 4)
+        if np.isfinite(sig[k]):
+            size = max(size, int(8.0 * max(sig[k], minsig)) + 4)
     ex = np.empty(size)
     ey = np.empty(size)
     px = np.empty(size + 1)  # P at the box's pixel edges in x
@@ -949,6 +950,11 @@ def windowed_positions(
         xc = x[k]
         yc = y[k]
         s = max(sig[k], minsig)
+        if not (np.isfinite(xc) and np.isfinite(yc) and np.isfinite(s)):  # left as given
+            xout[k] = xc
+            yout[k] = yc
+            flags[k] = APER_TRUNC
+            continue
         r = 4.0 * s
         r_in = r - 0.7072
         r_in2 = r_in * r_in if r_in > 0.0 else 0.0
@@ -1071,6 +1077,11 @@ def circular_apertures(
     for k in range(n):
         xc = x[k]
         yc = y[k]
+        if not (np.isfinite(xc) and np.isfinite(yc)):  # no box to take: NaN sums
+            flux[k, :] = np.nan
+            err[k, :] = np.nan
+            flags[k, :] = APER_TRUNC
+            continue
         xmin_all, xmax_all, ymin_all, ymax_all = nx, 0, ny, 0
         for q in range(nr):
             r = radii[q]
@@ -1165,6 +1176,10 @@ def flux_radius(
         xc = x[k]
         yc = y[k]
         rm = rmax[k]
+        if not (np.isfinite(xc) and np.isfinite(yc) and rm > 0.0 and np.isfinite(rm)):
+            out[k] = np.nan
+            flags[k] = APER_TRUNC
+            continue
         r_out = rm + 1.5  # sep's box margin
         step = rm / nbins
         stepdens = 1.0 / step

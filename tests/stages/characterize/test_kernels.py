@@ -349,3 +349,18 @@ def test_flux_radius_equals_sep() -> None:
         got, got_flag = _kernels.flux_radius(image, xs, ys, rmax, frac, norm)
         np.testing.assert_array_equal(got, want)
         np.testing.assert_array_equal(got_flag, want_flag & sep.APER_TRUNC)
+
+
+def test_measurement_kernels_leave_non_finite_positions_alone() -> None:
+    """A NaN position gets NaN sums and a flag, not a box over arbitrary pixels."""
+    image = np.ones((40, 50), np.float32)
+    x = np.array([20.0, np.nan])
+    y = np.array([np.nan, 20.0])
+    flux, _, flag = _kernels.circular_apertures(image, image, x, y, np.array([3.0]))
+    assert np.isnan(flux).all() and (flag == _kernels.APER_TRUNC).all()
+    r, rflag = _kernels.flux_radius(image, x, y, np.array([5.0, 5.0]), 0.5, np.ones(2))
+    assert np.isnan(r).all() and (rflag == _kernels.APER_TRUNC).all()
+    xw, yw, wflag = _kernels.windowed_positions(image, x, y, np.array([1.5, np.nan]))
+    np.testing.assert_array_equal(yw, y)
+    np.testing.assert_array_equal(xw, x)
+    assert (wflag == _kernels.APER_TRUNC).all()
