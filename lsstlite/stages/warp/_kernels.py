@@ -17,7 +17,7 @@ from numba.core import cgutils, types
 from numba.extending import intrinsic
 from numpy.typing import NDArray
 
-from lsstlite._vector import splat, tree_sum
+from lsstlite._vector import load_lanes, splat, tree_sums
 
 __all__ = [
     "KERNEL_RADIUS",
@@ -132,32 +132,33 @@ def _taps6_ir(
         var = context.make_array(t_var)(context, builder, a_var)
         tab = context.make_array(t_tab)(context, builder, a_tab)
         n_col = cgutils.unpack_tuple(builder, tab.shape, 2)[1]
-        v6 = ir.VectorType(ir.FloatType(), 6)
+        # six taps in the first lanes of eight (lanes 6, 7 are 0 and never summed)
+        v8 = ir.VectorType(ir.FloatType(), 8)
         fma = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(v6, [v6, v6, v6]), "llvm.fma.v6f32"
+            builder.module, ir.FunctionType(v8, [v8, v8, v8]), "llvm.fma.v8f32"
         )
-        acc_i = ir.Constant(v6, [0.0] * 6)
-        acc_v = ir.Constant(v6, [0.0] * 6)
+        acc_i = ir.Constant(v8, [0.0] * 8)
+        acc_v = ir.Constant(v8, [0.0] * 8)
         wy_row = builder.mul(py_, n_col)
         for q in range(6):
             off = builder.add(base_, builder.mul(nx_, ir.Constant(i64, q)))
-            row_i = builder.load(
-                builder.bitcast(builder.gep(img.data, [off]), v6.as_pointer()), align=4
-            )
-            row_v = builder.load(
-                builder.bitcast(builder.gep(var.data, [off]), v6.as_pointer()), align=4
-            )
+            row_i = load_lanes(builder, builder.gep(img.data, [off]), v8, 6)
+            row_v = load_lanes(builder, builder.gep(var.data, [off]), v8, 6)
             wq = builder.load(builder.gep(tab.data, [builder.add(wy_row, ir.Constant(i64, q))]))
-            acc_i = builder.call(fma, [splat(builder, wq, v6), row_i, acc_i])
-            acc_v = builder.call(fma, [splat(builder, builder.fmul(wq, wq), v6), row_v, acc_v])
-        wx_ptr = builder.gep(tab.data, [builder.mul(px_, n_col)])
-        wx = builder.load(builder.bitcast(wx_ptr, v6.as_pointer()), align=4)
+            acc_i = builder.call(fma, [splat(builder, wq, v8), row_i, acc_i])
+            acc_v = builder.call(fma, [splat(builder, builder.fmul(wq, wq), v8), row_v, acc_v])
+        wx = load_lanes(builder, builder.gep(tab.data, [builder.mul(px_, n_col)]), v8, 6)
         terms_i = builder.fmul(acc_i, wx)
         terms_v = builder.fmul(builder.fmul(acc_v, wx), wx)
+        sums = tree_sums(builder, terms_i, terms_v, 6)
+        i32 = ir.IntType(32)
         return context.make_tuple(
             builder,
             signature.return_type,
-            [tree_sum(builder, terms_i, 6), tree_sum(builder, terms_v, 6)],
+            [
+                builder.extract_element(sums, ir.Constant(i32, 0)),
+                builder.extract_element(sums, ir.Constant(i32, 1)),
+            ],
         )
 
     return sig, codegen

@@ -1,11 +1,19 @@
-"""The warp's vector tap sums against plain numpy sums."""
+"""The warp's vector tap sums against plain numpy sums and, bit for bit, against their
+earlier vector forms; the shared vector helpers of ``lsstlite._vector``."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import numba
 import numpy as np
+import pytest
+from llvmlite import ir
+from numba.core import cgutils, types
+from numba.extending import intrinsic
 from numpy.typing import NDArray
 
+from lsstlite._vector import load_lanes, splat, tree_sum, tree_sums
 from lsstlite.stages.warp._kernels import _taps6, kernel_table
 
 
@@ -55,3 +63,200 @@ def test_vector_taps_equal_the_weighted_sums() -> None:
         img.ravel(), var.ravel(), np.array([8 * nx + 17]), nx, table, px[:1], py[:1]
     )
     assert np.isnan(bad_i[0]) and np.isfinite(bad_v[0])
+
+
+def _taps6_v6_ir(
+    typingctx: Any, fimg: Any, fvar: Any, base: Any, nx: Any, table: Any, px: Any, py: Any
+) -> Any:
+    """The first vector form of ``_taps6`` (6-lane loads, per-lane tree sums), kept as
+    the reference its successors must equal bit for bit."""
+    sig = types.UniTuple(types.float32, 2)(fimg, fvar, base, nx, table, px, py)
+
+    def codegen(context: Any, builder: ir.IRBuilder, signature: Any, args: Any) -> Any:
+        a_img, a_var, a_base, a_nx, a_tab, a_px, a_py = args
+        t_img, t_var, t_base, t_nx, t_tab, t_px, t_py = signature.args
+        i64 = ir.IntType(64)
+        base_ = context.cast(builder, a_base, t_base, types.int64)
+        nx_ = context.cast(builder, a_nx, t_nx, types.int64)
+        px_ = context.cast(builder, a_px, t_px, types.int64)
+        py_ = context.cast(builder, a_py, t_py, types.int64)
+        img = context.make_array(t_img)(context, builder, a_img)
+        var = context.make_array(t_var)(context, builder, a_var)
+        tab = context.make_array(t_tab)(context, builder, a_tab)
+        n_col = cgutils.unpack_tuple(builder, tab.shape, 2)[1]
+        v6 = ir.VectorType(ir.FloatType(), 6)
+        fma = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(v6, [v6, v6, v6]), "llvm.fma.v6f32"
+        )
+        acc_i = ir.Constant(v6, [0.0] * 6)
+        acc_v = ir.Constant(v6, [0.0] * 6)
+        wy_row = builder.mul(py_, n_col)
+        for q in range(6):
+            off = builder.add(base_, builder.mul(nx_, ir.Constant(i64, q)))
+            row_i = builder.load(
+                builder.bitcast(builder.gep(img.data, [off]), v6.as_pointer()), align=4
+            )
+            row_v = builder.load(
+                builder.bitcast(builder.gep(var.data, [off]), v6.as_pointer()), align=4
+            )
+            wq = builder.load(builder.gep(tab.data, [builder.add(wy_row, ir.Constant(i64, q))]))
+            acc_i = builder.call(fma, [splat(builder, wq, v6), row_i, acc_i])
+            acc_v = builder.call(fma, [splat(builder, builder.fmul(wq, wq), v6), row_v, acc_v])
+        wx_ptr = builder.gep(tab.data, [builder.mul(px_, n_col)])
+        wx = builder.load(builder.bitcast(wx_ptr, v6.as_pointer()), align=4)
+        terms_i = builder.fmul(acc_i, wx)
+        terms_v = builder.fmul(builder.fmul(acc_v, wx), wx)
+        return context.make_tuple(
+            builder,
+            signature.return_type,
+            [tree_sum(builder, terms_i, 6), tree_sum(builder, terms_v, 6)],
+        )
+
+    return sig, codegen
+
+
+_taps6_v6: Any = intrinsic(_taps6_v6_ir)
+
+
+@numba.njit
+def _call_v6(
+    fimg: NDArray[np.float32],
+    fvar: NDArray[np.float32],
+    base: NDArray[np.int64],
+    nx: int,
+    table: NDArray[np.float32],
+    px: NDArray[np.int64],
+    py: NDArray[np.int64],
+) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
+    out_i = np.empty(base.size, np.float32)
+    out_v = np.empty(base.size, np.float32)
+    for k in range(base.size):
+        out_i[k], out_v[k] = _taps6_v6(fimg, fvar, base[k], nx, table, px[k], py[k])
+    return out_i, out_v
+
+
+def test_vector_taps_equal_the_first_vector_form_bit_for_bit() -> None:
+    """Masked 8-lane loads and the paired tree sums change no bit of the 6×6 sums
+    (including NaN and infinite taps, and taps ending at the array's last element)."""
+    rng = np.random.default_rng(11)
+    ny, nx = 41, 47
+    img = (rng.normal(0.0, 1.0, (ny, nx)) * 10.0 ** rng.uniform(-3, 6, (ny, nx))).astype(np.float32)
+    var = rng.uniform(0.0, 1e4, (ny, nx)).astype(np.float32)
+    img[5, 7] = np.nan
+    var[20, 30] = np.inf
+    table = kernel_table("lanczos3")
+    n = 20000
+    y0 = rng.integers(0, ny - 5, n)
+    x0 = rng.integers(0, nx - 5, n)
+    y0[:20], x0[:20] = ny - 6, nx - 6  # the array's last element is the last tap
+    px = rng.integers(0, table.shape[0], n)
+    py = rng.integers(0, table.shape[0], n)
+    px[:20], py[:20] = table.shape[0] - 1, table.shape[0] - 1
+    args = (img.ravel(), var.ravel(), y0 * nx + x0, nx, table, px, py)
+    got = _call(*args)
+    want = _call_v6(*args)
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_array_equal(g.view(np.uint32), w.view(np.uint32))
+
+
+def _sums_for(count: int) -> Any:
+    """``f(a, b) -> (tree_sums lane 0, lane 1, tree_sum(a), tree_sum(b))`` over the
+    first ``count`` of 8 floats."""
+
+    def sums_ir(typingctx: Any, a: Any, b: Any) -> Any:
+        sig = types.UniTuple(types.float32, 4)(a, b)
+
+        def codegen(context: Any, builder: ir.IRBuilder, signature: Any, args: Any) -> Any:
+            v8 = ir.VectorType(ir.FloatType(), 8)
+            va, vb = (
+                load_lanes(builder, context.make_array(t)(context, builder, v).data, v8, 8)
+                for t, v in zip(signature.args, args, strict=True)
+            )
+            pair = tree_sums(builder, va, vb, count)
+            i32 = ir.IntType(32)
+            return context.make_tuple(
+                builder,
+                signature.return_type,
+                [
+                    builder.extract_element(pair, ir.Constant(i32, 0)),
+                    builder.extract_element(pair, ir.Constant(i32, 1)),
+                    tree_sum(builder, va, count),
+                    tree_sum(builder, vb, count),
+                ],
+            )
+
+        return sig, codegen
+
+    sums = intrinsic(sums_ir)
+
+    @numba.njit
+    def run(a: NDArray[np.float32], b: NDArray[np.float32]) -> NDArray[np.float32]:
+        out = np.empty((a.shape[0], 4), np.float32)
+        for k in range(a.shape[0]):
+            out[k, 0], out[k, 1], out[k, 2], out[k, 3] = sums(a[k], b[k])
+        return out
+
+    return run
+
+
+@pytest.mark.parametrize("count", [1, 2, 4, 6, 8])
+def test_tree_sums_equal_tree_sum_bit_for_bit(count: int) -> None:
+    rng = np.random.default_rng(count)
+    shape = (5000, 8)
+    a = (rng.normal(size=shape) * 10.0 ** rng.uniform(-8, 8, shape)).astype(np.float32)
+    b = (rng.normal(size=shape) * 10.0 ** rng.uniform(-8, 8, shape)).astype(np.float32)
+    a[:10, 0] = np.nan
+    b[10:20, count - 1] = -np.inf
+    out = _sums_for(count)(a, b)
+    np.testing.assert_array_equal(out[:, 0].view(np.uint32), out[:, 2].view(np.uint32))
+    np.testing.assert_array_equal(out[:, 1].view(np.uint32), out[:, 3].view(np.uint32))
+    good = slice(20, None)
+    np.testing.assert_allclose(
+        out[good, 0], a[good, :count].astype(np.float64).sum(axis=1), rtol=1e-4, atol=1e2
+    )
+
+
+def test_tree_sums_refuses_odd_counts_it_cannot_pair() -> None:
+    module = ir.Module()
+    v8 = ir.VectorType(ir.FloatType(), 8)
+    fn = ir.Function(module, ir.FunctionType(ir.FloatType(), [v8, v8]), "f")
+    builder = ir.IRBuilder(fn.append_basic_block())
+    for count in (3, 5, 7):
+        with pytest.raises(ValueError, match="not supported"):
+            tree_sums(builder, fn.args[0], fn.args[1], count)
+
+
+def _lanes6_ir(typingctx: Any, data: Any, start: Any) -> Any:
+    sig = types.UniTuple(types.float32, 8)(data, start)
+
+    def codegen(context: Any, builder: ir.IRBuilder, signature: Any, args: Any) -> Any:
+        arr = context.make_array(signature.args[0])(context, builder, args[0])
+        start_ = context.cast(builder, args[1], signature.args[1], types.int64)
+        vec = load_lanes(
+            builder, builder.gep(arr.data, [start_]), ir.VectorType(ir.FloatType(), 8), 6
+        )
+        i32 = ir.IntType(32)
+        lanes = [builder.extract_element(vec, ir.Constant(i32, k)) for k in range(8)]
+        return context.make_tuple(builder, signature.return_type, lanes)
+
+    return sig, codegen
+
+
+_lanes6_intrinsic: Any = intrinsic(_lanes6_ir)
+
+
+@numba.njit
+def _lanes6(data: NDArray[np.float32], start: int) -> NDArray[np.float32]:
+    out = np.empty(8, np.float32)
+    lanes = _lanes6_intrinsic(data, start)
+    for k in range(8):
+        out[k] = lanes[k]
+    return out
+
+
+def test_load_lanes_reads_only_its_lanes() -> None:
+    """Lanes past ``count`` are 0 whatever lies beyond in memory; a load ending at an
+    array's last element works (a masked load: nothing beyond is read)."""
+    data = np.arange(1.0, 25.0, dtype=np.float32)
+    np.testing.assert_array_equal(_lanes6(data, data.size - 6), [19, 20, 21, 22, 23, 24, 0, 0])
+    np.testing.assert_array_equal(_lanes6(data, 3), [4, 5, 6, 7, 8, 9, 0, 0])
