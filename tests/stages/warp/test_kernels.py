@@ -3,6 +3,8 @@ earlier vector forms; the shared vector helpers of ``lsstlite._vector``."""
 
 from __future__ import annotations
 
+import itertools
+import math
 from typing import Any
 
 import numba
@@ -14,7 +16,16 @@ from numba.extending import intrinsic
 from numpy.typing import NDArray
 
 from lsstlite._vector import load_lanes, splat, tree_sum, tree_sums
-from lsstlite.stages.warp._kernels import _taps6, kernel_table
+from lsstlite.stages.warp._kernels import (
+    _FAST,
+    _INSIDE,
+    _SHIFT_OX,
+    _SHIFT_OY,
+    TABLE_RESOLUTION,
+    _setup_cell,
+    _taps6,
+    kernel_table,
+)
 
 
 @numba.njit
@@ -260,3 +271,132 @@ def test_load_lanes_reads_only_its_lanes() -> None:
     data = np.arange(1.0, 25.0, dtype=np.float32)
     np.testing.assert_array_equal(_lanes6(data, data.size - 6), [19, 20, 21, 22, 23, 24, 0, 0])
     np.testing.assert_array_equal(_lanes6(data, 3), [4, 5, 6, 7, 8, 9, 0, 0])
+
+
+@numba.njit(fastmath={"contract"})
+def _setup_reference(
+    n: int,
+    out_x0: int,
+    cell_x: float,
+    inv_step: float,
+    cell: NDArray[np.float64],
+    box: NDArray[np.float64],
+    sub_x0: int,
+    sub_y0: int,
+    nx: int,
+    ny: int,
+    radius: int,
+) -> tuple[NDArray[np.float64], NDArray[np.int64]]:
+    """The per-pixel set-up as the former warp loop wrote it (branches, one pixel at a
+    time): ``(x, y, jac)`` and ``(inside, fast, base, px, py, fx > 0, fy > 0)``."""
+    xl, yl, dxdu, dydu, ex0, ex, ey0, ey = cell
+    bx0, by0, bx1, by1 = box
+    inv_step2 = inv_step * inv_step
+    n_taps = 2 * radius
+    f = np.zeros((n, 3))
+    k = np.zeros((n, 7), np.int64)
+    for ii in range(n):
+        fu = (out_x0 + ii - cell_x) * inv_step
+        xin = xl + dxdu * fu
+        yin = yl + dydu * fu
+        f[ii, 0] = xin
+        f[ii, 1] = yin
+        f[ii, 2] = abs(dxdu * (ey0 + ey * fu) - (ex0 + ex * fu) * dydu) * inv_step2
+        if not (bx0 <= xin < bx1 and by0 <= yin < by1):
+            continue
+        fxp = math.floor(xin)
+        fyp = math.floor(yin)
+        fx = xin - fxp
+        fy = yin - fyp
+        ixc = int(fxp) - sub_x0
+        iyc = int(fyp) - sub_y0
+        ix_first = ixc - radius + 1
+        iy_first = iyc - radius + 1
+        k[ii, 0] = 1
+        k[ii, 1] = (
+            ix_first >= 0 and iy_first >= 0 and ix_first + n_taps <= nx and iy_first + n_taps <= ny
+        )
+        k[ii, 2] = iy_first * nx + ix_first
+        k[ii, 3] = int(fx * TABLE_RESOLUTION + 0.5)
+        k[ii, 4] = int(fy * TABLE_RESOLUTION + 0.5)
+        k[ii, 5] = fx > 0.0
+        k[ii, 6] = fy > 0.0
+    return f, k
+
+
+def _setup_rows(
+    n: int,
+    i0s: list[int],
+    out_x0: int,
+    cell_x: float,
+    inv_step: float,
+    cell: NDArray[np.float64],
+    box: NDArray[np.float64],
+    sub_x0: int,
+    sub_y0: int,
+    nx: int,
+    ny: int,
+    radius: int,
+) -> tuple[NDArray[np.float64], NDArray[np.int64]]:
+    """:func:`_setup_cell` over ``n`` pixels cut into segments at ``i0s``."""
+    r = [np.full(n, np.nan) for _ in range(3)] + [np.full(n, -1, np.int64) for _ in range(4)]
+    cuts = [*i0s, n]
+    for a, b in itertools.pairwise(cuts):
+        _setup_cell(
+            a, b, out_x0, cell_x, inv_step, inv_step * inv_step, *cell, *box,
+            sub_x0, sub_y0, nx, ny, radius, *r,
+        )  # fmt: skip
+    x, y, jac, base, px, py, code = r
+    f = np.stack([x, y, jac], axis=1)
+    inside = (code & _INSIDE) != 0
+    k = np.stack(
+        [
+            inside,
+            (code & _FAST) != 0,
+            np.where(inside, base, 0),
+            np.where(inside, px, 0),
+            np.where(inside, py, 0),
+            inside & ((code >> _SHIFT_OX) & 1 == 1),
+            inside & ((code >> _SHIFT_OY) & 1 == 1),
+        ],
+        axis=1,
+    ).astype(np.int64)
+    return f, k
+
+
+@pytest.mark.parametrize("radius", [3, 2, 4, 1])
+def test_vectorised_setup_equals_the_per_pixel_loop_bit_for_bit(radius: int) -> None:
+    """The branch-free set-up (vectorised by LLVM) gives the former per-pixel loop's
+    bits, whether a row is one segment or many (vector body or scalar remainder), at
+    the detector and region edges, and for NaN positions (off-detector grid points)."""
+    rng = np.random.default_rng(radius)
+    n = 203
+    nx, ny = 300, 250
+    for trial in range(40):
+        cell = np.array(
+            [
+                rng.uniform(-10, 320),
+                rng.uniform(-10, 270),
+                rng.uniform(14, 18) * rng.choice([-1, 1]),
+                rng.uniform(-3, 3),
+                rng.uniform(-3, 3),
+                rng.uniform(-0.01, 0.01),
+                rng.uniform(14, 18),
+                rng.uniform(-0.01, 0.01),
+            ]
+        )
+        if trial % 10 == 0:
+            cell[0] = np.nan
+        # positions on whole and half pixels too (phases exactly 0 and 1/2)
+        if trial % 7 == 0:
+            cell[2:4] = np.round(cell[2:4])
+            cell[:2] = np.round(cell[:2] * 2) / 2
+        box = np.array([-0.5, -0.5, rng.uniform(100, 300), rng.uniform(100, 250)])
+        args = (rng.integers(-50, 50), float(rng.integers(-60, 60)), 1.0 / 16.0, cell, box)
+        region = (rng.integers(-5, 5), rng.integers(-5, 5), nx, ny, radius)
+        want_f, want_k = _setup_reference(n, *args, *region)
+        cuts = sorted({0, *rng.integers(0, n, rng.integers(0, 12))})
+        for i0s in ([0], cuts, list(range(n))):
+            got_f, got_k = _setup_rows(n, i0s, *args, *region)
+            np.testing.assert_array_equal(got_f.view(np.uint64), want_f.view(np.uint64))
+            np.testing.assert_array_equal(got_k, want_k)
