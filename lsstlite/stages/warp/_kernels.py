@@ -24,6 +24,7 @@ __all__ = [
     "TABLE_RESOLUTION",
     "interpolate_grid",
     "kernel_table",
+    "taps6_table",
     "warp_block",
 ]
 
@@ -57,6 +58,30 @@ def kernel_table(kernel: str) -> NDArray[np.float32]:
     # Normalised per phase (Lanczos weights do not sum to one): interior pixels then need
     # no per-pixel normalisation, and a flat image stays flat.
     return np.ascontiguousarray(values / values.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+#: Row length of :func:`taps6_table` (floats): one 64-byte cache line per phase.
+TAPS6_ROW = 16
+
+
+def taps6_table(table: NDArray[np.float32]) -> NDArray[np.float32]:
+    """A 6-tap :func:`kernel_table` laid out for :func:`_taps6`: row ``p`` is
+    ``[w_0 … w_5, 0, 0, w_0² … w_5², 0, 0]`` (the squares rounded to float32 as the sums
+    formed them before), each row one 64-byte line (the array is 64-byte aligned).
+
+    A pixel's x weights are then one 8-lane load and its y weights and their squares
+    are broadcast from one line: no per-pixel squaring.
+    """
+    if table.ndim != 2 or table.shape[1] != 6:
+        raise ValueError(f"taps6_table: a 6-tap table expected, got shape {table.shape}")
+    n = table.shape[0]
+    buf = np.zeros(n * TAPS6_ROW + TAPS6_ROW, np.float32)
+    start = (-buf.ctypes.data % 64) // 4
+    out = buf[start : start + n * TAPS6_ROW].reshape(n, TAPS6_ROW)
+    t = table.astype(np.float32)
+    out[:, :6] = t
+    out[:, 8:14] = t * t
+    return out
 
 
 @numba.njit(cache=True, inline="always")
@@ -104,7 +129,7 @@ def _taps6_ir(
 ) -> Any:
     """The 6×6 (Lanczos3) sums ``(Σ_q wy_q Σ_k wx_k I, Σ_q wy_q² Σ_k wx_k² V)`` from flat
     float32 arrays, ``base`` the first tap's offset, ``nx`` the row length, ``table`` the
-    :func:`kernel_table` (rows ``px``, ``py``).
+    :func:`taps6_table` of the kernel (rows ``px``, ``py``).
 
     Written as LLVM vector code: each input row is one 6-float load and one fused
     multiply-add into a column accumulator per plane (12 vector FMAs per pixel instead
@@ -131,7 +156,7 @@ def _taps6_ir(
         img = context.make_array(t_img)(context, builder, a_img)
         var = context.make_array(t_var)(context, builder, a_var)
         tab = context.make_array(t_tab)(context, builder, a_tab)
-        n_col = cgutils.unpack_tuple(builder, tab.shape, 2)[1]
+        row_len = ir.Constant(i64, TAPS6_ROW)
         # six taps in the first lanes of eight (lanes 6, 7 are 0 and never summed)
         v8 = ir.VectorType(ir.FloatType(), 8)
         fma = cgutils.get_or_insert_function(
@@ -139,15 +164,19 @@ def _taps6_ir(
         )
         acc_i = ir.Constant(v8, [0.0] * 8)
         acc_v = ir.Constant(v8, [0.0] * 8)
-        wy_row = builder.mul(py_, n_col)
+        wy_row = builder.mul(py_, row_len)
         for q in range(6):
             off = builder.add(base_, builder.mul(nx_, ir.Constant(i64, q)))
             row_i = load_lanes(builder, builder.gep(img.data, [off]), v8, 6)
             row_v = load_lanes(builder, builder.gep(var.data, [off]), v8, 6)
             wq = builder.load(builder.gep(tab.data, [builder.add(wy_row, ir.Constant(i64, q))]))
+            wq2 = builder.load(
+                builder.gep(tab.data, [builder.add(wy_row, ir.Constant(i64, 8 + q))])
+            )
             acc_i = builder.call(fma, [splat(builder, wq, v8), row_i, acc_i])
-            acc_v = builder.call(fma, [splat(builder, builder.fmul(wq, wq), v8), row_v, acc_v])
-        wx = load_lanes(builder, builder.gep(tab.data, [builder.mul(px_, n_col)]), v8, 6)
+            acc_v = builder.call(fma, [splat(builder, wq2, v8), row_v, acc_v])
+        wx_ptr = builder.gep(tab.data, [builder.mul(px_, row_len)])
+        wx = builder.load(builder.bitcast(wx_ptr, v8.as_pointer()), align=4)
         terms_i = builder.fmul(acc_i, wx)
         terms_v = builder.fmul(builder.fmul(acc_v, wx), wx)
         sums = tree_sums(builder, terms_i, terms_v, 6)
@@ -164,7 +193,8 @@ def _taps6_ir(
     return sig, codegen
 
 
-#: ``_taps6(fimg, fvar, base, nx, table, px, py) -> (float32, float32)`` in numba code.
+#: ``_taps6(fimg, fvar, base, nx, table6, px, py) -> (float32, float32)`` in numba code
+#: (``table6`` a :func:`taps6_table`).
 _taps6: Any = intrinsic(_taps6_ir)
 
 
@@ -404,6 +434,7 @@ def warp_block(
     out_x0: int,
     out_y0: int,
     table: NDArray[np.float32],
+    table6: NDArray[np.float32],
     radius: int,
     no_data: np.int32,
     sensor_edge: np.int32,
@@ -425,8 +456,9 @@ def warp_block(
         grid_y0 + j step)``.
     out_x0, out_y0
         Parent position of ``out_img[0, 0]``.
-    table, radius
-        :func:`kernel_table` of the kernel and its half-width.
+    table, table6, radius
+        :func:`kernel_table` of the kernel, its :func:`taps6_table` (6-tap kernels; any
+        array otherwise) and its half-width.
     no_data, sensor_edge
         Mask bit values to set.
 
@@ -490,7 +522,7 @@ def warp_block(
                 # every tap inside, rows normalised: no per-tap tests; a NaN shows in
                 # the sum and sends the pixel to the careful path
                 base = r_base[ii]
-                s_img, s_var = _taps6(fimg, fvar, base, nx, table, r_px[ii], r_py[ii])
+                s_img, s_var = _taps6(fimg, fvar, base, nx, table6, r_px[ii], r_py[ii])
                 if math.isfinite(s_img) and math.isfinite(s_var):
                     jac = r_jac[ii]
                     foi[o] = s_img * jac

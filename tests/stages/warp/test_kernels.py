@@ -25,6 +25,7 @@ from lsstlite.stages.warp._kernels import (
     _setup_cell,
     _taps6,
     kernel_table,
+    taps6_table,
 )
 
 
@@ -59,7 +60,8 @@ def test_vector_taps_equal_the_weighted_sums() -> None:
     x0[:50] = nx - 6  # the last taps are the row's last pixels
     px = rng.integers(0, table.shape[0], n)
     py = rng.integers(0, table.shape[0], n)
-    got_i, got_v = _call(img.ravel(), var.ravel(), y0 * nx + x0, nx, table, px, py)
+    table6 = taps6_table(table)
+    got_i, got_v = _call(img.ravel(), var.ravel(), y0 * nx + x0, nx, table6, px, py)
     wx = table[px].astype(np.float64)
     wy = table[py].astype(np.float64)
     rows = y0[:, None, None] + np.arange(6)[None, :, None]
@@ -71,7 +73,7 @@ def test_vector_taps_equal_the_weighted_sums() -> None:
     np.testing.assert_allclose(got_v, want_v, rtol=2e-6, atol=2e-5)
     img[10, 20] = np.nan
     bad_i, bad_v = _call(
-        img.ravel(), var.ravel(), np.array([8 * nx + 17]), nx, table, px[:1], py[:1]
+        img.ravel(), var.ravel(), np.array([8 * nx + 17]), nx, table6, px[:1], py[:1]
     )
     assert np.isnan(bad_i[0]) and np.isfinite(bad_v[0])
 
@@ -147,8 +149,9 @@ def _call_v6(
 
 
 def test_vector_taps_equal_the_first_vector_form_bit_for_bit() -> None:
-    """Masked 8-lane loads and the paired tree sums change no bit of the 6×6 sums
-    (including NaN and infinite taps, and taps ending at the array's last element)."""
+    """Masked 8-lane loads, the packed weight table (squares tabulated) and the paired
+    tree sums change no bit of the 6×6 sums (including NaN and infinite taps, and taps
+    ending at the array's last element)."""
     rng = np.random.default_rng(11)
     ny, nx = 41, 47
     img = (rng.normal(0.0, 1.0, (ny, nx)) * 10.0 ** rng.uniform(-3, 6, (ny, nx))).astype(np.float32)
@@ -163,9 +166,9 @@ def test_vector_taps_equal_the_first_vector_form_bit_for_bit() -> None:
     px = rng.integers(0, table.shape[0], n)
     py = rng.integers(0, table.shape[0], n)
     px[:20], py[:20] = table.shape[0] - 1, table.shape[0] - 1
-    args = (img.ravel(), var.ravel(), y0 * nx + x0, nx, table, px, py)
-    got = _call(*args)
-    want = _call_v6(*args)
+    args = (img.ravel(), var.ravel(), y0 * nx + x0, nx)
+    got = _call(*args, taps6_table(table), px, py)
+    want = _call_v6(*args, table, px, py)
     for g, w in zip(got, want, strict=True):
         np.testing.assert_array_equal(g.view(np.uint32), w.view(np.uint32))
 
@@ -400,3 +403,17 @@ def test_vectorised_setup_equals_the_per_pixel_loop_bit_for_bit(radius: int) -> 
             got_f, got_k = _setup_rows(n, i0s, *args, *region)
             np.testing.assert_array_equal(got_f.view(np.uint64), want_f.view(np.uint64))
             np.testing.assert_array_equal(got_k, want_k)
+
+
+def test_taps6_table_layout() -> None:
+    """64-byte aligned rows of 16: the weights, two zeros, their float32 squares, two
+    zeros; only 6-tap tables."""
+    table = kernel_table("lanczos3")
+    packed = taps6_table(table)
+    assert packed.shape == (table.shape[0], 16) and packed.flags.c_contiguous
+    assert packed.ctypes.data % 64 == 0
+    np.testing.assert_array_equal(packed[:, :6], table)
+    np.testing.assert_array_equal(packed[:, 8:14], table * table)
+    assert not packed[:, 6:8].any() and not packed[:, 14:].any()
+    with pytest.raises(ValueError, match="6-tap"):
+        taps6_table(kernel_table("lanczos4"))
