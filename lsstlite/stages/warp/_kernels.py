@@ -17,13 +17,14 @@ from numba.core import cgutils, types
 from numba.extending import intrinsic
 from numpy.typing import NDArray
 
-from lsstlite._vector import splat, tree_sum
+from lsstlite._vector import load_lanes, splat, tree_sums
 
 __all__ = [
     "KERNEL_RADIUS",
     "TABLE_RESOLUTION",
     "interpolate_grid",
     "kernel_table",
+    "taps6_table",
     "warp_block",
 ]
 
@@ -57,6 +58,30 @@ def kernel_table(kernel: str) -> NDArray[np.float32]:
     # Normalised per phase (Lanczos weights do not sum to one): interior pixels then need
     # no per-pixel normalisation, and a flat image stays flat.
     return np.ascontiguousarray(values / values.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+#: Row length of :func:`taps6_table` (floats): one 64-byte cache line per phase.
+TAPS6_ROW = 16
+
+
+def taps6_table(table: NDArray[np.float32]) -> NDArray[np.float32]:
+    """A 6-tap :func:`kernel_table` laid out for :func:`_taps6`: row ``p`` is
+    ``[w_0 … w_5, 0, 0, w_0² … w_5², 0, 0]`` (the squares rounded to float32 as the sums
+    formed them before), each row one 64-byte line (the array is 64-byte aligned).
+
+    A pixel's x weights are then one 8-lane load and its y weights and their squares
+    are broadcast from one line: no per-pixel squaring.
+    """
+    if table.ndim != 2 or table.shape[1] != 6:
+        raise ValueError(f"taps6_table: a 6-tap table expected, got shape {table.shape}")
+    n = table.shape[0]
+    buf = np.zeros(n * TAPS6_ROW + TAPS6_ROW, np.float32)
+    start = (-buf.ctypes.data % 64) // 4
+    out = buf[start : start + n * TAPS6_ROW].reshape(n, TAPS6_ROW)
+    t = table.astype(np.float32)
+    out[:, :6] = t
+    out[:, 8:14] = t * t
+    return out
 
 
 @numba.njit(cache=True, inline="always")
@@ -104,7 +129,7 @@ def _taps6_ir(
 ) -> Any:
     """The 6×6 (Lanczos3) sums ``(Σ_q wy_q Σ_k wx_k I, Σ_q wy_q² Σ_k wx_k² V)`` from flat
     float32 arrays, ``base`` the first tap's offset, ``nx`` the row length, ``table`` the
-    :func:`kernel_table` (rows ``px``, ``py``).
+    :func:`taps6_table` of the kernel (rows ``px``, ``py``).
 
     Written as LLVM vector code: each input row is one 6-float load and one fused
     multiply-add into a column accumulator per plane (12 vector FMAs per pixel instead
@@ -131,39 +156,45 @@ def _taps6_ir(
         img = context.make_array(t_img)(context, builder, a_img)
         var = context.make_array(t_var)(context, builder, a_var)
         tab = context.make_array(t_tab)(context, builder, a_tab)
-        n_col = cgutils.unpack_tuple(builder, tab.shape, 2)[1]
-        v6 = ir.VectorType(ir.FloatType(), 6)
+        row_len = ir.Constant(i64, TAPS6_ROW)
+        # six taps in the first lanes of eight (lanes 6, 7 are 0 and never summed)
+        v8 = ir.VectorType(ir.FloatType(), 8)
         fma = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(v6, [v6, v6, v6]), "llvm.fma.v6f32"
+            builder.module, ir.FunctionType(v8, [v8, v8, v8]), "llvm.fma.v8f32"
         )
-        acc_i = ir.Constant(v6, [0.0] * 6)
-        acc_v = ir.Constant(v6, [0.0] * 6)
-        wy_row = builder.mul(py_, n_col)
+        acc_i = ir.Constant(v8, [0.0] * 8)
+        acc_v = ir.Constant(v8, [0.0] * 8)
+        wy_row = builder.mul(py_, row_len)
         for q in range(6):
             off = builder.add(base_, builder.mul(nx_, ir.Constant(i64, q)))
-            row_i = builder.load(
-                builder.bitcast(builder.gep(img.data, [off]), v6.as_pointer()), align=4
-            )
-            row_v = builder.load(
-                builder.bitcast(builder.gep(var.data, [off]), v6.as_pointer()), align=4
-            )
+            row_i = load_lanes(builder, builder.gep(img.data, [off]), v8, 6)
+            row_v = load_lanes(builder, builder.gep(var.data, [off]), v8, 6)
             wq = builder.load(builder.gep(tab.data, [builder.add(wy_row, ir.Constant(i64, q))]))
-            acc_i = builder.call(fma, [splat(builder, wq, v6), row_i, acc_i])
-            acc_v = builder.call(fma, [splat(builder, builder.fmul(wq, wq), v6), row_v, acc_v])
-        wx_ptr = builder.gep(tab.data, [builder.mul(px_, n_col)])
-        wx = builder.load(builder.bitcast(wx_ptr, v6.as_pointer()), align=4)
+            wq2 = builder.load(
+                builder.gep(tab.data, [builder.add(wy_row, ir.Constant(i64, 8 + q))])
+            )
+            acc_i = builder.call(fma, [splat(builder, wq, v8), row_i, acc_i])
+            acc_v = builder.call(fma, [splat(builder, wq2, v8), row_v, acc_v])
+        wx_ptr = builder.gep(tab.data, [builder.mul(px_, row_len)])
+        wx = builder.load(builder.bitcast(wx_ptr, v8.as_pointer()), align=4)
         terms_i = builder.fmul(acc_i, wx)
         terms_v = builder.fmul(builder.fmul(acc_v, wx), wx)
+        sums = tree_sums(builder, terms_i, terms_v, 6)
+        i32 = ir.IntType(32)
         return context.make_tuple(
             builder,
             signature.return_type,
-            [tree_sum(builder, terms_i, 6), tree_sum(builder, terms_v, 6)],
+            [
+                builder.extract_element(sums, ir.Constant(i32, 0)),
+                builder.extract_element(sums, ir.Constant(i32, 1)),
+            ],
         )
 
     return sig, codegen
 
 
-#: ``_taps6(fimg, fvar, base, nx, table, px, py) -> (float32, float32)`` in numba code.
+#: ``_taps6(fimg, fvar, base, nx, table6, px, py) -> (float32, float32)`` in numba code
+#: (``table6`` a :func:`taps6_table`).
 _taps6: Any = intrinsic(_taps6_ir)
 
 
@@ -298,6 +329,92 @@ def interpolate_grid(
     return xi, yi
 
 
+#: Bits of a pixel's set-up code (:func:`_setup_cell`).
+_INSIDE = 1  # maps inside the detector
+_FAST = 2  # every tap inside the input region
+_SHIFT_OX = 2  # x phase > 0 (the bilinear footprint spans two columns)
+_SHIFT_OY = 3  # y phase > 0
+
+
+@numba.njit(cache=True, inline="always", fastmath={"contract"})
+def _setup_cell(
+    i0: int,
+    i1: int,
+    out_x0: int,
+    cell_x: float,
+    inv_step: float,
+    inv_step2: float,
+    xl: float,
+    yl: float,
+    dxdu: float,
+    dydu: float,
+    ex0: float,
+    ex: float,
+    ey0: float,
+    ey: float,
+    bx0: float,
+    by0: float,
+    bx1: float,
+    by1: float,
+    sub_x0: int,
+    sub_y0: int,
+    nx: int,
+    ny: int,
+    radius: int,
+    r_x: NDArray[np.float64],
+    r_y: NDArray[np.float64],
+    r_jac: NDArray[np.float64],
+    r_base: NDArray[np.int64],
+    r_px: NDArray[np.int64],
+    r_py: NDArray[np.int64],
+    r_code: NDArray[np.int64],
+) -> None:
+    """Pixels ``i0:i1`` of a row inside one grid cell: input position, Jacobian,
+    first-tap offset, phase rows and a code (``_INSIDE``, ``_FAST``, the two phase
+    signs). Branch-free, so LLVM vectorises it; the arithmetic is that of the former
+    per-pixel loop, operation for operation (the results are the same bits).
+    """
+    n_taps = 2 * radius
+    for i in range(i0, i1):
+        # unsigned index: no negative-index wraparound, so the stores stay contiguous
+        # (with it LLVM vectorised them as scatters)
+        ii = np.uint64(i)
+        fu = (out_x0 + i - cell_x) * inv_step
+        xin = xl + dxdu * fu
+        yin = yl + dydu * fu
+        r_x[ii] = xin
+        r_y[ii] = yin
+        r_jac[ii] = abs(dxdu * (ey0 + ey * fu) - (ex0 + ex * fu) * dydu) * inv_step2
+        inside = (bx0 <= xin) & (xin < bx1) & (by0 <= yin) & (yin < by1)
+        # off the detector (maybe NaN or huge): a harmless 0 instead
+        xs = xin if inside else 0.0
+        ys = yin if inside else 0.0
+        # Phase from the parent-frame position, so that it does not depend on where
+        # the input region starts (i.e. on the chunking): bit-identical.
+        fxp = math.floor(xs)
+        fyp = math.floor(ys)
+        fx = xs - fxp
+        fy = ys - fyp
+        ix_first = fxp - sub_x0 - radius + 1
+        iy_first = fyp - sub_y0 - radius + 1
+        r_px[ii] = _phase_row(fx)
+        r_py[ii] = _phase_row(fy)
+        r_base[ii] = iy_first * nx + ix_first
+        fast = (
+            inside
+            & (ix_first >= 0)
+            & (iy_first >= 0)
+            & (ix_first + n_taps <= nx)
+            & (iy_first + n_taps <= ny)
+        )
+        r_code[ii] = (
+            _INSIDE * inside
+            + _FAST * fast
+            + (int(fx > 0.0) << _SHIFT_OX)
+            + (int(fy > 0.0) << _SHIFT_OY)
+        )
+
+
 # Contraction (FMA) only: with reassociation LLVM vectorises the tap sums with an
 # alignment-dependent peel, so a pixel's value changed with the (chunking-dependent)
 # address of its input.
@@ -317,6 +434,7 @@ def warp_block(
     out_x0: int,
     out_y0: int,
     table: NDArray[np.float32],
+    table6: NDArray[np.float32],
     radius: int,
     no_data: np.int32,
     sensor_edge: np.int32,
@@ -338,8 +456,9 @@ def warp_block(
         grid_y0 + j step)``.
     out_x0, out_y0
         Parent position of ``out_img[0, 0]``.
-    table, radius
-        :func:`kernel_table` of the kernel and its half-width.
+    table, table6, radius
+        :func:`kernel_table` of the kernel, its :func:`taps6_table` (6-tap kernels; any
+        array otherwise) and its half-width.
     no_data, sensor_edge
         Mask bit values to set.
 
@@ -353,7 +472,10 @@ def warp_block(
     Lanczos footprint (6×6) would grow every masked pixel into a 6-pixel blob.
 
     The mapping is linear along each output row within a grid cell, so it is set up once
-    per cell and row (:func:`_cell`) and stepped per pixel.
+    per cell and row (:func:`_cell`) and stepped per pixel. Each output row is two
+    passes: the per-pixel set-up for the whole row (:func:`_setup_cell`, branch-free and
+    vectorised by LLVM: position, Jacobian, first-tap offset, phase rows, a code), then
+    the tap sums and stores, whose loop then holds little more than :func:`_taps6`.
     """
     h, w = out_img.shape
     ny, nx = img.shape
@@ -364,6 +486,16 @@ def warp_block(
     inv_step2 = inv_step * inv_step
     fimg, fvar, fmsk = img.ravel(), var.ravel(), msk.ravel()
     foi, fov, fom = out_img.ravel(), out_var.ravel(), out_msk.ravel()
+    # one row's set-up (pass 1), read by the tap sums (pass 2)
+    r_x = np.empty(w)
+    r_y = np.empty(w)
+    r_jac = np.empty(w)
+    r_base = np.empty(w, np.int64)
+    r_px = np.empty(w, np.int64)
+    r_py = np.empty(w, np.int64)
+    r_code = np.empty(w, np.int64)
+    # from a fast pixel's first tap to its bilinear footprint's first pixel
+    to_centre = (radius - 1) * (nx + 1)
     for j in range(h):
         v = (out_y0 + j - grid_y0) * inv_step
         iv = _grid_index(v, gh)
@@ -375,62 +507,69 @@ def warp_block(
             # this cell's pixels (the last cell also takes those beyond the grid)
             i_end = w if iu == gw - 2 else min(w, max(i + 1, int(cell_x + step) - out_x0))
             xl, yl, dxdu, dydu, ex0, ex, ey0, ey = _cell(gx, gy, iu, iv, fv)
-            for ii in range(i, i_end):
-                o = np.uint64(j * w + ii)
-                fu = (out_x0 + ii - cell_x) * inv_step
-                xin = xl + dxdu * fu
-                yin = yl + dydu * fu
-                if not (bx0 <= xin < bx1 and by0 <= yin < by1):
-                    foi[o] = np.nan
-                    fov[o] = np.nan
-                    fom[o] = no_data
-                    continue
-                jac = abs(dxdu * (ey0 + ey * fu) - (ex0 + ex * fu) * dydu) * inv_step2
-                # Phase from the parent-frame position, so that it does not depend on
-                # where the input region starts (i.e. on the chunking): bit-identical.
-                fxp = math.floor(xin)
-                fyp = math.floor(yin)
-                fx = xin - fxp
-                fy = yin - fyp
-                ixc = int(fxp) - sub_x0
-                iyc = int(fyp) - sub_y0
-                ix_first = ixc - radius + 1
-                iy_first = iyc - radius + 1
-                px = _phase_row(fx)
-                py = _phase_row(fy)
-                if (
-                    ix_first >= 0
-                    and iy_first >= 0
-                    and ix_first + n_taps <= nx
-                    and iy_first + n_taps <= ny
-                ):
-                    # Fast path (every tap inside, rows normalised): no per-tap tests; a
-                    # NaN shows in the sum and sends the pixel to the careful path.
-                    if n_taps == 6:
-                        s_img, s_var = _taps6(
-                            fimg, fvar, np.int64(iy_first * nx + ix_first), nx, table, px, py
-                        )
-                    else:
-                        s_img, s_var = _taps(img, var, ix_first, iy_first, table[px], table[py])
-                    if math.isfinite(s_img) and math.isfinite(s_var):
-                        foi[o] = s_img * jac
-                        fov[o] = s_var * jac * jac
-                        # OR over the bilinear footprint, branch-free (offset 0 on an
-                        # axis whose phase is exactly 0)
-                        mb = np.uint64(iyc * nx + ixc)
-                        ox = np.uint64(1) if fx > 0.0 else np.uint64(0)
-                        oy = np.uint64(nx) if fy > 0.0 else np.uint64(0)
-                        fom[o] = (fmsk[mb] | fmsk[mb + ox]) | (fmsk[mb + oy] | fmsk[mb + ox + oy])
-                        continue
-                s_img, s_var, s_w, m, ok = _careful(
-                    img, var, msk, ixc, iyc, fx, fy, table[px], table[py], sensor_edge
-                )
-                if not ok:
-                    foi[o] = np.nan
-                    fov[o] = np.nan
-                    fom[o] = m | no_data
-                    continue
-                foi[o] = s_img / s_w * jac
-                fov[o] = s_var / (s_w * s_w) * jac * jac
-                fom[o] = m
+            _setup_cell(
+                i, i_end, out_x0, cell_x, inv_step, inv_step2, xl, yl, dxdu, dydu,
+                ex0, ex, ey0, ey, bx0, by0, bx1, by1, sub_x0, sub_y0, nx, ny, radius,
+                r_x, r_y, r_jac, r_base, r_px, r_py, r_code,
+            )  # fmt: skip
             i = i_end
+        row = j * w
+        for i in range(w):
+            ii = np.uint64(i)
+            o = np.uint64(row + i)
+            code = r_code[ii]
+            if n_taps == 6 and code & _FAST:
+                # every tap inside, rows normalised: no per-tap tests; a NaN shows in
+                # the sum and sends the pixel to the careful path
+                base = r_base[ii]
+                s_img, s_var = _taps6(fimg, fvar, base, nx, table6, r_px[ii], r_py[ii])
+                if math.isfinite(s_img) and math.isfinite(s_var):
+                    jac = r_jac[ii]
+                    foi[o] = s_img * jac
+                    fov[o] = s_var * jac * jac
+                    # OR over the bilinear footprint, branch-free (offset 0 on an
+                    # axis whose phase is exactly 0)
+                    mb = np.uint64(base + to_centre)
+                    ox = np.uint64((code >> _SHIFT_OX) & 1)
+                    oy = np.uint64(nx * ((code >> _SHIFT_OY) & 1))
+                    fom[o] = (fmsk[mb] | fmsk[mb + ox]) | (fmsk[mb + oy] | fmsk[mb + ox + oy])
+                    continue
+            if not code & _INSIDE:
+                foi[o] = np.nan
+                fov[o] = np.nan
+                fom[o] = no_data
+                continue
+            xin = r_x[ii]
+            yin = r_y[ii]
+            jac = r_jac[ii]
+            fxp = math.floor(xin)
+            fyp = math.floor(yin)
+            fx = xin - fxp
+            fy = yin - fyp
+            ixc = int(fxp) - sub_x0
+            iyc = int(fyp) - sub_y0
+            px = _phase_row(fx)
+            py = _phase_row(fy)
+            if n_taps != 6 and code & _FAST:
+                s_img, s_var = _taps(
+                    img, var, ixc - radius + 1, iyc - radius + 1, table[px], table[py]
+                )
+                if math.isfinite(s_img) and math.isfinite(s_var):
+                    foi[o] = s_img * jac
+                    fov[o] = s_var * jac * jac
+                    mb = np.uint64(iyc * nx + ixc)
+                    ox = np.uint64(1) if fx > 0.0 else np.uint64(0)
+                    oy = np.uint64(nx) if fy > 0.0 else np.uint64(0)
+                    fom[o] = (fmsk[mb] | fmsk[mb + ox]) | (fmsk[mb + oy] | fmsk[mb + ox + oy])
+                    continue
+            s_img, s_var, s_w, m, ok = _careful(
+                img, var, msk, ixc, iyc, fx, fy, table[px], table[py], sensor_edge
+            )
+            if not ok:
+                foi[o] = np.nan
+                fov[o] = np.nan
+                fom[o] = m | no_data
+                continue
+            foi[o] = s_img / s_w * jac
+            fov[o] = s_var / (s_w * s_w) * jac * jac
+            fom[o] = m

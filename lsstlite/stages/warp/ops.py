@@ -26,7 +26,7 @@ from lsstlite.data.masks import mask_bits, mask_planes
 from lsstlite.data.psf import GaussianPsf, psf_from_dict
 from lsstlite.data.skymap import PatchGeometry
 from lsstlite.data.wcs import wcs_from_cards
-from lsstlite.stages.warp._kernels import KERNEL_RADIUS, kernel_table, warp_block
+from lsstlite.stages.warp._kernels import KERNEL_RADIUS, kernel_table, taps6_table, warp_block
 from lsstlite.stages.warp.psf import WarpedPsf
 
 __all__ = [
@@ -231,7 +231,7 @@ def warp_arrays(
         mapping.step,
         x0,
         y0,
-        _table(kernel),
+        *_tables(kernel),
         KERNEL_RADIUS[kernel],
         np.int32(no_data),
         np.int32(sensor_edge),
@@ -242,12 +242,15 @@ def warp_arrays(
     return out_img, out_var, out_msk
 
 
-_TABLES: dict[str, NDArray[np.float32]] = {}
+_TABLES: dict[str, tuple[NDArray[np.float32], NDArray[np.float32]]] = {}
 
 
-def _table(kernel: str) -> NDArray[np.float32]:
+def _tables(kernel: str) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
+    """:func:`kernel_table` and, for 6 taps, its :func:`taps6_table` (else a dummy)."""
     if kernel not in _TABLES:
-        _TABLES[kernel] = kernel_table(kernel)
+        table = kernel_table(kernel)
+        table6 = taps6_table(table) if table.shape[1] == 6 else np.zeros((1, 16), np.float32)
+        _TABLES[kernel] = (table, table6)
     return _TABLES[kernel]
 
 
