@@ -307,10 +307,17 @@ def _filter(
             else:
                 back2[py, px] = back[py, px]
                 sigma2[py, px] = sigma[py, px]
-    glob = _fqmedian(back2.ravel())
-    grms = _fqmedian(sigma2.ravel())
+    # (flattened by loops: numba's ravel compiles its error formatting for seconds)
+    flat_b = np.empty(ny * nx, dtype=np.float32)
+    flat_s = np.empty(ny * nx, dtype=np.float32)
+    for py in range(ny):
+        for px in range(nx):
+            flat_b[py * nx + px] = back2[py, px]
+            flat_s[py * nx + px] = sigma2[py, px]
+    glob = _fqmedian(flat_b)
+    grms = _fqmedian(flat_s)
     if grms <= 0.0:  # median of the positive values (sep scans its sorted copy)
-        flat = sigma2.ravel().copy()
+        flat = flat_s.copy()
         for i in range(1, len(flat)):  # sorted, as sep's copy is after its median
             v = flat[i]
             j = i - 1

@@ -162,10 +162,10 @@ def matched_snr(
     for i in range(ny):
         _correlate_row(image, bad, i, ky, kx, acc, num)
         _correlate_row(variance, bad, i, ky2, kx2, acc, den)
+        row = out[i]  # (element stores: a row assignment compiles numba's shape errors)
         for x in range(nx):
             d = den[x] * s2
-            num[x] = num[x] / np.sqrt(d) if d > zero else zero
-        out[i] = num
+            row[x] = num[x] / np.sqrt(d) if d > zero else zero
 
 
 @numba.njit(cache=True, nogil=True)
@@ -842,11 +842,13 @@ def _render_separable(
             for i in range(n):
                 for j in range(n):
                     grid[i, j] += ts * basis[t, i, j]
-        for p in range(m):
+        for p in range(m):  # (element copies: row assignment compiles numba's shape errors)
             kx0[p] = _taps((p - cx[s]) / step + c, n, a, table, w)
-            wx[p] = w
+            for q in range(taps):
+                wx[p, q] = w[q]
             ky0[p] = _taps((p - cy[s]) / step + c, n, a, table, w)
-            wy[p] = w
+            for q in range(taps):
+                wy[p, q] = w[q]
         for p in range(m):  # rows: tmp[p] = Σ_q wy[p, q] grid[ky0[p] + q]
             tmp[p] = 0.0
             for q in range(taps):
