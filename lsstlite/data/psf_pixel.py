@@ -263,8 +263,10 @@ def _add_affine_image(
     # :func:`_taps`) is one vector sum: the PSF models' grids are barely wider than the
     # stamps drawn from them, and half the pixels took the careful path.
     padded = np.zeros((n + 2 * a, n + 2 * a)) if taps == 10 else grid
-    if taps == 10:
-        padded[a : a + n, a : a + n] = grid
+    if taps == 10:  # element stores (a slice assignment compiles numba's shape errors)
+        for i in range(n):
+            for j in range(n):
+                padded[a + i, a + j] = grid[i, j]
     npad = padded.shape[0]
     for row in range(out.shape[0]):
         dyo = row - cy

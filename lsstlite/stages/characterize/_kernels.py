@@ -76,7 +76,9 @@ def correlate_separable(
                 src = data[r]
                 for x in range(nx):
                     acc[x] += w * src[x]
-        tmp[i] = acc
+        row = tmp[i]  # element stores (a row assignment compiles numba's shape errors)
+        for x in range(nx):
+            row[x] = acc[x]
     out = np.empty((ny, nx), dtype=np.float32)
     for i in range(ny):
         acc[:] = 0.0

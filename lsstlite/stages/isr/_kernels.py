@@ -183,8 +183,11 @@ def _isr_rows(
             else:
                 tm[:] = zero_i
             if amp_flip[a]:  # readout order → detector order
-                t[:] = t[::-1].copy()
-                tm[:] = tm[::-1].copy()
+                # reversed in place (a slice assignment compiles numba's shape errors)
+                for j in range(width // 2):
+                    k = width - 1 - j
+                    t[j], t[k] = t[k], t[j]
+                    tm[j], tm[k] = tm[k], tm[j]
             xa = amp_det_x0[a]
             c2 = np.float32(lin[a, 0]) if do_lin else zero
             c3 = np.float32(lin[a, 1]) if do_lin else zero
