@@ -9,9 +9,11 @@ over cells; a natural bicubic spline through the cell values, evaluated per pixe
 The arithmetic follows sep's C code step by step, in its precisions (float pixels and
 spline, double statistics) and order, so the results equal sep's (tested on images with
 sources, masks, NaNs, partial edge cells). Histogram sums are integers and are summed as
-such (sep sums them in double, exactly). It is faster because the pixel passes stay in
-cache per cell and the histogram iteration does integer arithmetic: 16 Mpix in ~0.1 s
-against sep's 0.2–0.4 s, and the model and the subtracted image come out of one pass.
+such (sep sums them in double, exactly). Faster where sep steps through histogram bins:
+the clipped histogram's median (:func:`median_walk`) by bisection, its sums from
+cumulative counts; and the model and the subtracted image come out of one pass. On a
+16-Mpix detector with 128-px cells: mesh 0.15–0.20 s against sep's 0.20–0.28 s, model
+0.05 against 0.08 s.
 """
 
 from __future__ import annotations
