@@ -105,3 +105,14 @@ def test_median_walk_equals_the_step_by_step_walk() -> None:
         lcut = int(rng.integers(0, n))
         hcut = int(rng.integers(lcut, n))
         assert median_walk(cum, lcut, hcut) == _walk_by_steps(counts, lcut, hcut)
+
+
+def test_mesh_background_with_nothing_usable_equals_sep() -> None:
+    """Every pixel masked, or every pixel NaN: no usable cell, sep's fallbacks (level 0,
+    rms 1)."""
+    image = np.random.default_rng(5).normal(5.0, 1.0, (300, 400)).astype(np.float32)
+    for data, mask in ((image, np.ones(image.shape, bool)), (np.full_like(image, np.nan), None)):
+        want = sep.Background(data, mask=mask, bw=64, bh=64)
+        got = mesh_background(data, mask, bw=64, bh=64)
+        np.testing.assert_array_equal(got.back(), want.back(dtype=np.float32))
+        assert (got.globalback, got.globalrms) == (want.globalback, want.globalrms)
