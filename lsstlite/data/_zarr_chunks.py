@@ -1,0 +1,170 @@
+"""Stored zarr v3 chunks of a local directory store, read straight into a Dask array.
+
+Why: through xarray's lazily-indexed adapters and zarr's asyncio event loop, reading a
+stored chunk cost ~6× the file read and the zstd decode themselves (10 calexps of
+2048², 3 planes in 512² chunks: 1.76 s against 0.29 s on one thread), and the coadd
+spent ~40% of its task time waiting on that loop. Here one Dask task per stored chunk
+reads the file and decodes it; nothing else. Only the layout zarr itself writes by
+default is taken (regular chunk grid, ``default``/``v2`` chunk keys, the ``bytes`` codec
+optionally followed by ``zstd``, no storage transformers, a numeric fill value); anything
+else returns None and the caller keeps zarr's own reader. A chunk that was never written
+(zarr skips chunks equal to the fill value) reads as the fill value, as in zarr.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+__all__ = ["local_store_root", "stored_chunks_array"]
+
+
+def local_store_root(store: Any) -> Path | None:
+    """The directory of a store given as a local path (or ``file://`` URL), else None."""
+    if isinstance(store, os.PathLike):
+        store = os.fspath(store)
+    if not isinstance(store, str):
+        return None
+    if store.startswith("file://"):
+        store = store[len("file://") :]
+    elif "://" in store or "::" in store:
+        return None
+    root = Path(store)
+    return root if root.is_dir() else None
+
+
+def _fill_value(value: Any, dtype: np.dtype[Any]) -> Any:
+    specials = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+    if isinstance(value, str):
+        if value not in specials or dtype.kind != "f":
+            raise ValueError(f"fill value {value!r}")
+        return specials[value]
+    if isinstance(value, bool | int | float):
+        return dtype.type(value)
+    raise ValueError(f"fill value {value!r}")
+
+
+def _layout(meta: dict[str, Any]) -> tuple[np.dtype[Any], tuple[int, ...], str, bool, Any] | None:
+    """``(dtype, chunk_shape, key separator or "v2", zstd, fill)`` if this reader can take
+    the array, else None."""
+    if meta.get("zarr_format") != 3 or meta.get("node_type") != "array":
+        return None
+    if meta.get("storage_transformers"):
+        return None
+    grid = meta.get("chunk_grid") or {}
+    if grid.get("name") != "regular":
+        return None
+    chunk_shape = tuple(int(c) for c in grid["configuration"]["chunk_shape"])
+    enc = meta.get("chunk_key_encoding") or {}
+    sep = (enc.get("configuration") or {}).get("separator")
+    if enc.get("name") == "default":
+        key = sep or "/"
+    elif enc.get("name") == "v2":
+        key = "v2:" + (sep or ".")
+    else:
+        return None
+    codecs = meta.get("codecs") or []
+    if not codecs or codecs[0].get("name") != "bytes" or len(codecs) > 2:
+        return None
+    zstd = len(codecs) == 2
+    if zstd and codecs[1].get("name") != "zstd":
+        return None
+    if not isinstance(meta.get("data_type"), str):
+        return None
+    try:
+        dtype = np.dtype(meta["data_type"])
+        fill = _fill_value(meta.get("fill_value"), dtype)
+    except (TypeError, ValueError):
+        return None
+    if dtype.kind not in "biuf":
+        return None
+    endian = (codecs[0].get("configuration") or {}).get("endian", "little")
+    dtype = dtype.newbyteorder("<" if endian == "little" else ">")
+    return dtype, chunk_shape, key, zstd, fill
+
+
+def _chunk_key(index: tuple[int, ...], key: str) -> str:
+    if key.startswith("v2:"):
+        return key[3:].join(str(i) for i in index) or "0"
+    return key.join(("c", *(str(i) for i in index)))
+
+
+def read_stored_chunk(
+    path: str,
+    chunk_shape: tuple[int, ...],
+    shape: tuple[int, ...],
+    dtype: str,
+    zstd: bool,
+    fill: Any,
+) -> NDArray[Any]:
+    """One stored chunk (``shape``: its part inside the array) as a writable array."""
+    dt = np.dtype(dtype)
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        return np.full(shape, fill, dtype=dt.newbyteorder("="))
+    out = np.empty(chunk_shape, dtype=dt)
+    if zstd:
+        from numcodecs import Zstd
+
+        try:
+            Zstd().decode(data, out=out)
+        except Exception as exc:  # numcodecs raises RuntimeError/ValueError by version
+            raise OSError(f"zarr chunk {path}: cannot decode ({exc})") from exc
+    else:
+        if len(data) != out.nbytes:
+            raise OSError(f"zarr chunk {path}: {len(data)} bytes, expected {out.nbytes}")
+        out.view(np.uint8).reshape(-1)[:] = np.frombuffer(data, np.uint8)
+    if not dt.isnative:
+        out = out.astype(dt.newbyteorder("="))
+    if tuple(shape) != chunk_shape:
+        out = np.ascontiguousarray(out[tuple(slice(0, n) for n in shape)])
+    return out
+
+
+def stored_chunks_array(array_dir: Path) -> Any:
+    """A Dask array with one task per stored chunk of the zarr v3 array at ``array_dir``,
+    or None if its layout is not one this reader takes (see the module docstring)."""
+    import dask.array as da
+    from dask.base import tokenize
+    from dask.highlevelgraph import HighLevelGraph
+
+    meta_path = array_dir / "zarr.json"
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, ValueError):
+        return None
+    layout = _layout(meta)
+    if layout is None:
+        return None
+    dtype, chunk_shape, key, zstd, fill = layout
+    shape = tuple(int(n) for n in meta["shape"])
+    if len(shape) != len(chunk_shape) or 0 in shape:
+        return None
+    chunks = tuple(
+        tuple(min(c, n - k) for k in range(0, n, c))
+        for n, c in zip(shape, chunk_shape, strict=True)
+    )
+    token = tokenize(str(array_dir), meta_path.stat().st_mtime_ns, shape, chunk_shape, str(dtype))
+    name = f"zarr-{array_dir.name}-{token}"
+    dsk: dict[Any, Any] = {}
+    for index in np.ndindex(*(len(c) for c in chunks)):
+        part = tuple(chunks[axis][i] for axis, i in enumerate(index))
+        dsk[(name, *index)] = (
+            read_stored_chunk,
+            str(array_dir / _chunk_key(index, key)),
+            chunk_shape,
+            part,
+            dtype.str,
+            zstd,
+            fill,
+        )
+    native = dtype.newbyteorder("=")
+    graph = HighLevelGraph.from_collections(name, dsk, dependencies=())
+    return da.Array(graph, name, chunks, dtype=native, meta=np.empty((0,) * len(shape), native))

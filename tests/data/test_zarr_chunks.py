@@ -1,0 +1,111 @@
+"""The direct stored-chunk reader equals zarr's own reader, bit for bit, or steps aside."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dask
+import numpy as np
+import pytest
+import xarray as xr
+import zarr
+from zarr.codecs import BytesCodec, ShardingCodec
+
+import lsstlite.data as lld
+from lsstlite.data._zarr_chunks import local_store_root, stored_chunks_array
+
+
+def _zarr_read(path: Path) -> np.ndarray:
+    return np.asarray(zarr.open_array(str(path), mode="r")[...])
+
+
+def test_exposure_planes_equal_zarr_including_edges_and_unwritten_chunks(
+    exposure: xr.Dataset, tmp_path: Path
+) -> None:
+    ds = exposure.copy()
+    mask = np.zeros(ds["mask"].shape, np.int32)
+    mask[5:9, 7:300] = 4  # only the first chunk row holds set bits: the rest is never written
+    ds["mask"] = (("y", "x"), mask, ds["mask"].attrs)
+    lld.write_exposure_zarr(ds, tmp_path / "e.zarr", chunks=(50, 70))  # edges: partial chunks
+    unwritten = [p for p in (tmp_path / "e.zarr" / "mask" / "c").rglob("*") if p.is_file()]
+    assert 0 < len(unwritten) < ds["mask"].size // (50 * 70)  # some chunks were skipped
+    back = lld.open_exposure_zarr(tmp_path / "e.zarr")
+    for name in ("image", "mask", "variance"):
+        data = back[name].data
+        assert data.name.startswith(f"zarr-{name}-"), f"{name}: not the direct reader"
+        got = data.compute()
+        np.testing.assert_array_equal(got, _zarr_read(tmp_path / "e.zarr" / name))
+        assert got.dtype == ds[name].dtype and got.flags.writeable
+    xr.testing.assert_identical(back.compute(), ds)
+
+
+def test_group_inside_a_store_and_file_url(exposure: xr.Dataset, tmp_path: Path) -> None:
+    lld.write_exposure_zarr(exposure, tmp_path / "r.zarr", path="run/calexp", chunks=(64, 64))
+    back = lld.open_exposure_zarr(f"file://{tmp_path / 'r.zarr'}", path="run/calexp")
+    assert back["image"].data.name.startswith("zarr-image-")
+    xr.testing.assert_identical(back.compute(), exposure)
+
+
+@pytest.mark.parametrize(
+    ("codecs", "direct"),
+    [
+        ({"serializer": BytesCodec(endian="big"), "compressors": None}, True),
+        ({"serializer": BytesCodec(endian="little"), "compressors": None}, True),
+        ({"compressors": zarr.codecs.BloscCodec()}, False),
+        ({"serializer": ShardingCodec(chunk_shape=(8, 8)), "compressors": None}, False),
+    ],
+)
+def test_other_layouts_read_right_or_are_left_to_zarr(
+    tmp_path: Path, codecs: dict, direct: bool
+) -> None:
+    values = np.arange(37 * 29, dtype=np.float32).reshape(37, 29) - 100.5
+    shards = {"shards": (16, 16)} if isinstance(codecs.get("serializer"), ShardingCodec) else {}
+    chunks = (8, 8) if shards else (16, 16)
+    kwargs = {k: v for k, v in codecs.items() if not isinstance(v, ShardingCodec)}
+    arr = zarr.create_array(
+        str(tmp_path / "a"),
+        shape=values.shape,
+        chunks=chunks,
+        dtype="float32",
+        fill_value=np.nan,
+        **shards,
+        **kwargs,
+    )
+    arr[...] = values
+    fast = stored_chunks_array(tmp_path / "a")
+    if not direct:
+        assert fast is None
+        return
+    np.testing.assert_array_equal(fast.compute(), values)
+    assert fast.dtype == np.dtype("float32")
+
+
+def test_unwritten_float_chunks_are_the_fill_value(tmp_path: Path) -> None:
+    arr = zarr.create_array(
+        str(tmp_path / "a"), shape=(20, 20), chunks=(10, 10), dtype="float32", fill_value=np.nan
+    )
+    arr[:10, :10] = 1.0
+    got = stored_chunks_array(tmp_path / "a").compute()
+    np.testing.assert_array_equal(got, _zarr_read(tmp_path / "a"))
+    assert np.isnan(got[10:, :]).all() and (got[:10, :10] == 1).all()
+
+
+def test_a_corrupt_chunk_names_its_file(exposure: xr.Dataset, tmp_path: Path) -> None:
+    lld.write_exposure_zarr(exposure, tmp_path / "e.zarr", chunks=(64, 64))
+    chunk = tmp_path / "e.zarr" / "image" / "c" / "1" / "0"
+    chunk.write_bytes(b"not zstd at all")
+    back = lld.open_exposure_zarr(tmp_path / "e.zarr")
+    with pytest.raises(OSError, match=str(chunk)):
+        with dask.config.set(scheduler="sync"):
+            back["image"].data.compute()
+    # the other planes and the rest of the store are untouched and still read
+    np.testing.assert_array_equal(back["variance"].values, exposure["variance"].values)
+
+
+def test_only_local_directories_are_read_directly(tmp_path: Path) -> None:
+    assert local_store_root(tmp_path) == tmp_path
+    assert local_store_root(f"file://{tmp_path}") == tmp_path
+    assert local_store_root("s3://bucket/x.zarr") is None
+    assert local_store_root("memory://x") is None
+    assert local_store_root(tmp_path / "absent") is None
+    assert local_store_root(zarr.storage.MemoryStore()) is None
