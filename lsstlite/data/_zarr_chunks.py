@@ -9,6 +9,13 @@ default is taken (regular chunk grid, ``default``/``v2`` chunk keys, the ``bytes
 optionally followed by ``zstd``, no storage transformers, a numeric fill value); anything
 else returns None and the caller keeps zarr's own reader. A chunk that was never written
 (zarr skips chunks equal to the fill value) reads as the fill value, as in zarr.
+
+A task that needs parts of several stored chunks (a coadd's output chunk maps to a region
+across up to four chunks of each input) can read them itself through
+:func:`stored_source` instead of depending on their read tasks: then no chunk is held by
+the scheduler between tasks, and a small per-process cache of decoded chunks
+(:data:`CHUNK_CACHE_BYTES`, least recently used first out) keeps neighbouring tasks from
+decoding the same chunk again.
 """
 
 from __future__ import annotations
@@ -16,13 +23,26 @@ from __future__ import annotations
 import json
 import math
 import os
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
-__all__ = ["local_store_root", "stored_chunks_array"]
+__all__ = [
+    "CHUNK_CACHE_BYTES",
+    "StoredArray",
+    "local_store_root",
+    "stored_chunks_array",
+    "stored_source",
+]
+
+#: Byte budget of the per-process cache of decoded chunks that tasks reading through
+#: :func:`stored_source` share (Dask config ``lsstlite.chunk-cache-bytes`` overrides it).
+CHUNK_CACHE_BYTES = 96 * 2**20
 
 
 def local_store_root(store: Any) -> Path | None:
@@ -102,12 +122,16 @@ def read_stored_chunk(
     dtype: str,
     zstd: bool,
     fill: Any,
+    writable: bool = True,
 ) -> NDArray[Any]:
-    """One stored chunk (``shape``: its part inside the array) as a writable array."""
+    """One stored chunk (``shape``: its part inside the array); with ``writable=False``
+    a read-only array, and an unwritten chunk a broadcast of its fill value (no memory)."""
     dt = np.dtype(dtype)
     try:
         data = Path(path).read_bytes()
     except FileNotFoundError:
+        if not writable:
+            return np.broadcast_to(np.array(fill, dtype=dt.newbyteorder("=")), shape)
         return np.full(shape, fill, dtype=dt.newbyteorder("="))
     out = np.empty(chunk_shape, dtype=dt)
     if zstd:
@@ -125,6 +149,7 @@ def read_stored_chunk(
         out = out.astype(dt.newbyteorder("="))
     if tuple(shape) != chunk_shape:
         out = np.ascontiguousarray(out[tuple(slice(0, n) for n in shape)])
+    out.flags.writeable = writable
     return out
 
 
@@ -166,5 +191,85 @@ def stored_chunks_array(array_dir: Path) -> Any:
             fill,
         )
     native = dtype.newbyteorder("=")
+    _SOURCES[name] = StoredArray(
+        name, str(array_dir), chunk_shape, chunks, dtype.str, zstd, fill, key
+    )
     graph = HighLevelGraph.from_collections(name, dsk, dependencies=())
     return da.Array(graph, name, chunks, dtype=native, meta=np.empty((0,) * len(shape), native))
+
+
+@dataclass(frozen=True)
+class StoredArray:
+    """Where and how the stored chunks of one array are read."""
+
+    name: str
+    directory: str
+    chunk_shape: tuple[int, ...]
+    chunks: tuple[tuple[int, ...], ...]
+    dtype: str
+    zstd: bool
+    fill: Any
+    key: str
+
+    def read(self, index: tuple[int, ...]) -> NDArray[Any]:
+        """Chunk ``index`` (read-only) through the shared cache."""
+        part = tuple(self.chunks[axis][i] for axis, i in enumerate(index))
+        path = os.path.join(self.directory, _chunk_key(index, self.key))
+        return _CACHE.get(
+            (self.name, index),
+            lambda: read_stored_chunk(
+                path, self.chunk_shape, part, self.dtype, self.zstd, self.fill, writable=False
+            ),
+        )
+
+
+class _ChunkCache:
+    """Decoded chunks, least recently used evicted first, within a byte budget."""
+
+    def __init__(self) -> None:
+        self._items: OrderedDict[Any, NDArray[Any]] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def get(self, key: Any, load: Any) -> NDArray[Any]:
+        with self._lock:
+            hit = self._items.get(key)
+            if hit is not None:
+                self._items.move_to_end(key)
+                return hit
+        value = load()  # outside the lock: decoding releases the GIL
+        budget = _budget()
+        with self._lock:
+            if key not in self._items and _cost(value) <= budget:
+                self._items[key] = value
+                self._bytes += _cost(value)
+                while self._bytes > budget:
+                    _, old = self._items.popitem(last=False)
+                    self._bytes -= _cost(old)
+        return value
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+            self._bytes = 0
+
+
+def _cost(value: NDArray[Any]) -> int:
+    """Bytes an array holds (a broadcast fill value: none)."""
+    return 0 if 0 in value.strides else value.nbytes
+
+
+def _budget() -> int:
+    import dask
+
+    return int(dask.config.get("lsstlite.chunk-cache-bytes", CHUNK_CACHE_BYTES))
+
+
+_CACHE = _ChunkCache()
+_SOURCES: dict[str, StoredArray] = {}
+
+
+def stored_source(data: Any) -> StoredArray | None:
+    """The :class:`StoredArray` behind a Dask array made by :func:`stored_chunks_array`
+    (unchanged since), else None."""
+    return _SOURCES.get(getattr(data, "name", None) or "")

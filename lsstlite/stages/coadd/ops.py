@@ -46,12 +46,15 @@ from lsstlite.stages.warp.ops import (
     block_mapping,
     data_id_of,
     detector_box,
+    exposure_planes,
     input_wcs,
     mapping_grid,
     matching_kernel,
     model_psf_image,
-    region_arrays,
+    plane_region,
+    region_dependencies,
     region_task,
+    tasks_to_planes,
     warp_arrays,
 )
 from lsstlite.stages.warp.psf import WarpedPsf
@@ -459,32 +462,33 @@ def _grow_footprints(
 
 
 def _coadd_block(
-    imgs: list[Any],
-    variances: list[Any],
-    masks: list[Any],
+    planes: Sequence[NDArray[Any]],
     plan: _Plan,
     ext_box: tuple[int, int, int, int],
     out_box: tuple[int, int, int, int],
     static: _Static,
 ) -> tuple[NDArray[np.float32], NDArray[np.float32], NDArray[np.int32]]:
+    """One output chunk: ``planes`` holds the input regions, image, variance and mask of
+    each input in turn."""
     p = static.params
     ex0, ey0, ex1, ey1 = ext_box
     shape = (ey1 - ey0, ex1 - ex0)
-    n = len(imgs)
+    n = len(planes) // 3
     img = np.empty((n, *shape), np.float32)
     var = np.empty((n, *shape), np.float32)
     msk = np.empty((n, *shape), np.int32)
-    for k in range(n):
-        img[k], var[k], msk[k] = warp_arrays(
-            np.asarray(imgs[k]),
-            np.asarray(variances[k]),
-            np.asarray(masks[k]),
+    for k in range(n):  # one input's regions at a time (cut out when indexed)
+        warp_arrays(
+            planes[3 * k],
+            planes[3 * k + 1],
+            planes[3 * k + 2],
             plan.mappings[k],
             plan.det_boxes[k],
             ext_box,
             kernel=p.kernel,
             no_data=p.no_data,
             sensor_edge=p.sensor_edge,
+            out=(img[k], var[k], msk[k]),
         )
     weights = np.asarray(static.weights, dtype=np.float64)[plan.indices]
     covered = (msk & p.no_data) == 0
@@ -507,15 +511,15 @@ def _coadd_block(
     # Back to the output box (drop the halo).
     sy = slice(out_box[1] - ey0, out_box[3] - ey0)
     sx = slice(out_box[0] - ex0, out_box[2] - ex0)
-    planes = p.planes
+    bit = p.planes
     mask = np.zeros(out[sy, sx].shape, np.int32)
     used = use[:, sy, sx]
     cov = covered[:, sy, sx]
     mask[~used.any(axis=0)] |= p.no_data
     inexact = (cov & ~used).any(axis=0) | ((msk[:, sy, sx] & p.sensor_edge) != 0).any(axis=0)
-    mask[inexact] |= 1 << planes["INEXACT_PSF"]
-    mask[flag_clipped[:, sy, sx].any(axis=0)] |= 1 << planes["CLIPPED"]
-    mask[flag_rejected[:, sy, sx].any(axis=0)] |= 1 << planes["REJECTED"]
+    mask[inexact] |= 1 << bit["INEXACT_PSF"]
+    mask[flag_clipped[:, sy, sx].any(axis=0)] |= 1 << bit["CLIPPED"]
+    mask[flag_rejected[:, sy, sx].any(axis=0)] |= 1 << bit["REJECTED"]
     return out[sy, sx].astype(np.float32), ovar[sy, sx].astype(np.float32), mask
 
 
@@ -652,12 +656,8 @@ def coadd_exposures(
     radius = KERNEL_RADIUS[kernel]
     px0, py0, px1, py1 = patch.bbox
     ny, nx = patch.shape
-    rows: list[list[tuple[Any, Any, Any]]] = []
-    static = dask.delayed(
-        _Static(weights_arr, psf_dicts, wcs_cards, params),
-        name=f"coadd-static-{uuid.uuid4().hex}",
-        traverse=False,
-    )
+    name = f"coadd-{uuid.uuid4().hex}"
+    static_key = f"{name}-static"
     # Bytes each chunk task holds: its input regions plus the warped stack (image,
     # variance, mask, flags); recorded so that memory can be planned before computing.
     max_task_bytes = 0
@@ -667,61 +667,54 @@ def coadd_exposures(
         )
         for w_in in wcs_ins
     ]
-    for y in range(0, ny, chunks[0]):
-        row = []
-        for x in range(0, nx, chunks[1]):
+    stored = [exposure_planes(ds) for ds in inputs]
+    tasks: dict[tuple[int, int], tuple[Any, ...]] = {}
+    shapes: list[list[tuple[int, int]]] = []
+    deps: dict[str, da.Array] = {}
+    for i, y in enumerate(range(0, ny, chunks[0])):
+        shapes.append([])
+        for j, x in enumerate(range(0, nx, chunks[1])):
             out_box = (px0 + x, py0 + y, px0 + min(x + chunks[1], nx), py0 + min(y + chunks[0], ny))
             ext_box = (out_box[0] - halo, out_box[1] - halo, out_box[2] + halo, out_box[3] + halo)
-            shape = (out_box[3] - out_box[1], out_box[2] - out_box[0])
-            imgs, variances, masks, mappings, det_boxes, indices = [], [], [], [], [], []
+            shapes[-1].append((out_box[3] - out_box[1], out_box[2] - out_box[0]))
+            regions, mappings, det_boxes, indices = [], [], [], []
             task_bytes = 0
-            for k, ds in enumerate(inputs):
+            ext_area = (ext_box[2] - ext_box[0]) * (ext_box[3] - ext_box[1])
+            for k in range(len(inputs)):
                 mapping = block_mapping(grids[k], ext_box, boxes[k], radius=radius)
                 if mapping.region is None:
                     continue
-                rx0, ry0, rx1, ry1 = mapping.region
-                img, var, msk = region_arrays(ds, mapping.region)
-                imgs.append(img)
-                variances.append(var)
-                masks.append(msk)
+                origin = (boxes[k][0], boxes[k][1])
+                here = [(p, plane_region(p, origin, mapping.region)) for p in stored[k]]
+                deps.update((d.name, d) for d in region_dependencies(here))
+                regions += here
                 mappings.append(mapping)
                 det_boxes.append(boxes[k])
                 indices.append(k)
-                ext_area = (ext_box[2] - ext_box[0]) * (ext_box[3] - ext_box[1])
+                rx0, ry0, rx1, ry1 = mapping.region
                 task_bytes += 12 * (rx1 - rx0) * (ry1 - ry0) + 14 * ext_area
             max_task_bytes = max(max_task_bytes, task_bytes)
-            if not indices:
-                row.append(
-                    (
-                        da.full(shape, np.nan, dtype=np.float32),
-                        da.full(shape, np.nan, dtype=np.float32),
-                        da.full(shape, params.no_data, dtype=np.int32),
-                    )
+            if indices:  # else: no input, the chunk is NaN and NO_DATA
+                tasks[(i, j)] = region_task(
+                    _coadd_block,
+                    regions,
+                    _Plan(mappings, det_boxes, indices),
+                    ext_box,
+                    out_box,
+                    static_key,  # one object in the graph, shared by key
                 )
-                continue
-            plan = _Plan(mappings, det_boxes, indices)
-            res = region_task(
-                _coadd_block,
-                imgs,
-                variances,
-                masks,
-                plan,
-                ext_box,
-                out_box,
-                static,
-                nout=3,
-                pure=False,
-            )
-            row.append(
-                tuple(
-                    da.from_delayed(res[i], shape, dtype=dt, meta=np.empty((0, 0), dt))
-                    for i, dt in enumerate((np.float32, np.float32, np.int32))
-                )
-            )
-        rows.append(row)
-    image = da.block([[b[0] for b in r] for r in rows])
-    variance = da.block([[b[1] for b in r] for r in rows])
-    mask = da.block([[b[2] for b in r] for r in rows])
+    image, variance, mask = tasks_to_planes(
+        name,
+        tasks,
+        shapes,
+        (
+            (np.dtype(np.float32), np.nan),
+            (np.dtype(np.float32), np.nan),
+            (np.dtype(np.int32), params.no_data),
+        ),
+        list(deps.values()),
+        extra={static_key: _Static(weights_arr, psf_dicts, wcs_cards, params)},
+    )
     components = []
     table = []
     for k, ds in enumerate(inputs):
