@@ -25,6 +25,7 @@ import math
 import os
 import threading
 from collections import OrderedDict
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -224,10 +225,12 @@ class StoredArray:
 
 
 class _ChunkCache:
-    """Decoded chunks, least recently used evicted first, within a byte budget."""
+    """Decoded chunks, least recently used evicted first, within a byte budget. A chunk
+    being decoded by one thread is waited for, not decoded again, by the others."""
 
     def __init__(self) -> None:
         self._items: OrderedDict[Any, NDArray[Any]] = OrderedDict()
+        self._loading: dict[Any, Future[NDArray[Any]]] = {}
         self._bytes = 0
         self._lock = threading.Lock()
 
@@ -237,15 +240,29 @@ class _ChunkCache:
             if hit is not None:
                 self._items.move_to_end(key)
                 return hit
-        value = load()  # outside the lock: decoding releases the GIL
+            pending = self._loading.get(key)
+            owner = pending is None
+            if pending is None:
+                pending = self._loading[key] = Future()
+        if not owner:
+            return pending.result()
+        try:
+            value = load()  # outside the lock: decoding releases the GIL
+        except BaseException as exc:
+            with self._lock:
+                del self._loading[key]
+            pending.set_exception(exc)
+            raise
         budget = _budget()
         with self._lock:
-            if key not in self._items and _cost(value) <= budget:
+            del self._loading[key]
+            if _cost(value) <= budget:
                 self._items[key] = value
                 self._bytes += _cost(value)
                 while self._bytes > budget:
                     _, old = self._items.popitem(last=False)
                     self._bytes -= _cost(old)
+        pending.set_result(value)
         return value
 
     def clear(self) -> None:

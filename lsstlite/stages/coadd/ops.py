@@ -28,7 +28,7 @@ from lsstlite.data.exposure import PhotoCalib, make_exposure
 from lsstlite.data.masks import DEFAULT_MASK_PLANES, mask_bits, mask_planes
 from lsstlite.data.psf import psf_from_dict
 from lsstlite.data.skymap import PatchGeometry
-from lsstlite.data.wcs import wcs_from_cards
+from lsstlite.data.wcs import cached_wcs
 from lsstlite.stages.characterize._kernels import rfft2_padded
 from lsstlite.stages.coadd._kernels import (
     combine_clipped,
@@ -210,7 +210,7 @@ def _central_sample(n: int, size: int, chunks: tuple[int, ...] | None) -> slice:
 
 
 def _pixel_scale(cards: dict[str, Any], x: float, y: float) -> float:
-    w = wcs_from_cards(cards)
+    w = cached_wcs(cards)  # read-only here
     ra, dec = w.all_pix2world([x, x + 1.0, x], [y, y, y + 1.0], 0)
     c = math.cos(math.radians(dec[0]))
     jac = np.array([[(ra[1] - ra[0]) * c, (ra[2] - ra[0]) * c], [dec[1] - dec[0], dec[2] - dec[0]]])
@@ -648,7 +648,7 @@ def coadd_exposures(
     )
     halo = art.halo_px if method == "compare_warp" else 0
     wcs_out = patch.wcs()
-    wcs_ins = [input_wcs(ds) for ds in inputs]
+    wcs_ins = [cached_wcs(ds.attrs["wcs"]) for ds in inputs]  # checked by select_inputs
     boxes = [detector_box(ds) for ds in inputs]
     psf_dicts = [dict(ds.attrs["psf"]) for ds in inputs]
     wcs_cards = [dict(ds.attrs["wcs"]) for ds in inputs]

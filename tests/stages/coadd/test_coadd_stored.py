@@ -1,0 +1,126 @@
+"""Coadds of calexps stored in zarr: the tasks read the stored chunks themselves (through
+the per-process chunk cache). Same pixels as from memory, bounded memory, each chunk
+decoded once when the cache holds a row of them."""
+
+from __future__ import annotations
+
+import tracemalloc
+from pathlib import Path
+
+import dask
+import numpy as np
+import pytest
+import xarray as xr
+
+import lsstlite.data as lld
+from lsstlite.data import _zarr_chunks
+from lsstlite.stages.coadd import coadd_exposures
+from tests.stages.coadd._synthetic import synthetic_calexp, synthetic_patch
+
+
+def _stored(tmp: Path, n: int, shape: tuple[int, int], chunks: int) -> list[xr.Dataset]:
+    out = []
+    for k in range(n):
+        ds = synthetic_calexp(shape, seed=k, offset_px=(2.7 * k % 9, -1.9 * k % 7))
+        if k == 1:  # a masked patch in one input (so a mask chunk is written)
+            m = ds["mask"].values.copy()
+            m[40:60, 30:90] |= 1 << lld.mask_planes(ds)["BAD"]
+            ds["mask"] = (("y", "x"), m, ds["mask"].attrs)
+        lld.write_exposure_zarr(ds, tmp / f"c{k}.zarr", chunks=(chunks, chunks))
+        out.append(lld.open_exposure_zarr(tmp / f"c{k}.zarr"))
+    return out
+
+
+@pytest.mark.parametrize("method", ["clipped", "compare_warp"])
+@pytest.mark.parametrize("cache_bytes", [0, 2**30])
+def test_stored_inputs_give_the_same_coadd_as_in_memory(
+    tmp_path: Path, method: str, cache_bytes: int
+) -> None:
+    calexps = _stored(tmp_path, 4, (300, 260), 128)
+    patch = synthetic_patch((310, 280))
+    stored = coadd_exposures(calexps, patch, method=method, chunks=(100, 120))
+    # no read task in the graph: the block tasks read the chunks themselves
+    assert not any(name.startswith("zarr-") for name in stored["image"].data.dask.layers)
+    memory = coadd_exposures(
+        [ds.compute() for ds in calexps], patch, method=method, chunks=(100, 120)
+    )
+    _zarr_chunks._CACHE.clear()
+    with dask.config.set({"lsstlite.chunk-cache-bytes": cache_bytes, "scheduler": "threads"}):
+        got = stored.compute()
+    xr.testing.assert_identical(got, memory.compute())
+    assert (got["mask"].values & (1 << lld.mask_planes(got)["INEXACT_PSF"])).any()
+
+
+def _count_decodes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    calls: list[str] = []
+    real = _zarr_chunks.read_stored_chunk
+
+    def counting(path: str, *args, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append(path)
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(_zarr_chunks, "read_stored_chunk", counting)
+    return calls
+
+
+def test_each_stored_chunk_is_decoded_once_when_the_cache_holds_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calexps = _stored(tmp_path, 3, (512, 512), 256)  # 2 × 2 chunks of 256² per plane
+    c = coadd_exposures(
+        calexps, synthetic_patch((512, 512)), method="mean", weights=[1.0] * 3, chunks=(128, 128)
+    )
+    calls = _count_decodes(monkeypatch)
+    _zarr_chunks._CACHE.clear()
+    with dask.config.set({"lsstlite.chunk-cache-bytes": 2**30, "scheduler": "threads"}):
+        c["image"].data.compute()
+    assert len(calls) == len(set(calls)) == 3 * 3 * 4  # inputs × planes × chunks
+    # with no cache each 128² output chunk (+ halo) decodes what it overlaps again
+    calls.clear()
+    _zarr_chunks._CACHE.clear()
+    with dask.config.set({"lsstlite.chunk-cache-bytes": 0, "scheduler": "threads"}):
+        c["image"].data.compute()
+    assert len(calls) > 3 * 3 * 4
+
+
+def test_the_cache_keeps_within_its_budget() -> None:
+    cache = _zarr_chunks._ChunkCache()
+    with dask.config.set({"lsstlite.chunk-cache-bytes": 3 * 400}):
+        for k in range(10):
+            a = cache.get(k, lambda: np.zeros(100, np.float32))  # 400 bytes each
+            assert a.nbytes == 400
+        assert cache._bytes <= 3 * 400 and list(cache._items) == [7, 8, 9]
+        # a hit moves the entry to the end (least recently used goes first)
+        cache.get(7, lambda: pytest.fail("7 is cached"))
+        cache.get(10, lambda: np.zeros(100, np.float32))
+        assert list(cache._items) == [9, 7, 10]
+        # a broadcast fill value costs nothing
+        cache.get("fill", lambda: np.broadcast_to(np.float32(0), (1000, 1000)))
+        assert cache._bytes == 3 * 400
+
+
+def _peak(tmp: Path, n: int, shape: tuple[int, int]) -> int:
+    calexps = _stored(tmp, n, shape, 256)
+    c = coadd_exposures(
+        calexps, synthetic_patch(shape), method="mean", weights=[1.0] * n, chunks=(256, 256)
+    )
+    _zarr_chunks._CACHE.clear()
+    tracemalloc.start()
+    try:
+        with dask.config.set({"lsstlite.chunk-cache-bytes": 4 * 2**20}):
+            for block in c["image"].data.to_delayed().ravel():  # one chunk at a time
+                block.compute(scheduler="synchronous")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    return peak
+
+
+def test_memory_grows_with_inputs_times_chunk_not_with_the_patch(tmp_path: Path) -> None:
+    peak_4 = _peak(tmp_path / "a", 4, (768, 768))
+    peak_12 = _peak(tmp_path / "b", 12, (768, 768))
+    peak_4_big = _peak(tmp_path / "c", 4, (768, 2304))
+    assert 2.0 < peak_12 / peak_4 < 4.5, (peak_4, peak_12)
+    assert peak_4_big < 1.3 * peak_4, (peak_4, peak_4_big)
+    # far below the inputs themselves (12 × 768² × 12 bytes = 85 MB)
+    assert peak_12 < 0.5 * 12 * 768**2 * 12, peak_12
