@@ -14,8 +14,9 @@ A task that needs parts of several stored chunks (a coadd's output chunk maps to
 across up to four chunks of each input) can read them itself through
 :func:`stored_source` instead of depending on their read tasks: then no chunk is held by
 the scheduler between tasks, and a small per-process cache of decoded chunks
-(:data:`CHUNK_CACHE_BYTES`, least recently used first out) keeps neighbouring tasks from
-decoding the same chunk again.
+(:data:`CHUNK_CACHE_BYTES`) keeps neighbouring tasks from decoding the same chunk again:
+a chunk leaves it when the tasks of its graph have read it as often as the graph said,
+or, least recently used first, when the budget is full.
 """
 
 from __future__ import annotations
@@ -212,8 +213,9 @@ class StoredArray:
     fill: Any
     key: str
 
-    def read(self, index: tuple[int, ...]) -> NDArray[Any]:
-        """Chunk ``index`` (read-only) through the shared cache."""
+    def read(self, index: tuple[int, ...], uses: int = 0) -> NDArray[Any]:
+        """Chunk ``index`` (read-only) through the shared cache; ``uses``: how many reads
+        the graph makes of it (0: unknown), after which it leaves the cache."""
         part = tuple(self.chunks[axis][i] for axis, i in enumerate(index))
         path = os.path.join(self.directory, _chunk_key(index, self.key))
         return _CACHE.get(
@@ -221,31 +223,47 @@ class StoredArray:
             lambda: read_stored_chunk(
                 path, self.chunk_shape, part, self.dtype, self.zstd, self.fill, writable=False
             ),
+            uses,
         )
 
 
 class _ChunkCache:
-    """Decoded chunks, least recently used evicted first, within a byte budget. A chunk
+    """Decoded chunks within a byte budget, least recently used evicted first, and each
+    as soon as it has been read as many times as its graph said it would be. A chunk
     being decoded by one thread is waited for, not decoded again, by the others."""
 
     def __init__(self) -> None:
         self._items: OrderedDict[Any, NDArray[Any]] = OrderedDict()
         self._loading: dict[Any, Future[NDArray[Any]]] = {}
+        self._reads: dict[Any, int] = {}
         self._bytes = 0
         self._lock = threading.Lock()
 
-    def get(self, key: Any, load: Any) -> NDArray[Any]:
+    def _count(self, key: Any, uses: int) -> None:
+        """One more read of ``key`` (lock held): evict it when its reads are done."""
+        n = self._reads[key] = self._reads.get(key, 0) + 1
+        if uses and n >= uses:
+            del self._reads[key]
+            old = self._items.pop(key, None)
+            if old is not None:
+                self._bytes -= _cost(old)
+
+    def get(self, key: Any, load: Any, uses: int = 0) -> NDArray[Any]:
         with self._lock:
             hit = self._items.get(key)
             if hit is not None:
                 self._items.move_to_end(key)
+                self._count(key, uses)
                 return hit
             pending = self._loading.get(key)
             owner = pending is None
             if pending is None:
                 pending = self._loading[key] = Future()
         if not owner:
-            return pending.result()
+            value = pending.result()
+            with self._lock:
+                self._count(key, uses)
+            return value
         try:
             value = load()  # outside the lock: decoding releases the GIL
         except BaseException as exc:
@@ -260,14 +278,18 @@ class _ChunkCache:
                 self._items[key] = value
                 self._bytes += _cost(value)
                 while self._bytes > budget:
-                    _, old = self._items.popitem(last=False)
+                    gone, old = self._items.popitem(last=False)
                     self._bytes -= _cost(old)
+                    self._reads.pop(gone, None)
+            self._reads.pop(key, None)  # a fresh load: its reads count from here
+            self._count(key, uses)
         pending.set_result(value)
         return value
 
     def clear(self) -> None:
         with self._lock:
             self._items.clear()
+            self._reads.clear()
             self._bytes = 0
 
 

@@ -12,7 +12,14 @@ import numba
 import numpy as np
 from numpy.typing import NDArray
 
-__all__ = ["combine_clipped", "combine_mean", "combine_median", "positive_outliers"]
+__all__ = [
+    "block_mask",
+    "combine_clipped",
+    "combine_mean",
+    "combine_median",
+    "positive_outliers",
+    "usable_pixels",
+]
 
 
 @numba.njit(cache=True, nogil=True)
@@ -265,4 +272,87 @@ def positive_outliers(
                 fp = fr * peak[j, i]
                 s2 = (var[k, j, i] + tvar[j, i]) + fp * fp
                 out[k, j, i] = (img[k, j, i] - t) > ns * np.sqrt(s2)
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
+def usable_pixels(
+    img: NDArray[np.float32],
+    var: NDArray[np.float32],
+    msk: NDArray[np.int32],
+    no_data: int,
+    bad_bits: int,
+) -> tuple[NDArray[np.bool_], NDArray[np.bool_]]:
+    """``covered`` (not NO_DATA) and ``use`` (covered, no bad bit, finite image and
+    variance) of a stack, in one pass."""
+    n, ny, nx = img.shape
+    covered = np.empty((n, ny, nx), np.bool_)
+    use = np.empty((n, ny, nx), np.bool_)
+    for k in range(n):
+        for j in range(ny):
+            for i in range(nx):
+                m = msk[k, j, i]
+                c = (m & no_data) == 0
+                covered[k, j, i] = c
+                use[k, j, i] = (
+                    c
+                    and (m & bad_bits) == 0
+                    and math.isfinite(img[k, j, i])
+                    and math.isfinite(var[k, j, i])
+                )
+    return covered, use
+
+
+@numba.njit(cache=True, nogil=True)
+def block_mask(
+    use: NDArray[np.bool_],
+    covered: NDArray[np.bool_],
+    msk: NDArray[np.int32],
+    clipped: NDArray[np.bool_],
+    rejected: NDArray[np.bool_],
+    y0: int,
+    x0: int,
+    ny: int,
+    nx: int,
+    no_data: int,
+    sensor_edge: int,
+    inexact_bit: int,
+    clipped_bit: int,
+    rejected_bit: int,
+) -> NDArray[np.int32]:
+    """The coadd mask of the ``ny × nx`` box at ``(y0, x0)`` of a stack: NO_DATA where no
+    input is used, INEXACT_PSF where a covering input is not used or is at its sensor
+    edge, CLIPPED / REJECTED where an input was (``clipped`` / ``rejected`` of shape
+    ``(0, 1, 1)``: none)."""
+    n = use.shape[0]
+    has_clipped = clipped.shape[0] > 0
+    has_rejected = rejected.shape[0] > 0
+    out = np.empty((ny, nx), np.int32)
+    for j in range(ny):
+        for i in range(nx):
+            used = False
+            inexact = False
+            was_clipped = False
+            was_rejected = False
+            for k in range(n):
+                u = use[k, y0 + j, x0 + i]
+                used |= u
+                if (covered[k, y0 + j, x0 + i] and not u) or (
+                    msk[k, y0 + j, x0 + i] & sensor_edge
+                ) != 0:
+                    inexact = True
+                if has_clipped and clipped[k, y0 + j, x0 + i]:
+                    was_clipped = True
+                if has_rejected and rejected[k, y0 + j, x0 + i]:
+                    was_rejected = True
+            m = 0
+            if not used:
+                m |= no_data
+            if inexact:
+                m |= inexact_bit
+            if was_clipped:
+                m |= clipped_bit
+            if was_rejected:
+                m |= rejected_bit
+            out[j, i] = m
     return out

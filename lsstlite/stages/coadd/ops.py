@@ -31,10 +31,12 @@ from lsstlite.data.skymap import PatchGeometry
 from lsstlite.data.wcs import cached_wcs
 from lsstlite.stages.characterize._kernels import rfft2_padded
 from lsstlite.stages.coadd._kernels import (
+    block_mask,
     combine_clipped,
     combine_mean,
     combine_median,
     positive_outliers,
+    usable_pixels,
 )
 from lsstlite.stages.coadd.psf import CoaddPsf
 from lsstlite.stages.skymap.ops import exposure_corners
@@ -491,10 +493,8 @@ def _coadd_block(
             out=(img[k], var[k], msk[k]),
         )
     weights = np.asarray(static.weights, dtype=np.float64)[plan.indices]
-    covered = (msk & p.no_data) == 0
-    use = covered & ((msk & p.bad_bits) == 0) & np.isfinite(img) & np.isfinite(var)
-    flag_clipped = np.zeros(img.shape, bool)
-    flag_rejected = np.zeros(img.shape, bool)
+    covered, use = usable_pixels(img, var, msk, p.no_data, p.bad_bits)
+    flag_clipped = flag_rejected = np.zeros((0, 1, 1), bool)  # none
     if p.method == "compare_warp":
         psfs = [WarpedPsf(static.psf_dicts[i], static.wcs_in[i], p.wcs_out) for i in plan.indices]
         center = ((out_box[0] + out_box[2] - 1) / 2.0, (out_box[1] + out_box[3] - 1) / 2.0)
@@ -509,18 +509,31 @@ def _coadd_block(
     else:
         out, ovar, _ = combine_mean(img, var, use, weights)
     # Back to the output box (drop the halo).
-    sy = slice(out_box[1] - ey0, out_box[3] - ey0)
-    sx = slice(out_box[0] - ex0, out_box[2] - ex0)
+    y0, x0 = out_box[1] - ey0, out_box[0] - ex0
+    ny, nx = out_box[3] - out_box[1], out_box[2] - out_box[0]
     bit = p.planes
-    mask = np.zeros(out[sy, sx].shape, np.int32)
-    used = use[:, sy, sx]
-    cov = covered[:, sy, sx]
-    mask[~used.any(axis=0)] |= p.no_data
-    inexact = (cov & ~used).any(axis=0) | ((msk[:, sy, sx] & p.sensor_edge) != 0).any(axis=0)
-    mask[inexact] |= 1 << bit["INEXACT_PSF"]
-    mask[flag_clipped[:, sy, sx].any(axis=0)] |= 1 << bit["CLIPPED"]
-    mask[flag_rejected[:, sy, sx].any(axis=0)] |= 1 << bit["REJECTED"]
-    return out[sy, sx].astype(np.float32), ovar[sy, sx].astype(np.float32), mask
+    mask = block_mask(
+        use,
+        covered,
+        msk,
+        flag_clipped,
+        flag_rejected,
+        y0,
+        x0,
+        ny,
+        nx,
+        p.no_data,
+        p.sensor_edge,
+        1 << bit["INEXACT_PSF"],
+        1 << bit["CLIPPED"],
+        1 << bit["REJECTED"],
+    )
+    sy, sx = slice(y0, y0 + ny), slice(x0, x0 + nx)
+    return (
+        np.ascontiguousarray(out[sy, sx], dtype=np.float32),
+        np.ascontiguousarray(ovar[sy, sx], dtype=np.float32),
+        mask,
+    )
 
 
 def coadd_exposures(

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import operator
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, overload
 
 import dask.array as da
@@ -278,7 +278,7 @@ def _blocks(
     return rows
 
 
-@dataclass(frozen=True)
+@dataclass
 class PlaneRegion:
     """How a box of one stored plane is cut from that plane's Dask chunks.
 
@@ -286,13 +286,15 @@ class PlaneRegion:
     dst_x, src_y, src_x)`` slices (region ← chunk); ``shape``: the region's shape.
     ``source``: for a plane read straight from zarr, where the task reads the chunks
     itself (through the shared chunk cache); else None and the task depends on the
-    chunks' keys ``(data.name, i, j)``.
+    chunks' keys ``(data.name, i, j)``. ``uses``: for each chunk, how many regions of
+    the whole graph read it (set by :func:`tasks_to_planes`; 0: unknown).
     """
 
     index: list[tuple[int, int]]
     pieces: list[tuple[slice, slice, slice, slice]]
     shape: tuple[int, int]
     source: StoredArray | None
+    uses: list[int] = field(default_factory=list)
 
 
 def plane_region(
@@ -325,7 +327,8 @@ def plane_region(
 
 def _assemble(chunks: list[NDArray[Any]], where: PlaneRegion) -> NDArray[Any]:
     if where.source is not None:
-        chunks = [where.source.read(ij) for ij in where.index]
+        uses = where.uses or [0] * len(where.index)
+        chunks = [where.source.read(ij, n) for ij, n in zip(where.index, uses, strict=True)]
     if len(chunks) == 1:  # inside one chunk: a view
         return chunks[0][where.pieces[0][2], where.pieces[0][3]]
     out = np.empty(where.shape, dtype=chunks[0].dtype)
@@ -414,6 +417,16 @@ def tasks_to_planes(
     dsk: dict[Any, Any] = dict(extra or {})
     for (i, j), task in tasks.items():
         dsk[(name, i, j)] = task
+    # How often the graph reads each stored chunk (the cache drops it after the last).
+    regions = [r for t in tasks.values() if t[0] is _call_on_regions for r in t[3]]
+    uses: dict[tuple[str, tuple[int, int]], int] = {}
+    for r in regions:
+        if r.source is not None:
+            for ij in r.index:
+                uses[(r.source.name, ij)] = uses.get((r.source.name, ij), 0) + 1
+    for r in regions:
+        if r.source is not None:
+            r.uses = [uses[(r.source.name, ij)] for ij in r.index]
     base = HighLevelGraph.from_collections(name, dsk, dependencies=list(dependencies))  # type: ignore[arg-type]
     chunks = (tuple(r[0][0] for r in shapes), tuple(s[1] for s in shapes[0]))
     out = []
