@@ -175,20 +175,26 @@ def input_weights(
     pixels) is the sum of the input PSFs with these same weights. Pass ``weights=`` to
     :func:`coadd_exposures` to skip it (e.g. from a visit summary).
     """
-    terms = []
-    for ds in calexps:
-        chunks = ds["variance"].chunks
+    from dask.delayed import Delayed
+    from dask.highlevelgraph import HighLevelGraph
+
+    name = f"coadd-weights-{uuid.uuid4().hex}"
+    dsk: dict[Any, Any] = {}
+    deps: dict[str, da.Array] = {}
+    for k, ds in enumerate(calexps):
+        var, msk = exposure_planes(ds)[1:]
         sy, sx = (
-            _central_sample(n, sample_px, None if chunks is None else chunks[axis])
+            _central_sample(n, sample_px, var.chunks[axis])
             for axis, n in enumerate((ds.sizes["y"], ds.sizes["x"]))
         )
-        sub = ds.isel(y=sy, x=sx)
+        box = (sx.start, sy.start, sx.stop, sy.stop)
+        regions = [(p, plane_region(p, (0, 0), box)) for p in (var, msk)]
+        deps.update((d.name, d) for d in region_dependencies(regions))
         planes = mask_planes(ds)
         bits = mask_bits(planes, [p for p in bad_mask_planes if p in planes])
-        var = da.asarray(sub["variance"].data)
-        good = ((da.asarray(sub["mask"].data) & bits) == 0) & da.isfinite(var)
-        terms.append((da.where(good, var, 0.0).sum(), good.sum()))
-    (values,) = dask.compute(terms)
+        dsk[(name, k)] = region_task(_weight_terms, regions, bits)
+    graph = HighLevelGraph.from_collections(name, dsk, dependencies=list(deps.values()))  # type: ignore[arg-type]
+    values = dask.compute(*[Delayed((name, k), graph, layer=name) for k in range(len(calexps))])
     out = []
     for ds, (s, n) in zip(calexps, values, strict=True):
         if n == 0 or not s > 0:
@@ -198,6 +204,13 @@ def input_weights(
             )
         out.append(float(n / s))
     return out
+
+
+def _weight_terms(planes: Sequence[NDArray[Any]], bits: int) -> tuple[float, int]:
+    """Sum of the good variance values (in float32, as stored) and their count."""
+    var, msk = planes[0], planes[1]
+    good = ((msk & bits) == 0) & np.isfinite(var)
+    return float(np.where(good, var, np.float32(0.0)).sum()), int(good.sum())
 
 
 def _central_sample(n: int, size: int, chunks: tuple[int, ...] | None) -> slice:
