@@ -29,7 +29,6 @@ from lsstlite.data.masks import DEFAULT_MASK_PLANES, mask_bits, mask_planes
 from lsstlite.data.psf import psf_from_dict
 from lsstlite.data.skymap import PatchGeometry
 from lsstlite.data.wcs import wcs_from_cards
-from lsstlite.stages.characterize._kernels import rfft2_padded
 from lsstlite.stages.coadd._kernels import (
     combine_clipped,
     combine_mean,
@@ -294,6 +293,8 @@ def _psf_match(
     the kernel's summed-area table instead. float32 is ample for a detection
     threshold of several σ: the round-off is < 1e-5 of the block's brightest pixel.
     """
+    from lsstlite.stages.characterize._kernels import rfft2_padded
+
     (h, w), (kh, kw) = valid.shape, kern.shape
     ky, kx = (kh - 1) // 2, (kw - 1) // 2
     # A circular convolution of period N ≥ h + ky equals the linear one on the "same"
