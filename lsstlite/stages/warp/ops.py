@@ -19,7 +19,6 @@ import xarray as xr
 from astropy.wcs import WCS
 from numpy.typing import NDArray
 from scipy import fft as sfft
-from scipy import signal
 
 from lsstlite.data.exposure import make_exposure, validate_exposure
 from lsstlite.data.masks import mask_bits, mask_planes
@@ -491,6 +490,8 @@ def psf_match_warp(
     zero in the convolution and stay NaN. Variance is convolved with ``K²`` (the diagonal
     only).
     """
+    from scipy import signal
+
     if not warp.attrs.get("psf"):
         raise ValueError(
             f"psf_match_warp: warp {warp.attrs.get('warp', {}).get('input')} has no PSF"
