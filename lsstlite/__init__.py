@@ -6,13 +6,19 @@
 >>> ll.run_pipeline("repo", "drp.yaml#step1", inputs=["SimCam/raw/all"], output="u/me/step1")  # doctest: +SKIP
 """
 
+from __future__ import annotations
+
 from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING
 
 from lsstlite import data
+from lsstlite._lazy import lazy_exports
 from lsstlite.data import make_exposure, open_exposure_zarr, read_exposure_fits
-from lsstlite.pipe.clusters import local_cluster
-from lsstlite.pipe.run import run_pipeline
-from lsstlite.repo import Butler
+
+if TYPE_CHECKING:
+    from lsstlite.pipe.clusters import local_cluster
+    from lsstlite.pipe.run import run_pipeline
+    from lsstlite.repo import Butler
 
 try:
     __version__ = version("lsstlite")
@@ -29,3 +35,10 @@ __all__ = [
     "read_exposure_fits",
     "run_pipeline",
 ]
+
+# The pipeline and the repository (pyarrow.parquet, the registry) are imported on first
+# use, so that ``import lsstlite.data`` or one stage stays light.
+__getattr__, __dir__ = lazy_exports(
+    __name__,
+    {"pipe.clusters": ["local_cluster"], "pipe.run": ["run_pipeline"], "repo": ["Butler"]},
+)

@@ -22,14 +22,12 @@ import numpy as np
 import xarray as xr
 from numpy.typing import NDArray
 from scipy import fft as sfft
-from scipy import ndimage
 
 from lsstlite.data.exposure import PhotoCalib, make_exposure
 from lsstlite.data.masks import DEFAULT_MASK_PLANES, mask_bits, mask_planes
 from lsstlite.data.psf import psf_from_dict
 from lsstlite.data.skymap import PatchGeometry
 from lsstlite.data.wcs import cached_wcs
-from lsstlite.stages.characterize._kernels import rfft2_padded
 from lsstlite.stages.coadd._kernels import (
     block_mask,
     combine_clipped,
@@ -312,6 +310,8 @@ def _psf_match(
     the kernel's summed-area table instead. float32 is ample for a detection
     threshold of several σ: the round-off is < 1e-5 of the block's brightest pixel.
     """
+    from lsstlite.stages.characterize._kernels import rfft2_padded
+
     (h, w), (kh, kw) = valid.shape, kern.shape
     ky, kx = (kh - 1) // 2, (kw - 1) // 2
     # A circular convolution of period N ≥ h + ky equals the linear one on the "same"
@@ -388,6 +388,8 @@ def _outliers(
     FWHM), not its value: PSF-matching residuals of a bright star peak in a ring around
     its core, where the template itself is already much fainter than the core.
     """
+    from scipy import ndimage
+
     peak = np.nan_to_num(np.abs(template))
     if fwhm is not None:
         peak = ndimage.maximum_filter(peak, size=2 * math.ceil(fwhm) + 1)
@@ -413,6 +415,8 @@ def _reject_artifacts(
     p: _Params,
 ) -> NDArray[np.bool_]:
     """CompareWarp: flags ``(n, ny, nx)`` of artifact pixels (grown footprints) per warp."""
+    from scipy import ndimage
+
     cfg = p.artifacts
     n = img.shape[0]
     size = cfg.matching_kernel_size
@@ -462,6 +466,8 @@ def _grow_footprints(
     """``binary_dilation(flagged, 3×3, iterations=grow)`` where ``flagged`` is the union of
     the footprints ``which`` of ``labels``: dilated within each footprint's bounding box
     grown by ``grow`` (the dilation is local), not over the whole block."""
+    from scipy import ndimage
+
     out = flagged.copy()
     boxes = ndimage.find_objects(labels)
     structure = np.ones((3, 3), bool)

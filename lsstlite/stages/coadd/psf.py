@@ -13,7 +13,6 @@ from typing import Any, ClassVar
 import numba
 import numpy as np
 from numpy.typing import NDArray
-from scipy.interpolate import RectBivariateSpline
 
 from lsstlite.data.psf import PsfModel, register_psf
 from lsstlite.data.wcs import WcsCards, cached_wcs
@@ -111,6 +110,8 @@ class CoaddPsf(PsfModel):
         spline's knots depend on the grid only) and the B-spline coefficients of both maps,
         for :func:`_spline_stencil`. ``None`` when the transform is not finite over the
         box (exact path then)."""
+        from scipy.interpolate import RectBivariateSpline
+
         cache: dict[int, Any] = self.__dict__.setdefault("_grid_maps", {})
         if k not in cache:
             bx0, by0, bx1, by1 = self._coadd_boxes()[k]

@@ -21,7 +21,6 @@ from astropy.wcs import WCS
 from dask.base import tokenize
 from numpy.typing import NDArray
 from scipy import fft as sfft
-from scipy import signal
 
 from lsstlite.data._zarr_chunks import StoredArray, stored_source
 from lsstlite.data.exposure import make_exposure, validate_exposure
@@ -642,6 +641,8 @@ def psf_match_warp(
     zero in the convolution and stay NaN. Variance is convolved with ``K²`` (the diagonal
     only).
     """
+    from scipy import signal
+
     if not warp.attrs.get("psf"):
         raise ValueError(
             f"psf_match_warp: warp {warp.attrs.get('warp', {}).get('input')} has no PSF"

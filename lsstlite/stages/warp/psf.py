@@ -15,7 +15,6 @@ from typing import Any, ClassVar
 
 import numpy as np
 from numpy.typing import NDArray
-from scipy import ndimage
 
 from lsstlite.data.psf import PsfModel, psf_from_dict, register_psf
 from lsstlite.data.psf_pixel import PixelPsf
@@ -149,6 +148,8 @@ def resample_stamp(
     center_out: tuple[float, float],
 ) -> NDArray[np.float64]:
     """Resample a PSF stamp through the affine map ``d_in = J d_out`` (flux conserved)."""
+    from scipy import ndimage
+
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)
     dxo, dyo = xx - center_out[0], yy - center_out[1]
     xi = center_in[0] + jac[0, 0] * dxo + jac[0, 1] * dyo
