@@ -14,7 +14,8 @@ A task that needs parts of several stored chunks (a coadd's output chunk maps to
 across up to four chunks of each input) can read them itself through
 :func:`stored_source` instead of depending on their read tasks: then no chunk is held by
 the scheduler between tasks, and a small per-process cache of decoded chunks
-(:data:`CHUNK_CACHE_BYTES`) keeps neighbouring tasks from decoding the same chunk again:
+(a byte budget the graph carries; default :data:`CHUNK_CACHE_BYTES`, off) keeps
+neighbouring tasks from decoding the same chunk again:
 a chunk leaves it when the tasks of its graph have read it as often as the graph said,
 or, least recently used first, when the budget is full.
 """
@@ -37,14 +38,17 @@ from numpy.typing import NDArray
 __all__ = [
     "CHUNK_CACHE_BYTES",
     "StoredArray",
+    "cache_budget",
     "local_store_root",
     "stored_chunks_array",
     "stored_source",
 ]
 
-#: Byte budget of the per-process cache of decoded chunks that tasks reading through
-#: :func:`stored_source` share (Dask config ``lsstlite.chunk-cache-bytes`` overrides it).
-CHUNK_CACHE_BYTES = 96 * 2**20
+#: Default byte budget of the per-process cache of decoded chunks that tasks reading
+#: through :func:`stored_source` share; 0: off (each task decodes what it reads). Dask
+#: config ``lsstlite.chunk-cache-bytes`` overrides it when a graph is built; the budget
+#: travels with the graph's tasks.
+CHUNK_CACHE_BYTES = 0
 
 
 def local_store_root(store: Any) -> Path | None:
@@ -213,9 +217,10 @@ class StoredArray:
     fill: Any
     key: str
 
-    def read(self, index: tuple[int, ...], uses: int = 0) -> NDArray[Any]:
-        """Chunk ``index`` (read-only) through the shared cache; ``uses``: how many reads
-        the graph makes of it (0: unknown), after which it leaves the cache."""
+    def read(self, index: tuple[int, ...], uses: int = 0, budget: int = 0) -> NDArray[Any]:
+        """Chunk ``index`` (read-only) through the shared cache of ``budget`` bytes (0:
+        not cached); ``uses``: how many reads the graph makes of it (0: unknown), after
+        which it leaves the cache."""
         part = tuple(self.chunks[axis][i] for axis, i in enumerate(index))
         path = os.path.join(self.directory, _chunk_key(index, self.key))
         return _CACHE.get(
@@ -224,6 +229,7 @@ class StoredArray:
                 path, self.chunk_shape, part, self.dtype, self.zstd, self.fill, writable=False
             ),
             uses,
+            budget,
         )
 
 
@@ -248,7 +254,7 @@ class _ChunkCache:
             if old is not None:
                 self._bytes -= _cost(old)
 
-    def get(self, key: Any, load: Any, uses: int = 0) -> NDArray[Any]:
+    def get(self, key: Any, load: Any, uses: int = 0, budget: int = 0) -> NDArray[Any]:
         with self._lock:
             hit = self._items.get(key)
             if hit is not None:
@@ -271,7 +277,6 @@ class _ChunkCache:
                 del self._loading[key]
             pending.set_exception(exc)
             raise
-        budget = _budget()
         with self._lock:
             del self._loading[key]
             if _cost(value) <= budget:
@@ -298,7 +303,11 @@ def _cost(value: NDArray[Any]) -> int:
     return 0 if 0 in value.strides else value.nbytes
 
 
-def _budget() -> int:
+def cache_budget(value: int | None = None) -> int:
+    """``value``, or the Dask config ``lsstlite.chunk-cache-bytes``, or
+    :data:`CHUNK_CACHE_BYTES`."""
+    if value is not None:
+        return int(value)
     import dask
 
     return int(dask.config.get("lsstlite.chunk-cache-bytes", CHUNK_CACHE_BYTES))

@@ -75,6 +75,13 @@ class AssembleCoaddConfig(Config):
     clip_amp_frac: float = 0.3
     clip_n_iter: int = 2
     grid_step_px: int = 16
+    chunk_cache_mb: int = Field(
+        256,
+        ge=0,
+        description="decoded calexp chunks a worker keeps for the next output chunks that "
+        "need them (each leaves after its last reader); 0: every output chunk decodes what "
+        "it overlaps, least memory",
+    )
     do_sky_correction: bool = Field(
         False,
         description="replace each calexp's per-detector background by its visit's "
@@ -166,6 +173,7 @@ class AssembleCoaddTask(Task):
             clip_n_iter=cfg.clip_n_iter,
             artifacts=cfg.artifacts.to_op(),
             grid_step_px=cfg.grid_step_px,
+            chunk_cache_bytes=cfg.chunk_cache_mb * 2**20,
         )
         return TaskResult(coadd=coadd)
 

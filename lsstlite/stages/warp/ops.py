@@ -22,7 +22,7 @@ from dask.base import tokenize
 from numpy.typing import NDArray
 from scipy import fft as sfft
 
-from lsstlite.data._zarr_chunks import StoredArray, stored_source
+from lsstlite.data._zarr_chunks import StoredArray, cache_budget, stored_source
 from lsstlite.data.exposure import make_exposure, validate_exposure
 from lsstlite.data.masks import mask_bits, mask_planes
 from lsstlite.data.psf import GaussianPsf, psf_from_dict
@@ -286,7 +286,8 @@ class PlaneRegion:
     ``source``: for a plane read straight from zarr, where the task reads the chunks
     itself (through the shared chunk cache); else None and the task depends on the
     chunks' keys ``(data.name, i, j)``. ``uses``: for each chunk, how many regions of
-    the whole graph read it (set by :func:`tasks_to_planes`; 0: unknown).
+    the whole graph read it, and ``cache_bytes`` the chunk cache budget of the graph
+    (both set by :func:`tasks_to_planes`).
     """
 
     index: list[tuple[int, int]]
@@ -294,6 +295,7 @@ class PlaneRegion:
     shape: tuple[int, int]
     source: StoredArray | None
     uses: list[int] = field(default_factory=list)
+    cache_bytes: int = 0
 
 
 def plane_region(
@@ -327,7 +329,10 @@ def plane_region(
 def _assemble(chunks: list[NDArray[Any]], where: PlaneRegion) -> NDArray[Any]:
     if where.source is not None:
         uses = where.uses or [0] * len(where.index)
-        chunks = [where.source.read(ij, n) for ij, n in zip(where.index, uses, strict=True)]
+        chunks = [
+            where.source.read(ij, n, where.cache_bytes)
+            for ij, n in zip(where.index, uses, strict=True)
+        ]
     if len(chunks) == 1:  # inside one chunk: a view
         return chunks[0][where.pieces[0][2], where.pieces[0][3]]
     out = np.empty(where.shape, dtype=chunks[0].dtype)
@@ -408,9 +413,12 @@ def tasks_to_planes(
     fills: tuple[tuple[Any, Any], ...],
     dependencies: list[da.Array],
     extra: dict[Any, Any] | None = None,
+    chunk_cache_bytes: int | None = None,
 ) -> list[da.Array]:
     """Dask arrays (one per entry of ``fills``, ``(dtype, fill value)``) from a grid of
-    block tasks that each return one block per array; a block with no task is the fill."""
+    block tasks that each return one block per array; a block with no task is the fill.
+    Stored inputs are read through a chunk cache of ``chunk_cache_bytes`` (default:
+    :func:`~lsstlite.data._zarr_chunks.cache_budget`)."""
     from dask.highlevelgraph import HighLevelGraph
 
     dsk: dict[Any, Any] = dict(extra or {})
@@ -423,9 +431,11 @@ def tasks_to_planes(
         if r.source is not None:
             for ij in r.index:
                 uses[(r.source.name, ij)] = uses.get((r.source.name, ij), 0) + 1
+    budget = cache_budget(chunk_cache_bytes)
     for r in regions:
         if r.source is not None:
             r.uses = [uses[(r.source.name, ij)] for ij in r.index]
+            r.cache_bytes = budget
     base = HighLevelGraph.from_collections(name, dsk, dependencies=list(dependencies))  # type: ignore[arg-type]
     chunks = (tuple(r[0][0] for r in shapes), tuple(s[1] for s in shapes[0]))
     out = []

@@ -38,14 +38,16 @@ def test_stored_inputs_give_the_same_coadd_as_in_memory(
 ) -> None:
     calexps = _stored(tmp_path, 4, (300, 260), 128)
     patch = synthetic_patch((310, 280))
-    stored = coadd_exposures(calexps, patch, method=method, chunks=(100, 120))
+    stored = coadd_exposures(
+        calexps, patch, method=method, chunks=(100, 120), chunk_cache_bytes=cache_bytes
+    )
     # no read task in the graph: the block tasks read the chunks themselves
     assert not any(name.startswith("zarr-") for name in stored["image"].data.dask.layers)
     memory = coadd_exposures(
         [ds.compute() for ds in calexps], patch, method=method, chunks=(100, 120)
     )
     _zarr_chunks._CACHE.clear()
-    with dask.config.set({"lsstlite.chunk-cache-bytes": cache_bytes, "scheduler": "threads"}):
+    with dask.config.set(scheduler="threads"):
         got = stored.compute()
     xr.testing.assert_identical(got, memory.compute())
     assert (got["mask"].values & (1 << lld.mask_planes(got)["INEXACT_PSF"])).any()
@@ -67,49 +69,68 @@ def test_each_stored_chunk_is_decoded_once_when_the_cache_holds_them(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calexps = _stored(tmp_path, 3, (512, 512), 256)  # 2 × 2 chunks of 256² per plane
+    calls = _count_decodes(monkeypatch)
+    for budget, config in ((2**30, None), (None, 2**30)):  # the argument, or the config
+        with dask.config.set({"lsstlite.chunk-cache-bytes": config}):
+            c = coadd_exposures(
+                calexps,
+                synthetic_patch((512, 512)),
+                method="mean",
+                weights=[1.0] * 3,
+                chunks=(128, 128),
+                chunk_cache_bytes=budget,
+            )
+        calls.clear()
+        _zarr_chunks._CACHE.clear()
+        c["image"].data.compute(scheduler="threads")
+        assert len(calls) == len(set(calls)) == 3 * 3 * 4  # inputs × planes × chunks
+        # ...and each left the cache after its last read
+        assert _zarr_chunks._CACHE._bytes == 0
+    # with no cache (the default) each 128² output chunk (+ halo) decodes what it overlaps
     c = coadd_exposures(
         calexps, synthetic_patch((512, 512)), method="mean", weights=[1.0] * 3, chunks=(128, 128)
     )
-    calls = _count_decodes(monkeypatch)
-    _zarr_chunks._CACHE.clear()
-    with dask.config.set({"lsstlite.chunk-cache-bytes": 2**30, "scheduler": "threads"}):
-        c["image"].data.compute()
-    assert len(calls) == len(set(calls)) == 3 * 3 * 4  # inputs × planes × chunks
-    # with no cache each 128² output chunk (+ halo) decodes what it overlaps again
     calls.clear()
-    _zarr_chunks._CACHE.clear()
-    with dask.config.set({"lsstlite.chunk-cache-bytes": 0, "scheduler": "threads"}):
-        c["image"].data.compute()
+    c["image"].data.compute(scheduler="threads")
     assert len(calls) > 3 * 3 * 4
 
 
 def test_the_cache_keeps_within_its_budget() -> None:
     cache = _zarr_chunks._ChunkCache()
-    with dask.config.set({"lsstlite.chunk-cache-bytes": 3 * 400}):
-        for k in range(10):
-            a = cache.get(k, lambda: np.zeros(100, np.float32))  # 400 bytes each
-            assert a.nbytes == 400
-        assert cache._bytes <= 3 * 400 and list(cache._items) == [7, 8, 9]
-        # a hit moves the entry to the end (least recently used goes first)
-        cache.get(7, lambda: pytest.fail("7 is cached"))
-        cache.get(10, lambda: np.zeros(100, np.float32))
-        assert list(cache._items) == [9, 7, 10]
-        # a broadcast fill value costs nothing
-        cache.get("fill", lambda: np.broadcast_to(np.float32(0), (1000, 1000)))
-        assert cache._bytes == 3 * 400
+    budget = 3 * 400
+    for k in range(10):
+        a = cache.get(k, lambda: np.zeros(100, np.float32), budget=budget)  # 400 bytes each
+        assert a.nbytes == 400
+    assert cache._bytes <= budget and list(cache._items) == [7, 8, 9]
+    # a hit moves the entry to the end (least recently used goes first)
+    cache.get(7, lambda: pytest.fail("7 is cached"), budget=budget)
+    cache.get(10, lambda: np.zeros(100, np.float32), budget=budget)
+    assert list(cache._items) == [9, 7, 10]
+    # a broadcast fill value costs nothing
+    cache.get("fill", lambda: np.broadcast_to(np.float32(0), (1000, 1000)), budget=budget)
+    assert cache._bytes == budget
+    # an entry read as often as its graph said leaves at once
+    cache.get("twice", lambda: np.zeros(10, np.float32), uses=2, budget=budget)
+    assert "twice" in cache._items
+    cache.get("twice", lambda: pytest.fail("cached"), uses=2, budget=budget)
+    assert "twice" not in cache._items
 
 
 def _peak(tmp: Path, n: int, shape: tuple[int, int]) -> int:
     calexps = _stored(tmp, n, shape, 256)
     c = coadd_exposures(
-        calexps, synthetic_patch(shape), method="mean", weights=[1.0] * n, chunks=(256, 256)
+        calexps,
+        synthetic_patch(shape),
+        method="mean",
+        weights=[1.0] * n,
+        chunks=(256, 256),
+        chunk_cache_bytes=4 * 2**20,
     )
     _zarr_chunks._CACHE.clear()
     tracemalloc.start()
     try:
-        with dask.config.set({"lsstlite.chunk-cache-bytes": 4 * 2**20}):
-            for block in c["image"].data.to_delayed().ravel():  # one chunk at a time
-                block.compute(scheduler="synchronous")
+        for block in c["image"].data.to_delayed().ravel():  # one chunk at a time
+            block.compute(scheduler="synchronous")
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
