@@ -1,19 +1,21 @@
 """Warp + clipped coadd of 10 dithered 2048² images with a satellite trail: lsstlite vs
 SWarp vs reproject, same inputs, same cores, one run each, side by side.
 
-Prints one table (wall time, peak memory, trail residual, noise), lsstlite's wall time by
-phase (import of the Python stack, opening + graph with the input weights, compute and
-write, streamed) and the kernel throughputs (Lanczos3 warp Mpix/s per core, clipped combination
+Prints each lsstlite run's own summary line (its time after the imports, and the part
+spent opening the inputs and building the graph), one table (wall time, peak memory,
+trail residual, noise) and the kernel throughputs (Lanczos3 warp Mpix/s per core, clipped combination
 M input px/s per core; best of three).
 
 - SWarp: ``COMBINE_TYPE CLIPPED``, ``RESAMPLING_TYPE LANCZOS3``, ``NTHREADS`` = cores,
   inputs and weight maps as FITS, output grid from a ``.head`` file (the patch WCS).
 - reproject: ``reproject_interp`` (bilinear) of each image, then a numpy 3σ-clipped mean.
-- lsstlite: ``coadd_exposures`` from zarr inputs (its storage), Lanczos3, threads; once
-  ``method="clipped"`` (SWarp's rule) and once ``method="compare_warp"`` (the default);
-  the lazy coadd is written to zarr (computed chunk by chunk as it is written).
+- lsstlite: its command line, ``lsstlite coadd in*.zarr --grid coadd.head --out ...``
+  (``coadd_exposures`` on zarr inputs, its storage), Lanczos3, threads; with
+  ``method="clipped"`` (SWarp's rule), without and with a 256 MB chunk cache (memory
+  against decoding), and with ``method="compare_warp"`` (the default); the coadd is
+  written to zarr as it is computed.
 
-Each tool runs in its own process (``/usr/bin/time``-style peak RSS from ``wait4``).
+Each tool runs in its own process, its peak RSS from GNU ``time`` (``%M``).
 Trail residual: 99th percentile of |coadd − truth| / σ over the trail's pixels, σ the
 coadd's noise measured in blank sky; "clean" is the same statistic away from the trail.
 
@@ -23,7 +25,6 @@ Usage: python benchmarks/coadd.py [--cores 2] [--size 2048] [--n 10] [--workdir 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import shutil
@@ -65,12 +66,12 @@ def _render(wcs, shape, ra, dec, flux):  # type: ignore[no-untyped-def]
     return out
 
 
-def make_inputs(workdir: Path, n: int, size: int) -> dict:  # type: ignore[type-arg]
-    """Write the inputs (FITS for SWarp/reproject, zarr for lsstlite) and the truth."""
+def make_inputs(workdir: Path, n: int, size: int) -> None:
+    """Write the inputs (FITS for SWarp/reproject, zarr for lsstlite), the output grid
+    (``coadd.head``, read by SWarp, reproject and lsstlite alike) and the truth."""
     from astropy.io import fits
 
     import lsstlite.data as lld
-    from lsstlite.data.wcs import wcs_to_cards
 
     rng = np.random.default_rng(42)
     shape = (size, size)
@@ -123,46 +124,41 @@ def make_inputs(workdir: Path, n: int, size: int) -> dict:  # type: ignore[type-
         )
         lld.write_exposure_zarr(ds, workdir / f"in{k:02d}.zarr", chunks=(512, 512), overwrite=True)
     np.save(workdir / "trail_mask.npy", trail_mask)
-    return {"wcs": wcs_to_cards(out_wcs), "shape": [size, size]}
 
 
 # -- the three contenders (each runs in a child process) ---------------------------------
 
 
-def run_swarp(workdir: Path, n: int, cores: int) -> None:
+def _swarp_command(workdir: Path, n: int, cores: int) -> list[str]:
     files = [str(workdir / f"in{k:02d}.fits") for k in range(n)]
-    subprocess.run(
-        [
-            "SWarp",
-            *files,
-            "-IMAGEOUT_NAME",
-            str(workdir / "coadd.fits"),
-            "-WEIGHTOUT_NAME",
-            str(workdir / "coadd.weight.fits"),
-            "-COMBINE_TYPE",
-            "CLIPPED",
-            "-RESAMPLING_TYPE",
-            "LANCZOS3",
-            "-WEIGHT_TYPE",
-            "MAP_WEIGHT",
-            "-WEIGHT_SUFFIX",
-            ".weight.fits",
-            "-SUBTRACT_BACK",
-            "N",
-            "-NTHREADS",
-            str(cores),
-            "-RESAMPLE_DIR",
-            str(workdir),
-            "-VERBOSE_TYPE",
-            "QUIET",
-            "-WRITE_XML",
-            "N",
-            "-FSCALASTRO_TYPE",
-            "NONE",
-        ],
-        check=True,
-        cwd=workdir,
-    )
+    return [
+        "SWarp",
+        *files,
+        "-IMAGEOUT_NAME",
+        str(workdir / "coadd.fits"),
+        "-WEIGHTOUT_NAME",
+        str(workdir / "coadd.weight.fits"),
+        "-COMBINE_TYPE",
+        "CLIPPED",
+        "-RESAMPLING_TYPE",
+        "LANCZOS3",
+        "-WEIGHT_TYPE",
+        "MAP_WEIGHT",
+        "-WEIGHT_SUFFIX",
+        ".weight.fits",
+        "-SUBTRACT_BACK",
+        "N",
+        "-NTHREADS",
+        str(cores),
+        "-RESAMPLE_DIR",
+        str(workdir),
+        "-VERBOSE_TYPE",
+        "QUIET",
+        "-WRITE_XML",
+        "N",
+        "-FSCALASTRO_TYPE",
+        "NONE",
+    ]
 
 
 def run_reproject(workdir: Path, n: int, cores: int) -> None:
@@ -189,45 +185,59 @@ def run_reproject(workdir: Path, n: int, cores: int) -> None:
     )
 
 
-def run_lsstlite(workdir: Path, n: int, cores: int, method: str) -> None:
-    t0 = time.perf_counter()
-    import dask
-
-    import lsstlite.data as lld
-    from lsstlite.data.skymap import PatchGeometry
-    from lsstlite.stages.coadd import coadd_exposures
-
-    phases = {"import": time.perf_counter() - t0}
-    meta = json.loads((workdir / "grid.json").read_text())
-    patch = PatchGeometry(meta["wcs"], tuple(meta["shape"]))
-    with dask.config.set(scheduler="threads", num_workers=cores):
-        t = time.perf_counter()
-        calexps = [lld.open_exposure_zarr(workdir / f"in{k:02d}.zarr") for k in range(n)]
-        coadd = coadd_exposures(calexps, patch, method=method, chunks=(512, 512))
-        phases["open + graph"] = time.perf_counter() - t
-        # written as it is computed, chunk by chunk (as the pipeline's assemble_coadd)
-        t = time.perf_counter()
-        lld.write_exposure_zarr(coadd, workdir / f"coadd_{method}.zarr", overwrite=True)
-        phases["compute + write"] = time.perf_counter() - t
-    (workdir / f"phases_{method}.json").write_text(json.dumps(phases))
+def _lsstlite_tool(tool: str) -> tuple[str, int]:
+    """``lsstlite:METHOD[:CACHE_MB]`` → (method, chunk cache MB)."""
+    parts = tool.split(":")
+    return parts[1], int(parts[2]) if len(parts) > 2 else 0
 
 
 def _child(tool: str, workdir: Path, n: int, cores: int) -> tuple[float, float]:
     """Run one tool in a fresh process; wall time (s) and its peak RSS (MB)."""
     root = str(Path(__file__).resolve().parents[1])
-    code = f"import sys; sys.path.insert(0, {root!r}); import benchmarks.coadd as b; from pathlib import Path; "
-    if tool.startswith("lsstlite"):
-        code += f"b.run_lsstlite(Path({str(workdir)!r}), {n}, {cores}, {tool.split(':')[1]!r})"
-    else:
-        code += f"b.run_{tool}(Path({str(workdir)!r}), {n}, {cores})"
     env = {**os.environ, "OMP_NUM_THREADS": str(cores), "NUMBA_NUM_THREADS": str(cores)}
-    start = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-c", code], env=env)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - start
-    if status != 0:
-        raise RuntimeError(f"{tool} failed with status {status}")
-    # ru_maxrss covers the child and (for SWarp, run from it) its own children
+    if tool.startswith("lsstlite"):  # its command line, as SWarp's
+        method, cache_mb = _lsstlite_tool(tool)
+        cmd = [
+            sys.executable,
+            "-m",
+            "lsstlite.cli.main",
+            "coadd",
+            *(str(workdir / f"in{k:02d}.zarr") for k in range(n)),
+            "--grid",
+            str(workdir / "coadd.head"),
+            "--out",
+            str(workdir / f"coadd_{method}_{cache_mb}.zarr"),
+            "--method",
+            method,
+            "--cache-mb",
+            str(cache_mb),
+            "--workers",
+            str(cores),
+            "--overwrite",
+        ]
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+    elif tool == "swarp":  # the binary itself
+        cmd = _swarp_command(workdir, n, cores)
+    else:
+        code = f"import sys; sys.path.insert(0, {root!r}); import benchmarks.coadd as b; "
+        code += f"from pathlib import Path; b.run_{tool}(Path({str(workdir)!r}), {n}, {cores})"
+        cmd = [sys.executable, "-c", code]
+    # Peak RSS through GNU time: a child forked from this (large) process would report
+    # at least this process's RSS at the fork (Linux carries the high-water mark across
+    # fork and exec), which floored every tool's figure at ~460 MB here.
+    gnu_time = shutil.which("time")
+    with tempfile.NamedTemporaryFile("r", suffix=".rss") as rss:
+        if gnu_time:
+            cmd = [gnu_time, "-f", "%M", "-o", rss.name, *cmd]
+        start = time.perf_counter()
+        proc = subprocess.Popen(cmd, env=env, cwd=workdir)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - start
+        if status != 0:
+            raise RuntimeError(f"{tool} failed with status {status}")
+        if gnu_time:
+            return wall, int(rss.read().split()[-1]) / 1024.0
+    print(f"{tool}: GNU time not found; its peak memory includes this process's at the fork")
     return wall, usage.ru_maxrss / 1024.0
 
 
@@ -297,15 +307,19 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=2048)
     parser.add_argument("--n", type=int, default=10)
     parser.add_argument("--workdir", default=None)
-    parser.add_argument("--tools", default="swarp,reproject,lsstlite:clipped,lsstlite:compare_warp")
+    parser.add_argument(
+        "--tools",
+        default="swarp,reproject,lsstlite:clipped,lsstlite:clipped:256,lsstlite:compare_warp",
+        help="lsstlite:METHOD[:CACHE_MB] runs coadd_exposures(method=METHOD, "
+        "chunk_cache_bytes=CACHE_MB MiB); default cache 0",
+    )
     args = parser.parse_args()
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="bench_coadd_"))
     workdir.mkdir(parents=True, exist_ok=True)
     print(
         f"inputs: {args.n} × {args.size}² dithered images, trail in one; {args.cores} cores; {workdir}"
     )
-    grid = make_inputs(workdir, args.n, args.size)
-    (workdir / "grid.json").write_text(json.dumps(grid))
+    make_inputs(workdir, args.n, args.size)
     rows = []
     for tool in args.tools.split(","):
         if tool == "swarp" and shutil.which("SWarp") is None:
@@ -323,9 +337,9 @@ def main() -> None:
         else:
             import lsstlite.data as lld
 
-            image = lld.open_exposure_zarr(workdir / f"coadd_{tool.split(':')[1]}.zarr")[
-                "image"
-            ].values.astype(np.float64)
+            image = lld.open_exposure_zarr(
+                workdir / "coadd_{}_{}.zarr".format(*_lsstlite_tool(tool))
+            )["image"].values.astype(np.float64)
         sigma, on, off = _score(image, workdir)
         rows.append((tool, wall, rss, on, off, sigma))
     print(
@@ -333,14 +347,10 @@ def main() -> None:
     )
     for tool, wall, rss, on, off, sigma in rows:
         print(f"{tool:<24}{wall:>8.1f}{rss:>9.0f}{on:>13.2f}{off:>13.2f}{sigma:>9.2f}")
-    for tool, *_ in rows:
-        if tool.startswith("lsstlite"):
-            phases = json.loads((workdir / f"phases_{tool.split(':')[1]}.json").read_text())
-            print(f"  {tool} phases (s): " + ", ".join(f"{k} {v:.1f}" for k, v in phases.items()))
     by = {r[0]: r for r in rows}
     if "swarp" in by:
-        for tool in ("lsstlite:clipped", "lsstlite:compare_warp"):
-            if tool in by:
+        for tool in by:
+            if tool.startswith("lsstlite"):
                 print(
                     f"{tool}: {by['swarp'][1] / by[tool][1]:.2f}× faster than SWarp, "
                     f"peak memory {by[tool][2] / by['swarp'][2]:.2f}× SWarp's"

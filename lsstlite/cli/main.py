@@ -21,6 +21,7 @@ _COMMAND_MODULES = (
     "lsstlite.repo.cli",
     "lsstlite.cli.pipe",
     "lsstlite.stages.skymap.cli",
+    "lsstlite.stages.coadd.cli",
     "lsstlite.cli.stages",
     "lsstlite.cli.demo",
 )
