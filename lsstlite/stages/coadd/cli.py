@@ -3,7 +3,7 @@ pixel grid, outside any repository (what ``SWarp file ... -c ...`` does with a `
 file).
 
 The grid is a FITS header (a ``.head`` text file as SWarp reads, or a FITS file whose
-primary header is used) with NAXIS1, NAXIS2 and a celestial WCS. Calexps are lsstlite
+first 2-d image gives it) with NAXIS1, NAXIS2 and a celestial WCS. Calexps are lsstlite
 exposures: zarr directories (read lazily, chunk by chunk) or multi-extension FITS as
 :func:`~lsstlite.data.write_exposure_fits` writes them. The coadd is written to zarr as it
 is computed, and optionally as FITS too.
@@ -53,7 +53,8 @@ def add_commands(subparsers: Any) -> None:
 
 def read_grid(path: str | os.PathLike[str]) -> Any:
     """A :class:`~lsstlite.data.skymap.PatchGeometry` from a FITS header file (``.head``
-    text, one card per line as SWarp reads it, or a FITS file's primary header)."""
+    text, one card per line as SWarp reads it, or the header of a FITS file's first 2-d
+    image)."""
     from astropy.io import fits
 
     from lsstlite.data.skymap import PatchGeometry
@@ -64,8 +65,10 @@ def read_grid(path: str | os.PathLike[str]) -> Any:
         raise FileNotFoundError(f"grid header {path}: no such file")
     data = path.read_bytes()
     try:
-        if data[:6] == b"SIMPLE":
-            header = fits.getheader(path)
+        if data[:6] == b"SIMPLE":  # the first 2-d image of a FITS file
+            with fits.open(path) as hdus:
+                images = [h.header for h in hdus if h.header.get("NAXIS") == 2]
+            header = images[0] if images else fits.getheader(path)
         else:
             text = data.decode("ascii", errors="replace")
             header = fits.Header.fromstring(text, sep="\n" if "\n" in text else "")
