@@ -246,7 +246,10 @@ class _ChunkCache:
         self._lock = threading.Lock()
 
     def _count(self, key: Any, uses: int) -> None:
-        """One more read of ``key`` (lock held): evict it when its reads are done."""
+        """One more read of ``key`` (lock held): evict it when its reads are done. Only
+        cached entries with a known number of uses are counted (``_reads`` ⊆ ``_items``)."""
+        if not uses or key not in self._items:
+            return
         n = self._reads[key] = self._reads.get(key, 0) + 1
         if uses and n >= uses:
             del self._reads[key]

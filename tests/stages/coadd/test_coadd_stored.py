@@ -114,6 +114,10 @@ def test_the_cache_keeps_within_its_budget() -> None:
     assert "twice" in cache._items
     cache.get("twice", lambda: pytest.fail("cached"), uses=2, budget=budget)
     assert "twice" not in cache._items
+    # nothing is remembered of what was not cached (no growth with a budget of 0)
+    for k in range(100):
+        cache.get(("big", k), lambda: np.zeros(1000, np.float32), uses=3, budget=0)
+    assert set(cache._reads) <= set(cache._items)
 
 
 def _peak(tmp: Path, n: int, shape: tuple[int, int]) -> int:
