@@ -324,3 +324,48 @@ def stored_source(data: Any) -> StoredArray | None:
     """The :class:`StoredArray` behind a Dask array made by :func:`stored_chunks_array`
     (unchanged since), else None."""
     return _SOURCES.get(getattr(data, "name", None) or "")
+
+
+def open_stored_group(group_dir: Path) -> Any:
+    """The zarr v3 group at ``group_dir`` as an xarray Dataset whose data variables are
+    :func:`stored_chunks_array` arrays and whose dimension coordinates are read at once
+    (as ``xr.open_zarr(..., mask_and_scale=False, decode_times=False)`` gives them, less
+    its ``encoding``), or None when the group holds anything this reader does not take
+    (then the caller opens it with xarray)."""
+    import xarray as xr
+
+    try:
+        meta = json.loads((group_dir / "zarr.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if meta.get("zarr_format") != 3 or meta.get("node_type") != "group":
+        return None
+    coords: dict[str, Any] = {}
+    data_vars: dict[str, Any] = {}
+    for child in sorted(group_dir.iterdir()):
+        if not (child / "zarr.json").is_file():
+            continue
+        try:
+            cmeta = json.loads((child / "zarr.json").read_text())
+        except ValueError:
+            return None
+        if cmeta.get("node_type") != "array":
+            continue  # a subgroup: not part of this dataset
+        dims = cmeta.get("dimension_names")
+        attrs = dict(cmeta.get("attributes") or {})
+        if not dims or None in dims or len(dims) != len(cmeta.get("shape", ())):
+            return None
+        if "coordinates" in attrs or any(k.startswith("_") for k in attrs):
+            return None  # CF coordinates or xarray encodings: leave them to xarray
+        data = stored_chunks_array(child)
+        if data is None:
+            return None
+        if list(dims) == [child.name]:
+            coords[child.name] = (tuple(dims), np.asarray(data.compute(scheduler="sync")), attrs)
+        else:
+            data_vars[child.name] = (tuple(dims), data, attrs)
+    first = [n for n in ("image", "variance", "mask") if n in data_vars]
+    order = first + sorted(n for n in data_vars if n not in first)
+    return xr.Dataset(
+        {n: data_vars[n] for n in order}, coords=coords, attrs=dict(meta.get("attributes") or {})
+    )

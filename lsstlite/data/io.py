@@ -28,7 +28,7 @@ import zarr
 from astropy.io import fits
 from astropy.utils.exceptions import AstropyUserWarning
 
-from lsstlite.data._zarr_chunks import local_store_root, stored_chunks_array
+from lsstlite.data._zarr_chunks import local_store_root, open_stored_group
 from lsstlite.data.exposure import AB_NJY_ZERO_POINT, validate_exposure
 from lsstlite.data.masks import mask_planes
 
@@ -109,35 +109,33 @@ def open_exposure_zarr(
 ) -> xr.Dataset:
     """Open an exposure written by :func:`write_exposure_zarr`, lazily (dask-backed).
 
-    ``chunks`` defaults to the stored chunks; with them, a local store's planes are read
-    one stored chunk per task straight from their files (``lsstlite.data._zarr_chunks``).
+    ``chunks`` defaults to the stored chunks; then an exposure in a local directory is
+    opened without xarray's zarr backend and its planes are read one stored chunk per
+    task straight from their files (``lsstlite.data._zarr_chunks``; the same dataset).
     """
     if isinstance(store, os.PathLike):
         store = os.fspath(store)
-    try:
-        ds = xr.open_zarr(
-            store,
-            group=path,
-            consolidated=False,
-            zarr_format=3,
-            chunks=dict(chunks) if chunks is not None else {},
-            mask_and_scale=False,
-            decode_times=False,
-        )
-    except (FileNotFoundError, KeyError, zarr.errors.GroupNotFoundError) as exc:
-        where = f"{store}" + (f" group {path!r}" if path else "")
-        raise ExposureReadError(f"no exposure at {where}: {exc}") from exc
-    for name in ds.variables:
-        ds[name].attrs.pop("_FillValue", None)
     root = local_store_root(store) if chunks is None else None
-    if root is not None:
-        # The stored chunks read straight from their files (see _zarr_chunks): same values,
-        # a fraction of the cost of xarray's and zarr's own read path.
-        base = root / path if path else root
-        for name, var in ds.data_vars.items():
-            fast = stored_chunks_array(base / str(name))
-            if fast is not None and fast.shape == var.shape and fast.dtype == var.dtype:
-                ds[name] = var.copy(data=fast)
+    # A local directory in zarr's default layout: planes read one stored chunk per task
+    # straight from their files (see _zarr_chunks), the dataset built without xarray's
+    # backend (same variables, attrs and values; a fraction of the cost). Else xarray.
+    ds = open_stored_group(root / path if path else root) if root is not None else None
+    if ds is None:
+        try:
+            ds = xr.open_zarr(
+                store,
+                group=path,
+                consolidated=False,
+                zarr_format=3,
+                chunks=dict(chunks) if chunks is not None else {},
+                mask_and_scale=False,
+                decode_times=False,
+            )
+        except (FileNotFoundError, KeyError, zarr.errors.GroupNotFoundError) as exc:
+            where = f"{store}" + (f" group {path!r}" if path else "")
+            raise ExposureReadError(f"no exposure at {where}: {exc}") from exc
+        for name in ds.variables:
+            ds[name].attrs.pop("_FillValue", None)
     validate_exposure(ds, what=f"exposure at {store}")
     return ds
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import dask
@@ -12,6 +13,7 @@ import zarr
 from zarr.codecs import BytesCodec, ShardingCodec
 
 import lsstlite.data as lld
+from lsstlite.data import _zarr_chunks
 from lsstlite.data._zarr_chunks import local_store_root, stored_chunks_array
 
 
@@ -109,3 +111,43 @@ def test_only_local_directories_are_read_directly(tmp_path: Path) -> None:
     assert local_store_root("memory://x") is None
     assert local_store_root(tmp_path / "absent") is None
     assert local_store_root(zarr.storage.MemoryStore()) is None
+
+
+def _xarray_open(path: Path, group: str | None = None) -> xr.Dataset:
+    ds = xr.open_zarr(
+        str(path),
+        group=group,
+        consolidated=False,
+        zarr_format=3,
+        chunks={},
+        mask_and_scale=False,
+        decode_times=False,
+    )
+    for name in ds.variables:
+        ds[name].attrs.pop("_FillValue", None)
+    return ds
+
+
+def test_the_direct_open_is_the_dataset_xarray_opens(exposure: xr.Dataset, tmp_path: Path) -> None:
+    lld.write_exposure_zarr(exposure, tmp_path / "e.zarr", chunks=(64, 80))
+    lld.write_exposure_zarr(exposure, tmp_path / "r.zarr", path="run/x", chunks=(64, 80))
+    for where, group in ((tmp_path / "e.zarr", None), (tmp_path / "r.zarr", "run/x")):
+        direct = lld.open_exposure_zarr(where, path=group)
+        assert direct["image"].data.name.startswith("zarr-image-")
+        reference = _xarray_open(where, group)
+        xr.testing.assert_identical(direct.compute(), reference.compute())
+        assert list(direct.data_vars) == ["image", "variance", "mask"]
+        for name in direct.variables:
+            assert direct[name].attrs == reference[name].attrs, name
+        assert direct.indexes.keys() == reference.indexes.keys() == {"x", "y"}
+
+
+def test_groups_it_does_not_take_are_opened_by_xarray(exposure: xr.Dataset, tmp_path: Path) -> None:
+    lld.write_exposure_zarr(exposure, tmp_path / "e.zarr")
+    meta_path = tmp_path / "e.zarr" / "mask" / "zarr.json"
+    meta = json.loads(meta_path.read_text())
+    meta["attributes"]["coordinates"] = "y x"  # a CF coordinates attribute
+    meta_path.write_text(json.dumps(meta))
+    assert _zarr_chunks.open_stored_group(tmp_path / "e.zarr") is None
+    back = lld.open_exposure_zarr(tmp_path / "e.zarr")  # still opens (through xarray)
+    np.testing.assert_array_equal(back["image"].values, exposure["image"].values)
