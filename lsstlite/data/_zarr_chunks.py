@@ -360,8 +360,10 @@ def open_stored_group(group_dir: Path) -> Any:
         data = stored_chunks_array(child)
         if data is None:
             return None
-        if list(dims) == [child.name]:
-            coords[child.name] = (tuple(dims), np.asarray(data.compute(scheduler="sync")), attrs)
+        if list(dims) == [child.name]:  # a dimension coordinate: read now, as xarray does
+            src = _SOURCES[data.name]
+            values = np.concatenate([src.read((i,)) for i in range(len(src.chunks[0]))])
+            coords[child.name] = (tuple(dims), values, attrs)
         else:
             data_vars[child.name] = (tuple(dims), data, attrs)
     first = [n for n in ("image", "variance", "mask") if n in data_vars]
