@@ -26,6 +26,7 @@ import json
 import math
 import os
 import threading
+import time
 from collections import OrderedDict
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ from numpy.typing import NDArray
 
 __all__ = [
     "CHUNK_CACHE_BYTES",
+    "CHUNK_CACHE_IDLE_S",
     "StoredArray",
     "cache_budget",
     "local_store_root",
@@ -233,17 +235,58 @@ class StoredArray:
         )
 
 
+#: Seconds after which a cached chunk nobody has read leaves the cache: on a cluster
+#: each worker sees only some of a graph's reads, so counting them does not empty it,
+#: and a finished coadd must not hold a worker's memory into the next task.
+CHUNK_CACHE_IDLE_S = 20.0
+
+
 class _ChunkCache:
-    """Decoded chunks within a byte budget, least recently used evicted first, and each
-    as soon as it has been read as many times as its graph said it would be. A chunk
-    being decoded by one thread is waited for, not decoded again, by the others."""
+    """Decoded chunks within a byte budget, least recently used evicted first, each as
+    soon as it has been read as many times as its graph said it would be, and any not
+    read for :data:`CHUNK_CACHE_IDLE_S` (a daemon thread looks while the cache holds
+    something). A chunk being decoded by one thread is waited for, not decoded again,
+    by the others."""
 
     def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        """Empty, with a new lock and no sweeper (also what a forked child starts with)."""
         self._items: OrderedDict[Any, NDArray[Any]] = OrderedDict()
         self._loading: dict[Any, Future[NDArray[Any]]] = {}
         self._reads: dict[Any, int] = {}
+        self._touched: dict[Any, float] = {}
         self._bytes = 0
         self._lock = threading.Lock()
+        self._sweeper: threading.Thread | None = None
+
+    def _drop(self, key: Any) -> None:
+        """Remove ``key`` (lock held)."""
+        old = self._items.pop(key, None)
+        if old is not None:
+            self._bytes -= _cost(old)
+        self._reads.pop(key, None)
+        self._touched.pop(key, None)
+
+    def expire(self, idle_s: float) -> None:
+        """Drop the entries not read for ``idle_s`` seconds."""
+        now = time.monotonic()
+        with self._lock:
+            while self._items:
+                key = next(iter(self._items))  # least recently used first
+                if now - self._touched.get(key, now) < idle_s:
+                    break
+                self._drop(key)
+
+    def _sweep(self) -> None:
+        while True:
+            time.sleep(CHUNK_CACHE_IDLE_S / 4)
+            self.expire(CHUNK_CACHE_IDLE_S)
+            with self._lock:
+                if not self._items:
+                    self._sweeper = None
+                    return
 
     def _count(self, key: Any, uses: int) -> None:
         """One more read of ``key`` (lock held): evict it when its reads are done. Only
@@ -251,17 +294,15 @@ class _ChunkCache:
         if not uses or key not in self._items:
             return
         n = self._reads[key] = self._reads.get(key, 0) + 1
-        if uses and n >= uses:
-            del self._reads[key]
-            old = self._items.pop(key, None)
-            if old is not None:
-                self._bytes -= _cost(old)
+        if n >= uses:
+            self._drop(key)
 
     def get(self, key: Any, load: Any, uses: int = 0, budget: int = 0) -> NDArray[Any]:
         with self._lock:
             hit = self._items.get(key)
             if hit is not None:
                 self._items.move_to_end(key)
+                self._touched[key] = time.monotonic()
                 self._count(key, uses)
                 return hit
             pending = self._loading.get(key)
@@ -284,11 +325,15 @@ class _ChunkCache:
             del self._loading[key]
             if _cost(value) <= budget:
                 self._items[key] = value
+                self._touched[key] = time.monotonic()
                 self._bytes += _cost(value)
                 while self._bytes > budget:
-                    gone, old = self._items.popitem(last=False)
-                    self._bytes -= _cost(old)
-                    self._reads.pop(gone, None)
+                    self._drop(next(iter(self._items)))
+                if self._sweeper is None and self._items:
+                    self._sweeper = threading.Thread(
+                        target=self._sweep, name="lsstlite-chunk-cache", daemon=True
+                    )
+                    self._sweeper.start()
             self._reads.pop(key, None)  # a fresh load: its reads count from here
             self._count(key, uses)
         pending.set_result(value)
@@ -298,6 +343,7 @@ class _ChunkCache:
         with self._lock:
             self._items.clear()
             self._reads.clear()
+            self._touched.clear()
             self._bytes = 0
 
 
@@ -317,6 +363,8 @@ def cache_budget(value: int | None = None) -> int:
 
 
 _CACHE = _ChunkCache()
+# A forked child starts with an empty cache of its own (no sweeper thread is inherited).
+os.register_at_fork(after_in_child=lambda: _CACHE.reset())
 _SOURCES: dict[str, StoredArray] = {}
 
 

@@ -150,3 +150,12 @@ def test_memory_grows_with_inputs_times_chunk_not_with_the_patch(tmp_path: Path)
     assert peak_4_big < 1.3 * peak_4, (peak_4, peak_4_big)
     # far below the inputs themselves (12 × 768² × 12 bytes = 85 MB)
     assert peak_12 < 0.5 * 12 * 768**2 * 12, peak_12
+
+
+def test_idle_chunks_leave_the_cache() -> None:
+    cache = _zarr_chunks._ChunkCache()
+    cache.get("a", lambda: np.zeros(100, np.float32), budget=10_000)
+    cache.expire(60.0)
+    assert "a" in cache._items  # read just now
+    cache.expire(0.0)
+    assert not cache._items and cache._bytes == 0 and not cache._touched
