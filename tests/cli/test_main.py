@@ -28,6 +28,7 @@ def test_help_lists_the_commands(capsys: pytest.CaptureFixture[str]) -> None:
         "query",
         "certify",
         "export",
+        "coadd",
     ):
         assert command in out, command
 
