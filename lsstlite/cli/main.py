@@ -78,8 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         UserError,
         RepoError,
         ValueError,
-        FileNotFoundError,
-        FileExistsError,
+        OSError,
         LookupError,
     ) as exc:
         if args.verbose:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -123,7 +124,17 @@ def _run(args: argparse.Namespace) -> int:
             chunk_cache_bytes=args.cache_mb * 2**20,
         )
         graph_s = time.perf_counter() - start
-        lld.write_exposure_zarr(coadd, out, overwrite=args.overwrite)
+        # Written beside the output and renamed into place once complete: a failure
+        # leaves an existing --out as it was.
+        partial = out.parent / f".{out.name}.partial-{os.getpid()}"
+        try:
+            lld.write_exposure_zarr(coadd, partial, overwrite=True)
+            if out.exists():
+                shutil.rmtree(out)
+            partial.rename(out)
+        finally:
+            if partial.exists():
+                shutil.rmtree(partial)
     if args.fits:
         lld.write_exposure_fits(lld.open_exposure_zarr(out), args.fits, overwrite=args.overwrite)
     skipped = coadd.attrs.get("coadd_skipped") or []
