@@ -631,10 +631,11 @@ def coadd_exposures(
     chunk (footprints are found on the grown chunk, and the matching kernel is spatially
     constant per chunk, computed at its centre). Peak memory per task is about
     ``n_overlapping_inputs × (chunk + halo)² × 26 bytes`` (× ~2 more for compare_warp);
-    the figure for this graph is ``attrs["coadd"]["max_task_bytes"]``. Each input chunk
-    is read (decoded) once and sliced in memory to the regions its output tasks need (see
-    :func:`~lsstlite.stages.warp.ops.region_task`); a chunk stays in memory until its last
-    output task has run.
+    the figure for this graph is ``attrs["coadd"]["max_task_bytes"]``. Calexps stored in
+    zarr are read by the chunk tasks themselves, one input at a time, through the chunk
+    cache (``chunk_cache_bytes``); chunks of any other calexp are computed once and held
+    until their last output task has run (see
+    :func:`~lsstlite.stages.warp.ops.region_task`).
     ``"mean"``, ``"clipped"`` and ``"median"`` do not depend on the chunking (bit for
     bit); ``"compare_warp"`` may differ only where an outlier footprint is cut by a halo
     edge. Only ``weights=None`` computes anything while building (see
