@@ -159,3 +159,22 @@ def test_idle_chunks_leave_the_cache() -> None:
     assert "a" in cache._items  # read just now
     cache.expire(0.0)
     assert not cache._items and cache._bytes == 0 and not cache._touched
+
+
+def test_the_sweeper_empties_an_idle_cache_and_returns_its_memory(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import time
+
+    released: list[bool] = []
+    monkeypatch.setattr(_zarr_chunks, "CHUNK_CACHE_IDLE_S", 0.2)
+    monkeypatch.setattr(_zarr_chunks, "_release_freed_memory", lambda: released.append(True))
+    cache = _zarr_chunks._ChunkCache()
+    cache.get("a", lambda: np.zeros(1000, np.float32), budget=10**6)
+    assert cache._sweeper is not None
+    deadline = time.monotonic() + 5.0
+    while (cache._items or not released) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not cache._items and cache._bytes == 0 and released == [True]
+    assert cache._sweeper is None  # and the thread is gone until something is cached
+    _zarr_chunks._release_freed_memory()  # the real one runs here without error
