@@ -17,7 +17,9 @@ the scheduler between tasks, and a small per-process cache of decoded chunks
 (a byte budget the graph carries; default :data:`CHUNK_CACHE_BYTES`, off) keeps
 neighbouring tasks from decoding the same chunk again:
 a chunk leaves it when the tasks of its graph have read it as often as the graph said,
-or, least recently used first, when the budget is full.
+or, least recently used first, when the budget is full, or after
+:data:`CHUNK_CACHE_IDLE_S` without a read; an emptied cache gives the freed heap back to
+the system.
 """
 
 from __future__ import annotations
