@@ -116,10 +116,44 @@ def _chunk_parallel() -> Iterator[None]:
     except (ImportError, ValueError):
         yield
         return
+    with _threaded_scheduler():
+        yield
+
+
+_THREADED_LOCK = threading.Lock()
+_threaded_users = 0
+_threaded_previous: Any = None
+
+
+@contextlib.contextmanager
+def _threaded_scheduler() -> Iterator[None]:
+    """Dask's ``scheduler="threads"`` while at least one quantum of this process runs.
+
+    Dask's config is one per process, not per thread: with ``dask.config.set`` as each
+    quantum's own context, the first of two concurrent quanta on a worker to finish put
+    the cluster back as the other's scheduler, which then sent its graph, with the
+    calibrations it had persisted in memory, through the scheduler (seen once in CI: an
+    11 MB flat graph). Counted instead: set by the first quantum in, restored by the last
+    one out.
+    """
     import dask
 
-    with dask.config.set(scheduler="threads"):
+    global _threaded_users, _threaded_previous
+    with _THREADED_LOCK:
+        if _threaded_users == 0:
+            _threaded_previous = dask.config.get("scheduler", None)
+            dask.config.set(scheduler="threads")
+        _threaded_users += 1
+    try:
         yield
+    finally:
+        with _THREADED_LOCK:
+            _threaded_users -= 1
+            if _threaded_users == 0:
+                if _threaded_previous is None:
+                    dask.config.config.pop("scheduler", None)
+                else:
+                    dask.config.set(scheduler=_threaded_previous)
 
 
 def _dims_only(data_id: Mapping[str, Any]) -> dict[str, Any]:
