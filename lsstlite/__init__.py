@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING
 
 from lsstlite import data
 from lsstlite._lazy import lazy_exports
-from lsstlite.data import make_exposure, open_exposure_zarr, read_exposure_fits
 
 if TYPE_CHECKING:
+    from lsstlite.data import make_exposure, open_exposure_zarr, read_exposure_fits
     from lsstlite.pipe.clusters import local_cluster
     from lsstlite.pipe.run import run_pipeline
     from lsstlite.repo import Butler
@@ -36,9 +36,15 @@ __all__ = [
     "run_pipeline",
 ]
 
-# The pipeline and the repository (pyarrow.parquet, the registry) are imported on first
-# use, so that ``import lsstlite.data`` or one stage stays light.
+# Everything is imported on first use (``lsstlite.data`` is itself lazy), so that
+# ``import lsstlite`` or one stage stays light: a command such as ``lsstlite coadd``
+# loads xarray, pandas or the repository (pyarrow.parquet) only if it needs them.
 __getattr__, __dir__ = lazy_exports(
     __name__,
-    {"pipe.clusters": ["local_cluster"], "pipe.run": ["run_pipeline"], "repo": ["Butler"]},
+    {
+        "data": ["make_exposure", "open_exposure_zarr", "read_exposure_fits"],
+        "pipe.clusters": ["local_cluster"],
+        "pipe.run": ["run_pipeline"],
+        "repo": ["Butler"],
+    },
 )

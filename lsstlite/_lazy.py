@@ -20,13 +20,23 @@ __all__ = ["lazy_exports"]
 
 
 def lazy_exports(
-    package: str, exports: Mapping[str, Iterable[str]]
+    package: str, exports: Mapping[str, Iterable[str]], submodules: Iterable[str] = ()
 ) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
     """``(__getattr__, __dir__)`` for ``package``, which re-exports the names ``exports``
-    maps each of its submodules (relative name) to."""
-    origin = {name: f"{package}.{module}" for module, names in exports.items() for name in names}
+    maps each of its submodules (relative name) to, and whose ``submodules`` are
+    attributes imported on first access (``package.sub`` without ``import package.sub``).
+    A module named from the top package (``lsstlite.data.skymap``) is taken as it is."""
+    top = package.split(".")[0] + "."
+    origin = {
+        name: module if module.startswith(top) else f"{package}.{module}"
+        for module, names in exports.items()
+        for name in names
+    }
+    subs = set(submodules)
 
     def __getattr__(name: str) -> Any:
+        if name in subs:
+            return importlib.import_module(f"{package}.{name}")
         if name not in origin:
             raise AttributeError(f"module {package!r} has no attribute {name!r}")
         value = getattr(importlib.import_module(origin[name]), name)
@@ -35,6 +45,6 @@ def lazy_exports(
         return value
 
     def __dir__() -> list[str]:
-        return sorted({*vars(sys.modules[package]), *origin})
+        return sorted({*vars(sys.modules[package]), *origin, *subs})
 
     return __getattr__, __dir__

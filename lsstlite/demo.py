@@ -369,7 +369,7 @@ def _export(result: DemoResult, client: Any) -> str:
     """Files for other tools: calexp/coadd FITS, src/object tables, colour pictures,
     written by the workers of ``client``."""
     from lsstlite.repo import Butler
-    from lsstlite.repo.export import export
+    from lsstlite.repo._export import export
     from lsstlite.stages.export.ops import export_object_table, export_rgb
 
     butler = Butler(result.repo)

@@ -37,7 +37,19 @@ HEAVY = [
 ]
 
 #: Packages whose re-exports are imported lazily (module ``__getattr__``).
-LAZY_PACKAGES = ["lsstlite", "lsstlite.stages.characterize"]
+LAZY_PACKAGES = [
+    "lsstlite",
+    "lsstlite.data",
+    "lsstlite.repo",
+    "lsstlite.stages.characterize",
+    "lsstlite.stages.coadd",
+    "lsstlite.stages.skymap",
+    "lsstlite.stages.warp",
+]
+
+#: What the command line must not load before it knows the sub-command: every command
+#: pays for its parser, so the parser is built from light modules only.
+CLI_HEAVY = ["xarray", "pandas", "pyarrow", "scipy", "dask.array", "numba", "zarr", "astropy"]
 
 
 def _run(code: str) -> str:
@@ -75,3 +87,23 @@ def test_lazy_reexports_resolve(package: str) -> None:
         assert name in dir(module)
     with pytest.raises(AttributeError):
         module.no_such_name  # noqa: B018
+
+
+def test_command_line_parser_is_light() -> None:
+    code = (
+        "import json, sys\n"
+        "from lsstlite.cli.main import build_parser\n"
+        "build_parser()\n"
+        f"heavy = {CLI_HEAVY!r}\n"
+        "print(json.dumps([m for m in heavy if m in sys.modules]))\n"
+    )
+    assert json.loads(_run(code).splitlines()[-1]) == []
+
+
+@pytest.mark.parametrize("order", ["lsstlite first", "xarray first"])
+def test_accessor_registered_in_either_order(order: str) -> None:
+    imports = ["import lsstlite.data", "import xarray as xr"]
+    if order == "xarray first":
+        imports.reverse()
+    code = "\n".join([*imports, "import xarray as xr", "print(hasattr(xr.Dataset(), 'lsst'))"])
+    assert _run(code).splitlines()[-1] == "True"

@@ -12,22 +12,27 @@ JSON. See ``docs/design/repository.md``.
 
 from __future__ import annotations
 
-from ._butler import Butler, DatasetRef, dataset_id, to_mjd
-from ._collections import CollectionType
-from ._dataset_types import STANDARD_DATASET_TYPES, STORAGE_CLASSES, DatasetType
-from ._dimensions import DIMENSIONS, DataId
-from ._errors import (
-    CollectionCycleError,
-    CollectionError,
-    DatasetExistsError,
-    DatasetNotFoundError,
-    DatasetTypeError,
-    ExpressionError,
-    MissingCollectionError,
-    RepoError,
-)
-from .export import export
-from .ingest import IngestReport, certify, ingest_raws, ingest_refcat
+from typing import TYPE_CHECKING
+
+from lsstlite._lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from ._butler import Butler, DatasetRef, dataset_id, to_mjd
+    from ._collections import CollectionType
+    from ._dataset_types import STANDARD_DATASET_TYPES, STORAGE_CLASSES, DatasetType
+    from ._dimensions import DIMENSIONS, DataId
+    from ._errors import (
+        CollectionCycleError,
+        CollectionError,
+        DatasetExistsError,
+        DatasetNotFoundError,
+        DatasetTypeError,
+        ExpressionError,
+        MissingCollectionError,
+        RepoError,
+    )
+    from ._export import export
+    from .ingest import IngestReport, certify, ingest_raws, ingest_refcat
 
 __all__ = [
     "DIMENSIONS",
@@ -54,3 +59,27 @@ __all__ = [
     "ingest_refcat",
     "to_mjd",
 ]
+
+# Imported on first use: the command line's sub-commands and the errors they catch are
+# registered without loading the registry (pyarrow.parquet) or the exposures (xarray).
+__getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        "_butler": ["Butler", "DatasetRef", "dataset_id", "to_mjd"],
+        "_collections": ["CollectionType"],
+        "_dataset_types": ["STANDARD_DATASET_TYPES", "STORAGE_CLASSES", "DatasetType"],
+        "_dimensions": ["DIMENSIONS", "DataId"],
+        "_errors": [
+            "CollectionCycleError",
+            "CollectionError",
+            "DatasetExistsError",
+            "DatasetNotFoundError",
+            "DatasetTypeError",
+            "ExpressionError",
+            "MissingCollectionError",
+            "RepoError",
+        ],
+        "_export": ["export"],
+        "ingest": ["IngestReport", "certify", "ingest_raws", "ingest_refcat"],
+    },
+)

@@ -18,11 +18,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import xarray as xr
 
-from ._storage import Storage
+from ._storage import TRANSFER_MODES, Storage
 
 __all__ = ["TRANSFER_MODES", "read_payload", "write_payload"]
 
-TRANSFER_MODES = ("direct", "copy", "link", "symlink", "move")
 PAYLOAD_NAMES = {"Exposure": "image.zarr", "Table": "table.parquet", "Json": "data.json"}
 
 

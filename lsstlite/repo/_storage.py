@@ -25,7 +25,11 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["Storage", "open_storage"]
+__all__ = ["TRANSFER_MODES", "Storage", "open_storage"]
+
+#: How a file enters the repository (ingest): used where it is, copied, hard-linked,
+#: symlinked or moved.
+TRANSFER_MODES = ("direct", "copy", "link", "symlink", "move")
 
 
 class Storage:

@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ._errors import RepoError
-from ._formatters import TRANSFER_MODES
+from ._storage import TRANSFER_MODES
 
 __all__ = ["add_commands", "main"]
 
@@ -160,7 +160,7 @@ def _remove_runs(args: argparse.Namespace) -> int:
 @_guard
 def _export(args: argparse.Namespace) -> int:
     from ._butler import Butler
-    from .export import export
+    from ._export import export
 
     if args.rgb:
         # colour pictures of patches (lsstlite.stages.export)
