@@ -42,8 +42,14 @@ __all__ = [
     "CHUNK_CACHE_BYTES",
     "CHUNK_CACHE_IDLE_S",
     "StoredArray",
+    "StoredGroup",
+    "StoredVariable",
     "cache_budget",
+    "create_stored_group",
     "local_store_root",
+    "open_stored_group",
+    "read_stored_group",
+    "stored_array",
     "stored_chunks_array",
     "stored_source",
 ]
@@ -163,12 +169,11 @@ def read_stored_chunk(
     return out
 
 
-def stored_chunks_array(array_dir: Path) -> Any:
-    """A Dask array with one task per stored chunk of the zarr v3 array at ``array_dir``,
-    or None if its layout is not one this reader takes (see the module docstring)."""
-    import dask.array as da
+def stored_array(array_dir: Path) -> StoredArray | None:
+    """The zarr v3 array at ``array_dir`` as a :class:`StoredArray` (its chunks read on
+    demand; registered for :func:`stored_source`), or None if its layout is not one this
+    reader takes (see the module docstring)."""
     from dask.base import tokenize
-    from dask.highlevelgraph import HighLevelGraph
 
     meta_path = array_dir / "zarr.json"
     try:
@@ -188,24 +193,17 @@ def stored_chunks_array(array_dir: Path) -> Any:
     )
     token = tokenize(str(array_dir), meta_path.stat().st_mtime_ns, shape, chunk_shape, str(dtype))
     name = f"zarr-{array_dir.name}-{token}"
-    dsk: dict[Any, Any] = {}
-    for index in np.ndindex(*(len(c) for c in chunks)):
-        part = tuple(chunks[axis][i] for axis, i in enumerate(index))
-        dsk[(name, *index)] = (
-            read_stored_chunk,
-            str(array_dir / _chunk_key(index, key)),
-            chunk_shape,
-            part,
-            dtype.str,
-            zstd,
-            fill,
-        )
-    native = dtype.newbyteorder("=")
-    _SOURCES[name] = StoredArray(
+    src = _SOURCES[name] = StoredArray(
         name, str(array_dir), chunk_shape, chunks, dtype.str, zstd, fill, key
     )
-    graph = HighLevelGraph.from_collections(name, dsk, dependencies=())
-    return da.Array(graph, name, chunks, dtype=native, meta=np.empty((0,) * len(shape), native))
+    return src
+
+
+def stored_chunks_array(array_dir: Path) -> Any:
+    """A Dask array with one task per stored chunk of the zarr v3 array at ``array_dir``,
+    or None if its layout is not one this reader takes (see the module docstring)."""
+    src = stored_array(array_dir)
+    return None if src is None else src.to_dask()
 
 
 @dataclass(frozen=True)
@@ -220,6 +218,77 @@ class StoredArray:
     zstd: bool
     fill: Any
     key: str
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(sum(c) for c in self.chunks)
+
+    @property
+    def ndim(self) -> int:
+        return len(self.chunks)
+
+    @property
+    def native_dtype(self) -> np.dtype[Any]:
+        """The dtype of the chunks as read (native byte order)."""
+        return np.dtype(self.dtype).newbyteorder("=")
+
+    def to_dask(self) -> Any:
+        """A Dask array with one task per stored chunk."""
+        import dask.array as da
+        from dask.highlevelgraph import HighLevelGraph
+
+        dsk: dict[Any, Any] = {}
+        for index in np.ndindex(*(len(c) for c in self.chunks)):
+            part = tuple(self.chunks[axis][i] for axis, i in enumerate(index))
+            dsk[(self.name, *index)] = (
+                read_stored_chunk,
+                os.path.join(self.directory, _chunk_key(index, self.key)),
+                self.chunk_shape,
+                part,
+                self.dtype,
+                self.zstd,
+                self.fill,
+            )
+        graph = HighLevelGraph.from_collections(self.name, dsk, dependencies=())
+        native = self.native_dtype
+        return da.Array(
+            graph, self.name, self.chunks, dtype=native, meta=np.empty((0,) * self.ndim, native)
+        )
+
+    def values(self) -> NDArray[Any]:
+        """The whole array, read now."""
+        out = np.empty(self.shape, self.native_dtype)
+        starts = [np.cumsum((0, *c)) for c in self.chunks]
+        for index in np.ndindex(*(len(c) for c in self.chunks)):
+            box = tuple(slice(starts[a][i], starts[a][i + 1]) for a, i in enumerate(index))
+            out[box] = self.read(index)
+        return out
+
+    def write(self, index: tuple[int, ...], block: NDArray[Any]) -> None:
+        """Store chunk ``index`` (``block``: its part inside the array), as zarr does: the
+        edges padded with the fill value to the whole chunk, and no file (an existing one
+        removed) for a chunk that is all fill value."""
+        part = tuple(self.chunks[axis][i] for axis, i in enumerate(index))
+        if block.shape != part:
+            raise ValueError(
+                f"{self.directory} chunk {index}: shape {block.shape}, expected {part}"
+            )
+        path = os.path.join(self.directory, _chunk_key(index, self.key))
+        dt = np.dtype(self.dtype)
+        if np.array_equal(block, np.broadcast_to(np.array(self.fill, dt), part), equal_nan=True):
+            if os.path.exists(path):
+                os.remove(path)
+            return
+        out = np.full(self.chunk_shape, self.fill, dtype=dt)
+        out[tuple(slice(0, n) for n in part)] = block
+        data: Any = out.tobytes()
+        if self.zstd:
+            from numcodecs import Zstd
+
+            data = Zstd(level=0).encode(data)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "wb") as f:
+            f.write(data)
 
     def read(self, index: tuple[int, ...], uses: int = 0, budget: int = 0) -> NDArray[Any]:
         """Chunk ``index`` (read-only) through the shared cache of ``budget`` bytes (0:
@@ -386,27 +455,70 @@ _SOURCES: dict[str, StoredArray] = {}
 
 
 def stored_source(data: Any) -> StoredArray | None:
-    """The :class:`StoredArray` behind a Dask array made by :func:`stored_chunks_array`
-    (unchanged since), else None."""
+    """``data`` if it is a :class:`StoredArray`, the one behind a Dask array made by
+    :func:`stored_chunks_array` (unchanged since), else None."""
+    if isinstance(data, StoredArray):
+        return data
     return _SOURCES.get(getattr(data, "name", None) or "")
 
 
-def open_stored_group(group_dir: Path) -> Any:
-    """The zarr v3 group at ``group_dir`` as an xarray Dataset whose data variables are
-    :func:`stored_chunks_array` arrays and whose dimension coordinates are read at once
-    (as ``xr.open_zarr(..., mask_and_scale=False, decode_times=False)`` gives them, less
-    its ``encoding``), or None when the group holds anything this reader does not take
-    (then the caller opens it with xarray)."""
-    import xarray as xr
+@dataclass
+class StoredVariable:
+    """One array of a :class:`StoredGroup`: its dimensions, data and attributes."""
 
+    dims: tuple[str, ...]
+    data: StoredArray | NDArray[Any]
+    attrs: dict[str, Any]
+
+    @property
+    def values(self) -> NDArray[Any]:
+        return self.data if isinstance(self.data, np.ndarray) else self.data.values()
+
+    @property
+    def dtype(self) -> np.dtype[Any]:
+        return self.data.dtype if isinstance(self.data, np.ndarray) else self.data.native_dtype
+
+
+@dataclass
+class StoredGroup:
+    """A zarr v3 group of a local directory without xarray: its attributes, its data
+    variables as :class:`StoredArray` (read chunk by chunk, on demand) and its dimension
+    coordinates as numpy arrays (read at once).
+
+    It answers, for an exposure, what the coadd reads of an ``xarray.Dataset``:
+    ``attrs``, ``sizes``, ``variables``, ``ds["x"].values``, ``ds["mask"].attrs``,
+    ``ds["image"].data`` (with ``.chunks``). :func:`open_stored_group` makes the Dataset.
+    """
+
+    path: Path
+    attrs: dict[str, Any]
+    variables: dict[str, StoredVariable]
+
+    def __getitem__(self, name: str) -> StoredVariable:
+        return self.variables[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.variables
+
+    @property
+    def sizes(self) -> dict[str, int]:
+        return {
+            d: n for v in self.variables.values() for d, n in zip(v.dims, v.data.shape, strict=True)
+        }
+
+
+def read_stored_group(group_dir: Path) -> StoredGroup | None:
+    """The zarr v3 group at ``group_dir`` (see :class:`StoredGroup`), or None when it holds
+    anything this reader does not take (then the caller opens it with xarray): coordinates
+    as xarray reads them (``mask_and_scale=False, decode_times=False``), no CF encodings."""
     try:
         meta = json.loads((group_dir / "zarr.json").read_text())
     except (OSError, ValueError):
         return None
     if meta.get("zarr_format") != 3 or meta.get("node_type") != "group":
         return None
-    coords: dict[str, Any] = {}
-    data_vars: dict[str, Any] = {}
+    coords: dict[str, StoredVariable] = {}
+    data_vars: dict[str, StoredVariable] = {}
     for child in sorted(group_dir.iterdir()):
         if not (child / "zarr.json").is_file():
             continue
@@ -422,17 +534,75 @@ def open_stored_group(group_dir: Path) -> Any:
             return None
         if "coordinates" in attrs or any(k.startswith("_") for k in attrs):
             return None  # CF coordinates or xarray encodings: leave them to xarray
-        data = stored_chunks_array(child)
+        data = stored_array(child)
         if data is None:
             return None
         if list(dims) == [child.name]:  # a dimension coordinate: read now, as xarray does
-            src = _SOURCES[data.name]
-            values = np.concatenate([src.read((i,)) for i in range(len(src.chunks[0]))])
-            coords[child.name] = (tuple(dims), values, attrs)
+            coords[child.name] = StoredVariable(tuple(dims), data.values(), attrs)
         else:
-            data_vars[child.name] = (tuple(dims), data, attrs)
+            data_vars[child.name] = StoredVariable(tuple(dims), data, attrs)
     first = [n for n in ("image", "variance", "mask") if n in data_vars]
     order = first + sorted(n for n in data_vars if n not in first)
-    return xr.Dataset(
-        {n: data_vars[n] for n in order}, coords=coords, attrs=dict(meta.get("attributes") or {})
-    )
+    variables = {n: data_vars[n] for n in order}
+    variables.update(coords)
+    return StoredGroup(group_dir, dict(meta.get("attributes") or {}), variables)
+
+
+def open_stored_group(group_dir: Path) -> Any:
+    """The zarr v3 group at ``group_dir`` as an xarray Dataset whose data variables are
+    :func:`stored_chunks_array` arrays and whose dimension coordinates are read at once
+    (as ``xr.open_zarr(..., mask_and_scale=False, decode_times=False)`` gives them, less
+    its ``encoding``), or None when :func:`read_stored_group` does not take the group."""
+    import xarray as xr
+
+    group = read_stored_group(group_dir)
+    if group is None:
+        return None
+    data_vars: dict[str, Any] = {}
+    coords: dict[str, Any] = {}
+    for name, v in group.variables.items():
+        if isinstance(v.data, StoredArray):
+            data_vars[name] = (v.dims, v.data.to_dask(), v.attrs)
+        else:
+            coords[name] = (v.dims, v.data, v.attrs)
+    return xr.Dataset(data_vars, coords=coords, attrs=group.attrs)
+
+
+def create_stored_group(
+    group_dir: Path,
+    attrs: dict[str, Any],
+    arrays: dict[str, tuple[tuple[str, ...], NDArray[Any] | tuple[tuple[int, ...], Any, Any]]],
+    chunk_shape: tuple[int, ...],
+) -> dict[str, StoredArray]:
+    """A new zarr v3 group at ``group_dir`` (which must not exist), laid out as xarray's
+    ``to_zarr`` lays out a Dataset without ``_FillValue`` encodings: ``arrays`` maps each
+    name to ``(dims, values)`` for a dimension coordinate (written now, one chunk) or to
+    ``(dims, (shape, dtype, attrs))`` for a data variable whose chunks (``chunk_shape``,
+    clipped to the shape) are written later with :meth:`StoredArray.write`; a float
+    variable's fill value is NaN, any other 0. Returns the data variables."""
+    import zarr
+
+    if group_dir.exists():
+        raise FileExistsError(f"{group_dir} exists")
+    group = zarr.open_group(str(group_dir), mode="w-", zarr_format=3, attributes=attrs)
+    out: dict[str, StoredArray] = {}
+    for name, (dims, spec) in arrays.items():
+        if isinstance(spec, np.ndarray):
+            group.create_array(name, data=spec, dimension_names=dims, attributes={}, fill_value=0)
+            continue
+        shape, dtype, vattrs = spec
+        dt = np.dtype(dtype)
+        group.create_array(
+            name,
+            shape=shape,
+            dtype=dt,
+            chunks=tuple(min(c, n) for c, n in zip(chunk_shape, shape, strict=True)),
+            fill_value=np.nan if dt.kind == "f" else 0,
+            dimension_names=dims,
+            attributes=vattrs,
+        )
+        src = stored_array(group_dir / name)
+        if src is None:
+            raise RuntimeError(f"{group_dir / name}: zarr wrote a layout this module cannot write")
+        out[name] = src
+    return out

@@ -18,21 +18,32 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import dask.array as da
 import numpy as np
-import xarray as xr
+from numpy.typing import NDArray
 from pydantic import BaseModel, ConfigDict
 
 from lsstlite.data.masks import DEFAULT_MASK_PLANES, MASK_DTYPE
 from lsstlite.data.psf import PsfModel
 from lsstlite.data.wcs import wcs_to_cards
 
+if TYPE_CHECKING:
+    from typing import TypeAlias
+
+    import xarray as xr
+
+    from lsstlite.data._zarr_chunks import StoredGroup
+
+    #: An exposure: a Dataset, or (what the coadd reads of one) its metadata and stored
+    #: planes opened without xarray.
+    ExposureLike: TypeAlias = xr.Dataset | StoredGroup
+
 __all__ = [
     "AB_NJY_ZERO_POINT",
     "PhotoCalib",
     "VisitInfo",
+    "exposure_metadata",
     "make_exposure",
     "validate_exposure",
 ]
@@ -90,6 +101,9 @@ class PhotoCalib(BaseModel):
 
 
 def _as_2d(value: Any, name: str, dtype: np.dtype[Any]) -> Any:
+    import dask.array as da
+    import xarray as xr
+
     if isinstance(value, xr.DataArray):
         value = value.data
     if not isinstance(value, da.Array):
@@ -135,6 +149,9 @@ def make_exposure(
     attrs
         Further JSON-serialisable attributes.
     """
+    import dask.array as da
+    import xarray as xr
+
     if units not in _UNITS:
         raise ValueError(f"units must be one of {_UNITS}, got {units!r}")
     img = _as_2d(image, "image", np.dtype("float32"))
@@ -154,6 +171,42 @@ def make_exposure(
     for name, arr in (("mask", msk), ("variance", var)):
         if arr.shape != shape:
             raise ValueError(f"exposure {name} shape {arr.shape} differs from image shape {shape}")
+    meta, plane_attrs, coords = exposure_metadata(
+        shape,
+        wcs=wcs,
+        visit_info=visit_info,
+        psf=psf,
+        photo_calib=photo_calib,
+        units=units,
+        xy0=xy0,
+        mask_planes=mask_planes,
+        attrs=attrs,
+    )
+    data = {"image": img, "mask": msk, "variance": var}
+    return xr.Dataset(
+        {name: (("y", "x"), data[name], plane_attrs[name]) for name in plane_attrs},
+        coords={name: ((name,), values) for name, values in coords.items()},
+        attrs=meta,
+    )
+
+
+def exposure_metadata(
+    shape: tuple[int, int],
+    *,
+    wcs: Any | None = None,
+    visit_info: VisitInfo | Mapping[str, Any] | None = None,
+    psf: PsfModel | Mapping[str, Any] | None = None,
+    photo_calib: PhotoCalib | Mapping[str, Any] | None = None,
+    units: str = "electron",
+    xy0: tuple[int, int] = (0, 0),
+    mask_planes: Mapping[str, int] | None = None,
+    attrs: Mapping[str, Any] | None = None,
+) -> tuple[dict[str, Any], dict[str, dict[str, Any]], dict[str, NDArray[np.int64]]]:
+    """What :func:`make_exposure` attaches to the pixels of an exposure of ``shape``
+    (parameters as there): ``(attrs, {plane: attrs} for image, mask and variance in
+    that order, {"y": …, "x": …} parent coordinates)``, without building the Dataset."""
+    if units not in _UNITS:
+        raise ValueError(f"units must be one of {_UNITS}, got {units!r}")
     x0, y0 = (int(v) for v in xy0)
     meta: dict[str, Any] = {"lsstlite_kind": "exposure", "schema_version": 1, "units": units}
     if wcs is not None:
@@ -169,22 +222,19 @@ def make_exposure(
     if attrs:
         meta.update(attrs)
     planes = dict(DEFAULT_MASK_PLANES if mask_planes is None else mask_planes)
+    plane_attrs: dict[str, dict[str, Any]] = {
+        "image": {"units": units},
+        "mask": {"planes": planes},
+        "variance": {"units": f"{units}^2"},
+    }
     coords = {
         "y": np.arange(y0, y0 + shape[0], dtype=np.int64),
         "x": np.arange(x0, x0 + shape[1], dtype=np.int64),
     }
-    return xr.Dataset(
-        {
-            "image": (("y", "x"), img, {"units": units}),
-            "mask": (("y", "x"), msk, {"planes": planes}),
-            "variance": (("y", "x"), var, {"units": f"{units}^2"}),
-        },
-        coords=coords,
-        attrs=meta,
-    )
+    return meta, plane_attrs, coords
 
 
-def validate_exposure(ds: xr.Dataset, *, what: str = "exposure") -> None:
+def validate_exposure(ds: ExposureLike, *, what: str = "exposure") -> None:
     """Raise ``ValueError`` naming the problem if ``ds`` is not a well-formed exposure."""
     for name, dtype in (("image", "float32"), ("mask", "int32"), ("variance", "float32")):
         if name not in ds:

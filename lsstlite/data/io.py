@@ -20,10 +20,9 @@ import os
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import xarray as xr
 import zarr
 from astropy.io import fits
 from astropy.utils.exceptions import AstropyUserWarning
@@ -31,6 +30,9 @@ from astropy.utils.exceptions import AstropyUserWarning
 from lsstlite.data._zarr_chunks import local_store_root, open_stored_group
 from lsstlite.data.exposure import AB_NJY_ZERO_POINT, validate_exposure
 from lsstlite.data.masks import mask_planes
+
+if TYPE_CHECKING:
+    import xarray as xr
 
 __all__ = [
     "DEFAULT_CHUNKS",
@@ -122,6 +124,8 @@ def open_exposure_zarr(
     ds = open_stored_group(root / path if path else root) if root is not None else None
     if ds is None:
         try:
+            import xarray as xr
+
             ds = xr.open_zarr(
                 store,
                 group=path,

@@ -8,9 +8,12 @@ may be added per exposure with :func:`add_mask_plane`; existing bits never move.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import xarray as xr
+
+if TYPE_CHECKING:
+    import xarray as xr
 
 __all__ = [
     "DEFAULT_MASK_PLANES",
@@ -44,9 +47,9 @@ DEFAULT_MASK_PLANES: dict[str, int] = {
 }
 
 
-def mask_planes(mask: xr.DataArray | xr.Dataset) -> dict[str, int]:
+def mask_planes(mask: xr.DataArray | xr.Dataset | Any) -> dict[str, int]:
     """The plane name → bit mapping of an exposure (or its ``mask`` variable)."""
-    var = mask["mask"] if isinstance(mask, xr.Dataset) else mask
+    var = mask["mask"] if "mask" in getattr(mask, "variables", ()) else mask
     planes = var.attrs.get("planes")
     if planes is None:
         raise KeyError("mask has no 'planes' attribute; was it made by lsstlite.data?")

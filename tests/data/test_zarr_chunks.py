@@ -151,3 +151,35 @@ def test_groups_it_does_not_take_are_opened_by_xarray(exposure: xr.Dataset, tmp_
     assert _zarr_chunks.open_stored_group(tmp_path / "e.zarr") is None
     back = lld.open_exposure_zarr(tmp_path / "e.zarr")  # still opens (through xarray)
     np.testing.assert_array_equal(back["image"].values, exposure["image"].values)
+
+
+def test_written_chunks_are_zarrs_own(tmp_path: Path) -> None:
+    """StoredArray.write as zarr writes: edge chunks padded, all-fill chunks not stored
+    (and an old file of one removed); read back equal by zarr and by this module."""
+    from lsstlite.data._zarr_chunks import create_stored_group, read_stored_group
+
+    values = np.arange(70 * 50, dtype=np.float32).reshape(70, 50)
+    values[32:, :32] = np.nan  # chunk (1, 0) all fill
+    arrays = {
+        "image": (("y", "x"), ((70, 50), np.float32, {"units": "nJy"})),
+        "y": (("y",), np.arange(70, dtype=np.int64)),
+        "x": (("x",), np.arange(50, dtype=np.int64)),
+    }
+    stores = create_stored_group(tmp_path / "g.zarr", {"a": 1}, arrays, (32, 32))
+    image = stores["image"]
+    (tmp_path / "g.zarr" / "image" / "c" / "1").mkdir(parents=True)
+    (tmp_path / "g.zarr" / "image" / "c" / "1" / "0").write_bytes(b"old")
+    for i, y0 in enumerate(range(0, 70, 32)):
+        for j, x0 in enumerate(range(0, 50, 32)):
+            image.write((i, j), values[y0 : y0 + 32, x0 : x0 + 32])
+    assert not (tmp_path / "g.zarr" / "image" / "c" / "1" / "0").exists()
+    np.testing.assert_array_equal(_zarr_read(tmp_path / "g.zarr" / "image"), values)
+    group = read_stored_group(tmp_path / "g.zarr")
+    assert group is not None and group.attrs == {"a": 1}
+    np.testing.assert_array_equal(group["image"].data.values(), values)
+    np.testing.assert_array_equal(group["x"].values, np.arange(50))
+    assert group.sizes == {"y": 70, "x": 50} and group["image"].attrs == {"units": "nJy"}
+    with pytest.raises(ValueError, match="shape"):
+        image.write((0, 0), values[:10, :10])
+    with pytest.raises(FileExistsError):
+        create_stored_group(tmp_path / "g.zarr", {}, arrays, (32, 32))

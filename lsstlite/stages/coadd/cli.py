@@ -6,7 +6,8 @@ The grid is a FITS header (a ``.head`` text file as SWarp reads, or a FITS file 
 first 2-d image gives it) with NAXIS1, NAXIS2 and a celestial WCS. Calexps are lsstlite
 exposures: zarr directories (read lazily, chunk by chunk) or multi-extension FITS as
 :func:`~lsstlite.data.write_exposure_fits` writes them. The coadd is written to zarr as it
-is computed, and optionally as FITS too.
+is computed (:func:`~lsstlite.stages.coadd.ops.write_coadd`), and optionally as FITS too.
+With zarr inputs the process never loads xarray, pandas or ``dask.array``.
 """
 
 from __future__ import annotations
@@ -86,14 +87,25 @@ def read_grid(path: str | os.PathLike[str]) -> Any:
 
 
 def _open(path: str) -> Any:
-    import lsstlite.data as lld
+    """A calexp: a zarr directory as a :class:`~lsstlite.data._zarr_chunks.StoredGroup`
+    (no xarray) when its layout allows, else as a Dataset (FITS too)."""
+    from lsstlite.data._zarr_chunks import read_stored_group
+    from lsstlite.data.exposure import validate_exposure
 
     p = Path(path)
     if p.suffix.lower() in (".fits", ".fit", ".fz"):
-        return lld.read_exposure_fits(p)
+        from lsstlite.data.io import read_exposure_fits
+
+        return read_exposure_fits(p)
     if not p.exists():
         raise FileNotFoundError(f"calexp {p}: no such file or directory")
-    return lld.open_exposure_zarr(p)
+    group = read_stored_group(p) if p.is_dir() else None
+    if group is None:
+        from lsstlite.data.io import open_exposure_zarr
+
+        return open_exposure_zarr(p)
+    validate_exposure(group, what=f"exposure at {p}")
+    return group
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -101,8 +113,7 @@ def _run(args: argparse.Namespace) -> int:
 
     import dask
 
-    import lsstlite.data as lld
-    from lsstlite.stages.coadd import coadd_exposures
+    from lsstlite.stages.coadd.ops import plan_coadd, write_coadd
 
     # Everything alive now (the imported modules) lives until exit: the collector need
     # not scan it again during the run, nor the interpreter at exit (~0.4 s here).
@@ -115,7 +126,7 @@ def _run(args: argparse.Namespace) -> int:
     calexps = [_open(p) for p in args.calexps]
     workers = args.workers or os.cpu_count() or 1
     with dask.config.set(scheduler="threads", num_workers=workers):
-        coadd = coadd_exposures(
+        plan = plan_coadd(
             calexps,
             patch,
             method=args.method,
@@ -127,8 +138,10 @@ def _run(args: argparse.Namespace) -> int:
         # Written beside the output and renamed into place once complete: a failure
         # leaves an existing --out as it was.
         partial = out.parent / f".{out.name}.partial-{os.getpid()}"
+        if partial.exists():
+            shutil.rmtree(partial)
         try:
-            lld.write_exposure_zarr(coadd, partial, overwrite=True)
+            write_coadd(plan, partial, num_workers=workers)
             if out.exists():
                 shutil.rmtree(out)
             partial.rename(out)
@@ -136,8 +149,10 @@ def _run(args: argparse.Namespace) -> int:
             if partial.exists():
                 shutil.rmtree(partial)
     if args.fits:
+        import lsstlite.data as lld
+
         lld.write_exposure_fits(lld.open_exposure_zarr(out), args.fits, overwrite=args.overwrite)
-    skipped = coadd.attrs.get("coadd_skipped") or []
+    skipped = plan.exposure["attrs"].get("coadd_skipped") or []
     ny, nx = patch.shape
     print(
         f"coadd: {len(calexps) - len(skipped)} of {len(calexps)} calexps onto {nx} × {ny} "

@@ -11,19 +11,17 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any, Literal
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
 
 import dask
-import dask.array as da
 import numpy as np
-import xarray as xr
 from numpy.typing import NDArray
-from scipy import fft as sfft
 
-from lsstlite.data.exposure import PhotoCalib, make_exposure
+from lsstlite.data.exposure import PhotoCalib
 from lsstlite.data.masks import DEFAULT_MASK_PLANES, mask_bits, mask_planes
 from lsstlite.data.psf import psf_from_dict
 from lsstlite.data.skymap import PatchGeometry
@@ -44,6 +42,7 @@ from lsstlite.stages.warp.ops import (
     BlockMapping,
     WarpError,
     block_mapping,
+    count_stored_reads,
     data_id_of,
     detector_box,
     exposure_planes,
@@ -59,11 +58,20 @@ from lsstlite.stages.warp.ops import (
 )
 from lsstlite.stages.warp.psf import WarpedPsf
 
+if TYPE_CHECKING:
+    import dask.array as da
+    import xarray as xr
+
+    from lsstlite.data.exposure import ExposureLike
+
 __all__ = [
     "ArtifactConfig",
+    "CoaddPlan",
     "coadd_exposures",
     "input_weights",
+    "plan_coadd",
     "select_inputs",
+    "write_coadd",
 ]
 
 log = logging.getLogger(__name__)
@@ -120,7 +128,7 @@ class ArtifactConfig:
 
 
 def select_inputs(
-    calexps: Sequence[xr.Dataset], patch: PatchGeometry
+    calexps: Sequence[ExposureLike], patch: PatchGeometry
 ) -> tuple[list[int], list[dict[str, Any]]]:
     """Which calexps can go into a coadd of ``patch``.
 
@@ -152,7 +160,7 @@ def select_inputs(
 
 
 def input_weights(
-    calexps: Sequence[xr.Dataset],
+    calexps: Sequence[ExposureLike],
     *,
     bad_mask_planes: Sequence[str] = DEFAULT_BAD_MASK_PLANES,
     sample_px: int = 1024,
@@ -230,7 +238,7 @@ def _pixel_scale(cards: dict[str, Any], x: float, y: float) -> float:
     return math.sqrt(abs(np.linalg.det(jac))) * 3600.0
 
 
-def _input_fwhm_out(ds: xr.Dataset, patch: PatchGeometry) -> float:
+def _input_fwhm_out(ds: ExposureLike, patch: PatchGeometry) -> float:
     """FWHM of an input's PSF at its centre, in coadd pixels."""
     x = float(ds["x"].values.mean())
     y = float(ds["y"].values.mean())
@@ -310,6 +318,8 @@ def _psf_match(
     the kernel's summed-area table instead. float32 is ample for a detection
     threshold of several σ: the round-off is < 1e-5 of the block's brightest pixel.
     """
+    from scipy import fft as sfft
+
     from lsstlite.stages.characterize._kernels import rfft2_padded
 
     (h, w), (kh, kw) = valid.shape, kern.shape
@@ -555,8 +565,32 @@ def _coadd_block(
     )
 
 
-def coadd_exposures(
-    calexps: Sequence[xr.Dataset],
+@dataclass
+class CoaddPlan:
+    """A coadd as chunk tasks (see :func:`plan_coadd`).
+
+    ``tasks[(i, j)]``: the :func:`~lsstlite.stages.warp.ops.region_task` of output chunk
+    ``(i, j)`` (shape ``shapes[i][j]``), returning its image, variance and mask; a chunk
+    without a task is ``fills`` (``(dtype, value)`` per plane: no input covers it).
+    ``dependencies``: Dask arrays the tasks read by key (calexps not read from zarr
+    directly); ``extra``: graph entries the tasks share by key. ``exposure``: the keyword
+    arguments of :func:`~lsstlite.data.exposure.make_exposure` (and
+    :func:`~lsstlite.data.exposure.exposure_metadata`) for the coadd's metadata.
+    """
+
+    name: str
+    tasks: dict[tuple[int, int], tuple[Any, ...]]
+    shapes: list[list[tuple[int, int]]]
+    fills: tuple[tuple[np.dtype[Any], Any], ...]
+    dependencies: list[Any]
+    extra: dict[str, Any]
+    shape: tuple[int, int]
+    exposure: dict[str, Any] = field(default_factory=dict)
+    chunk_cache_bytes: int | None = None
+
+
+def plan_coadd(
+    calexps: Sequence[ExposureLike],
     patch: PatchGeometry,
     *,
     method: Method = "compare_warp",
@@ -570,77 +604,12 @@ def coadd_exposures(
     artifacts: ArtifactConfig | None = None,
     grid_step_px: int = 16,
     chunk_cache_bytes: int | None = None,
-) -> xr.Dataset:
-    """Warp and combine calexps onto a patch (a lazy coadd exposure).
-
-    Parameters
-    ----------
-    calexps
-        Calexps (lazy xarray Datasets, e.g. opened from zarr) of one band, in nJy, with
-        WCS and PSF. Those that do not overlap the patch are skipped; those with a broken
-        WCS are logged and left out (both listed in ``attrs["coadd_skipped"]``).
-    patch
-        The output grid (``tract.patch(p).geometry``).
-    method
-        ``"compare_warp"`` (default: artifact rejection on PSF-matched warps, then the
-        weighted mean), ``"mean"`` (inverse-variance weighted), ``"clipped"`` (weighted
-        mean after SWarp-style sigma clipping) or ``"median"``.
-    weights
-        One weight per calexp; default :func:`input_weights` (computed eagerly).
-    kernel
-        Warping kernel (``"lanczos3"``, ``"bilinear"``, ...).
-    chunks
-        Output chunk shape.
-    bad_mask_planes
-        Input mask planes excluded from the combination.
-    clip_n_sigma, clip_amp_frac, clip_n_iter
-        Clipping rule of ``"clipped"`` (see :func:`~lsstlite.stages.coadd._kernels.combine_clipped`).
-    artifacts
-        :class:`ArtifactConfig` of ``"compare_warp"``.
-    grid_step_px
-        Spacing of the exact WCS evaluations the warp interpolates.
-    chunk_cache_bytes
-        For calexps stored in zarr (read by the chunk tasks themselves): bytes of decoded
-        input chunks a worker process keeps for the next chunk tasks that need them; a
-        chunk leaves as soon as its last reader in this graph has read it. 0 (the
-        default, unless the Dask config ``lsstlite.chunk-cache-bytes`` is set): each
-        task decodes the chunks it overlaps, least memory. Worth a row of input chunks
-        when calexp chunks are larger than the output chunks (1024² into 512²: each
-        decoded 4–5 times otherwise).
-
-    Returns
-    -------
-    xarray.Dataset
-        The coadd on the patch grid (nJy), dask-backed. Mask: NO_DATA where no input
-        contributes, INEXACT_PSF where an input covers a pixel but does not contribute
-        (masked, rejected, clipped, or at its sensor edge), REJECTED / CLIPPED where an
-        input was rejected / clipped. Attrs: ``psf`` (:class:`CoaddPsf`),
-        ``coadd_inputs`` (visit, detector, weight), ``coadd_skipped``, ``coadd``
-        (method and parameters), ``band``.
-
-    Raises
-    ------
-    ValueError
-        If ``method`` is unknown, no calexp is usable, or ``weights`` has the wrong length.
-
-    Notes
-    -----
-    Lazy: one task per output chunk; it depends only on the chunks of each calexp that
-    overlap the region the output chunk maps to, grown by the halo: the kernel radius
-    (3 px for Lanczos3) plus, for ``compare_warp``, ``artifacts.halo_px`` around the
-    chunk (footprints are found on the grown chunk, and the matching kernel is spatially
-    constant per chunk, computed at its centre). Peak memory per task is about
-    ``n_overlapping_inputs × (chunk + halo)² × 26 bytes`` (× ~2 more for compare_warp);
-    the figure for this graph is ``attrs["coadd"]["max_task_bytes"]``. Calexps stored in
-    zarr are read by the chunk tasks themselves, one input at a time, through the chunk
-    cache (``chunk_cache_bytes``); chunks of any other calexp are computed once and held
-    until their last output task has run (see
-    :func:`~lsstlite.stages.warp.ops.region_task`).
-    ``"mean"``, ``"clipped"`` and ``"median"`` do not depend on the chunking (bit for
-    bit); ``"compare_warp"`` may differ only where an outlier footprint is cut by a halo
-    edge. Only ``weights=None`` computes anything while building (see
-    :func:`input_weights`).
-    """
+) -> CoaddPlan:
+    """The chunk tasks of a coadd and its metadata, before any Dask array or Dataset is
+    made (:func:`coadd_exposures` makes them; :func:`write_coadd` computes the tasks
+    straight into zarr). Parameters as :func:`coadd_exposures`; ``calexps`` may also be
+    :class:`~lsstlite.data._zarr_chunks.StoredGroup` (calexps in zarr, opened without
+    xarray)."""
     if method not in METHODS:
         raise ValueError(f"coadd method: expected one of {METHODS}, got {method!r}")
     if kernel not in KERNEL_RADIUS:
@@ -745,19 +714,6 @@ def coadd_exposures(
                     out_box,
                     static_key,  # one object in the graph, shared by key
                 )
-    image, variance, mask = tasks_to_planes(
-        name,
-        tasks,
-        shapes,
-        (
-            (np.dtype(np.float32), np.nan),
-            (np.dtype(np.float32), np.nan),
-            (np.dtype(np.int32), params.no_data),
-        ),
-        list(deps.values()),
-        extra={static_key: _Static(weights_arr, psf_dicts, wcs_cards, params)},
-        chunk_cache_bytes=chunk_cache_bytes,
-    )
     components = []
     table = []
     for k, ds in enumerate(inputs):
@@ -774,10 +730,7 @@ def coadd_exposures(
         )
         table.append({"visit": did.get("visit"), "detector": did.get("detector"), "weight": w[k]})
     bands = {(ds.attrs.get("visit_info") or {}).get("band") for ds in inputs}
-    return make_exposure(
-        image,
-        mask=mask,
-        variance=variance,
+    exposure = dict(
         wcs=patch.wcs_cards,
         psf=CoaddPsf(components, dict(patch.wcs_cards)),
         photo_calib=PhotoCalib(njy_per_count=1.0),
@@ -798,3 +751,230 @@ def coadd_exposures(
             },
         },
     )
+    return CoaddPlan(
+        name=name,
+        tasks=tasks,
+        shapes=shapes,
+        fills=(
+            (np.dtype(np.float32), np.nan),
+            (np.dtype(np.float32), np.nan),
+            (np.dtype(np.int32), params.no_data),
+        ),
+        dependencies=list(deps.values()),
+        extra={static_key: _Static(weights_arr, psf_dicts, wcs_cards, params)},
+        shape=(ny, nx),
+        exposure=exposure,
+        chunk_cache_bytes=chunk_cache_bytes,
+    )
+
+
+def coadd_exposures(
+    calexps: Sequence[xr.Dataset],
+    patch: PatchGeometry,
+    *,
+    method: Method = "compare_warp",
+    weights: Sequence[float] | None = None,
+    kernel: str = "lanczos3",
+    chunks: tuple[int, int] = (512, 512),
+    bad_mask_planes: Sequence[str] = DEFAULT_BAD_MASK_PLANES,
+    clip_n_sigma: float = 4.0,
+    clip_amp_frac: float = 0.3,
+    clip_n_iter: int = 2,
+    artifacts: ArtifactConfig | None = None,
+    grid_step_px: int = 16,
+    chunk_cache_bytes: int | None = None,
+) -> xr.Dataset:
+    """Warp and combine calexps onto a patch (a lazy coadd exposure).
+
+    Parameters
+    ----------
+    calexps
+        Calexps (lazy xarray Datasets, e.g. opened from zarr) of one band, in nJy, with
+        WCS and PSF. Those that do not overlap the patch are skipped; those with a broken
+        WCS are logged and left out (both listed in ``attrs["coadd_skipped"]``).
+    patch
+        The output grid (``tract.patch(p).geometry``).
+    method
+        ``"compare_warp"`` (default: artifact rejection on PSF-matched warps, then the
+        weighted mean), ``"mean"`` (inverse-variance weighted), ``"clipped"`` (weighted
+        mean after SWarp-style sigma clipping) or ``"median"``.
+    weights
+        One weight per calexp; default :func:`input_weights` (computed eagerly).
+    kernel
+        Warping kernel (``"lanczos3"``, ``"bilinear"``, ...).
+    chunks
+        Output chunk shape.
+    bad_mask_planes
+        Input mask planes excluded from the combination.
+    clip_n_sigma, clip_amp_frac, clip_n_iter
+        Clipping rule of ``"clipped"`` (see :func:`~lsstlite.stages.coadd._kernels.combine_clipped`).
+    artifacts
+        :class:`ArtifactConfig` of ``"compare_warp"``.
+    grid_step_px
+        Spacing of the exact WCS evaluations the warp interpolates.
+    chunk_cache_bytes
+        For calexps stored in zarr (read by the chunk tasks themselves): bytes of decoded
+        input chunks a worker process keeps for the next chunk tasks that need them; a
+        chunk leaves as soon as its last reader in this graph has read it. 0 (the
+        default, unless the Dask config ``lsstlite.chunk-cache-bytes`` is set): each
+        task decodes the chunks it overlaps, least memory. Worth a row of input chunks
+        when calexp chunks are larger than the output chunks (1024² into 512²: each
+        decoded 4–5 times otherwise).
+
+    Returns
+    -------
+    xarray.Dataset
+        The coadd on the patch grid (nJy), dask-backed. Mask: NO_DATA where no input
+        contributes, INEXACT_PSF where an input covers a pixel but does not contribute
+        (masked, rejected, clipped, or at its sensor edge), REJECTED / CLIPPED where an
+        input was rejected / clipped. Attrs: ``psf`` (:class:`CoaddPsf`),
+        ``coadd_inputs`` (visit, detector, weight), ``coadd_skipped``, ``coadd``
+        (method and parameters), ``band``.
+
+    Raises
+    ------
+    ValueError
+        If ``method`` is unknown, no calexp is usable, or ``weights`` has the wrong length.
+
+    Notes
+    -----
+    Lazy: one task per output chunk; it depends only on the chunks of each calexp that
+    overlap the region the output chunk maps to, grown by the halo: the kernel radius
+    (3 px for Lanczos3) plus, for ``compare_warp``, ``artifacts.halo_px`` around the
+    chunk (footprints are found on the grown chunk, and the matching kernel is spatially
+    constant per chunk, computed at its centre). Peak memory per task is about
+    ``n_overlapping_inputs × (chunk + halo)² × 26 bytes`` (× ~2 more for compare_warp);
+    the figure for this graph is ``attrs["coadd"]["max_task_bytes"]``. Calexps stored in
+    zarr are read by the chunk tasks themselves, one input at a time, through the chunk
+    cache (``chunk_cache_bytes``); chunks of any other calexp are computed once and held
+    until their last output task has run (see
+    :func:`~lsstlite.stages.warp.ops.region_task`).
+    ``"mean"``, ``"clipped"`` and ``"median"`` do not depend on the chunking (bit for
+    bit); ``"compare_warp"`` may differ only where an outlier footprint is cut by a halo
+    edge. Only ``weights=None`` computes anything while building (see
+    :func:`input_weights`).
+    """
+    plan = plan_coadd(
+        calexps,
+        patch,
+        method=method,
+        weights=weights,
+        kernel=kernel,
+        chunks=chunks,
+        bad_mask_planes=bad_mask_planes,
+        clip_n_sigma=clip_n_sigma,
+        clip_amp_frac=clip_amp_frac,
+        clip_n_iter=clip_n_iter,
+        artifacts=artifacts,
+        grid_step_px=grid_step_px,
+        chunk_cache_bytes=chunk_cache_bytes,
+    )
+    from lsstlite.data.exposure import make_exposure
+
+    image, variance, mask = tasks_to_planes(
+        plan.name,
+        plan.tasks,
+        plan.shapes,
+        plan.fills,
+        plan.dependencies,
+        extra=plan.extra,
+        chunk_cache_bytes=plan.chunk_cache_bytes,
+    )
+    return make_exposure(image, mask=mask, variance=variance, **plan.exposure)
+
+
+def write_coadd(
+    plan: CoaddPlan,
+    path: str | os.PathLike[str],
+    *,
+    chunks: tuple[int, int] | None = None,
+    num_workers: int | None = None,
+) -> None:
+    """Compute a :func:`plan_coadd` into a new zarr exposure at ``path`` (a local
+    directory that must not exist), chunk by chunk, with Dask's threaded scheduler.
+
+    The store is the one :func:`~lsstlite.data.write_exposure_zarr` writes of
+    :func:`coadd_exposures` (same metadata, stored chunks ``chunks``, default
+    :data:`~lsstlite.data.DEFAULT_CHUNKS`; tested): each stored chunk is written by one
+    task as soon as the output chunks it holds are computed, which are then released.
+    No Dask array, Dataset or xarray writer is involved: a process that only coadds
+    never imports xarray, pandas or ``dask.array`` (~90 MB and ~1 s here), which is
+    what ``lsstlite coadd`` does.
+    """
+    from pathlib import Path
+
+    import dask.threaded
+
+    from lsstlite.data._zarr_chunks import create_stored_group
+    from lsstlite.data.exposure import exposure_metadata
+    from lsstlite.data.io import DEFAULT_CHUNKS
+
+    ny, nx = plan.shape
+    cy, cx = (min(c, n) for c, n in zip(chunks or DEFAULT_CHUNKS, plan.shape, strict=True))
+    attrs, plane_attrs, coords = exposure_metadata(plan.shape, **plan.exposure)
+    arrays: dict[str, Any] = {
+        p: (("y", "x"), (plan.shape, dtype, plane_attrs[p]))
+        for p, (dtype, _) in zip(("image", "variance", "mask"), plan.fills, strict=True)
+    }
+    arrays = {p: arrays[p] for p in plane_attrs}  # image, mask, variance: as make_exposure
+    arrays.update((c, ((c,), v)) for c, v in coords.items())
+    stores = create_stored_group(Path(path), attrs, arrays, (cy, cx))
+    dsk: dict[Any, Any] = dict(plan.extra)
+    for dep in plan.dependencies:
+        dsk.update(dep.__dask_graph__())
+    for ij, task in plan.tasks.items():
+        dsk[(plan.name, *ij)] = task
+    count_stored_reads(plan.tasks.values(), plan.chunk_cache_bytes)
+    # Output chunk edges (the plan's) and, for each stored chunk, the blocks it holds.
+    ey = np.cumsum([0] + [row[0][0] for row in plan.shapes])
+    ex = np.cumsum([0] + [s[1] for s in plan.shapes[0]])
+    write = f"{plan.name}-write"
+    keys = []
+    for si, y0 in enumerate(range(0, ny, cy)):
+        for sj, x0 in enumerate(range(0, nx, cx)):
+            y1, x1 = min(y0 + cy, ny), min(x0 + cx, nx)
+            blocks = []
+            for i in range(int(np.searchsorted(ey, y0, "right")) - 1, len(ey) - 1):
+                if ey[i] >= y1:
+                    break
+                for j in range(int(np.searchsorted(ex, x0, "right")) - 1, len(ex) - 1):
+                    if ex[j] >= x1:
+                        break
+                    box = (int(ey[i]), int(ex[j]), int(ey[i + 1]), int(ex[j + 1]))
+                    blocks.append((box, (plan.name, i, j) if (i, j) in plan.tasks else None))
+            key = (write, si, sj)
+            dsk[key] = (
+                _write_stored_chunks,
+                [stores[p] for p in ("image", "variance", "mask")],
+                [v for _, v in plan.fills],
+                (si, sj),
+                (y0, x0, y1, x1),
+                [b for b, _ in blocks],
+                [k for _, k in blocks],
+            )
+            keys.append(key)
+    dask.threaded.get(dsk, keys, num_workers=num_workers)
+
+
+def _write_stored_chunks(
+    stores: list[Any],
+    fills: list[Any],
+    index: tuple[int, int],
+    box: tuple[int, int, int, int],
+    block_boxes: list[tuple[int, int, int, int]],
+    blocks: list[tuple[NDArray[Any], ...] | None],
+) -> None:
+    """Assemble stored chunk ``index`` (``box``: y0, x0, y1, x1) of each plane from the
+    output blocks it overlaps (None: the block's fill) and write it."""
+    y0, x0, y1, x1 = box
+    for k, (store, fill) in enumerate(zip(stores, fills, strict=True)):
+        out = np.full((y1 - y0, x1 - x0), fill, dtype=store.native_dtype)
+        for (by0, bx0, by1, bx1), block in zip(block_boxes, blocks, strict=True):
+            if block is None:
+                continue
+            oy0, ox0 = max(by0, y0), max(bx0, x0)
+            oy1, ox1 = min(by1, y1), min(bx1, x1)
+            out[oy0 - y0 : oy1 - y0, ox0 - x0 : ox1 - x0] = block[k][
+                oy0 - by0 : oy1 - by0, ox0 - bx0 : ox1 - bx0
+            ]
+        store.write(index, out)

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import xarray as xr
 from numpy.typing import NDArray
 
 from lsstlite.data.skymap import PatchInfo, SkyMap, tract_enclosing
 from lsstlite.data.wcs import wcs_from_cards
+
+if TYPE_CHECKING:
+    import xarray as xr
+
+    from lsstlite.data.exposure import ExposureLike
 
 __all__ = [
     "exposure_corners",
@@ -22,7 +26,7 @@ __all__ = [
 ]
 
 
-def _data_id_text(ds: xr.Dataset) -> str:
+def _data_id_text(ds: ExposureLike) -> str:
     vi = ds.attrs.get("visit_info") or {}
     keys = ("instrument", "visit", "exposure", "detector")
     parts = [f"{k}={vi[k]!r}" for k in keys if vi.get(k) is not None]
@@ -30,7 +34,7 @@ def _data_id_text(ds: xr.Dataset) -> str:
 
 
 def exposure_corners(
-    exposure: xr.Dataset, *, n_per_side: int = 2
+    exposure: ExposureLike, *, n_per_side: int = 2
 ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
     """Sky coordinates (deg) of points around an exposure's edge (its corners by default).
 

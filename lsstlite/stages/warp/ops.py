@@ -10,17 +10,14 @@ from __future__ import annotations
 
 import math
 import operator
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, overload
+from typing import TYPE_CHECKING, Any, overload
 
-import dask.array as da
 import numpy as np
-import xarray as xr
 from astropy.wcs import WCS
 from dask.base import tokenize
 from numpy.typing import NDArray
-from scipy import fft as sfft
 
 from lsstlite.data._zarr_chunks import StoredArray, cache_budget, stored_source
 from lsstlite.data.exposure import make_exposure, validate_exposure
@@ -30,6 +27,12 @@ from lsstlite.data.skymap import PatchGeometry
 from lsstlite.data.wcs import wcs_from_cards
 from lsstlite.stages.warp._kernels import KERNEL_RADIUS, kernel_table, taps6_table, warp_block
 from lsstlite.stages.warp.psf import WarpedPsf
+
+if TYPE_CHECKING:
+    import dask.array as da
+    import xarray as xr
+
+    from lsstlite.data.exposure import ExposureLike
 
 __all__ = [
     "BlockMapping",
@@ -55,7 +58,7 @@ class WarpError(ValueError):
     """An exposure cannot be warped (e.g. its WCS is broken); the message names its data ID."""
 
 
-def data_id_of(exposure: xr.Dataset) -> dict[str, Any]:
+def data_id_of(exposure: ExposureLike) -> dict[str, Any]:
     """The data ID fields known from an exposure's ``visit_info`` (instrument, visit, detector)."""
     vi = exposure.attrs.get("visit_info") or {}
     out = {k: vi[k] for k in ("instrument", "visit", "detector") if vi.get(k) is not None}
@@ -81,7 +84,7 @@ class BlockMapping:
     region: tuple[int, int, int, int] | None
 
 
-def input_wcs(exposure: xr.Dataset) -> WCS:
+def input_wcs(exposure: ExposureLike) -> WCS:
     """The exposure's WCS, checked: raises :class:`WarpError` naming the data ID if broken."""
     cards = exposure.attrs.get("wcs")
     if not cards:
@@ -103,7 +106,7 @@ def input_wcs(exposure: xr.Dataset) -> WCS:
     return wcs
 
 
-def detector_box(exposure: xr.Dataset) -> tuple[int, int, int, int]:
+def detector_box(exposure: ExposureLike) -> tuple[int, int, int, int]:
     """``(x0, y0, x1, y1)`` of an exposure's pixels in its parent frame (end exclusive)."""
     x, y = exposure["x"].values, exposure["y"].values
     return int(x[0]), int(y[0]), int(x[-1]) + 1, int(y[-1]) + 1
@@ -368,10 +371,16 @@ def _call_on_regions(
     return func(Regions(chunks, regions), *args)
 
 
-def exposure_planes(exposure: xr.Dataset) -> tuple[da.Array, da.Array, da.Array]:
-    """Image, variance and mask of an exposure as Dask arrays (a numpy plane: one chunk)."""
+def exposure_planes(exposure: ExposureLike) -> tuple[Any, Any, Any]:
+    """Image, variance and mask of an exposure as chunked arrays: Dask arrays, or the
+    :class:`~lsstlite.data._zarr_chunks.StoredArray` of a
+    :class:`~lsstlite.data._zarr_chunks.StoredGroup` (a numpy plane: one Dask chunk)."""
+    if all(hasattr(exposure[p].data, "chunks") for p in ("image", "variance", "mask")):
+        return tuple(exposure[p].data for p in ("image", "variance", "mask"))  # type: ignore[return-value]
+    import dask.array as da
+
     return tuple(  # type: ignore[return-value]
-        d if isinstance(d, da.Array) else da.from_array(d, chunks=d.shape, name=False)
+        d if hasattr(d, "chunks") else da.from_array(d, chunks=d.shape, name=False)
         for d in (exposure[p].data for p in ("image", "variance", "mask"))
     )
 
@@ -406,6 +415,24 @@ def region_dependencies(regions: list[tuple[da.Array, PlaneRegion]]) -> list[da.
     return [d for d, r in regions if r.source is None]
 
 
+def count_stored_reads(tasks: Iterable[tuple[Any, ...]], chunk_cache_bytes: int | None) -> None:
+    """Tell every region of these :func:`region_task` tasks read from a stored plane how
+    often the whole graph reads each of its chunks (the chunk cache drops a chunk after
+    its last read) and the cache budget (``chunk_cache_bytes``, default
+    :func:`~lsstlite.data._zarr_chunks.cache_budget`)."""
+    regions = [r for t in tasks if t[0] is _call_on_regions for r in t[3]]
+    uses: dict[tuple[str, tuple[int, int]], int] = {}
+    for r in regions:
+        if r.source is not None:
+            for ij in r.index:
+                uses[(r.source.name, ij)] = uses.get((r.source.name, ij), 0) + 1
+    budget = cache_budget(chunk_cache_bytes)
+    for r in regions:
+        if r.source is not None:
+            r.uses = [uses[(r.source.name, ij)] for ij in r.index]
+            r.cache_bytes = budget
+
+
 def tasks_to_planes(
     name: str,
     tasks: dict[tuple[int, int], tuple[Any, ...]],
@@ -419,23 +446,13 @@ def tasks_to_planes(
     block tasks that each return one block per array; a block with no task is the fill.
     Stored inputs are read through a chunk cache of ``chunk_cache_bytes`` (default:
     :func:`~lsstlite.data._zarr_chunks.cache_budget`)."""
+    import dask.array as da
     from dask.highlevelgraph import HighLevelGraph
 
     dsk: dict[Any, Any] = dict(extra or {})
     for (i, j), task in tasks.items():
         dsk[(name, i, j)] = task
-    # How often the graph reads each stored chunk (the cache drops it after the last).
-    regions = [r for t in tasks.values() if t[0] is _call_on_regions for r in t[3]]
-    uses: dict[tuple[str, tuple[int, int]], int] = {}
-    for r in regions:
-        if r.source is not None:
-            for ij in r.index:
-                uses[(r.source.name, ij)] = uses.get((r.source.name, ij), 0) + 1
-    budget = cache_budget(chunk_cache_bytes)
-    for r in regions:
-        if r.source is not None:
-            r.uses = [uses[(r.source.name, ij)] for ij in r.index]
-            r.cache_bytes = budget
+    count_stored_reads(tasks.values(), chunk_cache_bytes)
     base = HighLevelGraph.from_collections(name, dsk, dependencies=list(dependencies))  # type: ignore[arg-type]
     chunks = (tuple(r[0][0] for r in shapes), tuple(s[1] for s in shapes[0]))
     out = []
@@ -613,6 +630,8 @@ def matching_kernel(
         raise ValueError(
             f"matching_kernel: need equal odd-sized stamps, got {psf_image.shape} and {model_image.shape}"
         )
+    from scipy import fft as sfft
+
     p = sfft.fft2(sfft.ifftshift(psf_image / psf_image.sum()))
     m = sfft.fft2(sfft.ifftshift(model_image / model_image.sum()))
     k = np.real(sfft.fftshift(sfft.ifft2(np.conj(p) * m / (np.abs(p) ** 2 + regularization))))
@@ -651,6 +670,7 @@ def psf_match_warp(
     zero in the convolution and stay NaN. Variance is convolved with ``K²`` (the diagonal
     only).
     """
+    import dask.array as da
     from scipy import signal
 
     if not warp.attrs.get("psf"):
@@ -675,7 +695,7 @@ def psf_match_warp(
     out = warp.copy()
     for name, kk in (("image", kern), ("variance", kern * kern)):
         data = warp[name].data
-        if not isinstance(data, da.Array):
+        if not hasattr(data, "map_overlap"):  # numpy
             data = da.from_array(data, chunks=DEFAULT_WARP_CHUNKS)
         out[name] = (
             ("y", "x"),

@@ -127,3 +127,69 @@ def test_a_failed_run_leaves_the_existing_output(
     assert "broken.zarr/image/c/1/1" in err and "cannot decode" in err
     xr.testing.assert_identical(lld.open_exposure_zarr(out).compute(), before)
     assert [p.name for p in tmp_path.iterdir() if "partial" in p.name] == []
+
+
+def _store_files(root: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
+    }
+
+
+@pytest.mark.parametrize(
+    ("method", "stored"), [("clipped", None), ("compare_warp", (100, 96)), ("median", (64, 64))]
+)
+def test_write_coadd_stores_what_write_exposure_zarr_stores(
+    inputs: tuple[list[Path], list[xr.Dataset]],
+    tmp_path: Path,
+    method: str,
+    stored: tuple[int, int] | None,
+) -> None:
+    """The streaming writer of the command gives the very files (metadata and chunks) of
+    the library's coadd written by xarray, whatever the stored chunks (here not multiples
+    of the 64² output chunks, or one chunk), from zarr calexps opened without xarray and
+    a FITS calexp (a Dask dependency)."""
+    from lsstlite.data._zarr_chunks import read_stored_group
+    from lsstlite.stages.coadd.ops import plan_coadd, write_coadd
+
+    paths, exposures = inputs
+    calexps = [read_stored_group(paths[0]), read_stored_group(paths[1]), exposures[2]]
+    plan = plan_coadd(calexps, PATCH, method=method, chunks=(64, 64))  # type: ignore[arg-type]
+    write_coadd(plan, tmp_path / "stream.zarr", chunks=stored)
+    coadd = coadd_exposures(exposures, PATCH, method=method, chunks=(64, 64))  # type: ignore[arg-type]
+    lld.write_exposure_zarr(coadd, tmp_path / "xarray.zarr", chunks=stored)
+    got, want = _store_files(tmp_path / "stream.zarr"), _store_files(tmp_path / "xarray.zarr")
+    assert sorted(got) == sorted(want)
+    for name in want:
+        assert got[name] == want[name], name
+    with pytest.raises(FileExistsError):
+        write_coadd(plan, tmp_path / "stream.zarr")
+
+
+def test_the_command_loads_no_xarray_for_zarr_calexps(
+    inputs: tuple[list[Path], list[xr.Dataset]], tmp_path: Path
+) -> None:
+    import json
+    import os
+    import subprocess
+    import sys
+
+    import lsstlite
+
+    src = str(Path(lsstlite.__file__).resolve().parents[1])  # the lsstlite under test
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([src, os.environ.get("PYTHONPATH", "")]))
+    paths, _ = inputs
+    code = (
+        "import json, sys\n"
+        "from lsstlite.cli.main import main\n"
+        f"args = ['coadd', {str(paths[0])!r}, {str(paths[1])!r}, '--grid', "
+        f"{str(_head(tmp_path / 'g.head'))!r}, '--out', {str(tmp_path / 'c.zarr')!r}]\n"
+        "assert main(args) == 0\n"
+        "heavy = ['xarray', 'pandas', 'pyarrow', 'dask.array', 'dask.dataframe']\n"
+        "print(json.dumps([m for m in heavy if m in sys.modules]))\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert json.loads(run.stdout.splitlines()[-1]) == []
+    assert lld.open_exposure_zarr(tmp_path / "c.zarr")["image"].notnull().any()
