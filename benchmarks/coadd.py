@@ -10,7 +10,8 @@ M input px/s per core; best of three).
   inputs and weight maps as FITS, output grid from a ``.head`` file (the patch WCS).
 - reproject: ``reproject_interp`` (bilinear) of each image, then a numpy 3σ-clipped mean.
 - lsstlite: its command line, ``lsstlite coadd in*.zarr --grid coadd.head --out ...``
-  (``coadd_exposures`` on zarr inputs, its storage), Lanczos3, threads; with
+  (``plan_coadd`` on zarr inputs, its storage, computed into zarr by ``write_coadd``:
+  the process loads no xarray, pandas or ``dask.array``), Lanczos3, threads; with
   ``method="clipped"`` (SWarp's rule), without and with a 256 MB chunk cache (memory
   against decoding), and with ``method="compare_warp"`` (the default); the coadd is
   written to zarr as it is computed.

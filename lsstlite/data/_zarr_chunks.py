@@ -395,7 +395,7 @@ class _ChunkCache:
             raise
         with self._lock:
             del self._loading[key]
-            if _cost(value) <= budget:
+            if budget > 0 and _cost(value) <= budget:
                 self._items[key] = value
                 self._touched[key] = time.monotonic()
                 self._bytes += _cost(value)

@@ -184,7 +184,7 @@ def test_the_command_loads_no_xarray_for_zarr_calexps(
         f"args = ['coadd', {str(paths[0])!r}, {str(paths[1])!r}, '--grid', "
         f"{str(_head(tmp_path / 'g.head'))!r}, '--out', {str(tmp_path / 'c.zarr')!r}]\n"
         "assert main(args) == 0\n"
-        "heavy = ['xarray', 'pandas', 'pyarrow', 'dask.array', 'dask.dataframe']\n"
+        "heavy = ['xarray', 'pandas', 'pyarrow', 'dask.array', 'dask.dataframe', 'distributed']\n"
         "print(json.dumps([m for m in heavy if m in sys.modules]))\n"
     )
     run = subprocess.run(
