@@ -144,23 +144,25 @@ def read_stored_chunk(
     a read-only array, and an unwritten chunk a broadcast of its fill value (no memory)."""
     dt = np.dtype(dtype)
     try:
-        data = Path(path).read_bytes()
+        f = open(path, "rb")  # closed by the with block below
     except FileNotFoundError:
         if not writable:
             return np.broadcast_to(np.array(fill, dtype=dt.newbyteorder("=")), shape)
         return np.full(shape, fill, dtype=dt.newbyteorder("="))
     out = np.empty(chunk_shape, dtype=dt)
-    if zstd:
-        from numcodecs import Zstd
+    with f:
+        if zstd:
+            from numcodecs import Zstd
 
-        try:
-            Zstd().decode(data, out=out)
-        except Exception as exc:  # numcodecs raises RuntimeError/ValueError by version
-            raise OSError(f"zarr chunk {path}: cannot decode ({exc})") from exc
-    else:
-        if len(data) != out.nbytes:
-            raise OSError(f"zarr chunk {path}: {len(data)} bytes, expected {out.nbytes}")
-        out.view(np.uint8).reshape(-1)[:] = np.frombuffer(data, np.uint8)
+            try:
+                Zstd().decode(f.read(), out=out)
+            except Exception as exc:  # numcodecs raises RuntimeError/ValueError by version
+                raise OSError(f"zarr chunk {path}: cannot decode ({exc})") from exc
+        else:  # straight into the array: no intermediate bytes
+            n = f.readinto(out.reshape(-1).view(np.uint8))
+            if n != out.nbytes or f.read(1):
+                size = os.fstat(f.fileno()).st_size
+                raise OSError(f"zarr chunk {path}: {size} bytes, expected {out.nbytes}")
     if not dt.isnative:
         out = out.astype(dt.newbyteorder("="))
     if tuple(shape) != chunk_shape:
@@ -579,8 +581,11 @@ def create_stored_group(
     name to ``(dims, values)`` for a dimension coordinate (written now, one chunk) or to
     ``(dims, (shape, dtype, attrs))`` for a data variable whose chunks (``chunk_shape``,
     clipped to the shape) are written later with :meth:`StoredArray.write`; a float
-    variable's fill value is NaN, any other 0. Returns the data variables."""
+    variable's fill value is NaN, any other 0; compression as
+    :func:`~lsstlite.data.write_exposure_zarr` chooses it. Returns the data variables."""
     import zarr
+
+    from lsstlite.data.io import UNCOMPRESSED_KINDS as uncompressed_kinds
 
     if group_dir.exists():
         raise FileExistsError(f"{group_dir} exists")
@@ -600,6 +605,7 @@ def create_stored_group(
             fill_value=np.nan if dt.kind == "f" else 0,
             dimension_names=dims,
             attributes=vattrs,
+            **({"compressors": None} if dt.kind in uncompressed_kinds else {}),
         )
         src = stored_array(group_dir / name)
         if src is None:

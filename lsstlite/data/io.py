@@ -46,6 +46,12 @@ __all__ = [
 #: Default chunk shape (y, x) of stored exposures.
 DEFAULT_CHUNKS = (1024, 1024)
 
+#: dtype kinds stored without compression (the rest: zarr's default, zstd). On a calexp
+#: of the ``ci`` simulation zstd kept 93% of the image's bytes and 79% of the variance's,
+#: and decoding a 1024² float32 chunk took ~4 ms (~1 GB/s): 45% of the time of a coadd
+#: that reads each chunk several times. The mask and the coordinates compress ~250×.
+UNCOMPRESSED_KINDS = "f"
+
 
 class ExposureReadError(ValueError):
     """An exposure file could not be read; the message names the file and the problem."""
@@ -86,6 +92,8 @@ def write_exposure_zarr(
         # No _FillValue: pixels are never "missing" in zarr's sense (NO_DATA is a mask plane),
         # and xarray would otherwise turn masked ints into floats on read.
         out[name].encoding = {"_FillValue": None}
+        if out[name].dtype.kind in UNCOMPRESSED_KINDS:
+            out[name].encoding["compressors"] = None
     if isinstance(store, os.PathLike):
         store = os.fspath(store)
     try:

@@ -92,16 +92,40 @@ def test_unwritten_float_chunks_are_the_fill_value(tmp_path: Path) -> None:
     assert np.isnan(got[10:, :]).all() and (got[:10, :10] == 1).all()
 
 
-def test_a_corrupt_chunk_names_its_file(exposure: xr.Dataset, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("plane", "message"),
+    [("image", "15 bytes, expected 16384"), ("mask", "cannot decode")],  # raw, zstd
+)
+def test_a_corrupt_chunk_names_its_file(
+    exposure: xr.Dataset, tmp_path: Path, plane: str, message: str
+) -> None:
     lld.write_exposure_zarr(exposure, tmp_path / "e.zarr", chunks=(64, 64))
-    chunk = tmp_path / "e.zarr" / "image" / "c" / "1" / "0"
+    chunk = tmp_path / "e.zarr" / plane / "c" / "1" / "0"
     chunk.write_bytes(b"not zstd at all")
     back = lld.open_exposure_zarr(tmp_path / "e.zarr")
-    with pytest.raises(OSError, match=str(chunk)):
+    with pytest.raises(OSError, match=f"{chunk}: {message}"):
         with dask.config.set(scheduler="sync"):
-            back["image"].data.compute()
+            back[plane].data.compute()
     # the other planes and the rest of the store are untouched and still read
     np.testing.assert_array_equal(back["variance"].values, exposure["variance"].values)
+
+
+def test_float_planes_are_stored_uncompressed(exposure: xr.Dataset, tmp_path: Path) -> None:
+    """Decoding zstd cost more than it saved on float noise (see io.UNCOMPRESSED_KINDS)."""
+    lld.write_exposure_zarr(exposure, tmp_path / "e.zarr")
+    codecs = {
+        p: [
+            c["name"]
+            for c in json.loads((tmp_path / "e.zarr" / p / "zarr.json").read_text())["codecs"]
+        ]
+        for p in ("image", "variance", "mask", "x")
+    }
+    assert codecs == {
+        "image": ["bytes"],
+        "variance": ["bytes"],
+        "mask": ["bytes", "zstd"],
+        "x": ["bytes", "zstd"],
+    }
 
 
 def test_only_local_directories_are_read_directly(tmp_path: Path) -> None:
