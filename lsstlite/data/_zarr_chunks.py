@@ -281,9 +281,12 @@ class StoredArray:
             if os.path.exists(path):
                 os.remove(path)
             return
-        out = np.full(self.chunk_shape, self.fill, dtype=dt)
-        out[tuple(slice(0, n) for n in part)] = block
-        data: Any = out.tobytes()
+        if part == self.chunk_shape and block.dtype == dt and block.flags.c_contiguous:
+            out = block  # written as it is
+        else:
+            out = np.full(self.chunk_shape, self.fill, dtype=dt)
+            out[tuple(slice(0, n) for n in part)] = block
+        data: Any = memoryview(out.reshape(-1).view(np.uint8))
         if self.zstd:
             from numcodecs import Zstd
 
