@@ -159,7 +159,7 @@ def read_stored_chunk(
             except Exception as exc:  # numcodecs raises RuntimeError/ValueError by version
                 raise OSError(f"zarr chunk {path}: cannot decode ({exc})") from exc
         else:  # straight into the array: no intermediate bytes
-            n = f.readinto(out.reshape(-1).view(np.uint8))
+            n = f.readinto(out.reshape(-1).view(np.uint8).data)
             if n != out.nbytes or f.read(1):
                 size = os.fstat(f.fileno()).st_size
                 raise OSError(f"zarr chunk {path}: {size} bytes, expected {out.nbytes}")
@@ -286,7 +286,7 @@ class StoredArray:
         else:
             out = np.full(self.chunk_shape, self.fill, dtype=dt)
             out[tuple(slice(0, n) for n in part)] = block
-        data: Any = memoryview(out.reshape(-1).view(np.uint8))
+        data: Any = out.reshape(-1).view(np.uint8).data
         if self.zstd:
             from numcodecs import Zstd
 
@@ -608,7 +608,7 @@ def create_stored_group(
             fill_value=np.nan if dt.kind == "f" else 0,
             dimension_names=dims,
             attributes=vattrs,
-            **({"compressors": None} if dt.kind in uncompressed_kinds else {}),
+            compressors=None if dt.kind in uncompressed_kinds else "auto",
         )
         src = stored_array(group_dir / name)
         if src is None:

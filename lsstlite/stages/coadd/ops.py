@@ -230,6 +230,24 @@ def _central_sample(n: int, size: int, chunks: tuple[int, ...] | None) -> slice:
     return slice(lo, hi)
 
 
+def _outline_box(
+    ds: ExposureLike, wcs_out: Any, margin: float
+) -> tuple[float, float, float, float] | None:
+    """Bounding box, on the output grid (parent frame), of a calexp's outline (6 points
+    per side) grown by ``margin`` output pixels; None (no limit) if the outline does not
+    map to finite positions."""
+    ra, dec = exposure_corners(ds, n_per_side=6)
+    x, y = wcs_out.all_world2pix(ra, dec, 0, quiet=True)
+    if not (np.all(np.isfinite(x)) and np.all(np.isfinite(y))):
+        return None
+    return (
+        float(x.min()) - margin,
+        float(y.min()) - margin,
+        float(x.max()) + margin,
+        float(y.max()) + margin,
+    )
+
+
 def _pixel_scale(cards: dict[str, Any], x: float, y: float) -> float:
     w = cached_wcs(cards)  # read-only here
     ra, dec = w.all_pix2world([x, x + 1.0, x], [y, y, y + 1.0], 0)
@@ -678,9 +696,13 @@ def plan_coadd(
     max_task_bytes = 0
     grids = [
         mapping_grid(
-            wcs_out, w_in, (px0 - halo, py0 - halo, px1 + halo, py1 + halo), step=grid_step_px
+            wcs_out,
+            w_in,
+            (px0 - halo, py0 - halo, px1 + halo, py1 + halo),
+            step=grid_step_px,
+            within=_outline_box(ds, wcs_out, radius + 2 * grid_step_px),
         )
-        for w_in in wcs_ins
+        for ds, w_in in zip(inputs, wcs_ins, strict=True)
     ]
     stored = [exposure_planes(ds) for ds in inputs]
     tasks: dict[tuple[int, int], tuple[Any, ...]] = {}

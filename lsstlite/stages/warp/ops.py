@@ -124,7 +124,12 @@ class MappingGrid:
 
 
 def mapping_grid(
-    wcs_out: WCS, wcs_in: WCS, box: tuple[int, int, int, int], *, step: int = 16
+    wcs_out: WCS,
+    wcs_in: WCS,
+    box: tuple[int, int, int, int],
+    *,
+    step: int = 16,
+    within: tuple[float, float, float, float] | None = None,
 ) -> MappingGrid:
     """Evaluate the output → input pixel mapping exactly on a coarse grid covering ``box``.
 
@@ -132,19 +137,34 @@ def mapping_grid(
     call for the whole target: astropy's iterative inversion (SIP, TPV) iterates a batch
     until every point converges, so the same point evaluated in different batches can
     differ in the last bits, and per-block grids made results depend on the chunking.
+
+    ``within`` (output parent frame ``x0, y0, x1, y1``): only the grid points inside it
+    are evaluated, the others are "nowhere" (off the input). Give it the input's outline
+    on the output grid grown by a margin of a few grid steps: an output pixel in a grid
+    cell with a "nowhere" corner maps far off the input. For an input covering part of
+    the output (a detector on a patch) most of the inversions, and the slowest (far from
+    the detector, where SIP and TPV converge slowly or not at all), are not made.
     """
     x0, y0, x1, y1 = box
     gx0 = step * math.floor(x0 / step)
     gy0 = step * math.floor(y0 / step)
     nxg = max(2, math.ceil((x1 - 1 - gx0) / step) + 1)
     nyg = max(2, math.ceil((y1 - 1 - gy0) / step) + 1)
-    xx, yy = np.meshgrid(
-        gx0 + step * np.arange(nxg, dtype=np.float64), gy0 + step * np.arange(nyg, dtype=np.float64)
-    )
-    ra, dec = wcs_out.all_pix2world(xx.ravel(), yy.ravel(), 0)
-    gx, gy = wcs_in.all_world2pix(ra, dec, 0, tolerance=1e-8, maxiter=50, quiet=True)
-    gx = np.asarray(gx, dtype=np.float64).reshape(nyg, nxg)
-    gy = np.asarray(gy, dtype=np.float64).reshape(nyg, nxg)
+    xs = gx0 + step * np.arange(nxg, dtype=np.float64)
+    ys = gy0 + step * np.arange(nyg, dtype=np.float64)
+    ix, iy = slice(0, nxg), slice(0, nyg)
+    if within is not None:
+        wx0, wy0, wx1, wy1 = within
+        ix = slice(int(np.searchsorted(xs, wx0)), int(np.searchsorted(xs, wx1, "right")))
+        iy = slice(int(np.searchsorted(ys, wy0)), int(np.searchsorted(ys, wy1, "right")))
+    gx = np.full((nyg, nxg), -1e9)
+    gy = np.full((nyg, nxg), -1e9)
+    xx, yy = np.meshgrid(xs[ix], ys[iy])
+    if xx.size:
+        ra, dec = wcs_out.all_pix2world(xx.ravel(), yy.ravel(), 0)
+        px, py = wcs_in.all_world2pix(ra, dec, 0, tolerance=1e-8, maxiter=50, quiet=True)
+        gx[iy, ix] = np.asarray(px, dtype=np.float64).reshape(xx.shape)
+        gy[iy, ix] = np.asarray(py, dtype=np.float64).reshape(xx.shape)
     # Far from the detector the iterative inversion may diverge: such points are "nowhere".
     bad = ~(np.isfinite(gx) & np.isfinite(gy))
     gx[bad] = -1e9
