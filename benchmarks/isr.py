@@ -6,9 +6,10 @@ calibrations in memory as dask arrays in row blocks, as a worker holds them afte
 reading; planes stored into preallocated numpy arrays) and including zarr I/O (raw read
 from a uint16 zarr array as the camera writes it, image/variance/mask written to a zarr
 group; calibrations in memory, as a worker caches them), on one and two threads; the
-fused per-pixel kernel alone; the memory roofline of this machine (a kernel that only
-streams what any one-pass ISR must: the raw, bias, dark and flat read, image, variance
-and mask written, into preallocated and into fresh arrays); and astropy ccdproc's
+fused per-pixel kernel alone; a streaming kernel (one that only moves what any one-pass
+ISR must, the raw, bias, dark and flat read, image, variance and mask written, with a
+division per pixel; into preallocated and into fresh arrays); one core's memory
+bandwidth (a float32 copy) and the throughput it allows; and astropy ccdproc's
 overscan, trim, bias, dark and flat on the same pixels, as a ratio to ours. The machine's load average is printed: on a
 shared machine the figures move with the other users, so compare ratios.
 
@@ -129,15 +130,22 @@ def main() -> None:
     planes = [np.empty((N, N), np.float32) for _ in range(3)]
     rows.append(
         (
-            "roofline, preallocated out",
+            "streaming, preallocated out",
             1,
             _best(lambda: _stream(raw_np, *calib_np, *planes), args.repeat),
         )
     )
     rows.append(
-        ("roofline, fresh out", 1, _best(lambda: _stream_fresh(raw_np, *calib_np), args.repeat))
+        ("streaming, fresh out", 1, _best(lambda: _stream_fresh(raw_np, *calib_np), args.repeat))
     )
     ccd_time = _ccdproc(raw, calib, args.repeat)
+    # The machine's own limit: one core's memory bandwidth (a float32 copy, read + write),
+    # and what it allows a one-pass ISR that reads raw, bias, dark and flat and writes
+    # image, variance and mask.
+    src = np.ones(64 * 2**20 // 4, np.float32)
+    dst = np.empty_like(src)
+    copy_gbs = 2 * src.nbytes / _best(lambda: _copy(src, dst), args.repeat) / 1e9
+    isr_bytes = raw_np.itemsize + sum(c.itemsize for c in calib_np) + 3 * 4
 
     print(f"load average: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; detector {N}×{N}")
     header = f"{'what':28s} {'threads':>7s} {'s':>7s} {'Mpix/s':>8s} {'vs ccdproc':>10s}"
@@ -149,6 +157,10 @@ def main() -> None:
         print(
             f"{'ccdproc (os/trim/bias/dark/flat)':28s} {1:7d} {ccd_time:7.3f} {MPIX / ccd_time:8.1f}"
         )
+    print(
+        f"memory bandwidth, one core: {copy_gbs:.1f} GB/s (float32 copy); a one-pass ISR "
+        f"moves {isr_bytes} bytes per pixel: at most {copy_gbs * 1e3 / isr_bytes:.0f} Mpix/s"
+    )
 
 
 @numba.njit(cache=True, nogil=True, fastmath=True)
@@ -169,6 +181,12 @@ def _stream(
             image[j, i] = e / flat[j, i]
             variance[j, i] = e + np.float32(25.0)
             mask[j, i] = np.float32(0.0)
+
+
+@numba.njit(cache=True, nogil=True)
+def _copy(src: np.ndarray, dst: np.ndarray) -> None:
+    for i in range(src.size):
+        dst[i] = src[i]
 
 
 def _stream_fresh(raw: np.ndarray, bias: np.ndarray, dark: np.ndarray, flat: np.ndarray) -> None:
