@@ -1,4 +1,6 @@
-"""Stored zarr v3 chunks of a local directory store, read straight into a Dask array.
+"""Stored zarr v3 chunks of a local directory store, read straight into a Dask array
+(or into a :class:`StoredGroup`, without xarray), and written the way zarr writes them
+(:meth:`StoredArray.write`, :func:`create_stored_group`: the coadd command's output).
 
 Why: through xarray's lazily-indexed adapters and zarr's asyncio event loop, reading a
 stored chunk cost ~6× the file read and the zstd decode themselves (10 calexps of
