@@ -8,6 +8,7 @@ as the whole image.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numba
@@ -38,21 +39,99 @@ F64 = np.float64
 OVERSCAN_MODES = ("median", "median_per_row", "poly", "spline")
 
 
-@numba.njit(cache=True, nogil=True)
 def row_medians(
-    block: NDArray[np.float32], x0s: NDArray[np.int64], x1s: NDArray[np.int64]
+    block: NDArray[np.number], x0s: NDArray[np.int64], x1s: NDArray[np.int64]
 ) -> NDArray[np.float32]:
-    """Median of columns ``[x0s[a], x1s[a])`` of every row of ``block``: ``(n_amps, rows)``."""
-    rows = block.shape[0]
-    out = np.empty((x0s.size, rows), np.float32)
-    for a in range(x0s.size):
-        buf = np.empty(x1s[a] - x0s[a], np.float64)
-        for r in range(rows):
-            seg = block[r, x0s[a] : x1s[a]]
-            for j in range(buf.size):
-                buf[j] = seg[j]
-            out[a, r] = np.median(buf)
+    """Median of columns ``[x0s[a], x1s[a])`` of every row of ``block``: ``(n_amps, rows)``.
+
+    Equal to ``np.median`` of the values as float64, cast to float32 (NaN where a value is
+    NaN). The medians of 32 rows at a time go through one sorting network (Batcher's
+    odd-even merge sort, pruned to the comparators that reach the middle), each
+    comparator a vectorised min/max over the 32 rows: no branches, ~3× faster than a
+    selection per row, ~4× faster than numba's ``np.median``.
+    """
+    out = np.empty((len(x0s), block.shape[0]), np.float32)
+    # values held exactly as float32: integers up to 16 bits and float32 itself
+    exact32 = block.dtype == np.float32 or (block.dtype.kind in "ui" and block.dtype.itemsize <= 2)
+    for a, (x0, x1) in enumerate(zip(x0s, x1s, strict=True)):
+        n = int(x1) - int(x0)
+        size, pairs = _median_network(n)
+        tile = np.empty((size, _MEDIAN_LANES), np.float32 if exact32 else np.float64)
+        _network_medians(block, int(x0), n, pairs, tile, out[a])
     return out
+
+
+#: Rows whose medians one pass of the sorting network computes together.
+_MEDIAN_LANES = 32
+
+
+@functools.lru_cache(maxsize=16)
+def _median_network(n: int) -> tuple[int, NDArray[np.int64]]:
+    """Batcher's odd-even merge sort for ``n`` values padded to a power of two with +∞,
+    keeping only the comparators whose outputs reach positions ``(n - 1) // 2``, ``n // 2``.
+    """
+    size = 1
+    while size < n:
+        size *= 2
+    pairs = []
+    p = 1
+    while p < size:
+        k = p
+        while k >= 1:
+            for j in range(k % p, size - k, 2 * k):
+                for i in range(min(k, size - j - k)):
+                    if (i + j) // (2 * p) == (i + j + k) // (2 * p):
+                        pairs.append((i + j, i + j + k))
+            k //= 2
+        p *= 2
+    need = {(n - 1) // 2, n // 2}
+    kept = []
+    for i, j in reversed(pairs):
+        if i in need or j in need:
+            kept.append((i, j))
+            need |= {i, j}
+    return size, np.array(kept[::-1], np.int64).reshape(-1, 2)
+
+
+@numba.njit(cache=True, nogil=True)
+def _network_medians(
+    block: NDArray[np.number],
+    x0: int,
+    n: int,
+    pairs: NDArray[np.int64],
+    tile: NDArray[np.floating],
+    out: NDArray[np.float32],
+) -> None:
+    rows = block.shape[0]
+    size, lanes = tile.shape
+    k_lo, k_hi = (n - 1) // 2, n // 2
+    inf = tile.dtype.type(np.inf)
+    for r0 in range(0, rows, lanes):
+        nl = min(lanes, rows - r0)
+        for lane in range(lanes):  # tile[j, lane]: value j of row r0 + lane
+            if lane < nl:
+                seg = block[r0 + lane, x0 : x0 + n]
+                for j in range(n):
+                    tile[j, lane] = seg[j]
+            else:
+                for j in range(n):
+                    tile[j, lane] = 0
+        for j in range(n, size):
+            for lane in range(lanes):
+                tile[j, lane] = inf
+        for c in range(pairs.shape[0]):
+            lo, hi = tile[pairs[c, 0]], tile[pairs[c, 1]]
+            for lane in range(lanes):
+                u, v = lo[lane], hi[lane]
+                lo[lane] = u if u < v else v
+                hi[lane] = v if u < v else u
+        for lane in range(nl):
+            seg = block[r0 + lane, x0 : x0 + n]
+            nan = False
+            for j in range(n):
+                nan |= seg[j] != seg[j]
+            mid = (np.float64(tile[k_lo, lane]) + np.float64(tile[k_hi, lane])) / 2
+            out[r0 + lane] = np.nan if nan else np.float32(mid)
 
 
 def fit_overscan(

@@ -46,3 +46,29 @@ def test_bf_correct_equals_the_dense_correction() -> None:
     quiet = image.copy()
     _kernels.bf_correct_inplace(quiet, kernel, threshold=1e9, radius=6, n_iter=2)
     np.testing.assert_array_equal(quiet, image)  # nothing above threshold: unchanged
+
+
+def test_row_medians_equal_numpy_median() -> None:
+    """The sorting-network medians are ``np.median`` exactly: odd and even widths, widths
+    that are not powers of two, row counts that are not multiples of the network's lanes,
+    uint16, float32 and float64 pixels, ties, and NaNs."""
+    rng = np.random.default_rng(3)
+    for trial in range(200):
+        n, rows = int(rng.integers(1, 70)), int(rng.integers(1, 90))
+        kind = trial % 5
+        if kind == 0:
+            block = rng.integers(0, 5, (rows, n + 3)).astype(np.uint16)  # many ties
+        elif kind == 1:
+            block = rng.normal(0, 1, (rows, n + 3)).astype(np.float32)
+        elif kind == 2:
+            block = np.full((rows, n + 3), 7, np.float32)
+        elif kind == 3:
+            block = rng.normal(0, 1, (rows, n + 3))
+        else:
+            block = rng.normal(0, 1, (rows, n + 3)).astype(np.float32)
+            block[rng.random(block.shape) < 0.02] = np.nan
+        x0s, x1s = np.array([1, 0]), np.array([1 + n, 3])
+        got = _kernels.row_medians(block, x0s, x1s)
+        for a in range(2):
+            want = np.median(block[:, x0s[a] : x1s[a]].astype(np.float64), axis=1)
+            np.testing.assert_array_equal(got[a], want.astype(np.float32), err_msg=str(trial))
