@@ -40,6 +40,7 @@ from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
 from numpy.typing import NDArray
 
+from lsstlite.data._pool import BufferPool
 from lsstlite.data.exposure import make_exposure
 from lsstlite.data.masks import mask_bits, mask_planes
 from lsstlite.stages.isr import _kernels
@@ -71,6 +72,10 @@ __all__ = [
 
 #: Rows per chunk of the fused chain (full rows: crosstalk pairs pixels across amplifiers).
 DEFAULT_CHUNK_ROWS = 512
+
+#: The ISR's block buffers, lent again once Dask has let go of a block (a fresh block's
+#: pages cost more than the ISR arithmetic on them; see :mod:`lsstlite.data._pool`).
+_BLOCKS = BufferPool(max_bytes=1 << 30)
 
 F32 = np.float32
 
@@ -285,19 +290,19 @@ def overscan_levels(
     if rows == {(0, image.shape[0])}:  # full-height overscans: every amplifier in one task
         x0s = np.array([a["serial_overscan"][2] for a in amps], np.int64)
         x1s = np.array([a["serial_overscan"][3] for a in amps], np.int64)
-        all_med = da.blockwise(
-            _kernels.row_medians,
-            "ay",
-            image.rechunk({1: -1}),
-            "yx",
-            x0s,
-            None,
-            x1s,
-            None,
-            new_axes={"a": len(amps)},
-            concatenate=True,
-            dtype=F32,
-            meta=np.empty((0, 0), F32),
+        # (rows, amps) blocks, transposed lazily: a blockwise contraction of x would copy
+        # each raw block (dask concatenates the one chunk it is given)
+        all_med = (
+            image.rechunk({1: -1})
+            .map_blocks(
+                _row_medians_t,
+                x0s=x0s,
+                x1s=x1s,
+                chunks=(image.chunks[0], (len(amps),)),
+                dtype=F32,
+                meta=np.empty((0, 0), F32),
+            )
+            .T
         )
         meds = [all_med[i] for i in range(len(amps))]
     else:
@@ -330,6 +335,12 @@ def overscan_levels(
             da.from_delayed(fit, shape=(med.shape[0],), dtype=F32, meta=np.empty((0,), F32))
         )
     return xr.DataArray(da.stack(levels), dims=("amp", "y"), name="overscan")
+
+
+def _row_medians_t(
+    block: NDArray[np.number], x0s: NDArray[np.int64], x1s: NDArray[np.int64]
+) -> NDArray[np.float32]:
+    return _kernels.row_medians(block, x0s, x1s).T
 
 
 def subtract_overscan(
@@ -848,7 +859,7 @@ def _mask_bits_array() -> NDArray[np.int32]:
 def _chain_stack(
     raw: xr.Dataset,
     *,
-    overscan: xr.DataArray | None,
+    overscan: xr.DataArray | str | None,
     crosstalk: NDArray[np.floating] | None,
     bias: xr.Dataset | None,
     linearity: Any,
@@ -868,9 +879,13 @@ def _chain_stack(
     ``bf_radius``, ``bf_n_iter``, ``grow``, ``interp_bits``, ``interp_max_width``) the
     same task then runs the neighbourhood steps: it recomputes the fused chain on ``halo``
     rows of each neighbouring block (the chain is row-local, so they equal the
-    neighbour's) into one ``(3, halo + rows + halo, nx)`` buffer, runs BF, flat (after BF
-    when BF is on), SAT growth and interpolation in place and returns its core rows: one
-    allocation and one pass over memory per block, no overlap concatenation.
+    neighbour's; without the flat, which they never need) into one
+    ``(3, halo + rows + halo, nx)`` buffer. The kernel also says which rows may hold a
+    pixel above ``bf_threshold`` and which mask bits each row has. BF acts before the
+    flat, so the bands of rows around bright ones are computed again without the flat,
+    corrected (:func:`_kernels.bf_correct_inplace`, band by band) and divided by it; SAT
+    growth and interpolation visit only the rows whose bits call for them. The task
+    returns its core rows: one pass over memory per block, no overlap concatenation.
     """
     geo = _readout_geometry(raw)
     ny, nx = geo["shape"]
@@ -886,10 +901,27 @@ def _chain_stack(
     image = _dask(raw["image"]).rechunk((row_chunks, -1))
     if not np.issubdtype(image.dtype, np.number) or np.issubdtype(image.dtype, np.complexfloating):
         raise ValueError(f"raw {raw.attrs.get('filename', '')!r} has pixel type {image.dtype}")
-    if overscan is not None:
-        os_arr = _dask(overscan).astype(F32).rechunk((n_amps, row_chunks))
-    else:
+    os_arr: da.Array | None = None
+    os_cols = (np.zeros(0, np.int64), np.zeros(0, np.int64))
+    if isinstance(overscan, str):
+        # per-row medians computed in each block from the raw rows it reads
+        if overscan != "median_per_row":
+            raise ValueError(
+                f"overscan mode {overscan!r} needs the levels of every row: pass "
+                "overscan_levels(raw, mode=...) instead"
+            )
+        amps = _amps(raw)
+        if {tuple(a["serial_overscan"][:2]) for a in amps} == {(0, image.shape[0])}:
+            os_cols = (
+                np.array([a["serial_overscan"][2] for a in amps], np.int64),
+                np.array([a["serial_overscan"][3] for a in amps], np.int64),
+            )
+        else:  # partial-height overscans: levels the general way
+            overscan = overscan_levels(raw, mode="median_per_row")
+    if overscan is None:
         os_arr = da.zeros((n_amps, ny), dtype=F32, chunks=(n_amps, row_chunks))
+    elif not isinstance(overscan, str):
+        os_arr = _dask(overscan).astype(F32).rechunk((n_amps, row_chunks))
     xt = np.zeros((n_amps, n_amps)) if crosstalk is None else np.asarray(crosstalk, np.float64)
     if xt.shape != (n_amps, n_amps):
         raise ValueError(f"crosstalk matrix has shape {xt.shape}, the raw has {n_amps} amplifiers")
@@ -899,7 +931,6 @@ def _chain_stack(
             raise ValueError(
                 f"{name} has shape {cal['image'].shape}, the assembled raw is {(ny, nx)}"
             )
-    late_flat = flat is not None and bf_kernel is not None
     flags = np.array(
         [
             overscan is not None,
@@ -908,9 +939,11 @@ def _chain_stack(
             linearity is not None,
             dark is not None,
             do_saturation,
-            flat is not None and not late_flat,
+            flat is not None,
         ]
     )
+    no_flat = flags.copy()
+    no_flat[6] = False
     bits = _mask_bits_array()
     t = _dark_time(raw, dark_time) if dark is not None else 0.0
     boxes = _boxes(defects) if defects is not None else np.zeros((0, 4), np.int64)
@@ -919,66 +952,132 @@ def _chain_stack(
     cal_arrays = [_rows(c, row_chunks) for c in (bias, dark, flat) if c is not None]
     empty = np.zeros((0, 0), F32)
     n_blocks = len(row_chunks)
+    xt_groups = _kernels.crosstalk_groups(xt)
+    bright = float(loc["bf_threshold"]) if bf_kernel is not None else np.inf
+    bad_bit = int(bits[2])
 
-    def block(i: int, raw_p: Any, os_p: Any, *cal_p: Any) -> NDArray[np.float32]:
+    def block(i: int, raw_p: Any, *rest: Any) -> NDArray[np.float32]:
         # raw_p, os_p, each of cal_p: (previous, this, next) blocks (None at the edges)
+        os_p, cal_p = (rest[0], rest[1:]) if os_arr is not None else (None, rest)
         top = halo if i > 0 else 0
         bottom = halo if i < n_blocks - 1 else 0
         rows = row_chunks[i]
-        work = np.empty((3, top + rows + bottom, nx), F32)
-        for k, lo, hi, sl in (
-            (0, 0, top, slice(-top, None) if top else slice(0, 0)),
-            (1, top, top + rows, slice(None)),
-            (2, top + rows, top + rows + bottom, slice(0, bottom)),
-        ):
-            if hi <= lo:
-                continue
-            it = iter(c[k][sl] for c in cal_p)
-            b, d, f = (next(it) if p else empty for p in present)
-            _kernels.isr_fused(
-                raw_p[k][sl],
-                os_p[k][:, sl],
-                geo["raw_x0"],
-                geo["det_x0"],
-                geo["flip"],
-                geo["width"],
-                nx,
-                geo["gain"],
-                geo["read_noise"],
-                geo["saturation"],
-                lin,
-                xt,
-                b,
-                d,
-                t,
-                empty if late_flat else f,
-                flags,
-                bits,
-                out=work[:, lo:hi],
-            )
-        if boxes.size:
-            _kernels.mark_boxes(work[2].view(np.int32), boxes, int(starts[i]) - top, int(bits[2]))
+        n = top + rows + bottom
+        work = _BLOCKS.empty((3, n, nx), F32)
+        msk = work[2].view(np.int32)
+        row_bright = np.zeros(n, np.bool_)
+        row_bits = np.zeros(n, np.int32)
+        # work rows [0, top) are the previous block's last rows, [top, top + rows) this
+        # block's, then the next block's first rows; the flat only ever on this block's
+        prev_rows = raw_p[0].shape[0] if top else 0
+        # (segment, first work row, end, its first row in the segment's block)
+        segments = ((0, 0, top, prev_rows - top), (1, top, top + rows, 0), (2, top + rows, n, 0))
+
+        def compute(lo: int, hi: int, with_flat: bool) -> None:
+            # the fused chain on work rows [lo, hi), then the defects
+            for k, s0, s1, first in segments:
+                a, b = max(lo, s0), min(hi, s1)
+                if a >= b:
+                    continue
+                src = slice(first + a - s0, first + b - s0)
+                it = iter(c[k][src] for c in cal_p)
+                cb, cd, cf = (next(it) if p else empty for p in present)
+                use_flat = with_flat and k == 1 and flat is not None
+                raw_rows = raw_p[k][src]
+                _kernels.isr_fused(
+                    raw_rows,
+                    (
+                        os_p[k][:, src]
+                        if os_p is not None
+                        else _kernels.row_medians(raw_rows, os_cols[0], os_cols[1])
+                    ),
+                    geo["raw_x0"],
+                    geo["det_x0"],
+                    geo["flip"],
+                    geo["width"],
+                    nx,
+                    geo["gain"],
+                    geo["read_noise"],
+                    geo["saturation"],
+                    lin,
+                    xt_groups,
+                    cb,
+                    cd,
+                    t,
+                    cf if use_flat else empty,
+                    flags if use_flat else no_flat,
+                    bits,
+                    out=work[:, a:b],
+                    bright=bright,
+                    row_bright=row_bright[a:b],
+                    row_bits=row_bits[a:b],
+                )
+            if boxes.size:
+                y0 = int(starts[i]) - top + lo
+                _kernels.mark_boxes(msk[lo:hi], boxes, y0, bad_bit)
+                for _, by, _, bh in boxes:
+                    ya, yb = max(by - y0, 0), min(by + bh - y0, hi - lo)
+                    if ya < yb:
+                        row_bits[lo + ya : lo + yb] |= bad_bit
+
+        compute(0, n, True)
         if not loc:
             return work
-        return _kernels.isr_local_inplace(
-            work,
-            cal_p[-1][1] if late_flat else None,
+        if bf_kernel is not None:
+            # BF acts before the flat: rows near bright pixels are recomputed without it
+            # (the halo rows never had it), corrected, then divided by the flat
+            margin = int(loc["bf_radius"]) + bf_kernel.shape[0] // 2 + 2
+            bands = _kernels.row_bands(row_bright, margin)
+            core_bands = [(max(lo, top), min(hi, top + rows)) for lo, hi in bands]
+            core_bands = [(lo, hi) for lo, hi in core_bands if lo < hi]
+            if flat is not None:
+                for lo, hi in core_bands:
+                    compute(lo, hi, False)
+            _kernels.bf_correct_inplace(
+                work[0],
+                bf_kernel,
+                threshold=loc["bf_threshold"],
+                radius=loc["bf_radius"],
+                n_iter=loc["bf_n_iter"],
+                row_bright=row_bright,
+            )
+            if flat is not None:
+                for lo, hi in core_bands:
+                    _kernels.divide_flat_rows(
+                        work[0, lo:hi],
+                        work[1, lo:hi],
+                        msk[lo:hi],
+                        cal_p[-1][1][lo - top : hi - top],
+                        bad_bit,
+                        row_bits[lo:hi],
+                    )
+        _kernels.finish_rows(
+            work[0],
+            work[1],
+            msk,
+            row_bits,
             top,
-            bottom,
-            bf_kernel=bf_kernel,
-            bf_threshold=loc["bf_threshold"],
-            bf_radius=loc["bf_radius"],
-            bf_n_iter=loc["bf_n_iter"],
-            bits=bits,
-            grow=loc["grow"],
-            interp_bits=loc["interp_bits"],
-            interp_max_width=loc["interp_max_width"],
+            rows,
+            int(bits[0]),
+            int(loc["grow"]),
+            int(loc["interp_bits"]) if loc["interp_max_width"] > 0 else 0,
+            int(bits[3]),
+            int(loc["interp_max_width"]),
         )
+        return work[:, top : top + rows]
 
-    inputs = [image, os_arr, *cal_arrays]
+    inputs = [image, *([os_arr] if os_arr is not None else []), *cal_arrays]
     keys = [_row_keys(arr, 1 if arr is os_arr else 0) for arr in inputs]
     name = "isr-" + tokenize(
-        raw.attrs.get("filename"), *inputs, xt, lin, flags, boxes, t, sorted(loc.items(), key=str)
+        raw.attrs.get("filename"),
+        *inputs,
+        overscan if isinstance(overscan, str) else None,
+        xt,
+        lin,
+        flags,
+        boxes,
+        t,
+        sorted(loc.items(), key=str),
     )
     dsk: dict[Any, Any] = {}
     for i in range(n_blocks):
@@ -1048,7 +1147,7 @@ def _exposure_from_stack(stack: da.Array, like: xr.Dataset, steps: list[str]) ->
 def isr_chain(
     raw: xr.Dataset,
     *,
-    overscan: xr.DataArray | None = None,
+    overscan: xr.DataArray | str | None = None,
     crosstalk: NDArray[np.floating] | None = None,
     bias: xr.Dataset | None = None,
     linearity: Any = None,
@@ -1067,6 +1166,9 @@ def isr_chain(
     :func:`mask_defects`, :func:`subtract_dark` and :func:`divide_flat` in sequence
     (to float32 rounding); a ``None`` argument skips its step. Pass ``flat`` only when
     no brighter-fatter correction follows (BF acts on electrons before the flat).
+    ``overscan`` is the levels of :func:`overscan_levels`, or ``"median_per_row"`` to
+    compute each row's medians in the block that reads the row (the same levels, without
+    a pass and tasks of their own).
 
     Notes
     -----
@@ -1240,7 +1342,7 @@ def isr_post_dark(
 def isr_stacked(
     raw: xr.Dataset,
     *,
-    overscan: xr.DataArray | None = None,
+    overscan: xr.DataArray | str | None = None,
     crosstalk: NDArray[np.floating] | None = None,
     bias: xr.Dataset | None = None,
     linearity: Any = None,
@@ -1262,18 +1364,20 @@ def isr_stacked(
 ) -> xr.Dataset:
     """The whole ISR in one pass over the pixels; the task's path.
 
-    Same result as :func:`isr_chain` followed by :func:`isr_post_dark` (the flat is folded
-    into the fused chain when there is no brighter-fatter correction).
+    Same result as :func:`isr_chain` followed by :func:`isr_post_dark`. ``overscan`` as
+    in :func:`isr_chain` (levels, or ``"median_per_row"`` computed in each block).
 
     Notes
     -----
     Lazy: one task per block of ``chunk_rows`` full rows (see :func:`_chain_stack`). With
     BF or SAT growth each task recomputes the row-local chain on a halo of
     ``max(saturated_grow, bf_halo)`` rows of its neighbours' raw rows (a short last chunk
-    is merged into its neighbour so that every chunk is at least a halo high), then runs
-    BF, flat, SAT growth and interpolation in place: one ``(3, rows, nx)`` allocation
-    per block and no overlap concatenation. A fringe frame adds one reduction (its
-    amplitude) and a second pass for the steps after it.
+    is merged into its neighbour so that every chunk is at least a halo high). The flat
+    is applied in the same pass; only the bands of rows around pixels above
+    ``bf_threshold`` are recomputed without it, corrected for BF and divided by it. SAT
+    growth and interpolation then visit only the rows whose mask calls for them. One
+    ``(3, rows, nx)`` buffer per block, lent again once Dask has let go of it. A fringe
+    frame adds one reduction (its amplitude) and a second pass for the steps after it.
     """
     from lsstlite.data.masks import DEFAULT_MASK_PLANES as planes
 

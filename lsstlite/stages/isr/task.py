@@ -160,8 +160,10 @@ class IsrTask(Task):
         if c.do_crosstalk or c.do_linearity or c.do_bf:
             instrument = instrument_for_header(ds.attrs.get("header", {}))
         detector = int((ds.attrs.get("visit_info") or {}).get("detector") or 0)
-        levels = None
-        if c.do_overscan:
+        levels: Any = None
+        if c.do_overscan and c.overscan_mode == "median_per_row":
+            levels = "median_per_row"  # computed in each block, from the rows it reads
+        elif c.do_overscan:
             levels = ops.overscan_levels(
                 ds,
                 mode=c.overscan_mode,

@@ -48,6 +48,39 @@ def test_bf_correct_equals_the_dense_correction() -> None:
     np.testing.assert_array_equal(quiet, image)  # nothing above threshold: unchanged
 
 
+def test_bf_bands_equal_the_whole_image() -> None:
+    """Correcting the bands of rows around bright pixels one by one gives the whole image's
+    correction bit for bit: stars near each other (bands that merge), apart (bands that do
+    not), on the edges, and a NaN; and a superset of bright rows changes nothing."""
+    rng = np.random.default_rng(5)
+    ny, nx = 400, 120
+    yy, xx = np.mgrid[:ny, :nx]
+    image = rng.normal(1000.0, 30.0, (ny, nx))
+    stars = [(20, 1, 8e5), (60, 40, 3e5), (62, 75, 4e5), (30, 180, 6e5), (100, 230, 5e5)]
+    stars += [(5, 290, 2e5), (90, 398, 7e5)]
+    for x, y, f in stars:
+        image += f / (2 * np.pi * 4.0) * np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / 8.0)
+    image = image.astype(np.float32)
+    image[42, 58] = np.nan
+    kernel = SimCam().bf_kernel()
+    whole = image.copy()
+    _kernels._bf_sparse(whole, kernel.astype(np.float64), 1e4, 6, 2)
+    banded = image.copy()
+    _kernels.bf_correct_inplace(banded, kernel, threshold=1e4, radius=6, n_iter=2)
+    bands = _kernels.row_bands(_kernels._rows_above(image, 1e4), 6 + kernel.shape[0] // 2 + 2)
+    assert 3 <= len(bands) < len(stars)  # some bands merged, some did not
+    assert not np.array_equal(whole, image)
+    np.testing.assert_array_equal(banded, whole)
+    superset = image.copy()
+    rows = np.zeros(ny, bool)
+    rows[::7] = True
+    rows |= _kernels._rows_above(image, 1e4)
+    _kernels.bf_correct_inplace(
+        superset, kernel, threshold=1e4, radius=6, n_iter=2, row_bright=rows
+    )
+    np.testing.assert_array_equal(superset, whole)
+
+
 def test_row_medians_equal_numpy_median() -> None:
     """The sorting-network medians are ``np.median`` exactly: odd and even widths, widths
     that are not powers of two, row counts that are not multiples of the network's lanes,
