@@ -225,7 +225,7 @@ def _isr_rows(
 ) -> None:
     # Row by row, amplifier by amplifier: overscan into one float32 row per amplifier
     # (readout order), then for each victim amplifier its row in detector order minus the
-    # crosstalk of four sources at a time (one store per four sources), and one
+    # crosstalk of eight sources at a time (one store per eight sources), and one
     # branch-free loop (selects only, absent steps as identities) over 1-d views for the
     # detector-order steps, which LLVM vectorises. Reversed amplifiers are read with an
     # unsigned index: a signed one makes numba wrap negative indices, which stops LLVM
@@ -252,7 +252,7 @@ def _isr_rows(
     check = bright < np.inf
     # (every row when the threshold is not positive)
     thr = np.float32(bright * (1 - 1e-6)) if bright > 0 else np.float32(-np.inf)
-    one_i = np.int32(1)
+    hot_bit = np.int32(-(2**31))
     for r in range(n_rows):
         raw_r = raw[r]
         for a in range(n_amps):
@@ -272,25 +272,42 @@ def _isr_rows(
             seg = raw_r[amp_raw_x0[a] : amp_raw_x0[a] + width]
             s_a = src[a]
             flip = amp_flip[a]
-            # t, tm: this amplifier's row in detector order
-            if flip:
-                for j in range(width):
-                    t[j] = s_a[last - np.uint64(j)]
-            else:
-                for j in range(width):
-                    t[j] = s_a[j]
-            for q in range(n_groups):  # victim a loses C[s, a] × source s, same readout column
-                s0, s1 = src[xt_src[a, q, 0]], src[xt_src[a, q, 1]]
-                s2, s3 = src[xt_src[a, q, 2]], src[xt_src[a, q, 3]]
-                c0, c1 = np.float32(xt_coef[a, q, 0]), np.float32(xt_coef[a, q, 1])
-                c2, c3 = np.float32(xt_coef[a, q, 2]), np.float32(xt_coef[a, q, 3])
-                if flip:
+            # t: this amplifier's row in detector order; the victim loses C[s, a] ×
+            # source s at the same readout column, eight sources per pass
+            for q in range(max(n_groups, 1)):
+                base = s_a if q == 0 else t
+                if n_groups == 0:
+                    c0 = c1 = c2 = c3 = c4 = c5 = c6 = c7 = zero
+                    s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = src[n_amps]
+                else:
+                    s0, s1 = src[xt_src[a, q, 0]], src[xt_src[a, q, 1]]
+                    s2, s3 = src[xt_src[a, q, 2]], src[xt_src[a, q, 3]]
+                    s4, s5 = src[xt_src[a, q, 4]], src[xt_src[a, q, 5]]
+                    s6, s7 = src[xt_src[a, q, 6]], src[xt_src[a, q, 7]]
+                    c0, c1 = np.float32(xt_coef[a, q, 0]), np.float32(xt_coef[a, q, 1])
+                    c2, c3 = np.float32(xt_coef[a, q, 2]), np.float32(xt_coef[a, q, 3])
+                    c4, c5 = np.float32(xt_coef[a, q, 4]), np.float32(xt_coef[a, q, 5])
+                    c6, c7 = np.float32(xt_coef[a, q, 6]), np.float32(xt_coef[a, q, 7])
+                if flip and q == 0:  # reversed reads (later passes are in detector order)
                     for j in range(width):
                         k = last - np.uint64(j)
-                        t[j] -= (c0 * s0[k] + c1 * s1[k]) + (c2 * s2[k] + c3 * s3[k])
+                        t[j] = base[k] - (
+                            ((c0 * s0[k] + c1 * s1[k]) + (c2 * s2[k] + c3 * s3[k]))
+                            + ((c4 * s4[k] + c5 * s5[k]) + (c6 * s6[k] + c7 * s7[k]))
+                        )
+                elif flip:
+                    for j in range(width):
+                        k = last - np.uint64(j)
+                        t[j] = base[j] - (
+                            ((c0 * s0[k] + c1 * s1[k]) + (c2 * s2[k] + c3 * s3[k]))
+                            + ((c4 * s4[k] + c5 * s5[k]) + (c6 * s6[k] + c7 * s7[k]))
+                        )
                 else:
                     for j in range(width):
-                        t[j] -= (c0 * s0[j] + c1 * s1[j]) + (c2 * s2[j] + c3 * s3[j])
+                        t[j] = base[j] - (
+                            ((c0 * s0[j] + c1 * s1[j]) + (c2 * s2[j] + c3 * s3[j]))
+                            + ((c4 * s4[j] + c5 * s5[j]) + (c6 * s6[j] + c7 * s7[j]))
+                        )
             if not do_sat:
                 tm[:] = zero_i
             elif flip:
@@ -329,34 +346,34 @@ def _isr_rows(
         # may be above ``bright`` before the flat (image × flat, a hair below the
         # threshold for the rounding; flat-BAD and overflowed pixels count as bright).
         acc = zero_i
-        for j in range(det_nx):
-            acc |= msk_r[j]
-        row_bits[r] = acc
-        hot = zero_i
-        if check:
+        if check:  # bit 31: the brightness test
             for j in range(det_nx):
-                hot |= one_i if img_r[j] * flat_r[j] > thr else zero_i
-        row_bright[r] = hot != zero_i or (check and (acc & (bad_bit | nan_bit)) != zero_i)
+                acc |= msk_r[j] | (hot_bit if img_r[j] * flat_r[j] > thr else zero_i)
+        else:
+            for j in range(det_nx):
+                acc |= msk_r[j]
+        row_bits[r] = acc & np.int32(0x7FFFFFFF)
+        row_bright[r] = acc < zero_i or (check and (acc & (bad_bit | nan_bit)) != zero_i)
 
 
 def crosstalk_groups(xtalk: NDArray[np.floating]) -> tuple[NDArray[np.int64], NDArray[np.float64]]:
-    """The crosstalk matrix as each victim's sources in groups of four, for :func:`isr_fused`.
+    """The crosstalk matrix as each victim's sources in groups of eight, for :func:`isr_fused`.
 
     ``xtalk[s, a]`` is the fraction of source ``s`` seen by victim ``a``. Returns
-    ``(sources, coefficients)``, both ``(n_amps, n_groups, 4)``: victim ``a``'s non-zero
+    ``(sources, coefficients)``, both ``(n_amps, n_groups, 8)``: victim ``a``'s non-zero
     sources (``s != a``) in increasing order, padded with source ``n_amps`` (a row of
     zeros in the kernel) and coefficient 0.
     """
     xt = np.asarray(xtalk, np.float64)
     n = xt.shape[0]
     lists = [[s for s in range(n) if s != a and xt[s, a] != 0.0] for a in range(n)]
-    n_groups = max([(len(v) + 3) // 4 for v in lists] + [1])
-    sources = np.full((n, n_groups, 4), n, np.int64)
-    coef = np.zeros((n, n_groups, 4))
+    n_groups = max([(len(v) + 7) // 8 for v in lists] + [1])
+    sources = np.full((n, n_groups, 8), n, np.int64)
+    coef = np.zeros((n, n_groups, 8))
     for a, srcs in enumerate(lists):
         for k, s in enumerate(srcs):
-            sources[a, k // 4, k % 4] = s
-            coef[a, k // 4, k % 4] = xt[s, a]
+            sources[a, k // 8, k % 8] = s
+            coef[a, k // 8, k % 8] = xt[s, a]
     return sources, coef
 
 

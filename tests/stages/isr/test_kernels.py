@@ -105,3 +105,52 @@ def test_row_medians_equal_numpy_median() -> None:
         for a in range(2):
             want = np.median(block[:, x0s[a] : x1s[a]].astype(np.float64), axis=1)
             np.testing.assert_array_equal(got[a], want.astype(np.float32), err_msg=str(trial))
+
+
+def test_fused_crosstalk_any_number_of_sources() -> None:
+    """The fused kernel's crosstalk, eight sources per pass, equals the step-by-step
+    correction for 16 amplifiers (two passes, half of them read reversed) with a sparse
+    matrix (victims with 0 to 15 sources), and for no crosstalk at all."""
+    from lsstlite.stages.isr import ops
+    from lsstlite.stages.isr._synthetic import geometry, simcam_raw
+
+    cam = SimCam(geometry(40, 16 * 24, 16))
+    rng = np.random.default_rng(8)
+    electrons = rng.uniform(0, 5e4, (40, 16 * 24))
+    raw = simcam_raw(electrons, cam, 0, read_noise=True)
+    xt = cam.crosstalk_matrix(0) * (rng.random((16, 16)) < 0.6)
+    xt[:, 3] = 0.0  # a victim without sources
+    xt[np.arange(16) != 5, 5] = 2e-3  # one with all fifteen
+    np.fill_diagonal(xt, 0.0)
+    levels = ops.overscan_levels(raw)
+    geo = ops._readout_geometry(raw)
+    assert geo["flip"].any() and not geo["flip"].all()
+    assert _kernels.crosstalk_groups(xt)[0].shape[1] == 2
+    flags = np.array([True, True, False, False, False, False, False])
+    empty = np.zeros((0, 0), np.float32)
+    for matrix in (xt, None):
+        got = _kernels.isr_fused(
+            np.asarray(raw["image"].values),
+            np.asarray(levels.values),
+            geo["raw_x0"],
+            geo["det_x0"],
+            geo["flip"],
+            geo["width"],
+            16 * 24,
+            geo["gain"],
+            geo["read_noise"],
+            geo["saturation"],
+            np.zeros((16, 3)),
+            np.zeros((16, 16)) if matrix is None else matrix,
+            empty,
+            empty,
+            0.0,
+            empty,
+            flags if matrix is not None else np.array([True] + [False] * 6),
+            ops._mask_bits_array()[:3],
+        )
+        step = ops.subtract_overscan(raw, levels=levels)
+        if matrix is not None:
+            step = ops.correct_crosstalk(step, matrix)
+        want = ops.apply_gain(ops.assemble(step))
+        np.testing.assert_allclose(got[0], want["image"].values, rtol=2e-6, atol=2e-3)
