@@ -27,11 +27,15 @@ class BufferPool:
     ``max_bytes`` bounds what the pool keeps (beyond it, :meth:`empty` returns plain new
     arrays); an array left unused for ``max_idle`` seconds is dropped at the next call.
     Thread-safe. Only the pool may keep a reference to a lent array's base beyond its use.
+    ``fill``, when set, is written into every array lent (a debugging aid: a reused
+    array otherwise still holds what its last user wrote, which can hide a read of
+    elements never written).
     """
 
     def __init__(self, max_bytes: int, max_idle: float = 60.0) -> None:
         self.max_bytes = int(max_bytes)
         self.max_idle = float(max_idle)
+        self.fill: float | None = None
         self._arrays: list[NDArray[Any]] = []
         self._last_used: list[float] = []
         self._lock = threading.Lock()
@@ -58,15 +62,20 @@ class BufferPool:
             self._arrays = [self._arrays[i] for i in keep]
             self._last_used = [self._last_used[i] for i in keep]
             free = [free[i] for i in keep]
+            out = None
             for i, arr in enumerate(self._arrays):
                 if free[i] and arr.shape == shape and arr.dtype == dt:
                     self._last_used[i] = now
-                    return arr
-            out = np.empty(shape, dt)
-            if sum(a.nbytes for a in self._arrays) + out.nbytes <= self.max_bytes:
-                self._arrays.append(out)
-                self._last_used.append(now)
-            return out
+                    out = arr
+                    break
+            if out is None:
+                out = np.empty(shape, dt)
+                if sum(a.nbytes for a in self._arrays) + out.nbytes <= self.max_bytes:
+                    self._arrays.append(out)
+                    self._last_used.append(now)
+        if self.fill is not None:
+            out.fill(self.fill)
+        return out
 
     def clear(self) -> None:
         """Forget every array (lent ones stay valid for their users)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import Any
 
 import numba
 import numpy as np
@@ -56,14 +57,12 @@ def row_medians(
     ~0.07 µs per median, against ~0.4 µs for a selection per row and ~0.7 µs for
     numba's ``np.median``.
     """
-    out = np.empty((len(x0s), block.shape[0]), np.float32)
-    # values held exactly as float32: integers up to 16 bits and float32 itself
-    exact32 = block.dtype == np.float32 or (block.dtype.kind in "ui" and block.dtype.itemsize <= 2)
-    for a, (x0, x1) in enumerate(zip(x0s, x1s, strict=True)):
-        n = int(x1) - int(x0)
-        size, pairs = _median_network(n)
-        tile = np.empty((size, _MEDIAN_LANES), np.float32 if exact32 else np.float64)
-        _network_medians(block, int(x0), n, pairs, tile, out[a], -0.0)
+    x0s = np.asarray(x0s, np.int64)
+    widths = np.asarray(x1s, np.int64) - x0s
+    out = np.empty((x0s.size, block.shape[0]), np.float32)
+    for n in np.unique(widths):  # one call per overscan width (usually one)
+        _, _, pairs, tile = _inline_overscan(block, (x0s, int(n)))
+        _network_medians(block, x0s, np.flatnonzero(widths == n), int(n), pairs, tile, out, -0.0)
     return out
 
 
@@ -99,8 +98,32 @@ def _median_network(n: int) -> tuple[int, NDArray[np.int64]]:
     return size, np.array(kept[::-1], np.int64).reshape(-1, 2)
 
 
+def _tile_dtype(dtype: np.dtype[Any]) -> type:
+    """float32 where it holds the values exactly (integers up to 16 bits, float32)."""
+    return (
+        np.float32
+        if dtype == np.float32 or (dtype.kind in "ui" and dtype.itemsize <= 2)
+        else np.float64
+    )
+
+
 @numba.njit(cache=True, nogil=True)
 def _network_medians(
+    block: NDArray[np.number],
+    x0s: NDArray[np.int64],
+    amps: NDArray[np.int64],
+    n: int,
+    pairs: NDArray[np.int64],
+    tile: NDArray[np.floating],
+    out: NDArray[np.float32],
+    minus_zero: float,
+) -> None:
+    for a in amps:
+        _amp_medians(block, x0s[a], n, pairs, tile, out[a], minus_zero)
+
+
+@numba.njit(cache=True, nogil=True)
+def _amp_medians(
     block: NDArray[np.number],
     x0: int,
     n: int,
@@ -222,7 +245,14 @@ def _isr_rows(
     msk: NDArray[np.int32],
     row_bright: NDArray[np.bool_],
     row_bits: NDArray[np.int32],
+    os_x0s: NDArray[np.int64],
+    os_n: int,
+    os_pairs: NDArray[np.int64],
+    os_tile: NDArray[np.floating],
 ) -> None:
+    # With ``os_n`` > 0 the overscan levels are the per-row medians of the ``os_n``
+    # columns from ``os_x0s``, computed here for each tile of rows just before the rows
+    # themselves (``overscan`` is unused): the raw rows are read while in cache.
     # Row by row, amplifier by amplifier: overscan into one float32 row per amplifier
     # (readout order), then for each victim amplifier its row in detector order minus the
     # crosstalk of eight sources at a time (one store per eight sources), and one
@@ -253,10 +283,21 @@ def _isr_rows(
     # (every row when the threshold is not positive)
     thr = np.float32(bright * (1 - 1e-6)) if bright > 0 else np.float32(-np.inf)
     hot_bit = np.int32(-(2**31))
+    lanes = os_tile.shape[1]
+    levels = np.empty((n_amps, lanes), np.float32)
     for r in range(n_rows):
+        if os_n > 0 and r % lanes == 0:
+            tile_rows = raw[r : min(r + lanes, n_rows)]
+            for a in range(n_amps):
+                _amp_medians(tile_rows, os_x0s[a], os_n, os_pairs, os_tile, levels[a], -0.0)
         raw_r = raw[r]
         for a in range(n_amps):
-            o = np.float32(overscan[a, r]) if do_os else zero
+            if not do_os:
+                o = zero
+            elif os_n > 0:
+                o = levels[a, r % lanes]
+            else:
+                o = np.float32(overscan[a, r])
             seg = raw_r[amp_raw_x0[a] : amp_raw_x0[a] + width]
             s_a = src[a]
             for j in range(width):
@@ -401,6 +442,7 @@ def isr_fused(
     bright: float = np.inf,
     row_bright: NDArray[np.bool_] | None = None,
     row_bits: NDArray[np.int32] | None = None,
+    overscan_columns: tuple[NDArray[np.int64], int] | None = None,
 ) -> NDArray[np.float32]:
     """The per-pixel ISR chain of one block of rows, raw ADU → electrons, in one pass.
 
@@ -421,6 +463,9 @@ def isr_fused(
     may say so of rows that have none, never the reverse: image × flat is compared with
     the threshold less 1e-6 of it, and rows with BAD or UNMASKEDNAN pixels count.
     ``row_bits`` (int32 per row) receives the OR of the row's mask bits.
+    ``overscan_columns`` ``(x0s, n)``, when given, replaces ``overscan``: the levels are
+    the medians of columns ``[x0s[a], x0s[a] + n)`` of each row (as :func:`row_medians`),
+    computed in the same pass.
 
     Returns
     -------
@@ -458,8 +503,21 @@ def isr_fused(
         out[2].view(np.int32),
         np.empty(n, np.bool_) if row_bright is None else row_bright,
         np.empty(n, np.int32) if row_bits is None else row_bits,
+        *_inline_overscan(raw, overscan_columns),
     )
     return out
+
+
+def _inline_overscan(
+    raw: NDArray[Any], columns: tuple[NDArray[np.int64], int] | None
+) -> tuple[NDArray[np.int64], int, NDArray[np.int64], NDArray[np.floating]]:
+    """The overscan arguments of :func:`_isr_rows`: none, or the median network's."""
+    if columns is None:
+        return np.zeros(0, np.int64), 0, np.zeros((0, 2), np.int64), np.zeros((1, 1), F32)
+    x0s, n = columns
+    size, pairs = _median_network(int(n))
+    tile: NDArray[np.floating] = np.empty((size, _MEDIAN_LANES), _tile_dtype(raw.dtype))
+    return np.asarray(x0s, np.int64), int(n), pairs, tile
 
 
 @numba.njit(cache=True, nogil=True)

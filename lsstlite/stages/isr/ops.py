@@ -902,7 +902,7 @@ def _chain_stack(
     if not np.issubdtype(image.dtype, np.number) or np.issubdtype(image.dtype, np.complexfloating):
         raise ValueError(f"raw {raw.attrs.get('filename', '')!r} has pixel type {image.dtype}")
     os_arr: da.Array | None = None
-    os_cols = (np.zeros(0, np.int64), np.zeros(0, np.int64))
+    os_cols: tuple[NDArray[np.int64], int] | None = None
     if isinstance(overscan, str):
         # per-row medians computed in each block from the raw rows it reads
         if overscan != "median_per_row":
@@ -911,12 +911,15 @@ def _chain_stack(
                 "overscan_levels(raw, mode=...) instead"
             )
         amps = _amps(raw)
-        if {tuple(a["serial_overscan"][:2]) for a in amps} == {(0, image.shape[0])}:
+        widths = {a["serial_overscan"][3] - a["serial_overscan"][2] for a in amps}
+        if {tuple(a["serial_overscan"][:2]) for a in amps} == {(0, image.shape[0])} and (
+            len(widths) == 1 and min(widths) > 0
+        ):
             os_cols = (
                 np.array([a["serial_overscan"][2] for a in amps], np.int64),
-                np.array([a["serial_overscan"][3] for a in amps], np.int64),
+                int(widths.pop()),
             )
-        else:  # partial-height overscans: levels the general way
+        else:  # partial-height, unequal or missing overscans: the general way (or its error)
             overscan = overscan_levels(raw, mode="median_per_row")
     if overscan is None:
         os_arr = da.zeros((n_amps, ny), dtype=F32, chunks=(n_amps, row_chunks))
@@ -983,14 +986,9 @@ def _chain_stack(
                 it = iter(c[k][src] for c in cal_p)
                 cb, cd, cf = (next(it) if p else empty for p in present)
                 use_flat = with_flat and k == 1 and flat is not None
-                raw_rows = raw_p[k][src]
                 _kernels.isr_fused(
-                    raw_rows,
-                    (
-                        os_p[k][:, src]
-                        if os_p is not None
-                        else _kernels.row_medians(raw_rows, os_cols[0], os_cols[1])
-                    ),
+                    raw_p[k][src],
+                    os_p[k][:, src] if os_p is not None else empty,
                     geo["raw_x0"],
                     geo["det_x0"],
                     geo["flip"],
@@ -1011,6 +1009,7 @@ def _chain_stack(
                     bright=bright,
                     row_bright=row_bright[a:b],
                     row_bits=row_bits[a:b],
+                    overscan_columns=os_cols,
                 )
             if boxes.size:
                 y0 = int(starts[i]) - top + lo
@@ -1020,7 +1019,17 @@ def _chain_stack(
                     if ya < yb:
                         row_bits[lo + ya : lo + yb] |= bad_bit
 
-        compute(0, n, True)
+        if bf_kernel is None:
+            compute(0, n, True)
+        else:
+            # The outer halo rows matter only through BF near the block's edge: first the
+            # rows a bright pixel there would need, the rest if one is found
+            near = min(halo, max(int(loc["grow"]), int(loc["bf_radius"])))
+            compute(top - min(near, top), top + rows + min(near, bottom), True)
+            if top and row_bright[top - near : top + halo].any():
+                compute(0, top - near, True)
+            if bottom and row_bright[top + rows - halo : top + rows + near].any():
+                compute(top + rows + near, n, True)
         if not loc:
             return work
         if bf_kernel is not None:

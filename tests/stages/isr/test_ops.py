@@ -192,10 +192,14 @@ def test_fused_chain_equals_step_by_step(raw: xr.Dataset, calibs: dict[str, Any]
     assert stacked.attrs["isr_steps"][:4] == ["saturation", "overscan", "crosstalk", "assemble"]
 
 
-def test_stacked_isr_independent_of_row_blocks(raw: xr.Dataset, calibs: dict[str, Any]) -> None:
+def test_stacked_isr_independent_of_row_blocks(
+    raw: xr.Dataset, calibs: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Blocks recompute their neighbours' rows, correct brighter-fatter on bands of rows
     around bright pixels (before the flat) and grow SAT across block edges: the result is
-    the one-block result bit for bit, whatever the block height."""
+    the one-block result bit for bit, whatever the block height. Block buffers are lent
+    filled with NaN, so that a read of a row never computed shows."""
+    monkeypatch.setattr(ops._BLOCKS, "fill", np.nan)
     kw = {
         "overscan": ops.overscan_levels(raw),
         "crosstalk": CAM.crosstalk_matrix(DET),
@@ -221,6 +225,12 @@ def test_stacked_isr_independent_of_row_blocks(raw: xr.Dataset, calibs: dict[str
         np.testing.assert_array_equal(in_block[k], one[k], err_msg=f"{k}, medians in block")
     with pytest.raises(ValueError, match="'poly' needs the levels of every row"):
         ops.isr_stacked(raw, overscan="poly")
+    no_columns = raw.copy()
+    no_columns.attrs = {**raw.attrs, "amplifiers": [dict(a) for a in raw.attrs["amplifiers"]]}
+    y0, y1, x0, _ = no_columns.attrs["amplifiers"][1]["serial_overscan"]
+    no_columns.attrs["amplifiers"][1]["serial_overscan"] = [y0, y1, x0, x0]
+    with pytest.raises(ValueError, match="has no overscan columns"):
+        ops.isr_stacked(no_columns, overscan="median_per_row")
 
 
 def _raise_on_compute(*args: Any, **kwargs: Any) -> Any:
