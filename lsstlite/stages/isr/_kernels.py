@@ -257,9 +257,10 @@ def _isr_rows(
     # (readout order), then for each victim amplifier its row in detector order minus the
     # crosstalk of eight sources at a time (one store per eight sources), and one
     # branch-free loop (selects only, absent steps as identities) over 1-d views for the
-    # detector-order steps, which LLVM vectorises. Reversed amplifiers are read with an
-    # unsigned index: a signed one makes numba wrap negative indices, which stops LLVM
-    # from vectorising. Branches per step, 2-d indexing, an in-place reversal or one
+    # detector-order steps, which LLVM vectorises. Reversed amplifiers are read forward
+    # and stored reversed, with an unsigned index: a signed one makes numba wrap negative
+    # indices, which stops LLVM from vectorising, and reversed reads cost a shuffle per
+    # source. Branches per step, 2-d indexing, an in-place reversal or one
     # store per crosstalk source ran 1.2-3× slower.
     n_rows = raw.shape[0]
     n_amps = amp_raw_x0.size
@@ -329,19 +330,20 @@ def _isr_rows(
                     c2, c3 = np.float32(xt_coef[a, q, 2]), np.float32(xt_coef[a, q, 3])
                     c4, c5 = np.float32(xt_coef[a, q, 4]), np.float32(xt_coef[a, q, 5])
                     c6, c7 = np.float32(xt_coef[a, q, 6]), np.float32(xt_coef[a, q, 7])
-                if flip and q == 0:  # reversed reads (later passes are in detector order)
+                # sources read forward, the result stored in detector order (a reversed
+                # store costs one shuffle; reversed reads cost one per source)
+                if flip and q == 0:
                     for j in range(width):
-                        k = last - np.uint64(j)
-                        t[j] = base[k] - (
-                            ((c0 * s0[k] + c1 * s1[k]) + (c2 * s2[k] + c3 * s3[k]))
-                            + ((c4 * s4[k] + c5 * s5[k]) + (c6 * s6[k] + c7 * s7[k]))
+                        t[last - np.uint64(j)] = base[j] - (
+                            ((c0 * s0[j] + c1 * s1[j]) + (c2 * s2[j] + c3 * s3[j]))
+                            + ((c4 * s4[j] + c5 * s5[j]) + (c6 * s6[j] + c7 * s7[j]))
                         )
                 elif flip:
                     for j in range(width):
                         k = last - np.uint64(j)
-                        t[j] = base[j] - (
-                            ((c0 * s0[k] + c1 * s1[k]) + (c2 * s2[k] + c3 * s3[k]))
-                            + ((c4 * s4[k] + c5 * s5[k]) + (c6 * s6[k] + c7 * s7[k]))
+                        t[k] = t[k] - (
+                            ((c0 * s0[j] + c1 * s1[j]) + (c2 * s2[j] + c3 * s3[j]))
+                            + ((c4 * s4[j] + c5 * s5[j]) + (c6 * s6[j] + c7 * s7[j]))
                         )
                 else:
                     for j in range(width):
@@ -353,7 +355,7 @@ def _isr_rows(
                 tm[:] = zero_i
             elif flip:
                 for j in range(width):
-                    tm[j] = sat_bit if np.float32(seg[last - np.uint64(j)]) >= sat else zero_i
+                    tm[last - np.uint64(j)] = sat_bit if np.float32(seg[j]) >= sat else zero_i
             else:
                 for j in range(width):
                     tm[j] = sat_bit if np.float32(seg[j]) >= sat else zero_i
