@@ -60,16 +60,23 @@ def _best(fn: Callable[[], Any], repeat: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument(
+        "--chunk-rows",
+        type=int,
+        default=ops.DEFAULT_CHUNK_ROWS,
+        help="rows per block of the raw, the calibrations and the ISR",
+    )
     args = parser.parse_args()
+    block_rows = args.chunk_rows
     cam = SimCam(geometry(N, N, 8))
     rng = np.random.default_rng(1)
     electrons = rng.poisson(1500.0, size=(N, N)).astype(np.float64)
-    raw = simcam_raw(electrons, cam, 0, read_noise=True, chunk_rows=512)
+    raw = simcam_raw(electrons, cam, 0, read_noise=True, chunk_rows=block_rows)
     raw["image"] = raw["image"].astype(np.uint16)  # as the camera writes it
     raw = raw.persist()
     raw_np = np.asarray(raw["image"].data)
     calib = {
-        k: _row_blocks(v)
+        k: _row_blocks(v, block_rows)
         for k, v in {
             "bias": make_exposure(rng.normal(0, 1, (N, N)).astype(np.float32), units="adu"),
             "dark": make_exposure(np.full((N, N), 0.005, np.float32)),
@@ -86,7 +93,12 @@ def main() -> None:
     def isr(raw_ds: xr.Dataset) -> xr.Dataset:
         # per-row overscan medians, computed in each block as the isr task does
         return ops.isr_stacked(
-            raw_ds, overscan="median_per_row", defects=defects, **calib, **consts
+            raw_ds,
+            overscan="median_per_row",
+            defects=defects,
+            **calib,
+            **consts,
+            chunk_rows=block_rows,
         )
 
     def in_memory() -> None:
@@ -95,7 +107,7 @@ def main() -> None:
         dask.persist(isr(raw))
 
     tmp = Path(tempfile.mkdtemp(prefix="lsstlite-isr-bench-"))
-    da.from_array(raw_np, chunks=(512, -1)).to_zarr(str(tmp / "raw.zarr"), overwrite=True)
+    da.from_array(raw_np, chunks=(block_rows, -1)).to_zarr(str(tmp / "raw.zarr"), overwrite=True)
 
     def with_io() -> None:
         ds = raw.copy()
@@ -193,11 +205,11 @@ def _stream_fresh(raw: np.ndarray, bias: np.ndarray, dark: np.ndarray, flat: np.
     _stream(raw, bias, dark, flat, *planes)
 
 
-def _row_blocks(ds: xr.Dataset) -> xr.Dataset:
-    """``ds`` with every plane a persisted dask array in blocks of 512 full rows."""
+def _row_blocks(ds: xr.Dataset, rows: int) -> xr.Dataset:
+    """``ds`` with every plane a persisted dask array in blocks of ``rows`` full rows."""
     out = ds.copy()
     for name in ds.data_vars:
-        out[name] = ds[name].chunk({"y": 512, "x": -1})
+        out[name] = ds[name].chunk({"y": rows, "x": -1})
     return out.persist()
 
 
