@@ -14,6 +14,9 @@ from typing import Any
 
 import numba
 import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.extending import intrinsic
 from numpy.typing import NDArray
 from scipy import interpolate
 
@@ -33,6 +36,7 @@ __all__ = [
     "isr_local_inplace",
     "mark_boxes",
     "rasterize_boxes",
+    "reciprocal",
     "row_bands",
     "row_bits_of",
     "row_medians",
@@ -40,6 +44,10 @@ __all__ = [
 
 F32 = np.float32
 F64 = np.float64
+
+#: LLVM fast-math flags of the per-pixel kernels: reassociation and contraction (FMA),
+#: but *not* ``nnan``/``ninf``, which would let LLVM delete the non-finite checks.
+_FASTMATH_FLAGS = {"nsz", "arcp", "contract", "afn", "reassoc"}
 
 #: Overscan modes (see :func:`fit_overscan`).
 OVERSCAN_MODES = ("median", "median_per_row", "poly", "spline")
@@ -211,9 +219,49 @@ def fit_overscan(
     return model.astype(F32)
 
 
-#: LLVM fast-math flags of the per-pixel kernels: reassociation and contraction (FMA),
-#: but *not* ``nnan``/``ninf``, which would let LLVM delete the non-finite checks.
-_FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
+#: Flat-field values outside ``(FLAT_MIN, FLAT_MAX)`` (or not finite) mark a pixel BAD:
+#: the fused kernels' :func:`reciprocal` holds within it.
+FLAT_MIN, FLAT_MAX = 2.0**-120, 2.0**120
+
+
+@intrinsic
+def _float_bits(typingctx: Any, x: Any) -> Any:
+    """The bits of a float32 as an int32 (an LLVM bitcast)."""
+    sig = types.int32(types.float32)
+
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        return builder.bitcast(args[0], ir.IntType(32))
+
+    return sig, codegen
+
+
+@intrinsic
+def _bits_float(typingctx: Any, x: Any) -> Any:
+    """An int32's bits as a float32 (an LLVM bitcast)."""
+    sig = types.float32(types.int32)
+
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        return builder.bitcast(args[0], ir.FloatType())
+
+    return sig, codegen
+
+
+@numba.njit(cache=True, nogil=True, inline="always", fastmath=_FASTMATH_FLAGS)
+def reciprocal(f: float) -> float:
+    """``1 / f`` for float32 ``f`` in ``(FLAT_MIN, FLAT_MAX)``: a guess from the bits
+    (``0x7EF311C3 - bits``, within 12%), two Newton steps, and a last one on the residual
+    ``1 - f y`` (one fused multiply-add, exact), which leaves the correctly rounded
+    reciprocal but for rare ties (powers of two, 1 included, exactly). Five times the
+    throughput of a vector division, which was a seventh of the fused ISR pass."""
+    one = np.float32(1.0)
+    two = np.float32(2.0)
+    y = _bits_float(np.int32(0x7EF311C3) - _float_bits(f))
+    y = y * (two - f * y)
+    y = y * (two - f * y)
+    return y + y * (one - f * y)
+
+
+_FASTMATH = _FASTMATH_FLAGS
 
 #: Indices of ``flags`` in :func:`isr_fused`.
 FLAG_NAMES = ("overscan", "crosstalk", "bias", "linearity", "dark", "saturation", "flat")
@@ -278,6 +326,7 @@ def _isr_rows(
     inf = np.float32(np.inf)
     zero_i = np.int32(0)
     dt = np.float32(dark_time) if do_dark else zero
+    flat_min, flat_max = np.float32(FLAT_MIN), np.float32(FLAT_MAX)
     n_groups = xt_src.shape[1] if do_xt else 0
     last = np.uint64(width - 1)
     check = bright < np.inf
@@ -376,8 +425,8 @@ def _isr_rows(
                 ev = max(e, zero) + rn2
                 e = e - d_a[j] * dt
                 f = f_a[j]
-                ok = f > zero and f < inf
-                inv = one / (f if ok else one)
+                ok = f > flat_min and f < flat_max
+                inv = reciprocal(f if ok else one)
                 e = e * inv if ok else zero
                 ev = ev * (inv * inv) if ok else inf
                 fin = abs(e) < inf
@@ -453,8 +502,9 @@ def isr_fused(
     ``(rows, det_nx)`` block gets: saturation flag on the raw value; overscan; crosstalk
     from the other amplifiers at the same readout position (overscan-subtracted ADU,
     nonlinear, as the electronics saw them); bias (ADU); linearity (ADU); gain (e⁻);
-    variance ``max(e, 0) + read_noise²``; dark (``dark × dark_time``); flat (flat ≤ 0 or
-    non-finite → BAD, 0, ∞ variance); non-finite → UNMASKEDNAN, 0, ∞ variance.
+    variance ``max(e, 0) + read_noise²``; dark (``dark × dark_time``); flat (times
+    :func:`reciprocal`; a flat outside ``(FLAT_MIN, FLAT_MAX)`` or not finite → BAD, 0,
+    ∞ variance); non-finite → UNMASKEDNAN, 0, ∞ variance.
     ``flags`` follow :data:`FLAG_NAMES`; ``bits`` = (SAT, UNMASKEDNAN, BAD). Absent
     calibrations are ``(0, 0)`` arrays with their flag off. ``raw`` may be any numeric
     dtype (uint16 as read; each dtype compiles once). ``xtalk`` is the matrix or its
@@ -1039,20 +1089,22 @@ def divide_flat_rows(
     bad_bit: int,
     row_bits: NDArray[np.int32],
 ) -> None:
-    """Divide a block by its flat in place (flat ≤ 0 or non-finite → BAD, 0, ∞ variance),
+    """Divide a block by its flat in place (flat outside ``(FLAT_MIN, FLAT_MAX)`` or not
+    finite → BAD, 0, ∞ variance; :func:`reciprocal`),
     ORing BAD into ``row_bits`` where it is set. Branch-free, so that it vectorises."""
     zero = np.float32(0.0)
     one = np.float32(1.0)
     inf = np.float32(np.inf)
     zero_i = np.int32(0)
     bad = np.int32(bad_bit)
+    flat_min, flat_max = np.float32(FLAT_MIN), np.float32(FLAT_MAX)
     for r in range(img.shape[0]):
         f_r, i_r, v_r, m_r = flat[r], img[r], var[r], msk[r]
         acc = zero_i
         for j in range(img.shape[1]):
             f = f_r[j]
-            ok = f > zero and f < inf
-            inv = one / (f if ok else one)
+            ok = f > flat_min and f < flat_max
+            inv = reciprocal(f if ok else one)
             i_r[j] = i_r[j] * inv if ok else zero
             v_r[j] = v_r[j] * (inv * inv) if ok else inf
             b = zero_i if ok else bad
@@ -1106,26 +1158,44 @@ def finish_rows(
                     msk[yy, xx] |= sat_bit
     if interp_bits == 0:
         return
+    # Each row's 64-pixel chunks are ORed first (a loop LLVM vectorises), and only chunks
+    # with an interpolated bit are walked pixel by pixel: a whole-row walk cost ~2 µs a
+    # row, which a bad column in every row makes ~9 ms a detector.
+    n_chunks = (nx + 63) // 64
+    chunk_bits = np.empty(n_chunks, np.int32)
     for y in range(top, top + rows):
         if (row_bits[y] & interp_bits) == 0:
             continue
         m_r = msk[y]
+        for c in range(nx // 64):
+            acc = np.int32(0)
+            base = c * 64
+            for k in range(64):
+                acc |= m_r[base + k]
+            chunk_bits[c] = acc & interp_bits
+        if nx % 64:
+            chunk_bits[n_chunks - 1] = interp_bits  # the short last chunk: walked
         x = 0
-        while x < nx:
-            if (m_r[x] & interp_bits) == 0:
-                x += 1
+        for c in range(n_chunks):
+            hi = min(c * 64 + 64, nx)
+            if chunk_bits[c] == 0 or hi <= x:
                 continue
-            start = x
-            while x < nx and (m_r[x] & interp_bits) != 0:
-                x += 1
-            stop = x  # run is [start, stop)
-            if start == 0 or stop == nx or stop - start > max_width:
-                continue
-            left, right = img[y, start - 1], img[y, stop]
-            vl, vr = var[y, start - 1], var[y, stop]
-            m = stop - start + 1
-            for k in range(start, stop):
-                t = (k - start + 1) / m
-                img[y, k] = left + t * (right - left)
-                var[y, k] = 0.5 * (vl + vr)
-                m_r[k] |= intrp_bit
+            x = max(x, c * 64)
+            while x < hi:
+                if (m_r[x] & interp_bits) == 0:
+                    x += 1
+                    continue
+                start = x
+                while x < nx and (m_r[x] & interp_bits) != 0:
+                    x += 1
+                stop = x  # run is [start, stop)
+                if start == 0 or stop == nx or stop - start > max_width:
+                    continue
+                left, right = img[y, start - 1], img[y, stop]
+                vl, vr = var[y, start - 1], var[y, stop]
+                m = stop - start + 1
+                for k in range(start, stop):
+                    t = (k - start + 1) / m
+                    img[y, k] = left + t * (right - left)
+                    var[y, k] = 0.5 * (vl + vr)
+                    m_r[k] |= intrp_bit

@@ -663,7 +663,8 @@ def correct_brighter_fatter(
 
 
 def divide_flat(exp: xr.Dataset, flat: xr.Dataset) -> xr.Dataset:
-    """Divide by a master flat (variance by its square); flat ≤ 0 or non-finite → BAD, 0.
+    """Divide by a master flat (variance by its square); a flat outside
+    ``(_kernels.FLAT_MIN, _kernels.FLAT_MAX)`` (2⁻¹²⁰, 2¹²⁰) or not finite → BAD, 0.
 
     Notes
     -----
@@ -671,7 +672,7 @@ def divide_flat(exp: xr.Dataset, flat: xr.Dataset) -> xr.Dataset:
     """
     _check_same_shape(exp, flat, "flat")
     f = flat["image"].data
-    ok = da.isfinite(f) & (f > 0)
+    ok = (f > F32(_kernels.FLAT_MIN)) & (f < F32(_kernels.FLAT_MAX))
     safe = da.where(ok, f, F32(1.0))
     bit = np.int32(mask_bits(mask_planes(exp), "BAD"))
     out = _with(

@@ -154,3 +154,31 @@ def test_fused_crosstalk_any_number_of_sources() -> None:
             step = ops.correct_crosstalk(step, matrix)
         want = ops.apply_gain(ops.assemble(step))
         np.testing.assert_allclose(got[0], want["image"].values, rtol=2e-6, atol=2e-3)
+
+
+def test_finish_rows_interpolation_equals_the_row_walk() -> None:
+    """The chunked interpolation of :func:`finish_rows` equals the plain walk of
+    :func:`interpolate_rows`: runs of every length (beyond ``max_width`` too), runs across
+    64-pixel chunk edges, at the row ends, and a row width that is not a multiple of 64."""
+    rng = np.random.default_rng(4)
+    ny, nx, bad, intrp = 60, 64 * 5 + 17, 4, 8
+    img = rng.normal(100, 5, (ny, nx)).astype(np.float32)
+    var = rng.uniform(1, 2, (ny, nx)).astype(np.float32)
+    mask = np.zeros((ny, nx), np.int32)
+    for y in range(ny):
+        for _ in range(int(rng.integers(0, 6))):
+            x0 = int(rng.integers(0, nx))
+            mask[y, x0 : x0 + int(rng.integers(1, 40))] |= bad
+    mask[1, 60:70] |= bad  # across a chunk edge
+    mask[2, :5] |= bad  # at the row's ends
+    mask[2, nx - 3 :] |= bad
+    mask[3, 100:200] |= bad  # longer than max_width
+    mask[4, 5] |= 2  # another plane: not interpolated
+    want = _kernels.interpolate_rows(img, var, mask, bad, intrp, 32)
+    got_img, got_var, got_mask = img.copy(), var.copy(), mask.copy()
+    row_bits = _kernels.row_bits_of(got_mask)
+    _kernels.finish_rows(got_img, got_var, got_mask, row_bits, 0, ny, 1, 0, bad, intrp, 32)
+    assert ((want[2] & intrp) != 0).sum() > 100
+    np.testing.assert_array_equal(got_mask, want[2])
+    np.testing.assert_array_equal(got_img, want[0])
+    np.testing.assert_array_equal(got_var, want[1])
