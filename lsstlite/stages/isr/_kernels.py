@@ -224,8 +224,7 @@ def fit_overscan(
 FLAT_MIN, FLAT_MAX = 2.0**-120, 2.0**120
 
 
-@intrinsic
-def _float_bits(typingctx: Any, x: Any) -> Any:
+def _float_bits_intrinsic(typingctx: Any, x: Any) -> Any:
     """The bits of a float32 as an int32 (an LLVM bitcast)."""
     sig = types.int32(types.float32)
 
@@ -235,8 +234,7 @@ def _float_bits(typingctx: Any, x: Any) -> Any:
     return sig, codegen
 
 
-@intrinsic
-def _bits_float(typingctx: Any, x: Any) -> Any:
+def _bits_float_intrinsic(typingctx: Any, x: Any) -> Any:
     """An int32's bits as a float32 (an LLVM bitcast)."""
     sig = types.float32(types.int32)
 
@@ -246,8 +244,12 @@ def _bits_float(typingctx: Any, x: Any) -> Any:
     return sig, codegen
 
 
+_float_bits: Any = intrinsic(_float_bits_intrinsic)
+_bits_float: Any = intrinsic(_bits_float_intrinsic)
+
+
 @numba.njit(cache=True, nogil=True, inline="always", fastmath=_FASTMATH_FLAGS)
-def reciprocal(f: float) -> float:
+def reciprocal(f: float | np.floating[Any]) -> float:
     """``1 / f`` for float32 ``f`` in ``(FLAT_MIN, FLAT_MAX)``: a guess from the bits
     (``0x7EF311C3 - bits``, within 12%), two Newton steps, and a last one on the residual
     ``1 - f y`` (one fused multiply-add, exact), which leaves the correctly rounded
