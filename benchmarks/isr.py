@@ -1,21 +1,24 @@
 """Benchmark of the ISR: one 4096 × 4096 detector (8 amplifiers), Mpix/s.
 
 Rows: the whole ISR (overscan, crosstalk, bias, linearity, gain, variance, dark,
-defects, brighter-fatter, flat, SAT growth, interpolation) excluding I/O (raw and
+defects, brighter-fatter, flat, SAT growth, interpolation), as the ``isr`` task builds it
+(per-row overscan medians computed in each block), excluding I/O (the uint16 raw and the
 calibrations in memory as dask arrays in row blocks, as a worker holds them after
-reading; the image, variance and mask computed and kept as the blocks they are made in) and including zarr I/O (raw read
-from a uint16 zarr array as the camera writes it, image/variance/mask written to a zarr
-group; calibrations in memory, as a worker caches them), on one and two threads; the
-fused per-pixel kernel alone; a streaming kernel (one that only moves what any one-pass
+reading; the image, variance and mask computed and kept as the blocks they are made in)
+and including zarr I/O (raw read from a uint16 zarr array as the camera writes it,
+image/variance/mask written to a zarr group; calibrations in memory, as a worker caches
+them), on one and two threads; the fused per-pixel kernel alone (overscan levels given,
+output freshly allocated); a streaming kernel (one that only moves what any one-pass
 ISR must, the raw, bias, dark and flat read, image, variance and mask written, with a
 division per pixel; into preallocated and into fresh arrays); one core's memory
 bandwidth (a float32 copy) and the throughput it allows; and astropy ccdproc's
-overscan, trim, bias, dark and flat on the same pixels, as a ratio to ours. The machine's load average is printed: on a
-shared machine the figures move with the other users, so compare ratios.
+overscan, trim, bias, dark and flat on the same pixels, as a ratio to ours. The
+machine's load average is printed: on a shared machine the figures move with the other
+users, so compare ratios. ``--chunk-rows`` sets the rows per block (the ISR's default).
 
 Usage::
 
-    python benchmarks/isr.py [--repeat 3]
+    python benchmarks/isr.py [--repeat 3] [--chunk-rows 1024]
 """
 
 from __future__ import annotations

@@ -71,7 +71,11 @@ __all__ = [
 ]
 
 #: Rows per chunk of the fused chain (full rows: crosstalk pairs pixels across amplifiers).
-DEFAULT_CHUNK_ROWS = 512
+#: Rows per ISR block (and raw read chunk). Each block also pays fixed costs: its Dask
+#: tasks and the neighbours' rows it recomputes (up to 2 × 22 with brighter-fatter); at
+#: 1024 rows a 4096-pixel-wide detector ran at 309-315 Mpix/s on one core, at 512 rows
+#: 273 (``benchmarks/isr.py --chunk-rows``). A block of a 4096-wide detector is 52 MB.
+DEFAULT_CHUNK_ROWS = 1024
 
 #: The ISR's block buffers, lent again once Dask has let go of a block (a fresh block's
 #: pages cost more than the ISR arithmetic on them; see :mod:`lsstlite.data._pool`).
