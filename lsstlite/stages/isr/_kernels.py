@@ -1024,21 +1024,24 @@ def bf_correct_inplace(
     n_iter: int,
     row_bright: NDArray[np.bool_] | None = None,
 ) -> None:
-    """:func:`bf_correct` in place, on the bands of rows around bright pixels only.
+    """:func:`bf_correct` in place, on boxes around bright pixels only.
 
     ``row_bright``, when given, says which rows may have a pixel above ``threshold``
-    (a superset is fine); otherwise one scan finds them. Each band (bright rows ± ``radius
-    + kernel half-size + 2``, merged where they touch) is corrected on its own: the
-    correction of a pixel depends only on pixels within ``radius + half-size + 1`` rows of
-    a bright one, so the result is the whole image's, bit for bit. A block without bright
-    pixels costs one scan, or nothing.
+    (a superset is fine); otherwise one scan finds them. Each band of rows (bright rows ±
+    ``radius + kernel half-size + 2``, merged where they touch) is cut the same way along
+    x, and each box is corrected on its own: the correction of a pixel depends only on
+    pixels within ``radius + half-size + 1`` of a bright one, so the result is the whole
+    image's, bit for bit. A block without bright pixels costs one scan, or nothing.
     """
     k = np.asarray(kernel, dtype=F64)
     if row_bright is None:
         row_bright = _rows_above(image, float(threshold))
     margin = int(radius) + k.shape[0] // 2 + 2
     for lo, hi in row_bands(row_bright, margin):
-        _bf_sparse(image[lo:hi], k, float(threshold), int(radius), int(n_iter))
+        band = image[lo:hi]
+        columns = _columns_above(band, row_bright[lo:hi], float(threshold))
+        for x0, x1 in row_bands(columns, margin):  # the same argument along x
+            _bf_sparse(band[:, x0:x1], k, float(threshold), int(radius), int(n_iter))
 
 
 def row_bands(rows: NDArray[np.bool_], margin: int) -> list[tuple[int, int]]:
@@ -1065,6 +1068,21 @@ def _rows_above(image: NDArray[np.float32], threshold: float) -> NDArray[np.bool
         for x in range(nx):
             peak = max(peak, row[x])
         out[y] = peak > thr or peak != peak
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
+def _columns_above(
+    image: NDArray[np.float32], rows: NDArray[np.bool_], threshold: float
+) -> NDArray[np.bool_]:
+    """Which columns hold a pixel above ``threshold`` in the rows flagged in ``rows``."""
+    out = np.zeros(image.shape[1], np.bool_)
+    thr = np.float32(threshold)
+    for y in range(image.shape[0]):
+        if rows[y]:
+            row = image[y]
+            for x in range(image.shape[1]):
+                out[x] |= row[x] > thr
     return out
 
 
