@@ -22,6 +22,8 @@ from scipy import interpolate
 
 __all__ = [
     "bf_correct",
+    "bf_margin",
+    "bright_boxes",
     "clipped_combine",
     "crosstalk_groups",
     "crosstalk_readout",
@@ -37,9 +39,11 @@ __all__ = [
     "mark_boxes",
     "rasterize_boxes",
     "reciprocal",
+    "reflat",
     "row_bands",
     "row_bits_of",
     "row_medians",
+    "unflat",
 ]
 
 F32 = np.float32
@@ -1036,12 +1040,104 @@ def bf_correct_inplace(
     k = np.asarray(kernel, dtype=F64)
     if row_bright is None:
         row_bright = _rows_above(image, float(threshold))
-    margin = int(radius) + k.shape[0] // 2 + 2
+    for y0, y1, x0, x1 in bright_boxes(image, row_bright, threshold, bf_margin(k, radius)):
+        _bf_sparse(image[y0:y1, x0:x1], k, float(threshold), int(radius), int(n_iter))
+
+
+def bf_margin(kernel: NDArray[np.floating], radius: int) -> int:
+    """How far beyond a bright pixel a box for :func:`bf_correct_inplace` must reach."""
+    return int(radius) + np.asarray(kernel).shape[0] // 2 + 2
+
+
+def bright_boxes(
+    image: NDArray[np.float32],
+    row_bright: NDArray[np.bool_],
+    threshold: float,
+    margin: int,
+    flat: NDArray[np.float32] | None = None,
+) -> list[tuple[int, int, int, int]]:
+    """Boxes ``(y0, y1, x0, x1)`` around the pixels above ``threshold``, ± ``margin``.
+
+    Bands of rows around the rows flagged in ``row_bright`` (a superset is fine), each cut
+    the same way along x; boxes closer than ``2 margin`` are one. With ``flat``, ``image``
+    has been divided by it and the test is on ``image × flat`` (a hair below the
+    threshold for the rounding; a pixel whose flat is not usable counts as bright).
+    """
+    out = []
     for lo, hi in row_bands(row_bright, margin):
         band = image[lo:hi]
-        columns = _columns_above(band, row_bright[lo:hi], float(threshold))
-        for x0, x1 in row_bands(columns, margin):  # the same argument along x
-            _bf_sparse(band[:, x0:x1], k, float(threshold), int(radius), int(n_iter))
+        if flat is None:
+            columns = _columns_above(band, row_bright[lo:hi], float(threshold))
+        else:
+            columns = _columns_above_flat(band, flat[lo:hi], row_bright[lo:hi], float(threshold))
+        out += [(lo, hi, x0, x1) for x0, x1 in row_bands(columns, margin)]
+    return out
+
+
+@numba.njit(cache=True, nogil=True, fastmath=_FASTMATH_FLAGS)
+def _columns_above_flat(
+    image: NDArray[np.float32],
+    flat: NDArray[np.float32],
+    rows: NDArray[np.bool_],
+    threshold: float,
+) -> NDArray[np.bool_]:
+    out = np.zeros(image.shape[1], np.bool_)
+    thr = np.float32(threshold * (1 - 1e-6)) if threshold > 0 else np.float32(-np.inf)
+    flat_min, flat_max = np.float32(FLAT_MIN), np.float32(FLAT_MAX)
+    for y in range(image.shape[0]):
+        if rows[y]:
+            i_r, f_r = image[y], flat[y]
+            for x in range(image.shape[1]):
+                f = f_r[x]
+                out[x] |= i_r[x] * f > thr or not (f > flat_min and f < flat_max)
+    return out
+
+
+@numba.njit(cache=True, nogil=True, fastmath=_FASTMATH_FLAGS)
+def unflat(image: NDArray[np.float32], flat: NDArray[np.float32], out: NDArray[np.float32]) -> bool:
+    """``out = image × flat`` (the image before the flat, to the rounding); 0 where the
+    flat is not usable, and returns whether there is such a pixel (its value before the
+    flat cannot be recovered)."""
+    flat_min, flat_max = np.float32(FLAT_MIN), np.float32(FLAT_MAX)
+    lost = False
+    for y in range(image.shape[0]):
+        for x in range(image.shape[1]):
+            f = flat[y, x]
+            ok = f > flat_min and f < flat_max
+            out[y, x] = image[y, x] * f if ok else np.float32(0.0)
+            lost |= not ok
+    return lost
+
+
+@numba.njit(cache=True, nogil=True, fastmath=_FASTMATH_FLAGS, error_model="numpy")
+def reflat(
+    image: NDArray[np.float32],
+    var: NDArray[np.float32],
+    mask: NDArray[np.int32],
+    before: NDArray[np.float32],
+    after: NDArray[np.float32],
+    flat: NDArray[np.float32],
+    nan_bit: int,
+) -> None:
+    """Where ``after`` differs from ``before`` (values before the flat), the image becomes
+    ``after × reciprocal(flat)`` as in :func:`isr_fused` (non-finite → 0, ∞ variance,
+    UNMASKEDNAN; a pixel whose flat is not usable stays as it is, BAD)."""
+    flat_min, flat_max = np.float32(FLAT_MIN), np.float32(FLAT_MAX)
+    inf = np.float32(np.inf)
+    for y in range(image.shape[0]):
+        for x in range(image.shape[1]):
+            if after[y, x] == before[y, x]:
+                continue
+            f = flat[y, x]
+            if not (f > flat_min and f < flat_max):
+                continue
+            e = after[y, x] * reciprocal(f)
+            if abs(e) < inf:
+                image[y, x] = e
+            else:
+                image[y, x] = np.float32(0.0)
+                var[y, x] = inf
+                mask[y, x] |= np.int32(nan_bit)
 
 
 def row_bands(rows: NDArray[np.bool_], margin: int) -> list[tuple[int, int]]:

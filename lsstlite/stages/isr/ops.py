@@ -981,8 +981,11 @@ def _chain_stack(
         # (segment, first work row, end, its first row in the segment's block)
         segments = ((0, 0, top, prev_rows - top), (1, top, top + rows, 0), (2, top + rows, n, 0))
 
-        def compute(lo: int, hi: int, with_flat: bool) -> None:
-            # the fused chain on work rows [lo, hi), then the defects
+        def compute(lo: int, hi: int, with_flat: bool, into: Any = None) -> None:
+            # the fused chain on work rows [lo, hi) (or into rows [0, hi - lo) of `into`,
+            # without the defects), then the defects
+            dest = work if into is None else into
+            shift = 0 if into is None else lo
             for k, s0, s1, first in segments:
                 a, b = max(lo, s0), min(hi, s1)
                 if a >= b:
@@ -990,7 +993,7 @@ def _chain_stack(
                 src = slice(first + a - s0, first + b - s0)
                 it = iter(c[k][src] for c in cal_p)
                 cb, cd, cf = (next(it) if p else empty for p in present)
-                use_flat = with_flat and k == 1 and flat is not None
+                use_flat = with_flat and flat is not None
                 _kernels.isr_fused(
                     raw_p[k][src],
                     os_p[k][:, src] if os_p is not None else empty,
@@ -1010,13 +1013,13 @@ def _chain_stack(
                     cf if use_flat else empty,
                     flags if use_flat else no_flat,
                     bits,
-                    out=work[:, a:b],
+                    out=dest[:, a - shift : b - shift],
                     bright=bright,
-                    row_bright=row_bright[a:b],
-                    row_bits=row_bits[a:b],
+                    row_bright=None if into is not None else row_bright[a:b],
+                    row_bits=None if into is not None else row_bits[a:b],
                     overscan_columns=os_cols,
                 )
-            if boxes.size:
+            if boxes.size and into is None:
                 y0 = int(starts[i]) - top + lo
                 _kernels.mark_boxes(msk[lo:hi], boxes, y0, bad_bit)
                 for _, by, _, bh in boxes:
@@ -1037,16 +1040,7 @@ def _chain_stack(
                 compute(top + rows + near, n, True)
         if not loc:
             return work
-        if bf_kernel is not None:
-            # BF acts before the flat: rows near bright pixels are recomputed without it
-            # (the halo rows never had it), corrected, then divided by the flat
-            margin = int(loc["bf_radius"]) + bf_kernel.shape[0] // 2 + 2
-            bands = _kernels.row_bands(row_bright, margin)
-            core_bands = [(max(lo, top), min(hi, top + rows)) for lo, hi in bands]
-            core_bands = [(lo, hi) for lo, hi in core_bands if lo < hi]
-            if flat is not None:
-                for lo, hi in core_bands:
-                    compute(lo, hi, False)
+        if bf_kernel is not None and flat is None:
             _kernels.bf_correct_inplace(
                 work[0],
                 bf_kernel,
@@ -1055,16 +1049,54 @@ def _chain_stack(
                 n_iter=loc["bf_n_iter"],
                 row_bright=row_bright,
             )
-            if flat is not None:
-                for lo, hi in core_bands:
-                    _kernels.divide_flat_rows(
-                        work[0, lo:hi],
-                        work[1, lo:hi],
-                        msk[lo:hi],
-                        cal_p[-1][1][lo - top : hi - top],
-                        bad_bit,
-                        row_bits[lo:hi],
+        elif bf_kernel is not None:
+            # BF acts before the flat: on boxes around bright pixels, the image times the
+            # flat (the image before it, to the rounding; pixels whose flat is not usable
+            # recomputed without it) is corrected, and the pixels it changes divided again
+            def flat_rows(lo: int, hi: int) -> NDArray[np.float32]:
+                parts = []
+                for k, s0, s1, first in segments:
+                    a, b = max(lo, s0), min(hi, s1)
+                    if a < b:
+                        parts.append(cal_p[-1][k][first + a - s0 : first + b - s0])
+                return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+            threshold = float(loc["bf_threshold"])
+            margin = _kernels.bf_margin(bf_kernel, loc["bf_radius"])
+            for lo, hi in _kernels.row_bands(row_bright, margin):
+                band_flat = flat_rows(lo, hi)
+                for y0, y1, x0, x1 in _kernels.bright_boxes(
+                    work[0, lo:hi], row_bright[lo:hi], threshold, margin, band_flat
+                ):
+                    y0, y1 = y0 + lo, y1 + lo
+                    f_box = band_flat[y0 - lo : y1 - lo, x0:x1]
+                    pre = np.empty((y1 - y0, x1 - x0), F32)
+                    if _kernels.unflat(work[0, y0:y1, x0:x1], f_box, pre):
+                        redo = np.empty((3, y1 - y0, nx), F32)
+                        compute(y0, y1, False, into=redo)
+                        lost = ~((f_box > _kernels.FLAT_MIN) & (f_box < _kernels.FLAT_MAX))
+                        pre[lost] = redo[0][:, x0:x1][lost]
+                    before = pre.copy()
+                    _kernels.bf_correct_inplace(
+                        pre,
+                        bf_kernel,
+                        threshold=threshold,
+                        radius=loc["bf_radius"],
+                        n_iter=loc["bf_n_iter"],
                     )
+                    c0, c1 = max(y0, top), min(y1, top + rows)  # this block's rows
+                    if c0 < c1:
+                        box = (slice(c0, c1), slice(x0, x1))
+                        core = slice(c0 - y0, c1 - y0)
+                        _kernels.reflat(
+                            work[0][box],
+                            work[1][box],
+                            msk[box],
+                            before[core],
+                            pre[core],
+                            f_box[core],
+                            int(bits[1]),
+                        )
         _kernels.finish_rows(
             work[0],
             work[1],
