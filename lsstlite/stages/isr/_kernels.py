@@ -1135,15 +1135,23 @@ def reflat(
 
 def row_bands(rows: NDArray[np.bool_], margin: int) -> list[tuple[int, int]]:
     """Half-open ranges covering every ``True`` row ± ``margin``, merged, clipped."""
-    idx = np.flatnonzero(rows)
-    if idx.size == 0:
-        return []
-    lo = np.maximum(idx - margin, 0)
-    hi = np.minimum(idx + margin + 1, rows.size)
-    cut = np.flatnonzero(lo[1:] > hi[:-1])  # a gap after band end hi[cut]
-    starts = np.concatenate(([lo[0]], lo[cut + 1]))
-    ends = np.concatenate((hi[cut], [hi[-1]]))
-    return [(int(a), int(b)) for a, b in zip(starts, ends, strict=True)]
+    return [(int(a), int(b)) for a, b in _bands(np.asarray(rows, np.bool_), int(margin))]
+
+
+@numba.njit(cache=True, nogil=True)
+def _bands(rows: NDArray[np.bool_], margin: int) -> NDArray[np.int64]:
+    out = np.empty((rows.size, 2), np.int64)
+    k = 0
+    for y in range(rows.size):
+        if rows[y]:
+            lo, hi = max(y - margin, 0), min(y + margin + 1, rows.size)
+            if k and lo <= out[k - 1, 1]:
+                out[k - 1, 1] = hi
+            else:
+                out[k, 0] = lo
+                out[k, 1] = hi
+                k += 1
+    return out[:k]
 
 
 @numba.njit(cache=True, nogil=True, fastmath=_FASTMATH)
