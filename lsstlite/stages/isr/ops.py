@@ -70,8 +70,8 @@ __all__ = [
     "subtract_overscan",
 ]
 
-#: Rows per chunk of the fused chain (full rows: crosstalk pairs pixels across amplifiers).
-#: Rows per ISR block (and raw read chunk). Each block also pays fixed costs: its Dask
+#: Rows per ISR block and raw read chunk (full rows: crosstalk pairs pixels across
+#: amplifiers). Each block also pays fixed costs: its Dask
 #: tasks and the neighbours' rows it recomputes (up to 2 × 22 with brighter-fatter); at
 #: 1024 rows a 4096-pixel-wide detector ran at 309-315 Mpix/s on one core, at 512 rows
 #: 273 (``benchmarks/isr.py --chunk-rows``). A block of a 4096-wide detector is 52 MB.
@@ -884,13 +884,14 @@ def _chain_stack(
     ``bf_radius``, ``bf_n_iter``, ``grow``, ``interp_bits``, ``interp_max_width``) the
     same task then runs the neighbourhood steps: it recomputes the fused chain on ``halo``
     rows of each neighbouring block (the chain is row-local, so they equal the
-    neighbour's; without the flat, which they never need) into one
-    ``(3, halo + rows + halo, nx)`` buffer. The kernel also says which rows may hold a
-    pixel above ``bf_threshold`` and which mask bits each row has. BF acts before the
-    flat, so the bands of rows around bright ones are computed again without the flat,
-    corrected (:func:`_kernels.bf_correct_inplace`, band by band) and divided by it; SAT
-    growth and interpolation visit only the rows whose bits call for them. The task
-    returns its core rows: one pass over memory per block, no overlap concatenation.
+    neighbour's) into one ``(3, halo + rows + halo, nx)`` buffer, the flat included. The
+    kernel also says which rows may hold a pixel above ``bf_threshold`` and which mask
+    bits each row has. BF acts before the flat: on boxes around the bright pixels
+    (:func:`_kernels.bright_boxes`) the image times the flat is corrected and the pixels
+    it changes are divided again (pixels whose flat is unusable get their value from the
+    chain run again without the flat). SAT growth and interpolation visit only the rows
+    whose bits call for them. The task returns its core rows: one pass over memory per
+    block, no overlap concatenation.
     """
     geo = _readout_geometry(raw)
     ny, nx = geo["shape"]
@@ -976,7 +977,7 @@ def _chain_stack(
         row_bright = np.zeros(n, np.bool_)
         row_bits = np.zeros(n, np.int32)
         # work rows [0, top) are the previous block's last rows, [top, top + rows) this
-        # block's, then the next block's first rows; the flat only ever on this block's
+        # block's, then the next block's first rows
         prev_rows = raw_p[0].shape[0] if top else 0
         # (segment, first work row, end, its first row in the segment's block)
         segments = ((0, 0, top, prev_rows - top), (1, top, top + rows, 0), (2, top + rows, n, 0))
@@ -1419,9 +1420,9 @@ def isr_stacked(
     BF or SAT growth each task recomputes the row-local chain on a halo of
     ``max(saturated_grow, bf_halo)`` rows of its neighbours' raw rows (a short last chunk
     is merged into its neighbour so that every chunk is at least a halo high). The flat
-    is applied in the same pass; only the bands of rows around pixels above
-    ``bf_threshold`` are recomputed without it, corrected for BF and divided by it. SAT
-    growth and interpolation then visit only the rows whose mask calls for them. One
+    is applied in the same pass; BF then corrects boxes around pixels above
+    ``bf_threshold``, on the image times the flat, and divides the pixels it changes
+    again. SAT growth and interpolation visit only the rows whose mask calls for them. One
     ``(3, rows, nx)`` buffer per block, lent again once Dask has let go of it. A fringe
     frame adds one reduction (its amplitude) and a second pass for the steps after it.
     """
