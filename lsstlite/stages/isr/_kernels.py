@@ -51,7 +51,7 @@ F64 = np.float64
 
 #: LLVM fast-math flags of the per-pixel kernels: reassociation and contraction (FMA),
 #: but *not* ``nnan``/``ninf``, which would let LLVM delete the non-finite checks.
-_FASTMATH_FLAGS = {"nsz", "arcp", "contract", "afn", "reassoc"}
+_FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
 
 #: Overscan modes (see :func:`fit_overscan`).
 OVERSCAN_MODES = ("median", "median_per_row", "poly", "spline")
@@ -252,7 +252,7 @@ _float_bits: Any = intrinsic(_float_bits_intrinsic)
 _bits_float: Any = intrinsic(_bits_float_intrinsic)
 
 
-@numba.njit(cache=True, nogil=True, inline="always", fastmath=_FASTMATH_FLAGS)
+@numba.njit(cache=True, nogil=True, inline="always", fastmath=_FASTMATH)
 def reciprocal(f: float | np.floating[Any]) -> float:
     """``1 / f`` for float32 ``f`` in ``(FLAT_MIN, FLAT_MAX)``: a guess from the bits
     (``0x7EF311C3 - bits``, within 12%), two Newton steps, and a last one on the residual
@@ -266,8 +266,6 @@ def reciprocal(f: float | np.floating[Any]) -> float:
     y = y * (two - f * y)
     return y + y * (one - f * y)
 
-
-_FASTMATH = _FASTMATH_FLAGS
 
 #: Indices of ``flags`` in :func:`isr_fused`.
 FLAG_NAMES = ("overscan", "crosstalk", "bias", "linearity", "dark", "saturation", "flat")
@@ -1080,7 +1078,7 @@ def bright_boxes(
     return out
 
 
-@numba.njit(cache=True, nogil=True, fastmath=_FASTMATH_FLAGS)
+@numba.njit(cache=True, nogil=True, fastmath=_FASTMATH)
 def _columns_above_flat(
     image: NDArray[np.float32],
     flat: NDArray[np.float32],
@@ -1099,7 +1097,7 @@ def _columns_above_flat(
     return out
 
 
-@numba.njit(cache=True, nogil=True, fastmath=_FASTMATH_FLAGS)
+@numba.njit(cache=True, nogil=True, fastmath=_FASTMATH)
 def unflat(image: NDArray[np.float32], flat: NDArray[np.float32], out: NDArray[np.float32]) -> bool:
     """``out = image × flat`` (the image before the flat, to the rounding); 0 where the
     flat is not usable, and returns whether there is such a pixel (its value before the
@@ -1115,7 +1113,7 @@ def unflat(image: NDArray[np.float32], flat: NDArray[np.float32], out: NDArray[n
     return lost
 
 
-@numba.njit(cache=True, nogil=True, fastmath=_FASTMATH_FLAGS, error_model="numpy")
+@numba.njit(cache=True, nogil=True, fastmath=_FASTMATH, error_model="numpy")
 def reflat(
     image: NDArray[np.float32],
     var: NDArray[np.float32],
