@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -142,10 +143,13 @@ def main() -> None:
         )  # fmt: skip
 
     rows: list[tuple[str, int, float]] = []
-    for threads in (1, 2):
-        with dask.config.set(scheduler="threads", num_workers=threads):
-            rows.append(("ISR, no I/O", threads, _best(in_memory, args.repeat)))
-            rows.append(("ISR + zarr I/O", threads, _best(with_io, args.repeat)))
+    try:
+        for threads in (1, 2):
+            with dask.config.set(scheduler="threads", num_workers=threads):
+                rows.append(("ISR, no I/O", threads, _best(in_memory, args.repeat)))
+                rows.append(("ISR + zarr I/O", threads, _best(with_io, args.repeat)))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     rows.append(("fused kernel only (numba)", 1, _best(kernel_only, args.repeat)))
     ccd_time = _ccdproc(raw, calib, args.repeat)
     # The machine's own limit: one core's memory bandwidth (a float32 copy, read + write),
