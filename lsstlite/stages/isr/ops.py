@@ -667,7 +667,8 @@ def correct_brighter_fatter(
 
 
 def divide_flat(exp: xr.Dataset, flat: xr.Dataset) -> xr.Dataset:
-    """Divide by a master flat (variance by its square); flat ≤ 0 or non-finite → BAD, 0.
+    """Divide by a master flat (variance by its square); a flat outside
+    ``(_kernels.FLAT_MIN, _kernels.FLAT_MAX)`` (2⁻¹²⁰, 2¹²⁰) or not finite → BAD, 0.
 
     Notes
     -----
@@ -675,7 +676,7 @@ def divide_flat(exp: xr.Dataset, flat: xr.Dataset) -> xr.Dataset:
     """
     _check_same_shape(exp, flat, "flat")
     f = flat["image"].data
-    ok = da.isfinite(f) & (f > 0)
+    ok = (f > F32(_kernels.FLAT_MIN)) & (f < F32(_kernels.FLAT_MAX))
     safe = da.where(ok, f, F32(1.0))
     bit = np.int32(mask_bits(mask_planes(exp), "BAD"))
     out = _with(
@@ -1074,7 +1075,7 @@ def _chain_stack(
                     if _kernels.unflat(work[0, y0:y1, x0:x1], f_box, pre):
                         redo = np.empty((3, y1 - y0, nx), F32)
                         compute(y0, y1, False, into=redo)
-                        lost = ~(np.isfinite(f_box) & (f_box > 0))
+                        lost = ~((f_box > _kernels.FLAT_MIN) & (f_box < _kernels.FLAT_MAX))
                         pre[lost] = redo[0][:, x0:x1][lost]
                     before = pre.copy()
                     _kernels.bf_correct_inplace(
