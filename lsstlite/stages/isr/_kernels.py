@@ -360,6 +360,7 @@ def _isr_rows(
         dark_r = dark[r] if do_dark else zeros
         flat_r = flat[r] if do_flat else ones
         img_r, var_r, msk_r = img[r], var[r], msk[r]
+        acc = zero_i  # the row's summaries (below)
         for a in range(n_amps):
             g = np.float32(gain[a])
             rn2 = np.float32(read_noise[a] * read_noise[a])
@@ -437,17 +438,18 @@ def _isr_rows(
                 i_a[j] = e if fin else zero
                 v_a[j] = ev if fin else inf
                 m_a[j] = tm[j] | (zero_i if ok else bad_bit) | (zero_i if fin else nan_bit)
-        # Row summaries, from the row while it is in cache (reductions inside the loop
-        # above stopped it vectorising well): the OR of the mask bits, and whether a pixel
-        # may be above ``bright`` before the flat (image × flat, a hair below the
-        # threshold for the rounding; flat-BAD and overflowed pixels count as bright).
-        acc = zero_i
-        if check:  # bit 31: the brightness test
-            for j in range(det_nx):
-                acc |= msk_r[j] | (hot_bit if img_r[j] * flat_r[j] > thr else zero_i)
-        else:
-            for j in range(det_nx):
-                acc |= msk_r[j]
+            # The row's summaries, from the amplifier's pixels while they are in L1 (a
+            # reduction inside the loop above stopped it vectorising well; one pass over
+            # the whole row after it ran 5-8% slower): the OR of the mask bits, and
+            # whether a pixel may be above ``bright`` before the flat (image × flat, a
+            # hair below the threshold for the rounding; flat-BAD and overflowed pixels
+            # count as bright).
+            if check:  # bit 31: the brightness test
+                for j in range(width):
+                    acc |= m_a[j] | (hot_bit if i_a[j] * f_a[j] > thr else zero_i)
+            else:
+                for j in range(width):
+                    acc |= m_a[j]
         row_bits[r] = acc & np.int32(0x7FFFFFFF)
         row_bright[r] = acc < zero_i or (check and (acc & (bad_bit | nan_bit)) != zero_i)
 

@@ -597,7 +597,9 @@ def _boxes(defects: pd.DataFrame | NDArray[np.integer]) -> NDArray[np.int64]:
         missing = {"x0", "y0", "width", "height"} - set(defects.columns)
         if missing:
             raise ValueError(f"defects table lacks columns {sorted(missing)}")
-        return defects[["x0", "y0", "width", "height"]].to_numpy(dtype=np.int64)
+        # column by column: a frame's multi-column selection costs ~0.3 ms
+        cols = [defects[c].to_numpy(dtype=np.int64) for c in ("x0", "y0", "width", "height")]
+        return np.stack(cols, axis=1)
     return np.asarray(defects, dtype=np.int64).reshape(-1, 4)
 
 
@@ -1124,7 +1126,7 @@ def _chain_stack(
         flags,
         boxes,
         t,
-        sorted(loc.items(), key=str),
+        sorted(loc.items()),  # keys unique: values never compared
     )
     dsk: dict[Any, Any] = {}
     for i in range(n_blocks):
