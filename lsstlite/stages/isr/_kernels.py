@@ -22,6 +22,7 @@ from scipy import interpolate
 
 __all__ = [
     "bf_correct",
+    "bf_correct_box",
     "bf_margin",
     "bright_boxes",
     "clipped_combine",
@@ -1040,6 +1041,15 @@ def bf_correct_inplace(
         row_bright = _rows_above(image, float(threshold))
     for y0, y1, x0, x1 in bright_boxes(image, row_bright, threshold, bf_margin(k, radius)):
         _bf_sparse(image[y0:y1, x0:x1], k, float(threshold), int(radius), int(n_iter))
+
+
+def bf_correct_box(
+    image: NDArray[np.float32], kernel: NDArray[np.float64], threshold: float, radius: int, n_iter: int
+) -> None:
+    """:func:`bf_correct_inplace` on one box of :func:`bright_boxes` (its bright pixels at
+    least :func:`bf_margin` from its edges, or on the image's edges): the box as it is, no
+    search for bright rows and boxes in it (which would give the same pixels)."""
+    _bf_sparse(image, kernel, float(threshold), int(radius), int(n_iter))
 
 
 def bf_margin(kernel: NDArray[np.floating], radius: int) -> int:

@@ -900,6 +900,8 @@ def _chain_stack(
     n_amps = geo["raw_x0"].size
     loc = dict(local or {})
     bf_kernel = loc.get("bf_kernel")
+    if bf_kernel is not None:
+        bf_kernel = np.asarray(bf_kernel, np.float64)
     halo = 0
     if loc:
         halo = max(int(loc["grow"]), 0)
@@ -1080,12 +1082,8 @@ def _chain_stack(
                         lost = ~((f_box > _kernels.FLAT_MIN) & (f_box < _kernels.FLAT_MAX))
                         pre[lost] = redo[0][:, x0:x1][lost]
                     before = pre.copy()
-                    _kernels.bf_correct_inplace(
-                        pre,
-                        bf_kernel,
-                        threshold=threshold,
-                        radius=loc["bf_radius"],
-                        n_iter=loc["bf_n_iter"],
+                    _kernels.bf_correct_box(
+                        pre, bf_kernel, threshold, loc["bf_radius"], loc["bf_n_iter"]
                     )
                     c0, c1 = max(y0, top), min(y1, top + rows)  # this block's rows
                     if c0 < c1:
