@@ -430,6 +430,7 @@ def _isr_rows(
                 e = v * g
                 ev = max(e, zero) + rn2
                 e = e - d_a[j] * dt
+                hot = hot_bit if e > thr else zero_i
                 f = f_a[j]
                 ok = f > flat_min and f < flat_max
                 inv = reciprocal(f if ok else one)
@@ -438,19 +439,18 @@ def _isr_rows(
                 fin = abs(e) < inf
                 i_a[j] = e if fin else zero
                 v_a[j] = ev if fin else inf
-                m_a[j] = tm[j] | (zero_i if ok else bad_bit) | (zero_i if fin else nan_bit)
-            # The row's summaries, from the amplifier's pixels while they are in L1 (a
-            # reduction inside the loop above stopped it vectorising well; one pass over
-            # the whole row after it ran 5-8% slower): the OR of the mask bits, and
-            # whether a pixel may be above ``bright`` before the flat (image × flat, a
-            # hair below the threshold for the rounding; flat-BAD and overflowed pixels
-            # count as bright).
-            if check:  # bit 31: the brightness test
-                for j in range(width):
-                    acc |= m_a[j] | (hot_bit if i_a[j] * f_a[j] > thr else zero_i)
-            else:
-                for j in range(width):
-                    acc |= m_a[j]
+                m_a[j] = tm[j] | (zero_i if ok else bad_bit) | (zero_i if fin else nan_bit) | hot
+            # The OR of the row's mask bits, from the amplifier's pixels while they are
+            # in L1 (a reduction inside the loop above stopped it vectorising well; one
+            # pass over the whole row after it ran 5-8% slower). Bit 31 of the mask,
+            # cleared below, says the pixel may be above ``bright`` before the flat: the
+            # value before the flat against the threshold less 1e-6 of it (image × flat
+            # against it cost ~3 ms a detector more).
+            for j in range(width):
+                acc |= m_a[j]
+        if acc < zero_i:  # a bright row (few): bit 31 off again
+            for j in range(det_nx):
+                msk_r[j] &= np.int32(0x7FFFFFFF)
         row_bits[r] = acc & np.int32(0x7FFFFFFF)
         row_bright[r] = acc < zero_i or (check and (acc & (bad_bit | nan_bit)) != zero_i)
 
@@ -519,8 +519,10 @@ def isr_fused(
 
     ``row_bright`` (bool per row), when given, receives whether the row may have a pixel
     above ``bright`` before the flat (non-finite as 0: the image brighter-fatter sees). It
-    may say so of rows that have none, never the reverse: image × flat is compared with
-    the threshold less 1e-6 of it, and rows with BAD or UNMASKEDNAN pixels count.
+    may say so of rows that have none, never the reverse: the value before the flat is
+    compared with the threshold less 1e-6 of it (image × flat is within ~2e-7 of it), and
+    rows with BAD or UNMASKEDNAN pixels count. ``bits`` must not use bit 31, which the
+    kernel borrows for this test.
     ``row_bits`` (int32 per row) receives the OR of the row's mask bits.
     ``overscan_columns`` ``(x0s, n)``, when given, replaces ``overscan``: the levels are
     the medians of columns ``[x0s[a], x0s[a] + n)`` of each row (as :func:`row_medians`),
@@ -534,6 +536,8 @@ def isr_fused(
         (planes C-contiguous), else newly allocated.
     """
     n = raw.shape[0]
+    if (np.asarray(bits)[:3] < 0).any():
+        raise ValueError("isr_fused: the SAT, UNMASKEDNAN and BAD bits must not be bit 31")
     if out is None:
         out = np.empty((3, n, det_nx), dtype=np.float32)
     groups = xtalk if isinstance(xtalk, tuple) else crosstalk_groups(xtalk)
