@@ -1068,36 +1068,28 @@ def _chain_stack(
 
             threshold = float(loc["bf_threshold"])
             margin = _kernels.bf_margin(bf_kernel, loc["bf_radius"])
+            radius, n_iter, nan_bit = int(loc["bf_radius"]), int(loc["bf_n_iter"]), int(bits[1])
             for lo, hi in _kernels.row_bands(row_bright, margin):
-                band_flat = flat_rows(lo, hi)
-                for y0, y1, x0, x1 in _kernels.bright_boxes(
-                    work[0, lo:hi], row_bright[lo:hi], threshold, margin, band_flat
-                ):
-                    y0, y1 = y0 + lo, y1 + lo
-                    f_box = band_flat[y0 - lo : y1 - lo, x0:x1]
-                    pre = np.empty((y1 - y0, x1 - x0), F32)
-                    if _kernels.unflat(work[0, y0:y1, x0:x1], f_box, pre):
-                        redo = np.empty((3, y1 - y0, nx), F32)
-                        compute(y0, y1, False, into=redo)
-                        lost = ~((f_box > _kernels.FLAT_MIN) & (f_box < _kernels.FLAT_MAX))
-                        pre[lost] = redo[0][:, x0:x1][lost]
-                    before = pre.copy()
-                    _kernels.bf_correct_box(
-                        pre, bf_kernel, threshold, loc["bf_radius"], loc["bf_n_iter"]
-                    )
-                    c0, c1 = max(y0, top), min(y1, top + rows)  # this block's rows
-                    if c0 < c1:
-                        box = (slice(c0, c1), slice(x0, x1))
-                        core = slice(c0 - y0, c1 - y0)
-                        _kernels.reflat(
-                            work[0][box],
-                            work[1][box],
-                            msk[box],
-                            before[core],
-                            pre[core],
-                            f_box[core],
-                            int(bits[1]),
-                        )
+                band = (work[0, lo:hi], work[1, lo:hi], msk[lo:hi], flat_rows(lo, hi))
+                c0, c1 = max(lo, top) - lo, min(hi, top + rows) - lo  # this block's rows
+                left = _kernels.bf_band(
+                    *band, row_bright[lo:hi], threshold, margin, bf_kernel, radius, n_iter,
+                    c0, c1, nan_bit,
+                )  # fmt: skip
+                for x0, x1 in left:
+                    # a box with pixels whose flat is not usable: their values before
+                    # the flat from the chain run again without it
+                    f_box = band[3][:, x0:x1]
+                    pre = np.empty((hi - lo, x1 - x0), F32)
+                    _kernels.unflat(band[0][:, x0:x1], f_box, pre)
+                    redo = np.empty((3, hi - lo, nx), F32)
+                    compute(lo, hi, False, into=redo)
+                    lost = ~((f_box > _kernels.FLAT_MIN) & (f_box < _kernels.FLAT_MAX))
+                    pre[lost] = redo[0][:, x0:x1][lost]
+                    _kernels.bf_box_reflat(
+                        *band, pre, int(x0), c0, c1, bf_kernel, threshold, radius, n_iter,
+                        nan_bit,
+                    )  # fmt: skip
         _kernels.finish_rows(
             work[0],
             work[1],
