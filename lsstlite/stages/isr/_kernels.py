@@ -731,7 +731,9 @@ def interpolate_rows(
 
 
 @numba.njit(cache=True, nogil=True)
-def _add_tap(phi: NDArray[np.float64], cur: NDArray[np.float64], c: float, off: int, kh: int) -> None:
+def _add_tap(
+    phi: NDArray[np.float64], cur: NDArray[np.float64], c: float, off: int, kh: int
+) -> None:
     """``phi[i] += c * cur[i + off]`` for ``i`` in ``[kh, phi.size - kh)`` (``off >= -kh``).
     A function of its own: inlined in :func:`_bf_sparse`'s loops, LLVM left it scalar."""
     base = np.uint64(off + kh)
@@ -1214,7 +1216,9 @@ def bf_band(
             left[k] = xb[b]
             k += 1
             continue
-        bf_box_reflat(img, var, msk, flat, pre, x0, c0, c1, kernel, threshold, radius, n_iter, nan_bit)
+        bf_box_reflat(
+            img, var, msk, flat, pre, x0, c0, c1, kernel, threshold, radius, n_iter, nan_bit
+        )
     return left[:k]
 
 
