@@ -753,8 +753,8 @@ def _bf_sparse(
     above ``threshold`` (the active pixels).
 
     The current image (the iterate at active pixels, elsewhere the observed value,
-    non-finite as 0) is a float64 copy of the rows the active pixels reach, zero-padded
-    by the kernel's half-size on every side, in one flat array. ``φ = K ∗ I`` is computed
+    non-finite as 0) is a float64 copy of the rectangle the active pixels reach (± 1,
+    ± the kernel's half-size), zeros outside the image, in one flat array. ``φ = K ∗ I`` is computed
     on every pixel of the active rows ± 1, tap by tap in the order (ky, kx), each tap one
     pass over the flat array at a fixed offset: the padding stands for the taps outside
     the image (a tap on it adds ±0, which changes no sum), and the pixels whose taps would
@@ -790,21 +790,26 @@ def _bf_sparse(
                 ay[p] = y
                 ax[p] = x
                 p += 1
-    # phi on image rows [y_lo, y_hi) (the active rows ± 1); the copy holds rows
-    # [y_lo - kh, y_hi + kh), zeros outside the image; columns padded by kh each side
+    # phi on image rows [y_lo, y_hi) and columns [x_lo, x_hi) (the active pixels ± 1);
+    # the copy holds rows [y_lo - kh, y_hi + kh) and columns [x_lo - kh, x_hi + kh),
+    # zeros outside the image
+    x_lo, x_hi = nx, 0
+    for p in range(n_a):
+        x_lo, x_hi = min(x_lo, ax[p]), max(x_hi, ax[p])
+    x_lo, x_hi = max(x_lo - 1, 0), min(x_hi + 2, nx)
     y_lo, y_hi = max(ay[0] - 1, 0), min(ay[n_a - 1] + 2, ny)
-    w = nx + 2 * kh
+    w = x_hi - x_lo + 2 * kh
     n_phi = (y_hi - y_lo) * w
     cur = np.zeros((y_hi - y_lo + 2 * kh) * w)
     for y in range(max(y_lo - kh, 0), min(y_hi + kh, ny)):
-        row = (y - y_lo + kh) * w + kh
-        for x in range(nx):
+        row = (y - y_lo + kh) * w + kh - x_lo
+        for x in range(max(x_lo - kh, 0), min(x_hi + kh, nx)):
             v = float(image[y, x])
             cur[row + x] = v if math.isfinite(v) else 0.0
     # flat indices of the active pixels in phi; in cur it is that plus kh rows
     at = np.empty(n_a, np.int64)
     for p in range(n_a):
-        at[p] = (ay[p] - y_lo) * w + ax[p] + kh
+        at[p] = (ay[p] - y_lo) * w + ax[p] - x_lo + kh
     down = kh * w
     work = np.empty(n_a)  # the observed image (non-finite as 0) at active pixels
     for p in range(n_a):
