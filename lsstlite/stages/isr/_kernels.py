@@ -1102,38 +1102,91 @@ def bright_boxes(
 ) -> list[tuple[int, int, int, int]]:
     """Boxes ``(y0, y1, x0, x1)`` around the pixels above ``threshold``, ± ``margin``.
 
-    Bands of rows around the rows flagged in ``row_bright`` (a superset is fine), each cut
-    the same way along x; boxes closer than ``2 margin`` are one. With ``flat``, ``image``
-    has been divided by it and the test is on ``image × flat`` (a hair below the
-    threshold for the rounding; a pixel whose flat is not usable counts as bright).
+    Bands of rows around the rows flagged in ``row_bright`` (a superset is fine), each
+    cut into boxes by :func:`_band_boxes`. With ``flat``, ``image`` has been divided by it
+    and the test is on ``image × flat`` (a hair below the threshold for the rounding; a
+    pixel whose flat is not usable counts as bright).
     """
+    no_flat = np.zeros((0, 0), F32)
     out = []
     for lo, hi in row_bands(row_bright, margin):
-        band = image[lo:hi]
-        if flat is None:
-            columns = _columns_above(band, row_bright[lo:hi], float(threshold))
-        else:
-            columns = _columns_above_flat(band, flat[lo:hi], row_bright[lo:hi], float(threshold))
-        out += [(lo, hi, x0, x1) for x0, x1 in row_bands(columns, margin)]
+        f = no_flat if flat is None else flat[lo:hi]
+        boxes = _band_boxes(image[lo:hi], f, row_bright[lo:hi], float(threshold), int(margin))
+        out += [(lo + int(b[0]), lo + int(b[1]), int(b[2]), int(b[3])) for b in boxes]
     return out
 
 
-@numba.njit(cache=True, nogil=True, fastmath=_FASTMATH)
-def _columns_above_flat(
+@numba.njit(cache=True, nogil=True)
+def _band_boxes(
     image: NDArray[np.float32],
     flat: NDArray[np.float32],
     rows: NDArray[np.bool_],
     threshold: float,
+    margin: int,
+) -> NDArray[np.int64]:
+    """The boxes ``(y0, y1, x0, x1)`` of one band of rows: its columns with a bright pixel
+    (in the rows flagged in ``rows``) ± ``margin``, merged; in each such range of columns,
+    its rows with one ± ``margin``; in each of those, its columns again. Bright pixels of
+    different boxes are more than ``2 margin + 1`` apart along x or y, and each box holds
+    its bright pixels ± ``margin`` (clipped to the band). A band is often a chain of stars
+    at different columns whose rows overlap: its boxes as high as the band (as before the
+    cut along y) were ~3× the area BF had to visit. ``flat`` empty: no flat (see
+    :func:`_bright_flags`)."""
+    out = []
+    for xb in _bands(_bright_flags(image, flat, rows, threshold, False), margin):
+        x0, x1 = xb[0], xb[1]
+        for yb in _bands(
+            _bright_flags(image[:, x0:x1], flat[:, x0:x1], rows, threshold, True), margin
+        ):
+            y0, y1 = yb[0], yb[1]
+            columns = _bright_flags(
+                image[y0:y1, x0:x1], flat[y0:y1, x0:x1], rows[y0:y1], threshold, False
+            )
+            for ub in _bands(columns, margin):
+                out.append((y0, y1, x0 + ub[0], x0 + ub[1]))
+    boxes = np.empty((len(out), 4), np.int64)
+    for k in range(len(out)):
+        boxes[k, 0], boxes[k, 1], boxes[k, 2], boxes[k, 3] = out[k]
+    return boxes
+
+
+@numba.njit(cache=True, nogil=True, fastmath=_FASTMATH)
+def _bright_flags(
+    image: NDArray[np.float32],
+    flat: NDArray[np.float32],
+    rows: NDArray[np.bool_],
+    threshold: float,
+    by_row: bool,
 ) -> NDArray[np.bool_]:
-    out = np.zeros(image.shape[1], np.bool_)
-    thr = np.float32(threshold * (1 - 1e-6)) if threshold > 0 else np.float32(-np.inf)
+    """Which columns (or rows, ``by_row``) of ``image`` hold a pixel above ``threshold``
+    in the rows flagged in ``rows``. With a non-empty ``flat``, ``image`` has been divided
+    by it: the test is on ``image × flat`` against the threshold less 1e-6 of it, and a
+    pixel whose flat is not usable counts."""
+    ny, nx = image.shape
+    out = np.zeros(ny if by_row else nx, np.bool_)
+    with_flat = flat.shape[0] > 0
+    if with_flat:
+        thr = np.float32(threshold * (1 - 1e-6)) if threshold > 0 else np.float32(-np.inf)
+    else:
+        thr = np.float32(threshold)
     flat_min, flat_max = np.float32(FLAT_MIN), np.float32(FLAT_MAX)
-    for y in range(image.shape[0]):
-        if rows[y]:
-            i_r, f_r = image[y], flat[y]
-            for x in range(image.shape[1]):
-                f = f_r[x]
-                out[x] |= i_r[x] * f > thr or not (f > flat_min and f < flat_max)
+    for y in range(ny):
+        if not rows[y]:
+            continue
+        i_r = image[y]
+        any_row = False
+        for x in range(nx):
+            if with_flat:
+                f = flat[y, x]
+                b = i_r[x] * f > thr or not (f > flat_min and f < flat_max)
+            else:
+                b = i_r[x] > thr
+            if by_row:
+                any_row |= b
+            else:
+                out[x] |= b
+        if by_row:
+            out[y] = any_row
     return out
 
 
@@ -1204,25 +1257,26 @@ def bf_band(
 
     ``img``, ``var``, ``msk`` and ``flat`` are the band's rows (a band of
     :func:`row_bands` around the rows flagged in ``rows``, with ``margin`` =
-    :func:`bf_margin`). The band is cut into boxes along x as :func:`bright_boxes` does;
-    in each, the image before the flat (:func:`unflat`) is corrected and the pixels it
-    changes in rows ``[c0, c1)`` divided again (:func:`bf_box_reflat`). Boxes with a pixel
-    whose flat is not usable are left: their ``(x0, x1)`` are returned, for the caller to
-    recompute those pixels' values before the flat and call :func:`bf_box_reflat`. One
+    :func:`bf_margin`). The band is cut into boxes (:func:`_band_boxes`); in each, the
+    image before the flat (:func:`unflat`) is corrected and the pixels it changes in
+    rows ``[c0, c1)`` divided again (:func:`bf_box_reflat`). Boxes with a pixel whose
+    flat is not usable are left: their ``(y0, y1, x0, x1)`` (in the band) are returned,
+    for the caller to recompute those pixels' values before the flat and call
+    :func:`bf_box_reflat`. One
     call per band: per box from Python, the calls and temporaries cost ~13 µs a box.
     """
-    xb = _bands(_columns_above_flat(img, flat, rows, threshold), margin)
-    left = np.empty_like(xb)
+    boxes = _band_boxes(img, flat, rows, threshold, margin)
+    left = np.empty_like(boxes)
     k = 0
-    for b in range(xb.shape[0]):
-        x0, x1 = xb[b, 0], xb[b, 1]
-        pre = np.empty((img.shape[0], x1 - x0), np.float32)
-        if unflat(img[:, x0:x1], flat[:, x0:x1], pre):
-            left[k] = xb[b]
+    for b in range(boxes.shape[0]):
+        y0, y1, x0, x1 = boxes[b, 0], boxes[b, 1], boxes[b, 2], boxes[b, 3]
+        pre = np.empty((y1 - y0, x1 - x0), np.float32)
+        if unflat(img[y0:y1, x0:x1], flat[y0:y1, x0:x1], pre):
+            left[k] = boxes[b]
             k += 1
             continue
         bf_box_reflat(
-            img, var, msk, flat, pre, x0, c0, c1, kernel, threshold, radius, n_iter, nan_bit
+            img, var, msk, flat, pre, y0, x0, c0, c1, kernel, threshold, radius, n_iter, nan_bit
         )
     return left[:k]
 
@@ -1234,6 +1288,7 @@ def bf_box_reflat(
     msk: NDArray[np.int32],
     flat: NDArray[np.float32],
     pre: NDArray[np.float32],
+    y0: int,
     x0: int,
     c0: int,
     c1: int,
@@ -1243,20 +1298,21 @@ def bf_box_reflat(
     n_iter: int,
     nan_bit: int,
 ) -> None:
-    """BF on ``pre`` (one box's values before the flat: all the band's rows, columns from
-    ``x0``), then :func:`reflat` of the pixels it changed in rows ``[c0, c1)`` into the
-    band's ``img``, ``var`` and ``msk``."""
+    """BF on ``pre`` (one box's values before the flat, from row ``y0`` and column ``x0``
+    of the band), then :func:`reflat` of the pixels it changed in the band's rows
+    ``[c0, c1)`` into the band's ``img``, ``var`` and ``msk``."""
     before = pre.copy()
     _bf_sparse(pre, kernel, threshold, radius, n_iter)
-    if c0 < c1:
+    a, b = max(c0, y0), min(c1, y0 + pre.shape[0])
+    if a < b:
         x1 = x0 + pre.shape[1]
         reflat(
-            img[c0:c1, x0:x1],
-            var[c0:c1, x0:x1],
-            msk[c0:c1, x0:x1],
-            before[c0:c1],
-            pre[c0:c1],
-            flat[c0:c1, x0:x1],
+            img[a:b, x0:x1],
+            var[a:b, x0:x1],
+            msk[a:b, x0:x1],
+            before[a - y0 : b - y0],
+            pre[a - y0 : b - y0],
+            flat[a:b, x0:x1],
             nan_bit,
         )
 
@@ -1293,21 +1349,6 @@ def _rows_above(image: NDArray[np.float32], threshold: float) -> NDArray[np.bool
         for x in range(nx):
             peak = max(peak, row[x])
         out[y] = peak > thr or peak != peak
-    return out
-
-
-@numba.njit(cache=True, nogil=True)
-def _columns_above(
-    image: NDArray[np.float32], rows: NDArray[np.bool_], threshold: float
-) -> NDArray[np.bool_]:
-    """Which columns hold a pixel above ``threshold`` in the rows flagged in ``rows``."""
-    out = np.zeros(image.shape[1], np.bool_)
-    thr = np.float32(threshold)
-    for y in range(image.shape[0]):
-        if rows[y]:
-            row = image[y]
-            for x in range(image.shape[1]):
-                out[x] |= row[x] > thr
     return out
 
 

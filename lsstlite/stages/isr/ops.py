@@ -1076,19 +1076,19 @@ def _chain_stack(
                     *band, row_bright[lo:hi], threshold, margin, bf_kernel, radius, n_iter,
                     c0, c1, nan_bit,
                 )  # fmt: skip
-                for x0, x1 in left:
+                for y0, y1, x0, x1 in left:
                     # a box with pixels whose flat is not usable: their values before
                     # the flat from the chain run again without it
-                    f_box = band[3][:, x0:x1]
-                    pre = np.empty((hi - lo, x1 - x0), F32)
-                    _kernels.unflat(band[0][:, x0:x1], f_box, pre)
-                    redo = np.empty((3, hi - lo, nx), F32)
-                    compute(lo, hi, False, into=redo)
+                    f_box = band[3][y0:y1, x0:x1]
+                    pre = np.empty((y1 - y0, x1 - x0), F32)
+                    _kernels.unflat(band[0][y0:y1, x0:x1], f_box, pre)
+                    redo = np.empty((3, y1 - y0, nx), F32)
+                    compute(lo + y0, lo + y1, False, into=redo)
                     lost = ~((f_box > _kernels.FLAT_MIN) & (f_box < _kernels.FLAT_MAX))
                     pre[lost] = redo[0][:, x0:x1][lost]
                     _kernels.bf_box_reflat(
-                        *band, pre, int(x0), c0, c1, bf_kernel, threshold, radius, n_iter,
-                        nan_bit,
+                        *band, pre, int(y0), int(x0), c0, c1, bf_kernel, threshold, radius,
+                        n_iter, nan_bit,
                     )  # fmt: skip
         _kernels.finish_rows(
             work[0],

@@ -58,6 +58,9 @@ def test_bf_bands_equal_the_whole_image() -> None:
     image = rng.normal(1000.0, 30.0, (ny, nx))
     stars = [(20, 1, 8e5), (60, 40, 3e5), (62, 75, 4e5), (30, 180, 6e5), (100, 230, 5e5)]
     stars += [(5, 290, 2e5), (90, 398, 7e5)]
+    # one band of three stars whose rows overlap in a chain; the first and the last share
+    # columns but are rows apart: one range of columns cut in two along y
+    stars += [(20, 320, 5e5), (80, 340, 5e5), (22, 360, 5e5)]
     for x, y, f in stars:
         image += f / (2 * np.pi * 4.0) * np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / 8.0)
     image = image.astype(np.float32)
@@ -67,8 +70,13 @@ def test_bf_bands_equal_the_whole_image() -> None:
     _kernels._bf_sparse(whole, kernel.astype(np.float64), 1e4, 6, 2)
     banded = image.copy()
     _kernels.bf_correct_inplace(banded, kernel, threshold=1e4, radius=6, n_iter=2)
-    bands = _kernels.row_bands(_kernels._rows_above(image, 1e4), 6 + kernel.shape[0] // 2 + 2)
+    margin = _kernels.bf_margin(kernel, 6)
+    bright = _kernels._rows_above(image, 1e4)
+    bands = _kernels.row_bands(bright, margin)
     assert 3 <= len(bands) < len(stars)  # some bands merged, some did not
+    boxes = _kernels.bright_boxes(image, bright, 1e4, margin)
+    chain = [b for b in boxes if b[0] >= 305 and b[1] <= 375]
+    assert len(chain) == 3 and len({b[0] for b in chain}) == 3  # cut along x, then y
     assert not np.array_equal(whole, image)
     np.testing.assert_array_equal(banded, whole)
     superset = image.copy()
