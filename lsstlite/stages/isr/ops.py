@@ -969,8 +969,10 @@ def _chain_stack(
     bright = float(loc["bf_threshold"]) if bf_kernel is not None else np.inf
     bad_bit = int(bits[2])
 
-    def block(i: int, raw_p: Any, *rest: Any) -> NDArray[np.float32]:
-        # raw_p, os_p, each of cal_p: (previous, this, next) blocks (None at the edges)
+    def block(i: int, *parts: Any) -> NDArray[np.float32]:
+        # raw_p, os_p, each of cal_p: (previous, this, next) blocks (None at the edges),
+        # passed as one flat list of arguments
+        raw_p, *rest = (parts[k : k + 3] for k in range(0, len(parts), 3))
         os_p, cal_p = (rest[0], rest[1:]) if os_arr is not None else (None, rest)
         top = halo if i > 0 else 0
         bottom = halo if i < n_blocks - 1 else 0
@@ -1124,7 +1126,7 @@ def _chain_stack(
         for ks in keys:
             prev = ks[i - 1] if (halo and i > 0) else None
             nxt = ks[i + 1] if (halo and i < n_blocks - 1) else None
-            args.append((tuple, [prev, ks[i], nxt]))
+            args += [prev, ks[i], nxt]  # flat: a nested tuple task per input cost more
         dsk[(name, i)] = (block, i, *args)
     planes = []
     for k, dtype in enumerate((F32, F32, np.int32)):
