@@ -328,14 +328,14 @@ def _isr_rows(
     # columns from ``os_x0s``, computed here for each tile of rows just before the rows
     # themselves (``overscan`` is unused): the raw rows are read while in cache.
     # Row by row, amplifier by amplifier: overscan into one float32 row per amplifier
-    # (readout order), then for each victim amplifier its row in detector order minus the
-    # crosstalk of eight sources at a time (one store per eight sources), and one
-    # branch-free loop (selects only, absent steps as identities) over 1-d views for the
-    # detector-order steps, which LLVM vectorises. Reversed amplifiers are read forward
-    # and stored reversed, with an unsigned index: a signed one makes numba wrap negative
-    # indices, which stops LLVM from vectorising, and reversed reads cost a shuffle per
-    # source. Branches per step, 2-d indexing, an in-place reversal or one
-    # store per crosstalk source ran 1.2-3× slower.
+    # (readout order) and its SAT bits (detector order), then for each victim amplifier
+    # its row in detector order minus the crosstalk of eight sources at a time (one store
+    # per eight sources), and one branch-free loop (selects only, absent steps as
+    # identities) over 1-d views for the detector-order steps, which LLVM vectorises.
+    # Reversed amplifiers are read forward and stored reversed, with an unsigned index: a
+    # signed one makes numba wrap negative indices, which stops LLVM from vectorising, and
+    # reversed reads cost a shuffle per source. Branches per step, 2-d indexing, an
+    # in-place reversal or one store per crosstalk source ran 1.2-3× slower.
     n_rows = raw.shape[0]
     n_amps = amp_raw_x0.size
     do_os, do_xt, do_bias, do_lin = flags[0], flags[1], flags[2], flags[3]
