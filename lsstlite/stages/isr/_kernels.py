@@ -16,7 +16,6 @@ import numba
 import numpy as np
 from llvmlite import ir
 from numba import types
-from numba.core import cgutils
 from numba.extending import intrinsic
 from numpy.typing import NDArray
 from scipy import interpolate
@@ -251,27 +250,8 @@ def _bits_float_intrinsic(typingctx: Any, x: Any) -> Any:
     return sig, codegen
 
 
-def _prefetch_intrinsic(typingctx: Any, arr: Any, idx: Any) -> Any:
-    """Prefetch the cache line of ``arr[idx]`` (a C-contiguous 1-d array) into L2 for
-    reading (``llvm.prefetch``: ``prefetcht2`` on x86; nothing where there is none)."""
-    sig = types.void(arr, idx)
-
-    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
-        ary = context.make_array(signature.args[0])(context, builder, args[0])
-        ptr = builder.bitcast(builder.gep(ary.data, [args[1]]), ir.IntType(8).as_pointer())
-        i32 = ir.IntType(32)
-        fnty = ir.FunctionType(ir.VoidType(), [ptr.type, i32, i32, i32])
-        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0i8")
-        # read, locality 1 (L2), data cache
-        builder.call(fn, [ptr, ir.Constant(i32, 0), ir.Constant(i32, 1), ir.Constant(i32, 1)])
-        return context.get_dummy_value()
-
-    return sig, codegen
-
-
 _float_bits: Any = intrinsic(_float_bits_intrinsic)
 _bits_float: Any = intrinsic(_bits_float_intrinsic)
-_prefetch: Any = intrinsic(_prefetch_intrinsic)
 
 
 @numba.njit(cache=True, nogil=True, inline="always", fastmath=_FASTMATH)
@@ -400,19 +380,6 @@ def _isr_rows(
         img_r, var_r, msk_r = img[r], var[r], msk[r]
         acc = zero_i  # the row's summaries (below)
         for a in range(n_amps):
-            # this amplifier's calibration pixels two rows ahead, into L2: the loads of
-            # the main loop below come in bursts that the hardware prefetcher does not
-            # run far enough ahead of (4-7% of the kernel; prefetching the raw rows, or
-            # the output rows for writing, made it slower)
-            if r + 2 < n_rows:
-                px = amp_det_x0[a]
-                for q in range(px, px + width, 16):
-                    if do_bias:
-                        _prefetch(bias[r + 2], q)
-                    if do_dark:
-                        _prefetch(dark[r + 2], q)
-                    if do_flat:
-                        _prefetch(flat[r + 2], q)
             g = np.float32(gain[a])
             rn2 = np.float32(read_noise[a] * read_noise[a])
             s_a = src[a]
