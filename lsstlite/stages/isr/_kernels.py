@@ -1172,23 +1172,28 @@ def _bright_flags(
     else:
         thr = np.float32(threshold)
     flat_min, flat_max = np.float32(FLAT_MIN), np.float32(FLAT_MAX)
+    hit = np.empty(nx, np.bool_)
+    # branch-free inner loops (LLVM vectorises them): the first level scans whole rows
     for y in range(ny):
         if not rows[y]:
             continue
         i_r = image[y]
-        any_row = False
-        for x in range(nx):
-            if with_flat:
-                f = flat[y, x]
-                b = i_r[x] * f > thr or not (f > flat_min and f < flat_max)
-            else:
-                b = i_r[x] > thr
-            if by_row:
-                any_row |= b
-            else:
-                out[x] |= b
+        if with_flat:
+            f_r = flat[y]
+            for x in range(nx):
+                f = f_r[x]
+                hit[x] = (i_r[x] * f > thr) | ~((f > flat_min) & (f < flat_max))
+        else:
+            for x in range(nx):
+                hit[x] = i_r[x] > thr
         if by_row:
+            any_row = False
+            for x in range(nx):
+                any_row |= hit[x]
             out[y] = any_row
+        else:
+            for x in range(nx):
+                out[x] |= hit[x]
     return out
 
 
