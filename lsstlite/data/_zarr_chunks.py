@@ -279,7 +279,14 @@ class StoredArray:
             )
         path = os.path.join(self.directory, _chunk_key(index, self.key))
         dt = np.dtype(self.dtype)
-        if np.array_equal(block, np.broadcast_to(np.array(self.fill, dt), part), equal_nan=True):
+        fill = np.broadcast_to(np.array(self.fill, dt), part)
+        first = (0,) * block.ndim
+        # a chunk whose first pixel is not the fill is written without a scan of it
+        if (
+            block.size
+            and np.array_equal(block[first], fill[first], equal_nan=True)
+            and (np.array_equal(block, fill, equal_nan=True))
+        ):
             if os.path.exists(path):
                 os.remove(path)
             return
@@ -573,6 +580,61 @@ def open_stored_group(group_dir: Path) -> Any:
         else:
             coords[name] = (v.dims, v.data, v.attrs)
     return xr.Dataset(data_vars, coords=coords, attrs=group.attrs)
+
+
+def write_chunk_from_blocks(
+    stores: list[StoredArray],
+    fills: list[Any],
+    index: tuple[int, int],
+    box: tuple[int, int, int, int],
+    block_boxes: list[tuple[int, int, int, int]],
+    blocks: list[tuple[NDArray[Any], ...] | None],
+) -> None:
+    """Assemble stored chunk ``index`` (``box``: y0, x0, y1, x1) of each of ``stores``
+    from the computed blocks it overlaps (``blocks[b][k]``: plane ``k`` of the block at
+    ``block_boxes[b]``; None: the block is ``fills[k]`` everywhere) and write it."""
+    y0, x0, y1, x1 = box
+    for k, (store, fill) in enumerate(zip(stores, fills, strict=True)):
+        if len(blocks) == 1 and blocks[0] is not None:
+            by0, bx0, by1, bx1 = block_boxes[0]
+            if by0 <= y0 and bx0 <= x0 and by1 >= y1 and bx1 >= x1:  # one block holds it
+                part = blocks[0][k][y0 - by0 : y1 - by0, x0 - bx0 : x1 - bx0]
+                store.write(index, np.ascontiguousarray(part, dtype=store.native_dtype))
+                continue
+        out = np.full((y1 - y0, x1 - x0), fill, dtype=store.native_dtype)
+        for (by0, bx0, by1, bx1), block in zip(block_boxes, blocks, strict=True):
+            if block is None:
+                continue
+            oy0, ox0 = max(by0, y0), max(bx0, x0)
+            oy1, ox1 = min(by1, y1), min(bx1, x1)
+            out[oy0 - y0 : oy1 - y0, ox0 - x0 : ox1 - x0] = block[k][
+                oy0 - by0 : oy1 - by0, ox0 - bx0 : ox1 - bx0
+            ]
+        store.write(index, out)
+
+
+def chunk_boxes(
+    shape: tuple[int, int], chunk_shape: tuple[int, int], edges: tuple[NDArray[Any], NDArray[Any]]
+) -> dict[tuple[int, int], tuple[tuple[int, int, int, int], list[tuple[int, int]]]]:
+    """For each stored chunk ``(si, sj)`` of an array of ``shape`` in ``chunk_shape``
+    chunks, its box ``(y0, x0, y1, x1)`` and the blocks ``(i, j)`` it overlaps, the blocks
+    being cut at ``edges`` (the cumulative block boundaries along y and x, from 0)."""
+    (ny, nx), (cy, cx) = shape, chunk_shape
+    ey, ex = edges
+    out = {}
+    for si, y0 in enumerate(range(0, ny, cy)):
+        for sj, x0 in enumerate(range(0, nx, cx)):
+            y1, x1 = min(y0 + cy, ny), min(x0 + cx, nx)
+            blocks = []
+            for i in range(int(np.searchsorted(ey, y0, "right")) - 1, len(ey) - 1):
+                if ey[i] >= y1:
+                    break
+                for j in range(int(np.searchsorted(ex, x0, "right")) - 1, len(ex) - 1):
+                    if ex[j] >= x1:
+                        break
+                    blocks.append((i, j))
+            out[si, sj] = ((y0, x0, y1, x1), blocks)
+    return out
 
 
 def create_stored_group(

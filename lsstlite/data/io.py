@@ -97,18 +97,74 @@ def write_exposure_zarr(
     if isinstance(store, os.PathLike):
         store = os.fspath(store)
     try:
-        out.to_zarr(
+        # the metadata and coordinates now; the planes' chunks below
+        writes = out.to_zarr(
             store,
             group=path,
             mode="w" if overwrite else "w-",
             zarr_format=3,
             consolidated=False,
+            compute=False,
         )
     except (FileExistsError, zarr.errors.ContainsGroupError, zarr.errors.ContainsArrayError) as exc:
         where = f"{store}" + (f" group {path!r}" if path else "")
         raise FileExistsError(
             f"{where} already holds data; pass overwrite=True to replace it"
         ) from exc
+    root = local_store_root(store)
+    chunk_writes = None if root is None else _chunk_writes(ds, root / path if path else root)
+    if chunk_writes is None:
+        writes.compute()
+    else:
+        import dask
+
+        dask.compute(*chunk_writes)
+
+
+def _chunk_writes(ds: xr.Dataset, group_dir: Path) -> list[Any] | None:
+    """Delayed writes of the planes of ``ds`` into the stored chunks of the group that
+    ``to_zarr`` has just laid out at ``group_dir``: one task per stored chunk (all three
+    planes), taking the blocks of ``ds`` it overlaps as they are. None when a plane's
+    layout is not one :mod:`lsstlite.data._zarr_chunks` writes.
+
+    Through xarray and zarr, each chunk of each plane was a task of its own after a
+    rechunk to the stored chunks, and went through zarr's asyncio loop: 185 ms to store a
+    computed 4096² exposure on two threads.
+    """
+    import dask.array as da
+    from dask.base import tokenize
+    from dask.delayed import Delayed
+    from dask.highlevelgraph import HighLevelGraph
+
+    from lsstlite.data._zarr_chunks import chunk_boxes, stored_array, write_chunk_from_blocks
+
+    names = ("image", "variance", "mask")
+    if set(ds.data_vars) != set(names):  # other variables: xarray writes them all
+        return None
+    found = [stored_array(group_dir / n) for n in names]
+    stores = [s for s in found if s is not None]
+    if len(stores) != len(names):
+        return None
+    planes = [ds[n].data for n in names]
+    planes = [p if isinstance(p, da.Array) else da.from_array(p, chunks=-1) for p in planes]
+    planes = [p.rechunk(planes[0].chunks) for p in planes]
+    ey, ex = (np.cumsum((0, *c)) for c in planes[0].chunks)
+    cy, cx = stores[0].chunk_shape
+    name = "write-exposure-" + tokenize(str(group_dir), *planes)
+    dsk: dict[Any, Any] = {}
+    ny, nx = planes[0].shape
+    for (si, sj), (box, blocks) in chunk_boxes((ny, nx), (cy, cx), (ey, ex)).items():
+        dsk[(name, si, sj)] = (
+            write_chunk_from_blocks,
+            stores,
+            [s.fill for s in stores],
+            (si, sj),
+            box,
+            [(int(ey[i]), int(ex[j]), int(ey[i + 1]), int(ex[j + 1])) for i, j in blocks],
+            [(tuple, [(p.name, i, j) for p in planes]) for i, j in blocks],
+        )
+    graph = HighLevelGraph.from_collections(name, dsk, dependencies=planes)
+    return [Delayed(key, graph, layer=name) for key in dsk]
 
 
 def open_exposure_zarr(

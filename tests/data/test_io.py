@@ -44,6 +44,45 @@ def test_zarr_subgroup_and_lazy_input(exposure: xr.Dataset, tmp_path: Path) -> N
     xr.testing.assert_identical(back.compute(), exposure)
 
 
+def test_zarr_chunks_written_as_zarr_writes_them(
+    exposure: xr.Dataset, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each stored chunk is written by one task from the blocks it overlaps (blocks that
+    do not line up with the chunks, an all-NaN image chunk that gets no file): the store
+    is the one xarray and zarr write, file for file, byte for byte."""
+    from lsstlite.data import _zarr_chunks
+
+    calls = []
+    original = _zarr_chunks.write_chunk_from_blocks
+    monkeypatch.setattr(
+        _zarr_chunks,
+        "write_chunk_from_blocks",
+        lambda *a: calls.append(a[2]) or original(*a),
+    )
+    exp = exposure.copy(deep=True)
+    exp["image"][:64, :48] = np.nan
+    ref = exp.chunk({"y": 64, "x": 48})
+    for name in ref.variables:
+        ref[name].encoding = {"_FillValue": None}
+        if ref[name].dtype.kind == "f":
+            ref[name].encoding["compressors"] = None
+    ref.to_zarr(tmp_path / "ref.zarr", zarr_format=3, consolidated=False)
+    files = {p.relative_to(tmp_path / "ref.zarr") for p in (tmp_path / "ref.zarr").rglob("*")}
+    assert not (tmp_path / "ref.zarr" / "image" / "c" / "0" / "0").exists()
+    ny, nx = exp["image"].shape
+    # blocks across chunk edges, and blocks of whole chunks
+    for blocks in ({"y": 50, "x": 70}, {"y": 128, "x": 96}):
+        calls.clear()
+        out = tmp_path / f"e{blocks['y']}.zarr"
+        lld.write_exposure_zarr(exp.chunk(blocks), out, chunks=(64, 48))
+        assert sorted(calls) == [(i, j) for i in range(-(-ny // 64)) for j in range(-(-nx // 48))]
+        assert {p.relative_to(out) for p in out.rglob("*")} == files
+        for rel in files:
+            if (tmp_path / "ref.zarr" / rel).is_file():
+                want = (tmp_path / "ref.zarr" / rel).read_bytes()
+                assert (out / rel).read_bytes() == want, (blocks, rel)
+
+
 def test_open_missing_zarr_names_the_place(tmp_path: Path) -> None:
     with pytest.raises(lld.ExposureReadError, match="nothing"):
         lld.open_exposure_zarr(tmp_path / "nothing.zarr")

@@ -931,7 +931,11 @@ def write_coadd(
 
     import dask.threaded
 
-    from lsstlite.data._zarr_chunks import create_stored_group
+    from lsstlite.data._zarr_chunks import (
+        chunk_boxes,
+        create_stored_group,
+        write_chunk_from_blocks,
+    )
     from lsstlite.data.exposure import exposure_metadata
     from lsstlite.data.io import DEFAULT_CHUNKS
 
@@ -956,51 +960,16 @@ def write_coadd(
     ex = np.cumsum([0] + [s[1] for s in plan.shapes[0]])
     write = f"{plan.name}-write"
     keys = []
-    for si, y0 in enumerate(range(0, ny, cy)):
-        for sj, x0 in enumerate(range(0, nx, cx)):
-            y1, x1 = min(y0 + cy, ny), min(x0 + cx, nx)
-            blocks = []
-            for i in range(int(np.searchsorted(ey, y0, "right")) - 1, len(ey) - 1):
-                if ey[i] >= y1:
-                    break
-                for j in range(int(np.searchsorted(ex, x0, "right")) - 1, len(ex) - 1):
-                    if ex[j] >= x1:
-                        break
-                    box = (int(ey[i]), int(ex[j]), int(ey[i + 1]), int(ex[j + 1]))
-                    blocks.append((box, (plan.name, i, j) if (i, j) in plan.tasks else None))
-            key = (write, si, sj)
-            dsk[key] = (
-                _write_stored_chunks,
-                [stores[p] for p in ("image", "variance", "mask")],
-                [v for _, v in plan.fills],
-                (si, sj),
-                (y0, x0, y1, x1),
-                [b for b, _ in blocks],
-                [k for _, k in blocks],
-            )
-            keys.append(key)
+    for (si, sj), (box, blocks) in chunk_boxes((ny, nx), (cy, cx), (ey, ex)).items():
+        key = (write, si, sj)
+        dsk[key] = (
+            write_chunk_from_blocks,
+            [stores[p] for p in ("image", "variance", "mask")],
+            [v for _, v in plan.fills],
+            (si, sj),
+            box,
+            [(int(ey[i]), int(ex[j]), int(ey[i + 1]), int(ex[j + 1])) for i, j in blocks],
+            [(plan.name, i, j) if (i, j) in plan.tasks else None for i, j in blocks],
+        )
+        keys.append(key)
     dask.threaded.get(dsk, keys, num_workers=num_workers)
-
-
-def _write_stored_chunks(
-    stores: list[Any],
-    fills: list[Any],
-    index: tuple[int, int],
-    box: tuple[int, int, int, int],
-    block_boxes: list[tuple[int, int, int, int]],
-    blocks: list[tuple[NDArray[Any], ...] | None],
-) -> None:
-    """Assemble stored chunk ``index`` (``box``: y0, x0, y1, x1) of each plane from the
-    output blocks it overlaps (None: the block's fill) and write it."""
-    y0, x0, y1, x1 = box
-    for k, (store, fill) in enumerate(zip(stores, fills, strict=True)):
-        out = np.full((y1 - y0, x1 - x0), fill, dtype=store.native_dtype)
-        for (by0, bx0, by1, bx1), block in zip(block_boxes, blocks, strict=True):
-            if block is None:
-                continue
-            oy0, ox0 = max(by0, y0), max(bx0, x0)
-            oy1, ox1 = min(by1, y1), min(bx1, x1)
-            out[oy0 - y0 : oy1 - y0, ox0 - x0 : ox1 - x0] = block[k][
-                oy0 - by0 : oy1 - by0, ox0 - bx0 : ox1 - bx0
-            ]
-        store.write(index, out)
