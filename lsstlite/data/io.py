@@ -146,7 +146,8 @@ def _chunk_writes(ds: xr.Dataset, group_dir: Path) -> list[Any] | None:
     if len(stores) != len(names):
         return None
     planes = [ds[n].data for n in names]
-    planes = [p if isinstance(p, da.Array) else da.from_array(p, chunks=-1) for p in planes]
+    # (an in-memory plane: one block, named without hashing its pixels)
+    planes = [p if isinstance(p, da.Array) else da.from_array(p, -1, name=False) for p in planes]
     planes = [p.rechunk(planes[0].chunks) for p in planes]
     ey, ex = (np.cumsum((0, *c)) for c in planes[0].chunks)
     cy, cx = stores[0].chunk_shape

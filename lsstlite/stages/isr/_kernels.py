@@ -748,16 +748,16 @@ def _bf_sparse(
     above ``threshold`` (the active pixels).
 
     The current image (the iterate at active pixels, elsewhere the observed value,
-    non-finite as 0) is a float64 copy of the rectangle the active pixels reach (± 1,
-    ± the kernel's half-size), zeros outside the image, in one flat array. ``φ = K ∗ I`` is computed
-    on every pixel of the active rows ± 1, tap by tap in the order (ky, kx), each tap one
-    pass over the flat array at a fixed offset: the padding stands for the taps outside
-    the image (a tap on it adds ±0, which changes no sum), and the pixels whose taps would
-    wrap around a row are padding columns, never read. Long loops: an earlier version
-    summed each tap over the short runs of needed pixels along rows, which LLVM ran
-    mostly in scalar remainders (50 µs an iteration for a star's box, against ~12).
+    non-finite as 0) is a float64 copy of the rectangle the active pixels reach (± 1, ±
+    the kernel's half-size), zeros outside the image, in one flat array. ``φ = K ∗ I`` is
+    computed on every pixel of the active pixels' rectangle ± 1, in the order (ky, kx),
+    three taps per pass over the flat array at fixed offsets: the zeros stand for the taps
+    outside the image (a tap on them adds ±0, which changes no sum), and the pixels whose
+    taps would wrap around a row are padding columns, never read. Long loops: an earlier
+    version summed each tap over the short runs of needed pixels along rows, which LLVM
+    ran mostly in scalar remainders (50 µs an iteration for a star's box, against ~14).
     ``ΔI`` is then evaluated at the active pixels only. Meant for the boxes of
-    :func:`bf_correct_inplace`.
+    :func:`bright_boxes`.
     """
     ny, nx = image.shape
     kh = kernel.shape[0] // 2
@@ -1173,7 +1173,7 @@ def _bright_flags(
         thr = np.float32(threshold)
     flat_min, flat_max = np.float32(FLAT_MIN), np.float32(FLAT_MAX)
     hit = np.empty(nx, np.bool_)
-    # branch-free inner loops (LLVM vectorises them): the first level scans whole rows
+    # no branch inside the loops over x: the first level scans whole rows of the band
     for y in range(ny):
         if not rows[y]:
             continue
@@ -1269,8 +1269,8 @@ def bf_band(
     rows ``[c0, c1)`` divided again (:func:`bf_box_reflat`). Boxes with a pixel whose
     flat is not usable are left: their ``(y0, y1, x0, x1)`` (in the band) are returned,
     for the caller to recompute those pixels' values before the flat and call
-    :func:`bf_box_reflat`. One
-    call per band: per box from Python, the calls and temporaries cost ~13 µs a box.
+    :func:`bf_box_reflat`. One call per band: per box from Python, the calls and
+    temporaries cost ~13 µs a box.
     """
     boxes = _band_boxes(img, flat, rows, threshold, margin)
     left = np.empty_like(boxes)

@@ -1126,7 +1126,7 @@ def _chain_stack(
         for ks in keys:
             prev = ks[i - 1] if (halo and i > 0) else None
             nxt = ks[i + 1] if (halo and i < n_blocks - 1) else None
-            args += [prev, ks[i], nxt]  # flat: a nested tuple task per input cost more
+            args += [prev, ks[i], nxt]  # flat: no nested tuple task per input
         dsk[(name, i)] = (block, i, *args)
     planes = []
     for k, dtype in enumerate((F32, F32, np.int32)):
