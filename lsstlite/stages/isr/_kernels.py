@@ -761,15 +761,41 @@ def _bf_sparse(
     """
     ny, nx = image.shape
     kh = kernel.shape[0] // 2
-    active = np.zeros((ny, nx), dtype=np.bool_)
+    # The active pixels: the bright ones dilated by the (2 radius + 1)² square, along
+    # rows (each run of bright pixels marks its span once), then along columns (a count
+    # over the 2 radius + 1 rows around each row)
+    span = np.zeros((ny, nx), np.int32)
+    bright_row = np.zeros(ny, np.bool_)
     for y in range(ny):
-        for x in range(nx):
-            if image[y, x] > threshold:
-                # after a bright left neighbour only the square's new column is unmarked
-                first = x - radius if x == 0 or not image[y, x - 1] > threshold else x + radius
-                for yy in range(max(y - radius, 0), min(y + radius + 1, ny)):
-                    for xx in range(max(first, 0), min(x + radius + 1, nx)):
-                        active[yy, xx] = True
+        row, s_row = image[y], span[y]
+        x = 0
+        while x < nx:
+            if not row[x] > threshold:
+                x += 1
+                continue
+            start = x
+            while x < nx and row[x] > threshold:
+                x += 1
+            for xx in range(max(start - radius, 0), min(x + radius, nx)):
+                s_row[xx] = 1
+            bright_row[y] = True
+    active = np.zeros((ny, nx), dtype=np.bool_)
+    count = np.zeros(nx, np.int32)
+    n_in = 0  # bright rows in the window
+    for y in range(ny + radius):
+        if y < ny and bright_row[y]:
+            count += span[y]
+            n_in += 1
+        out = y - radius  # its window: rows [out - radius, out + radius]
+        if out >= 0:
+            if n_in:
+                a_row = active[out]
+                for x in range(nx):
+                    a_row[x] = count[x] > 0
+            gone = out - radius
+            if gone >= 0 and bright_row[gone]:
+                count -= span[gone]
+                n_in -= 1
     n_a = 0
     for y in range(ny):
         for x in range(nx):
