@@ -297,7 +297,7 @@ def _isr_rows(
     img: NDArray[np.float32],
     var: NDArray[np.float32],
     msk: NDArray[np.int32],
-    row_bright: NDArray[np.bool_],
+    row_bright: NDArray[np.int64],
     row_bits: NDArray[np.int32],
     os_x0s: NDArray[np.int64],
     os_n: int,
@@ -379,6 +379,7 @@ def _isr_rows(
         flat_r = flat[r] if do_flat else ones
         img_r, var_r, msk_r = img[r], var[r], msk[r]
         acc = zero_i  # the row's summaries (below)
+        amps = np.int64(0)
         for a in range(n_amps):
             g = np.float32(gain[a])
             rn2 = np.float32(read_noise[a] * read_noise[a])
@@ -448,19 +449,24 @@ def _isr_rows(
                 i_a[j] = e if fin else zero
                 v_a[j] = ev if fin else inf
                 m_a[j] = tm[j] | (zero_i if ok else bad_bit) | (zero_i if fin else nan_bit) | hot
-            # The OR of the row's mask bits, from the amplifier's pixels while they are
-            # in L1 (a reduction inside the loop above stopped it vectorising well; one
-            # pass over the whole row after it ran 5-8% slower). Bit 31 of the mask,
-            # cleared below, says the pixel may be above ``bright`` before the flat: the
-            # value before the flat against the threshold less 1e-6 of it (image × flat
-            # against it cost ~3 ms a detector more).
+            # The OR of the amplifier's mask bits while its pixels are in L1 (a reduction
+            # inside the loop above stopped it vectorising well; one pass over the whole
+            # row after it ran 5-8% slower). Bit 31 of the mask, cleared again at once,
+            # says the pixel may be above ``bright`` before the flat: the value before the
+            # flat against the threshold less 1e-6 of it (image × flat against it cost
+            # ~3 ms a detector more).
+            acc_a = zero_i
             for j in range(width):
-                acc |= m_a[j]
-        if acc < zero_i:  # a bright row (few): bit 31 off again
-            for j in range(det_nx):
-                msk_r[j] &= np.int32(0x7FFFFFFF)
+                acc_a |= m_a[j]
+            if acc_a < zero_i:  # a bright amplifier row (few): bit 31 off again
+                for j in range(width):
+                    m_a[j] &= np.int32(0x7FFFFFFF)
+                amps |= np.int64(1) << np.int64(a)
+            elif check and (acc_a & (bad_bit | nan_bit)) != zero_i:
+                amps |= np.int64(1) << np.int64(a)
+            acc |= acc_a
         row_bits[r] = acc & np.int32(0x7FFFFFFF)
-        row_bright[r] = acc < zero_i or (check and (acc & (bad_bit | nan_bit)) != zero_i)
+        row_bright[r] = amps
 
 
 def crosstalk_groups(xtalk: NDArray[np.floating]) -> tuple[NDArray[np.int64], NDArray[np.float64]]:
@@ -506,7 +512,7 @@ def isr_fused(
     out: NDArray[np.float32] | None = None,
     *,
     bright: float = np.inf,
-    row_bright: NDArray[np.bool_] | None = None,
+    row_bright: NDArray[np.int64] | None = None,
     row_bits: NDArray[np.int32] | None = None,
     overscan_columns: tuple[NDArray[np.int64], int] | None = None,
 ) -> NDArray[np.float32]:
@@ -525,12 +531,13 @@ def isr_fused(
     dtype (uint16 as read; each dtype compiles once). ``xtalk`` is the matrix or its
     :func:`crosstalk_groups`.
 
-    ``row_bright`` (bool per row), when given, receives whether the row may have a pixel
-    above ``bright`` before the flat (non-finite as 0: the image brighter-fatter sees). It
-    may say so of rows that have none, never the reverse: the value before the flat is
+    ``row_bright`` (int64 per row), when given, receives which amplifiers' pixels in the
+    row may be above ``bright`` before the flat (non-finite as 0: the image
+    brighter-fatter sees): bit ``a`` for the amplifier at ``amp_det_x0[a]`` (at most 63).
+    It may say so of pixels that are not, never the reverse: the value before the flat is
     compared with the threshold less 1e-6 of it (image × flat is within ~2e-7 of it), and
-    rows with BAD or UNMASKEDNAN pixels count. ``bits`` must not use bit 31, which the
-    kernel borrows for this test.
+    BAD or UNMASKEDNAN pixels count. ``bits`` must not use bit 31, which the kernel
+    borrows for this test.
     ``row_bits`` (int32 per row) receives the OR of the row's mask bits.
     ``overscan_columns`` ``(x0s, n)``, when given, replaces ``overscan``: the levels are
     the medians of columns ``[x0s[a], x0s[a] + n)`` of each row (as :func:`row_medians`),
@@ -546,6 +553,8 @@ def isr_fused(
     n = raw.shape[0]
     if (np.asarray(bits)[:3] < 0).any():
         raise ValueError("isr_fused: the SAT, UNMASKEDNAN and BAD bits must not be bit 31")
+    if np.size(amp_raw_x0) > 63:
+        raise ValueError(f"isr_fused: {np.size(amp_raw_x0)} amplifiers in a row; at most 63")
     if out is None:
         out = np.empty((3, n, det_nx), dtype=np.float32)
     groups = xtalk if isinstance(xtalk, tuple) else crosstalk_groups(xtalk)
@@ -572,7 +581,7 @@ def isr_fused(
         out[0],
         out[1],
         out[2].view(np.int32),
-        np.empty(n, np.bool_) if row_bright is None else row_bright,
+        np.empty(n, np.int64) if row_bright is None else row_bright,
         np.empty(n, np.int32) if row_bits is None else row_bits,
         *_inline_overscan(raw, overscan_columns),
     )
@@ -1098,12 +1107,14 @@ def bf_correct_inplace(
     threshold: float,
     radius: int,
     n_iter: int,
-    row_bright: NDArray[np.bool_] | None = None,
+    row_bright: NDArray[np.bool_] | NDArray[np.int64] | None = None,
+    columns: tuple[NDArray[np.int64], int] | None = None,
 ) -> None:
     """:func:`bf_correct` in place, on boxes around bright pixels only.
 
     ``row_bright``, when given, says which rows may have a pixel above ``threshold``
-    (a superset is fine); otherwise one scan finds them. Each band of rows (bright rows ±
+    (a superset is fine; with ``columns``, where: see :func:`bright_boxes`); otherwise one
+    scan finds them. Each band of rows (bright rows ±
     ``radius + kernel half-size + 2``, merged where they touch) is cut the same way along
     x, and each box is corrected on its own: the correction of a pixel depends only on
     pixels within ``radius + half-size + 1`` of a bright one, so the result is the whole
@@ -1112,7 +1123,8 @@ def bf_correct_inplace(
     k = np.asarray(kernel, dtype=F64)
     if row_bright is None:
         row_bright = _rows_above(image, float(threshold))
-    for y0, y1, x0, x1 in bright_boxes(image, row_bright, threshold, bf_margin(k, radius)):
+    boxes = bright_boxes(image, row_bright, threshold, bf_margin(k, radius), columns=columns)
+    for y0, y1, x0, x1 in boxes:
         _bf_sparse(image[y0:y1, x0:x1], k, float(threshold), int(radius), int(n_iter))
 
 
@@ -1123,23 +1135,32 @@ def bf_margin(kernel: NDArray[np.floating], radius: int) -> int:
 
 def bright_boxes(
     image: NDArray[np.float32],
-    row_bright: NDArray[np.bool_],
+    row_bright: NDArray[np.bool_] | NDArray[np.int64],
     threshold: float,
     margin: int,
     flat: NDArray[np.float32] | None = None,
+    columns: tuple[NDArray[np.int64], int] | None = None,
 ) -> list[tuple[int, int, int, int]]:
     """Boxes ``(y0, y1, x0, x1)`` around the pixels above ``threshold``, ± ``margin``.
 
     Bands of rows around the rows flagged in ``row_bright`` (a superset is fine), each
-    cut into boxes by :func:`_band_boxes`. With ``flat``, ``image`` has been divided by it
-    and the test is on ``image × flat`` (a hair below the threshold for the rounding; a
-    pixel whose flat is not usable counts as bright).
+    cut into boxes by :func:`_band_boxes`. With ``columns`` ``(x0s, width)``, bit ``s``
+    of ``row_bright[y]`` says that the row's bright pixels may lie in columns
+    ``[x0s[s], x0s[s] + width)`` (as :func:`isr_fused` flags amplifiers), and only those
+    are looked at; without, any non-zero value flags the whole row. With ``flat``,
+    ``image`` has been divided by it and the test is on ``image × flat`` (a hair below the
+    threshold for the rounding; a pixel whose flat is not usable counts as bright).
     """
     no_flat = np.zeros((0, 0), F32)
+    rows = np.asarray(row_bright).astype(np.int64, copy=False)
+    x0s, width = (np.zeros(0, np.int64), 0) if columns is None else columns
     out = []
-    for lo, hi in row_bands(row_bright, margin):
+    for lo, hi in row_bands(rows, margin):
         f = no_flat if flat is None else flat[lo:hi]
-        boxes = _band_boxes(image[lo:hi], f, row_bright[lo:hi], float(threshold), int(margin))
+        boxes = _band_boxes(
+            image[lo:hi], f, rows[lo:hi], np.asarray(x0s, np.int64), int(width),
+            float(threshold), int(margin),
+        )  # fmt: skip
         out += [(lo + int(b[0]), lo + int(b[1]), int(b[2]), int(b[3])) for b in boxes]
     return out
 
@@ -1148,12 +1169,15 @@ def bright_boxes(
 def _band_boxes(
     image: NDArray[np.float32],
     flat: NDArray[np.float32],
-    rows: NDArray[np.bool_],
+    rows: NDArray[np.int64],
+    x0s: NDArray[np.int64],
+    width: int,
     threshold: float,
     margin: int,
 ) -> NDArray[np.int64]:
     """The boxes ``(y0, y1, x0, x1)`` of one band of rows: its columns with a bright pixel
-    (in the rows flagged in ``rows``) ± ``margin``, merged; in each such range of columns,
+    (in the rows flagged in ``rows``, where they flag: ``x0s`` and ``width`` as in
+    :func:`bright_boxes`) ± ``margin``, merged; in each such range of columns,
     its rows with one ± ``margin``; in each of those, its columns again. Bright pixels of
     different boxes are more than ``2 margin + 1`` apart along x or y, and each box holds
     its bright pixels ± ``margin`` (clipped to the band). A band is often a chain of stars
@@ -1161,15 +1185,18 @@ def _band_boxes(
     cut along y) were ~3× the area BF had to visit. ``flat`` empty: no flat (see
     :func:`_bright_flags`)."""
     out = []
-    for xb in _bands(_bright_flags(image, flat, rows, threshold, False), margin):
+    whole = x0s[:0]  # the flagged rows' every column
+    for xb in _bands(_bright_flags(image, flat, rows, x0s, width, threshold, False), margin):
         x0, x1 = xb[0], xb[1]
         for yb in _bands(
-            _bright_flags(image[:, x0:x1], flat[:, x0:x1], rows, threshold, True), margin
+            _bright_flags(image[:, x0:x1], flat[:, x0:x1], rows, whole, 0, threshold, True),
+            margin,
         ):
             y0, y1 = yb[0], yb[1]
             columns = _bright_flags(
-                image[y0:y1, x0:x1], flat[y0:y1, x0:x1], rows[y0:y1], threshold, False
-            )
+                image[y0:y1, x0:x1], flat[y0:y1, x0:x1], rows[y0:y1], whole, 0, threshold,
+                False,
+            )  # fmt: skip
             for ub in _bands(columns, margin):
                 out.append((y0, y1, x0 + ub[0], x0 + ub[1]))
     boxes = np.empty((len(out), 4), np.int64)
@@ -1182,14 +1209,17 @@ def _band_boxes(
 def _bright_flags(
     image: NDArray[np.float32],
     flat: NDArray[np.float32],
-    rows: NDArray[np.bool_],
+    rows: NDArray[np.int64],
+    x0s: NDArray[np.int64],
+    width: int,
     threshold: float,
     by_row: bool,
 ) -> NDArray[np.bool_]:
     """Which columns (or rows, ``by_row``) of ``image`` hold a pixel above ``threshold``
-    in the rows flagged in ``rows``. With a non-empty ``flat``, ``image`` has been divided
-    by it: the test is on ``image × flat`` against the threshold less 1e-6 of it, and a
-    pixel whose flat is not usable counts."""
+    in the rows flagged in ``rows``: in the columns ``[x0s[s], x0s[s] + width)`` of the
+    bits ``s`` set, or every column of a non-zero row when ``x0s`` is empty. With a
+    non-empty ``flat``, ``image`` has been divided by it: the test is on ``image × flat``
+    against the threshold less 1e-6 of it, and a pixel whose flat is not usable counts."""
     ny, nx = image.shape
     out = np.zeros(ny if by_row else nx, np.bool_)
     with_flat = flat.shape[0] > 0
@@ -1199,27 +1229,37 @@ def _bright_flags(
         thr = np.float32(threshold)
     flat_min, flat_max = np.float32(FLAT_MIN), np.float32(FLAT_MAX)
     hit = np.empty(nx, np.bool_)
-    # no branch inside the loops over x: the first level scans whole rows of the band
+    n_seg = max(x0s.size, 1)
+    # no branch inside the loops over x: the first level scans amplifiers' rows
     for y in range(ny):
-        if not rows[y]:
+        flags = rows[y]
+        if flags == 0:
             continue
-        i_r = image[y]
-        if with_flat:
-            f_r = flat[y]
-            for x in range(nx):
-                f = f_r[x]
-                hit[x] = (i_r[x] * f > thr) | ~((f > flat_min) & (f < flat_max))
-        else:
-            for x in range(nx):
-                hit[x] = i_r[x] > thr
-        if by_row:
-            any_row = False
-            for x in range(nx):
-                any_row |= hit[x]
-            out[y] = any_row
-        else:
-            for x in range(nx):
-                out[x] |= hit[x]
+        for s in range(n_seg):
+            if x0s.size == 0:
+                a, b = 0, nx
+            elif (flags >> s) & 1:
+                a, b = max(x0s[s], 0), min(x0s[s] + width, nx)
+            else:
+                continue
+            i_r, h_r = image[y, a:b], hit[a:b]
+            if with_flat:
+                f_r = flat[y, a:b]
+                for x in range(b - a):
+                    f = f_r[x]
+                    h_r[x] = (i_r[x] * f > thr) | ~((f > flat_min) & (f < flat_max))
+            else:
+                for x in range(b - a):
+                    h_r[x] = i_r[x] > thr
+            if by_row:
+                any_row = False
+                for x in range(b - a):
+                    any_row |= h_r[x]
+                out[y] |= any_row
+            else:
+                o_r = out[a:b]
+                for x in range(b - a):
+                    o_r[x] |= h_r[x]
     return out
 
 
@@ -1276,7 +1316,9 @@ def bf_band(
     var: NDArray[np.float32],
     msk: NDArray[np.int32],
     flat: NDArray[np.float32],
-    rows: NDArray[np.bool_],
+    rows: NDArray[np.int64],
+    x0s: NDArray[np.int64],
+    width: int,
     threshold: float,
     margin: int,
     kernel: NDArray[np.float64],
@@ -1289,7 +1331,8 @@ def bf_band(
     """Brighter-fatter on one band of rows of a flat-fielded block, in place.
 
     ``img``, ``var``, ``msk`` and ``flat`` are the band's rows (a band of
-    :func:`row_bands` around the rows flagged in ``rows``, with ``margin`` =
+    :func:`row_bands` around the rows flagged in ``rows``, where ``x0s`` and ``width``
+    say as in :func:`bright_boxes`, with ``margin`` =
     :func:`bf_margin`). The band is cut into boxes (:func:`_band_boxes`); in each, the
     image before the flat (:func:`unflat`) is corrected and the pixels it changes in
     rows ``[c0, c1)`` divided again (:func:`bf_box_reflat`). Boxes with a pixel whose
@@ -1298,7 +1341,7 @@ def bf_band(
     :func:`bf_box_reflat`. One call per band: per box from Python, the calls and
     temporaries cost ~13 µs a box.
     """
-    boxes = _band_boxes(img, flat, rows, threshold, margin)
+    boxes = _band_boxes(img, flat, rows, x0s, width, threshold, margin)
     left = np.empty_like(boxes)
     k = 0
     for b in range(boxes.shape[0]):
@@ -1350,9 +1393,10 @@ def bf_box_reflat(
         )
 
 
-def row_bands(rows: NDArray[np.bool_], margin: int) -> list[tuple[int, int]]:
-    """Half-open ranges covering every ``True`` row ± ``margin``, merged, clipped."""
-    return [(int(a), int(b)) for a, b in _bands(np.asarray(rows, np.bool_), int(margin))]
+def row_bands(rows: NDArray[np.bool_] | NDArray[np.int64], margin: int) -> list[tuple[int, int]]:
+    """Half-open ranges covering every flagged (non-zero) row ± ``margin``, merged,
+    clipped."""
+    return [(int(a), int(b)) for a, b in _bands(np.asarray(rows).astype(np.bool_), int(margin))]
 
 
 @numba.njit(cache=True, nogil=True)

@@ -968,6 +968,7 @@ def _chain_stack(
     xt_groups = _kernels.crosstalk_groups(xt)
     bright = float(loc["bf_threshold"]) if bf_kernel is not None else np.inf
     bad_bit = int(bits[2])
+    amp_spans = (np.asarray(geo["det_x0"], np.int64), int(geo["width"]))
 
     def block(i: int, *parts: Any) -> NDArray[np.float32]:
         # raw_p, os_p, each of cal_p: (previous, this, next) blocks (None at the edges),
@@ -980,7 +981,7 @@ def _chain_stack(
         n = top + rows + bottom
         work = _BLOCKS.empty((3, n, nx), F32)
         msk = work[2].view(np.int32)
-        row_bright = np.zeros(n, np.bool_)
+        row_bright = np.zeros(n, np.int64)  # bit a: amplifier a may have bright pixels
         row_bits = np.zeros(n, np.int32)
         # work rows [0, top) are the previous block's last rows, [top, top + rows) this
         # block's, then the next block's first rows
@@ -1055,6 +1056,7 @@ def _chain_stack(
                 radius=loc["bf_radius"],
                 n_iter=loc["bf_n_iter"],
                 row_bright=row_bright,
+                columns=amp_spans,
             )
         elif bf_kernel is not None:
             # BF acts before the flat: on boxes around bright pixels, the image times the
@@ -1075,8 +1077,8 @@ def _chain_stack(
                 band = (work[0, lo:hi], work[1, lo:hi], msk[lo:hi], flat_rows(lo, hi))
                 c0, c1 = max(lo, top) - lo, min(hi, top + rows) - lo  # this block's rows
                 left = _kernels.bf_band(
-                    *band, row_bright[lo:hi], threshold, margin, bf_kernel, radius, n_iter,
-                    c0, c1, nan_bit,
+                    *band, row_bright[lo:hi], *amp_spans, threshold, margin, bf_kernel,
+                    radius, n_iter, c0, c1, nan_bit,
                 )  # fmt: skip
                 for y0, y1, x0, x1 in left:
                     # a box with pixels whose flat is not usable: their values before

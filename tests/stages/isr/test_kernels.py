@@ -164,6 +164,50 @@ def test_fused_crosstalk_any_number_of_sources() -> None:
         np.testing.assert_allclose(got[0], want["image"].values, rtol=2e-6, atol=2e-3)
 
 
+def test_fused_flags_bright_amplifiers_and_boxes_use_them() -> None:
+    """``row_bright`` has bit ``a`` set in the rows where amplifier ``a`` (as placed at
+    ``det_x0[a]``) has a pixel above the threshold before the flat or an unusable flat
+    pixel, and no other; the boxes found from those bits, scanning only the flagged
+    amplifiers' columns, are the ones a scan of whole rows finds. The mask keeps no trace
+    of the bit the kernel borrows."""
+    from lsstlite.stages.isr import ops
+    from lsstlite.stages.isr._synthetic import geometry, simcam_raw
+
+    nx = 8 * 32
+    cam = SimCam(geometry(60, nx, 8))
+    electrons = np.full((60, nx), 500.0)
+    electrons[10, 40] = 3e4  # amplifier at columns 32-63
+    electrons[30, 200] = electrons[30, 70] = 3e4  # two amplifiers in one row
+    electrons[45, 33:35] = 3e4  # two pixels, one amplifier
+    raw = simcam_raw(electrons, cam, 0, read_noise=False)
+    geo = ops._readout_geometry(raw)
+    assert geo["flip"].any()
+    levels = np.asarray(ops.overscan_levels(raw).values)
+    flat = np.ones((60, nx), np.float32)
+    flat[50, 250] = 0.0  # an unusable flat pixel flags its amplifier too
+    flags = np.array([True, False, False, False, False, True, True])
+    bits = ops._mask_bits_array()[:3]
+    row_bright = np.full(60, -1, np.int64)
+    out = _kernels.isr_fused(
+        np.asarray(raw["image"].values), levels, geo["raw_x0"], geo["det_x0"], geo["flip"],
+        geo["width"], nx, geo["gain"], geo["read_noise"], geo["saturation"], np.zeros((8, 3)),
+        np.zeros((8, 8)), np.zeros((0, 0), np.float32), np.zeros((0, 0), np.float32), 0.0,
+        flat, flags, bits, bright=1e4, row_bright=row_bright,
+    )  # fmt: skip
+    amp_at = {int(x0) // 32: a for a, x0 in enumerate(geo["det_x0"])}  # column block → a
+    want = np.zeros(60, np.int64)
+    for y, x in ((10, 40), (30, 200), (30, 70), (45, 33), (50, 250)):
+        want[y] |= 1 << amp_at[x // 32]
+    np.testing.assert_array_equal(row_bright, want)
+    assert (out[2].view(np.int32) >= 0).all()  # bit 31 given back
+    image = out[0] * 1.0
+    for margin in (2, 9):
+        whole = _kernels.bright_boxes(image, row_bright != 0, 1e4, margin, flat=flat)
+        spans = (np.asarray(geo["det_x0"], np.int64), int(geo["width"]))
+        by_amp = _kernels.bright_boxes(image, row_bright, 1e4, margin, flat=flat, columns=spans)
+        assert by_amp == whole and len(whole) >= 4
+
+
 def test_finish_rows_interpolation_equals_the_row_walk() -> None:
     """The chunked interpolation of :func:`finish_rows` equals the plain walk of
     :func:`interpolate_rows`: runs of every length (beyond ``max_width`` too), runs across
