@@ -41,7 +41,6 @@ __all__ = [
     "mark_boxes",
     "rasterize_boxes",
     "reciprocal",
-    "reflat",
     "row_bands",
     "row_bits_of",
     "row_medians",
@@ -746,15 +745,117 @@ def _add_taps3(
 
 
 @numba.njit(cache=True, nogil=True)
-def _bf_sparse(
+def _bright_runs(
+    image: NDArray[np.float32], threshold: float, radius: int, out: NDArray[np.int64]
+) -> int:
+    """The runs of pixels above ``threshold`` along rows, widened by ``radius`` (clipped,
+    merged within a row), as ``(y, x0, x1)`` in raster order into ``out`` as far as it
+    goes; returns how many there are. (Growing ``out`` in the loop, an array variable
+    assigned again, made the loop ~4× slower.)"""
+    ny, nx = image.shape
+    nb = 0
+    for y in range(ny):
+        row = image[y]
+        x = 0
+        while x < nx:
+            if not row[x] > threshold:
+                x += 1
+                continue
+            start = x
+            while x < nx and row[x] > threshold:
+                x += 1
+            a, b = max(start - radius, 0), min(x + radius, nx)
+            if nb and nb <= out.shape[0] and out[nb - 1, 0] == y and a <= out[nb - 1, 2]:
+                out[nb - 1, 2] = b
+                continue
+            if nb < out.shape[0]:
+                out[nb, 0], out[nb, 1], out[nb, 2] = y, a, b
+            nb += 1
+    return nb
+
+
+@numba.njit(cache=True, nogil=True)
+def _active_runs(image: NDArray[np.float32], threshold: float, radius: int) -> NDArray[np.int64]:
+    """The active pixels of :func:`_bf_solve` as runs ``(y, x0, x1)`` along rows, in
+    raster order: the pixels within ``radius`` (a square) of one above ``threshold``.
+    Each row's bright runs, widened by ``radius`` along x, are merged over the ``2 radius
+    + 1`` rows around each row: a few intervals a row, no pass over the pixels but the
+    one that finds the bright runs."""
+    ny = image.shape[0]
+    bright = np.empty((64, 3), np.int64)
+    nb = _bright_runs(image, threshold, radius, bright)
+    if nb > bright.shape[0]:
+        bright = np.empty((nb, 3), np.int64)  # enough: no more than counted
+        nb = _bright_runs(image, threshold, radius, bright)
+    runs = np.empty((nb * (2 * radius + 1), 3), np.int64)
+    nr = 0
+    lo = hi = 0
+    xa = np.empty(nb, np.int64)
+    xb = np.empty(nb, np.int64)
+    for y in range(ny):
+        while hi < nb and bright[hi, 0] <= y + radius:
+            hi += 1
+        while lo < hi and bright[lo, 0] < y - radius:
+            lo += 1
+        m = 0
+        for k in range(lo, hi):  # insertion by x0
+            a, b = bright[k, 1], bright[k, 2]
+            q = m
+            while q > 0 and xa[q - 1] > a:
+                xa[q], xb[q] = xa[q - 1], xb[q - 1]
+                q -= 1
+            xa[q], xb[q] = a, b
+            m += 1
+        q = 0
+        while q < m:
+            a, b = xa[q], xb[q]
+            q += 1
+            while q < m and xa[q] <= b:
+                b = max(b, xb[q])
+                q += 1
+            runs[nr, 0], runs[nr, 1], runs[nr, 2] = y, a, b
+            nr += 1
+    return runs[:nr]
+
+
+@numba.njit(cache=True, nogil=True)
+def _bf_divergence(
+    cur: NDArray[np.float64],
+    phi: NDArray[np.float64],
+    i: int,
+    j: int,
+    w: int,
+    x: int,
+    y: int,
+    nx: int,
+    ny: int,
+) -> float:
+    """``½ ∇·(I ∇φ)`` (doubled) at one pixel, no flux through the image's edges: ``i``
+    its flat index in ``phi``, ``j`` in ``cur``, ``w`` their row length."""
+    i0, p0 = cur[j], phi[i]
+    d = 0.0
+    if x + 1 < nx:
+        d += 0.5 * (cur[j + 1] + i0) * (phi[i + 1] - p0)
+    if x > 0:
+        d -= 0.5 * (cur[j - 1] + i0) * (p0 - phi[i - 1])
+    if y + 1 < ny:
+        d += 0.5 * (cur[j + w] + i0) * (phi[i + w] - p0)
+    if y > 0:
+        d -= 0.5 * (cur[j - w] + i0) * (p0 - phi[i - w])
+    return d
+
+
+@numba.njit(cache=True, nogil=True)
+def _bf_solve(
     image: NDArray[np.float32],
     kernel: NDArray[np.float64],
     threshold: float,
     radius: int,
     n_iter: int,
-) -> None:
-    """:func:`bf_correct` in place, changing only the pixels within ``radius`` of a pixel
-    above ``threshold`` (the active pixels).
+) -> tuple[NDArray[np.int64], NDArray[np.float64]]:
+    """:func:`bf_correct` of the pixels within ``radius`` of a pixel above ``threshold``
+    (the active pixels), which it returns as runs ``(y, x0, x1)`` along rows
+    (:func:`_active_runs`) and their corrected values, run after run (float64).
 
     The current image (the iterate at active pixels, elsewhere the observed value,
     non-finite as 0) is a float64 copy of the rectangle the active pixels reach (± 1, ±
@@ -765,69 +866,26 @@ def _bf_sparse(
     taps would wrap around a row are padding columns, never read. Long loops: an earlier
     version summed each tap over the short runs of needed pixels along rows, which LLVM
     ran mostly in scalar remainders (50 µs an iteration for a star's box, against ~14).
-    ``ΔI`` is then evaluated at the active pixels only. Meant for the boxes of
-    :func:`bright_boxes`.
+    ``ΔI`` is then evaluated along the runs, in loops without branches but on the image's
+    edges (the same sums in the same order as :func:`_bf_divergence`, pixel by pixel).
+    Meant for the boxes of :func:`bright_boxes`.
     """
     ny, nx = image.shape
     kh = kernel.shape[0] // 2
-    # The active pixels: the bright ones dilated by the (2 radius + 1)² square, along
-    # rows (each run of bright pixels marks its span once), then along columns (a count
-    # over the 2 radius + 1 rows around each row)
-    span = np.zeros((ny, nx), np.int32)
-    bright_row = np.zeros(ny, np.bool_)
-    for y in range(ny):
-        row, s_row = image[y], span[y]
-        x = 0
-        while x < nx:
-            if not row[x] > threshold:
-                x += 1
-                continue
-            start = x
-            while x < nx and row[x] > threshold:
-                x += 1
-            for xx in range(max(start - radius, 0), min(x + radius, nx)):
-                s_row[xx] = 1
-            bright_row[y] = True
-    active = np.zeros((ny, nx), dtype=np.bool_)
-    count = np.zeros(nx, np.int32)
-    n_in = 0  # bright rows in the window
-    for y in range(ny + radius):
-        if y < ny and bright_row[y]:
-            count += span[y]
-            n_in += 1
-        out = y - radius  # its window: rows [out - radius, out + radius]
-        if out >= 0:
-            if n_in:
-                a_row = active[out]
-                for x in range(nx):
-                    a_row[x] = count[x] > 0
-            gone = out - radius
-            if gone >= 0 and bright_row[gone]:
-                count -= span[gone]
-                n_in -= 1
-    n_a = 0
-    for y in range(ny):
-        for x in range(nx):
-            n_a += active[y, x]
-    if n_a == 0:
-        return
-    ay = np.empty(n_a, np.int64)
-    ax = np.empty(n_a, np.int64)
-    p = 0
-    for y in range(ny):  # raster order
-        for x in range(nx):
-            if active[y, x]:
-                ay[p] = y
-                ax[p] = x
-                p += 1
+    runs = _active_runs(image, threshold, radius)
+    nr = runs.shape[0]
+    if nr == 0:
+        return runs, np.zeros(0)
     # phi on image rows [y_lo, y_hi) and columns [x_lo, x_hi) (the active pixels ± 1);
     # the copy holds rows [y_lo - kh, y_hi + kh) and columns [x_lo - kh, x_hi + kh),
     # zeros outside the image
     x_lo, x_hi = nx, 0
-    for p in range(n_a):
-        x_lo, x_hi = min(x_lo, ax[p]), max(x_hi, ax[p])
-    x_lo, x_hi = max(x_lo - 1, 0), min(x_hi + 2, nx)
-    y_lo, y_hi = max(ay[0] - 1, 0), min(ay[n_a - 1] + 2, ny)
+    n_a = 0
+    for r in range(nr):
+        x_lo, x_hi = min(x_lo, runs[r, 1]), max(x_hi, runs[r, 2])
+        n_a += runs[r, 2] - runs[r, 1]
+    x_lo, x_hi = max(x_lo - 1, 0), min(x_hi + 1, nx)
+    y_lo, y_hi = max(runs[0, 0] - 1, 0), min(runs[nr - 1, 0] + 2, ny)
     w = x_hi - x_lo + 2 * kh
     n_phi = (y_hi - y_lo) * w
     cur = np.zeros((y_hi - y_lo + 2 * kh) * w)
@@ -836,16 +894,12 @@ def _bf_sparse(
         for x in range(max(x_lo - kh, 0), min(x_hi + kh, nx)):
             v = float(image[y, x])
             cur[row + x] = v if math.isfinite(v) else 0.0
-    # flat indices of the active pixels in phi; in cur it is that plus kh rows
-    at = np.empty(n_a, np.int64)
-    for p in range(n_a):
-        at[p] = (ay[p] - y_lo) * w + ax[p] - x_lo + kh
-    down = kh * w
-    work = np.empty(n_a)  # the observed image (non-finite as 0) at active pixels
-    for p in range(n_a):
-        work[p] = cur[at[p] + down]
+    obs = cur.copy()  # the observed image (non-finite as 0)
+    nxt = np.empty_like(cur)
+    down = kh * w  # a pixel's index in cur is its index in phi plus kh rows
     phi = np.empty(n_phi)
-    new = np.empty(n_a)
+    one = np.uint64(1)
+    uw = np.uint64(w)
     for _ in range(n_iter):
         phi[:] = 0.0
         for ky in range(-kh, kh + 1):
@@ -860,26 +914,62 @@ def _bf_sparse(
             while kx <= kh:
                 _add_tap(phi, cur, row[kx + kh], (kh - ky) * w - kx, kh)
                 kx += 1
-        for p in range(n_a):
-            y, x = ay[p], ax[p]
-            i = at[p]
-            j = i + down
-            i0, p0 = cur[j], phi[i]
-            d = 0.0
-            # ΔI = ½ ∇·(I ∇φ): no flux through the block's edges
-            if x + 1 < nx:
-                d += 0.5 * (cur[j + 1] + i0) * (phi[i + 1] - p0)
-            if x > 0:
-                d -= 0.5 * (cur[j - 1] + i0) * (p0 - phi[i - 1])
-            if y + 1 < ny:
-                d += 0.5 * (cur[j + w] + i0) * (phi[i + w] - p0)
-            if y > 0:
-                d -= 0.5 * (cur[j - w] + i0) * (p0 - phi[i - w])
-            new[p] = work[p] - 0.5 * d
-        for p in range(n_a):
-            cur[at[p] + down] = new[p]
-    for p in range(n_a):
-        image[ay[p], ax[p]] = cur[at[p] + down]
+        for r in range(nr):
+            y, a, b = runs[r, 0], runs[r, 1], runs[r, 2]
+            base = (y - y_lo) * w + kh - x_lo  # + x: the index in phi
+            # the pixels on the image's edges one by one; the others in a loop without
+            # branches (the same sums in the same order)
+            lo = a if y == 0 or y == ny - 1 else a + (a == 0)
+            hi = lo if y == 0 or y == ny - 1 else b - (b == nx)
+            hi = max(hi, lo)
+            for x in range(a, lo):
+                i = base + x
+                d = _bf_divergence(cur, phi, i, i + down, w, x, y, nx, ny)
+                nxt[i + down] = obs[i + down] - 0.5 * d
+            for x in range(lo, hi):
+                i = np.uint64(base + x)
+                j = i + np.uint64(down)
+                i0, p0 = cur[j], phi[i]
+                d = 0.0
+                d += 0.5 * (cur[j + one] + i0) * (phi[i + one] - p0)
+                d -= 0.5 * (cur[j - one] + i0) * (p0 - phi[i - one])
+                d += 0.5 * (cur[j + uw] + i0) * (phi[i + uw] - p0)
+                d -= 0.5 * (cur[j - uw] + i0) * (p0 - phi[i - uw])
+                nxt[j] = obs[j] - 0.5 * d
+            for x in range(hi, b):
+                i = base + x
+                d = _bf_divergence(cur, phi, i, i + down, w, x, y, nx, ny)
+                nxt[i + down] = obs[i + down] - 0.5 * d
+        for r in range(nr):
+            j0 = (runs[r, 0] - y_lo) * w + kh - x_lo + down
+            for x in range(runs[r, 1], runs[r, 2]):
+                cur[j0 + x] = nxt[j0 + x]
+    vals = np.empty(n_a)
+    p = 0
+    for r in range(nr):
+        j0 = (runs[r, 0] - y_lo) * w + kh - x_lo + down
+        for x in range(runs[r, 1], runs[r, 2]):
+            vals[p] = cur[j0 + x]
+            p += 1
+    return runs, vals
+
+
+@numba.njit(cache=True, nogil=True)
+def _bf_sparse(
+    image: NDArray[np.float32],
+    kernel: NDArray[np.float64],
+    threshold: float,
+    radius: int,
+    n_iter: int,
+) -> None:
+    """:func:`_bf_solve` in place: only the active pixels change."""
+    runs, vals = _bf_solve(image, kernel, threshold, radius, n_iter)
+    p = 0
+    for r in range(runs.shape[0]):
+        y = runs[r, 0]
+        for x in range(runs[r, 1], runs[r, 2]):
+            image[y, x] = vals[p]
+            p += 1
 
 
 def bf_correct(
@@ -1176,28 +1266,34 @@ def _band_boxes(
     margin: int,
 ) -> NDArray[np.int64]:
     """The boxes ``(y0, y1, x0, x1)`` of one band of rows: its columns with a bright pixel
-    (in the rows flagged in ``rows``, where they flag: ``x0s`` and ``width`` as in
-    :func:`bright_boxes`) ± ``margin``, merged; in each such range of columns,
-    its rows with one ± ``margin``; in each of those, its columns again. Bright pixels of
-    different boxes are more than ``2 margin + 1`` apart along x or y, and each box holds
-    its bright pixels ± ``margin`` (clipped to the band). A band is often a chain of stars
-    at different columns whose rows overlap: its boxes as high as the band (as before the
-    cut along y) were ~3× the area BF had to visit. ``flat`` empty: no flat (see
-    :func:`_bright_flags`)."""
+    ± ``margin``, merged; in each such range of columns, its rows with one ± ``margin``;
+    in each of those, its columns again. Bright pixels of different boxes are more than
+    ``2 margin + 1`` apart along x or y, and each box holds its bright pixels ± ``margin``
+    (clipped to the band). A band is often a chain of stars at different columns whose
+    rows overlap: its boxes as high as the band (as before the cut along y) were ~3× the
+    area BF had to visit. The pixels are read once (:func:`_band_runs`); the cuts are made
+    on the runs of bright pixels (a box's rows 4096 pixels apart share cache sets: reading
+    them again for each cut missed the cache)."""
+    runs = _band_runs(image, flat, rows, x0s, width, threshold)
+    ny, nx = image.shape
+    columns = np.zeros(nx, np.bool_)
+    for _, a, b in runs:
+        columns[a:b] = True
     out = []
-    whole = x0s[:0]  # the flagged rows' every column
-    for xb in _bands(_bright_flags(image, flat, rows, x0s, width, threshold, False), margin):
+    in_rows = np.zeros(ny, np.bool_)
+    for xb in _bands(columns, margin):
         x0, x1 = xb[0], xb[1]
-        for yb in _bands(
-            _bright_flags(image[:, x0:x1], flat[:, x0:x1], rows, whole, 0, threshold, True),
-            margin,
-        ):
+        in_rows[:] = False
+        for y, a, b in runs:
+            if a < x1 and b > x0:
+                in_rows[y] = True
+        for yb in _bands(in_rows, margin):
             y0, y1 = yb[0], yb[1]
-            columns = _bright_flags(
-                image[y0:y1, x0:x1], flat[y0:y1, x0:x1], rows[y0:y1], whole, 0, threshold,
-                False,
-            )  # fmt: skip
-            for ub in _bands(columns, margin):
+            cols = np.zeros(x1 - x0, np.bool_)
+            for y, a, b in runs:
+                if y0 <= y < y1 and a < x1 and b > x0:
+                    cols[max(a, x0) - x0 : min(b, x1) - x0] = True
+            for ub in _bands(cols, margin):
                 out.append((y0, y1, x0 + ub[0], x0 + ub[1]))
     boxes = np.empty((len(out), 4), np.int64)
     for k in range(len(out)):
@@ -1206,22 +1302,20 @@ def _band_boxes(
 
 
 @numba.njit(cache=True, nogil=True, fastmath=_FASTMATH)
-def _bright_flags(
+def _band_runs(
     image: NDArray[np.float32],
     flat: NDArray[np.float32],
     rows: NDArray[np.int64],
     x0s: NDArray[np.int64],
     width: int,
     threshold: float,
-    by_row: bool,
-) -> NDArray[np.bool_]:
-    """Which columns (or rows, ``by_row``) of ``image`` hold a pixel above ``threshold``
-    in the rows flagged in ``rows``: in the columns ``[x0s[s], x0s[s] + width)`` of the
-    bits ``s`` set, or every column of a non-zero row when ``x0s`` is empty. With a
-    non-empty ``flat``, ``image`` has been divided by it: the test is on ``image × flat``
-    against the threshold less 1e-6 of it, and a pixel whose flat is not usable counts."""
+) -> list[tuple[int, int, int]]:
+    """The runs ``(y, x0, x1)`` along rows of the pixels above ``threshold`` in the rows
+    flagged in ``rows``: in the columns ``[x0s[s], x0s[s] + width)`` of the bits ``s``
+    set, or every column of a non-zero row when ``x0s`` is empty. With a non-empty
+    ``flat``, ``image`` has been divided by it: the test is on ``image × flat`` against
+    the threshold less 1e-6 of it, and a pixel whose flat is not usable counts."""
     ny, nx = image.shape
-    out = np.zeros(ny if by_row else nx, np.bool_)
     with_flat = flat.shape[0] > 0
     if with_flat:
         thr = np.float32(threshold * (1 - 1e-6)) if threshold > 0 else np.float32(-np.inf)
@@ -1230,7 +1324,7 @@ def _bright_flags(
     flat_min, flat_max = np.float32(FLAT_MIN), np.float32(FLAT_MAX)
     hit = np.empty(nx, np.bool_)
     n_seg = max(x0s.size, 1)
-    # no branch inside the loops over x: the first level scans amplifiers' rows
+    out = [(0, 0, 0)][:0]
     for y in range(ny):
         flags = rows[y]
         if flags == 0:
@@ -1242,7 +1336,8 @@ def _bright_flags(
                 a, b = max(x0s[s], 0), min(x0s[s] + width, nx)
             else:
                 continue
-            i_r, h_r = image[y, a:b], hit[a:b]
+            # the test without a branch, then the runs
+            i_r, h_r = image[y, a:b], hit[: b - a]
             if with_flat:
                 f_r = flat[y, a:b]
                 for x in range(b - a):
@@ -1251,15 +1346,22 @@ def _bright_flags(
             else:
                 for x in range(b - a):
                     h_r[x] = i_r[x] > thr
-            if by_row:
-                any_row = False
-                for x in range(b - a):
-                    any_row |= h_r[x]
-                out[y] |= any_row
-            else:
-                o_r = out[a:b]
-                for x in range(b - a):
-                    o_r[x] |= h_r[x]
+            x, hi = 0, b - a
+            while x < hi:
+                if not h_r[x]:
+                    if x + 32 <= hi:  # 32 pixels at a time where there is none
+                        any_hit = False
+                        for q in range(x, x + 32):
+                            any_hit |= h_r[q]
+                        if not any_hit:
+                            x += 32
+                            continue
+                    x += 1
+                    continue
+                start = x
+                while x < hi and h_r[x]:
+                    x += 1
+                out.append((y, a + start, a + x))
     return out
 
 
@@ -1277,37 +1379,6 @@ def unflat(image: NDArray[np.float32], flat: NDArray[np.float32], out: NDArray[n
             out[y, x] = image[y, x] * f if ok else np.float32(0.0)
             lost |= not ok
     return lost
-
-
-@numba.njit(cache=True, nogil=True, fastmath=_FASTMATH, error_model="numpy")
-def reflat(
-    image: NDArray[np.float32],
-    var: NDArray[np.float32],
-    mask: NDArray[np.int32],
-    before: NDArray[np.float32],
-    after: NDArray[np.float32],
-    flat: NDArray[np.float32],
-    nan_bit: int,
-) -> None:
-    """Where ``after`` differs from ``before`` (values before the flat), the image becomes
-    ``after × reciprocal(flat)`` as in :func:`isr_fused` (non-finite → 0, ∞ variance,
-    UNMASKEDNAN; a pixel whose flat is not usable stays as it is, BAD)."""
-    flat_min, flat_max = np.float32(FLAT_MIN), np.float32(FLAT_MAX)
-    inf = np.float32(np.inf)
-    for y in range(image.shape[0]):
-        for x in range(image.shape[1]):
-            if after[y, x] == before[y, x]:
-                continue
-            f = flat[y, x]
-            if not (f > flat_min and f < flat_max):
-                continue
-            e = after[y, x] * reciprocal(f)
-            if abs(e) < inf:
-                image[y, x] = e
-            else:
-                image[y, x] = np.float32(0.0)
-                var[y, x] = inf
-                mask[y, x] |= np.int32(nan_bit)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -1346,18 +1417,21 @@ def bf_band(
     k = 0
     for b in range(boxes.shape[0]):
         y0, y1, x0, x1 = boxes[b, 0], boxes[b, 1], boxes[b, 2], boxes[b, 3]
+        # the box's flat copied: its rows are in few cache sets in the band (see
+        # _band_boxes), and it is read again when the changed pixels are divided
+        f_box = flat[y0:y1, x0:x1].copy()
         pre = np.empty((y1 - y0, x1 - x0), np.float32)
-        if unflat(img[y0:y1, x0:x1], flat[y0:y1, x0:x1], pre):
+        if unflat(img[y0:y1, x0:x1], f_box, pre):
             left[k] = boxes[b]
             k += 1
             continue
         bf_box_reflat(
-            img, var, msk, flat, pre, y0, x0, c0, c1, kernel, threshold, radius, n_iter, nan_bit
+            img, var, msk, f_box, pre, y0, x0, c0, c1, kernel, threshold, radius, n_iter, nan_bit
         )
     return left[:k]
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, fastmath=_FASTMATH, error_model="numpy")
 def bf_box_reflat(
     img: NDArray[np.float32],
     var: NDArray[np.float32],
@@ -1375,22 +1449,37 @@ def bf_box_reflat(
     nan_bit: int,
 ) -> None:
     """BF on ``pre`` (one box's values before the flat, from row ``y0`` and column ``x0``
-    of the band), then :func:`reflat` of the pixels it changed in the band's rows
-    ``[c0, c1)`` into the band's ``img``, ``var`` and ``msk``."""
-    before = pre.copy()
-    _bf_sparse(pre, kernel, threshold, radius, n_iter)
-    a, b = max(c0, y0), min(c1, y0 + pre.shape[0])
-    if a < b:
-        x1 = x0 + pre.shape[1]
-        reflat(
-            img[a:b, x0:x1],
-            var[a:b, x0:x1],
-            msk[a:b, x0:x1],
-            before[a - y0 : b - y0],
-            pre[a - y0 : b - y0],
-            flat[a:b, x0:x1],
-            nan_bit,
-        )
+    of the band; ``flat`` is the box's flat), then the pixels it changed in the band's
+    rows ``[c0, c1)`` divided by the flat again into the band's ``img``, ``var`` and
+    ``msk``: ``× reciprocal(flat)`` as in :func:`isr_fused` (non-finite → 0, ∞ variance,
+    UNMASKEDNAN); a pixel whose flat is not usable stays as it is (BAD)."""
+    runs, vals = _bf_solve(pre, kernel, threshold, radius, n_iter)
+    flat_min, flat_max = np.float32(FLAT_MIN), np.float32(FLAT_MAX)
+    one, inf = np.float32(1.0), np.float32(np.inf)
+    p = 0
+    for r in range(runs.shape[0]):
+        y, a, b = runs[r, 0], runs[r, 1], runs[r, 2]
+        if c0 <= y0 + y < c1:
+            # one run of pixels, as 1-d views; the image written without a branch, the
+            # variance and mask only for a non-finite result (rare)
+            v_r, p_r, f_r = vals[p : p + b - a], pre[y, a:b], flat[y, a:b]
+            i_r = img[y0 + y, x0 + a : x0 + b]
+            bad = False
+            for x in range(b - a):
+                v, f = np.float32(v_r[x]), f_r[x]
+                use = (v != p_r[x]) & (f > flat_min) & (f < flat_max)
+                e = v * reciprocal(f if use else one)
+                fin = abs(e) < inf
+                i_r[x] = (e if fin else np.float32(0.0)) if use else i_r[x]
+                bad |= use & ~fin
+            if bad:
+                for x in range(b - a):
+                    v, f = np.float32(v_r[x]), f_r[x]
+                    if v != p_r[x] and f > flat_min and f < flat_max:
+                        if not abs(v * reciprocal(f)) < inf:
+                            var[y0 + y, x0 + a + x] = inf
+                            msk[y0 + y, x0 + a + x] |= np.int32(nan_bit)
+        p += b - a
 
 
 def row_bands(rows: NDArray[np.bool_] | NDArray[np.int64], margin: int) -> list[tuple[int, int]]:

@@ -1083,7 +1083,7 @@ def _chain_stack(
                 for y0, y1, x0, x1 in left:
                     # a box with pixels whose flat is not usable: their values before
                     # the flat from the chain run again without it
-                    f_box = band[3][y0:y1, x0:x1]
+                    f_box = np.ascontiguousarray(band[3][y0:y1, x0:x1])  # as bf_band's
                     pre = np.empty((y1 - y0, x1 - x0), F32)
                     _kernels.unflat(band[0][y0:y1, x0:x1], f_box, pre)
                     redo = np.empty((3, y1 - y0, nx), F32)
@@ -1091,8 +1091,8 @@ def _chain_stack(
                     lost = ~((f_box > _kernels.FLAT_MIN) & (f_box < _kernels.FLAT_MAX))
                     pre[lost] = redo[0][:, x0:x1][lost]
                     _kernels.bf_box_reflat(
-                        *band, pre, int(y0), int(x0), c0, c1, bf_kernel, threshold, radius,
-                        n_iter, nan_bit,
+                        *band[:3], f_box, pre, int(y0), int(x0), c0, c1, bf_kernel, threshold,
+                        radius, n_iter, nan_bit,
                     )  # fmt: skip
         _kernels.finish_rows(
             work[0],
