@@ -714,7 +714,7 @@ def interpolate_rows(
 
 @numba.njit(cache=True, nogil=True)
 def _add_tap(
-    phi: NDArray[np.float64], cur: NDArray[np.float64], c: float, off: int, kh: int
+    phi: NDArray[np.float32], cur: NDArray[np.float32], c: float, off: int, kh: int
 ) -> None:
     """``phi[i] += c * cur[i + off]`` for ``i`` in ``[kh, phi.size - kh)`` (``off >= -kh``).
     A function of its own: inlined in :func:`_bf_sparse`'s loops, LLVM left it scalar."""
@@ -725,8 +725,8 @@ def _add_tap(
 
 @numba.njit(cache=True, nogil=True)
 def _add_taps3(
-    phi: NDArray[np.float64],
-    cur: NDArray[np.float64],
+    phi: NDArray[np.float32],
+    cur: NDArray[np.float32],
     c0: float,
     c1: float,
     c2: float,
@@ -821,7 +821,7 @@ def _active_runs(image: NDArray[np.float32], threshold: float, radius: int) -> N
 @numba.njit(cache=True, nogil=True)
 def _bf_divergence(
     cur: NDArray[np.float64],
-    phi: NDArray[np.float64],
+    phi: NDArray[np.float32],
     i: int,
     j: int,
     w: int,
@@ -832,7 +832,7 @@ def _bf_divergence(
 ) -> float:
     """``½ ∇·(I ∇φ)`` (doubled) at one pixel, no flux through the image's edges: ``i``
     its flat index in ``phi``, ``j`` in ``cur``, ``w`` their row length."""
-    i0, p0 = cur[j], phi[i]
+    i0, p0 = cur[j], float(phi[i])
     d = 0.0
     if x + 1 < nx:
         d += 0.5 * (cur[j + 1] + i0) * (phi[i + 1] - p0)
@@ -860,7 +860,8 @@ def _bf_solve(
     The current image (the iterate at active pixels, elsewhere the observed value,
     non-finite as 0) is a float64 copy of the rectangle the active pixels reach (± 1, ±
     the kernel's half-size), zeros outside the image, in one flat array. ``φ = K ∗ I`` is
-    computed on every pixel of the active pixels' rectangle ± 1, in the order (ky, kx),
+    computed in float32 (from a float32 copy) on every pixel of the active pixels'
+    rectangle ± 1, in the order (ky, kx),
     three taps per pass over the flat array at fixed offsets: the zeros stand for the taps
     outside the image (a tap on them adds ±0, which changes no sum), and the pixels whose
     taps would wrap around a row are padding columns, never read. Long loops: an earlier
@@ -897,22 +898,26 @@ def _bf_solve(
     obs = cur.copy()  # the observed image (non-finite as 0)
     nxt = np.empty_like(cur)
     down = kh * w  # a pixel's index in cur is its index in phi plus kh rows
-    phi = np.empty(n_phi)
+    # phi in float32, from a float32 copy of cur: twice the lanes a pass (4.4 -> 3.4 ms
+    # for the 147 boxes of a 150-star detector; ≤ 0.035 e⁻ from float64 there)
+    phi = np.empty(n_phi, np.float32)
+    cur32 = cur.astype(np.float32)
+    k32 = kernel.astype(np.float32)
     one = np.uint64(1)
     uw = np.uint64(w)
     for _ in range(n_iter):
-        phi[:] = 0.0
+        phi[:] = np.float32(0.0)
         for ky in range(-kh, kh + 1):
             # phi[i] += c cur[i + off], i in [kh, n_phi - kh): every image pixel; three
             # taps a pass where there are three left (in the same order: the same sums)
-            row = kernel[ky + kh]
+            row = k32[ky + kh]
             kx = -kh
             while kx + 2 <= kh:
                 c = kx + kh
-                _add_taps3(phi, cur, row[c], row[c + 1], row[c + 2], (kh - ky) * w - kx, kh)
+                _add_taps3(phi, cur32, row[c], row[c + 1], row[c + 2], (kh - ky) * w - kx, kh)
                 kx += 3
             while kx <= kh:
-                _add_tap(phi, cur, row[kx + kh], (kh - ky) * w - kx, kh)
+                _add_tap(phi, cur32, row[kx + kh], (kh - ky) * w - kx, kh)
                 kx += 1
         for r in range(nr):
             y, a, b = runs[r, 0], runs[r, 1], runs[r, 2]
@@ -929,7 +934,7 @@ def _bf_solve(
             for x in range(lo, hi):
                 i = np.uint64(base + x)
                 j = i + np.uint64(down)
-                i0, p0 = cur[j], phi[i]
+                i0, p0 = cur[j], float(phi[i])
                 d = 0.0
                 d += 0.5 * (cur[j + one] + i0) * (phi[i + one] - p0)
                 d -= 0.5 * (cur[j - one] + i0) * (p0 - phi[i - one])
@@ -944,6 +949,7 @@ def _bf_solve(
             j0 = (runs[r, 0] - y_lo) * w + kh - x_lo + down
             for x in range(runs[r, 1], runs[r, 2]):
                 cur[j0 + x] = nxt[j0 + x]
+                cur32[j0 + x] = np.float32(nxt[j0 + x])
     vals = np.empty(n_a)
     p = 0
     for r in range(nr):
