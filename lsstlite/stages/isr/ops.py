@@ -26,6 +26,7 @@ No op computes: each returns lazy dask-backed xarray objects.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,7 @@ from lsstlite.data.masks import mask_bits, mask_planes
 from lsstlite.stages.isr import _kernels
 
 __all__ = [
+    "DEFAULT_BLOCK_ROWS",
     "DEFAULT_CHUNK_ROWS",
     "apply_gain",
     "apply_linearity",
@@ -70,12 +72,18 @@ __all__ = [
     "subtract_overscan",
 ]
 
-#: Rows per ISR block and raw read chunk (full rows: crosstalk pairs pixels across
-#: amplifiers). Each block also pays fixed costs: its Dask
-#: tasks and the neighbours' rows it recomputes (up to 2 × 22 with brighter-fatter); at
-#: 1024 rows a 4096-pixel-wide detector ran at 309-315 Mpix/s on one core, at 512 rows
-#: 273 (``benchmarks/isr.py --chunk-rows``). A block of a 4096-wide detector is 52 MB.
+#: Rows per raw read chunk and calibration chunk (full rows: crosstalk pairs pixels
+#: across amplifiers).
 DEFAULT_CHUNK_ROWS = 1024
+
+#: Rows per block of :func:`isr_stacked` (the output's row chunks), whatever the inputs'
+#: chunks: a block reads the input chunks its rows overlap. Each block pays fixed costs:
+#: its four Dask tasks (~0.3 ms each on the threaded scheduler) and the neighbours' rows
+#: it recomputes (up to 2 × 22 with brighter-fatter). A 4096² detector read in 1024-row
+#: chunks, 150 bright stars: 58-60 ms on one core and 34 ms on two with 2048-row blocks,
+#: 62-63 and 35-37 ms with 1024 (``benchmarks/isr.py --block-rows``). A 2048-row block
+#: of a 4096-wide detector is 103 MB.
+DEFAULT_BLOCK_ROWS = 2048
 
 #: The ISR's block buffers, lent again once Dask has let go of a block (a fresh block's
 #: pages cost more than the ISR arithmetic on them; see :mod:`lsstlite.data._pool`).
@@ -850,10 +858,35 @@ def _row_chunks(ny: int, chunk_rows: int, min_rows: int = 0) -> tuple[int, ...]:
     return tuple(chunks)
 
 
-def _rows(arr: xr.Dataset | None, rows: tuple[int, ...]) -> da.Array:
-    if arr is None:
-        return da.zeros((0, 0), dtype=F32, chunks=(0, 0))
-    return _dask(arr["image"]).astype(F32).rechunk((rows, -1))
+def _block_plan(
+    lo: int, hi: int, chunks: Sequence[tuple[int, ...]]
+) -> tuple[list[int], list[tuple[int, int, list[tuple[int, int]]]], list[int]]:
+    """How a block reads its inputs, whatever their row chunks: for rows ``[lo, hi)`` (a
+    block and its halo) and each input's row ``chunks``, how many of its chunks overlap
+    them; the segments ``(s0, s1, at)`` of rows (from ``lo``) within which no input
+    changes chunk, ``at`` giving each input's chunk (counted from the first that
+    overlaps) and the segment's first row in it; and each input's first chunk."""
+    edges = [np.cumsum((0, *ch)) for ch in chunks]
+    firsts = [int(np.searchsorted(e, lo, side="right")) - 1 for e in edges]
+    lasts = [int(np.searchsorted(e, hi - 1, side="right")) - 1 for e in edges]
+    cuts = {lo, hi}
+    for e, first, last in zip(edges, firsts, lasts, strict=True):
+        cuts.update(int(v) for v in e[first + 1 : last + 1])
+    order = sorted(cuts)
+    segments = []
+    for s0, s1 in itertools.pairwise(order):
+        at = []
+        for e, first in zip(edges, firsts, strict=True):
+            c = int(np.searchsorted(e, s0, side="right")) - 1
+            at.append((c - first, s0 - int(e[c])))
+        segments.append((s0 - lo, s1 - lo, at))
+    counts = [last - first + 1 for first, last in zip(firsts, lasts, strict=True)]
+    return counts, segments, firsts
+
+
+def _full_width(arr: da.Array, axis: int) -> da.Array:
+    """``arr`` in one chunk along ``axis`` (its row chunks, along the other, kept)."""
+    return arr if len(arr.chunks[axis]) == 1 else arr.rechunk({axis: -1})
 
 
 def _mask_bits_array() -> NDArray[np.int32]:
@@ -880,7 +913,10 @@ def _chain_stack(
 ) -> tuple[tuple[da.Array, da.Array, da.Array], list[str]]:
     """The ISR as image, variance and mask dask arrays (one task per block), and its steps.
 
-    One task per block of full rows. Without ``local`` it runs the fused per-pixel chain
+    One task per block of full rows; it takes the chunks of each input (raw, overscan
+    levels, calibrations, each chunked along rows as it comes) that its rows and halo
+    overlap, and runs the chain on segments of rows within which no input changes chunk
+    (:func:`_block_plan`). Without ``local`` it runs the fused per-pixel chain
     (the flat included when given). With ``local`` (keyword arguments of
     :func:`_kernels.isr_local_inplace` but ``bits``: ``bf_kernel``, ``bf_threshold``,
     ``bf_radius``, ``bf_n_iter``, ``grow``, ``interp_bits``, ``interp_max_width``) the
@@ -908,7 +944,7 @@ def _chain_stack(
         if bf_kernel is not None:
             halo = max(halo, bf_halo(bf_kernel, loc["bf_radius"], loc["bf_n_iter"]))
     row_chunks = _row_chunks(ny, max(chunk_rows, halo), halo)
-    image = _dask(raw["image"]).rechunk((row_chunks, -1))
+    image = _full_width(_dask(raw["image"]), 1)
     if not np.issubdtype(image.dtype, np.number) or np.issubdtype(image.dtype, np.complexfloating):
         raise ValueError(f"raw {raw.attrs.get('filename', '')!r} has pixel type {image.dtype}")
     os_arr: da.Array | None = None
@@ -934,7 +970,7 @@ def _chain_stack(
     if overscan is None:
         os_arr = da.zeros((n_amps, ny), dtype=F32, chunks=(n_amps, row_chunks))
     elif not isinstance(overscan, str):
-        os_arr = _dask(overscan).astype(F32).rechunk((n_amps, row_chunks))
+        os_arr = _full_width(_dask(overscan).astype(F32), 0)
     xt = np.zeros((n_amps, n_amps)) if crosstalk is None else np.asarray(crosstalk, np.float64)
     if xt.shape != (n_amps, n_amps):
         raise ValueError(f"crosstalk matrix has shape {xt.shape}, the raw has {n_amps} amplifiers")
@@ -962,18 +998,27 @@ def _chain_stack(
     boxes = _boxes(defects) if defects is not None else np.zeros((0, 4), np.int64)
     starts = np.cumsum((0, *row_chunks[:-1]))
     present = (bias is not None, dark is not None, flat is not None)
-    cal_arrays = [_rows(c, row_chunks) for c in (bias, dark, flat) if c is not None]
+    cal_arrays = [
+        _full_width(_dask(c["image"]).astype(F32), 1) for c in (bias, dark, flat) if c is not None
+    ]
     empty = np.zeros((0, 0), F32)
     n_blocks = len(row_chunks)
     xt_groups = _kernels.crosstalk_groups(xt)
     bright = float(loc["bf_threshold"]) if bf_kernel is not None else np.inf
     bad_bit = int(bits[2])
     amp_spans = (np.asarray(geo["det_x0"], np.int64), int(geo["width"]))
+    has_os = int(os_arr is not None)
 
     def block(i: int, *parts: Any) -> NDArray[np.float32]:
-        # raw_p, os_p, each of cal_p: (previous, this, next) blocks (None at the edges),
-        # passed as one flat list of arguments
-        raw_p, *rest = (parts[k : k + 3] for k in range(0, len(parts), 3))
+        # the chunks of each input that the block's rows (and halo) overlap, as one flat
+        # list of arguments; plans[i]: how many of each input's, and the segments of rows
+        # within which no input changes chunk
+        counts, segments, _ = plans[i]
+        chunks, k = [], 0
+        for c in counts:
+            chunks.append(parts[k : k + c])
+            k += c
+        raw_p, *rest = chunks
         os_p, cal_p = (rest[0], rest[1:]) if os_arr is not None else (None, rest)
         top = halo if i > 0 else 0
         bottom = halo if i < n_blocks - 1 else 0
@@ -985,26 +1030,24 @@ def _chain_stack(
         row_bits = np.zeros(n, np.int32)
         # work rows [0, top) are the previous block's last rows, [top, top + rows) this
         # block's, then the next block's first rows
-        prev_rows = raw_p[0].shape[0] if top else 0
-        # (segment, first work row, end, its first row in the segment's block)
-        segments = ((0, 0, top, prev_rows - top), (1, top, top + rows, 0), (2, top + rows, n, 0))
 
         def compute(lo: int, hi: int, with_flat: bool, into: Any = None) -> None:
             # the fused chain on work rows [lo, hi) (or into rows [0, hi - lo) of `into`,
             # without the defects), then the defects
             dest = work if into is None else into
             shift = 0 if into is None else lo
-            for k, s0, s1, first in segments:
+            for s0, s1, at in segments:
                 a, b = max(lo, s0), min(hi, s1)
                 if a >= b:
                     continue
-                src = slice(first + a - s0, first + b - s0)
-                it = iter(c[k][src] for c in cal_p)
+                # each input's chunk and the rows of it: at[m] = (chunk, its first row)
+                src = [slice(f + a - s0, f + b - s0) for _, f in at]
+                it = iter(c[at[m][0]][src[m]] for m, c in enumerate(cal_p, 1 + has_os))
                 cb, cd, cf = (next(it) if p else empty for p in present)
                 use_flat = with_flat and flat is not None
                 _kernels.isr_fused(
-                    raw_p[k][src],
-                    os_p[k][:, src] if os_p is not None else empty,
+                    raw_p[at[0][0]][src[0]],
+                    os_p[at[1][0]][:, src[1]] if os_p is not None else empty,
                     geo["raw_x0"],
                     geo["det_x0"],
                     geo["flip"],
@@ -1064,10 +1107,11 @@ def _chain_stack(
             # recomputed without it) is corrected, and the pixels it changes divided again
             def flat_rows(lo: int, hi: int) -> NDArray[np.float32]:
                 parts = []
-                for k, s0, s1, first in segments:
+                for s0, s1, at in segments:
                     a, b = max(lo, s0), min(hi, s1)
                     if a < b:
-                        parts.append(cal_p[-1][k][first + a - s0 : first + b - s0])
+                        c, f = at[-1]
+                        parts.append(cal_p[-1][c][f + a - s0 : f + b - s0])
                 return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
             threshold = float(loc["bf_threshold"])
@@ -1109,8 +1153,15 @@ def _chain_stack(
         )
         return work[:, top : top + rows]
 
-    inputs = [image, *([os_arr] if os_arr is not None else []), *cal_arrays]
-    keys = [_row_keys(arr, 1 if arr is os_arr else 0) for arr in inputs]
+    inputs: list[Any] = [image, *([os_arr] if os_arr is not None else []), *cal_arrays]
+    axes = [1 if arr is os_arr else 0 for arr in inputs]
+    keys = [_row_keys(arr, ax) for arr, ax in zip(inputs, axes, strict=True)]
+    plans = [
+        _block_plan(int(starts[i]) - (halo if i > 0 else 0), int(starts[i]) + row_chunks[i]
+                    + (halo if i < n_blocks - 1 else 0),
+                    [arr.chunks[ax] for arr, ax in zip(inputs, axes, strict=True)])
+        for i in range(n_blocks)
+    ]  # fmt: skip
     name = "isr-" + tokenize(
         raw.attrs.get("filename"),
         *inputs,
@@ -1125,10 +1176,9 @@ def _chain_stack(
     dsk: dict[Any, Any] = {}
     for i in range(n_blocks):
         args: list[Any] = []
-        for ks in keys:
-            prev = ks[i - 1] if (halo and i > 0) else None
-            nxt = ks[i + 1] if (halo and i < n_blocks - 1) else None
-            args += [prev, ks[i], nxt]  # flat: no nested tuple task per input
+        counts, _, firsts = plans[i]
+        for ks, first, count in zip(keys, firsts, counts, strict=True):
+            args += ks[first : first + count]  # flat: no nested tuple task per input
         dsk[(name, i)] = (block, i, *args)
     planes = []
     for k, dtype in enumerate((F32, F32, np.int32)):
@@ -1403,7 +1453,7 @@ def isr_stacked(
     saturated_grow: int = 1,
     interpolate_planes: Sequence[str] | None = ("BAD", "SAT", "UNMASKEDNAN"),
     interp_max_width: int = 32,
-    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    chunk_rows: int = DEFAULT_BLOCK_ROWS,
 ) -> xr.Dataset:
     """The whole ISR in one pass over the pixels; the task's path.
 
@@ -1412,10 +1462,12 @@ def isr_stacked(
 
     Notes
     -----
-    Lazy: one task per block of ``chunk_rows`` full rows (see :func:`_chain_stack`). With
-    BF or SAT growth each task recomputes the row-local chain on a halo of
-    ``max(saturated_grow, bf_halo)`` rows of its neighbours' raw rows (a short last chunk
-    is merged into its neighbour so that every chunk is at least a halo high). The flat
+    Lazy: one task per block of ``chunk_rows`` full rows (see :func:`_chain_stack`),
+    which reads the chunks of the raw and the calibrations its rows overlap, however they
+    are chunked (no rechunking). With BF or SAT growth each task recomputes the row-local
+    chain on a halo of ``max(saturated_grow, bf_halo)`` rows of its neighbours' raw rows
+    (a short last block is merged into its neighbour so that every block is at least a
+    halo high). The flat
     is applied in the same pass; BF then corrects boxes around pixels above
     ``bf_threshold``, on the image times the flat, and divides the pixels it changes
     again. SAT growth and interpolation visit only the rows whose mask calls for them. One

@@ -48,7 +48,10 @@ class IsrConfig(Config):
     fringe_n_sigma: float = Field(3.0, gt=0, description="source clipping of the amplitude fit")
     do_interpolate: bool = True
     interp_max_width: int = Field(32, ge=1, description="longest masked run interpolated (px)")
-    chunk_rows: int = Field(ops.DEFAULT_CHUNK_ROWS, ge=16, description="rows per dask chunk")
+    chunk_rows: int = Field(ops.DEFAULT_CHUNK_ROWS, ge=16, description="rows per raw read chunk")
+    block_rows: int = Field(
+        ops.DEFAULT_BLOCK_ROWS, ge=16, description="rows per ISR block (the output's row chunks)"
+    )
 
 
 def read_raw(
@@ -195,7 +198,7 @@ class IsrTask(Task):
             saturated_grow=c.saturated_grow if c.do_saturation else 0,
             interpolate_planes=("BAD", "SAT", "UNMASKEDNAN") if c.do_interpolate else None,
             interp_max_width=c.interp_max_width,
-            chunk_rows=c.chunk_rows,
+            chunk_rows=c.block_rows,
         )
         exp.attrs.pop("amplifiers", None)
         return TaskResult(post_isr=exp)

@@ -218,6 +218,24 @@ def test_stacked_isr_independent_of_row_blocks(
         blocks = _values(ops.isr_stacked(raw, **kw, chunk_rows=rows))
         for k in one:
             np.testing.assert_array_equal(blocks[k], one[k], err_msg=f"{k}, {rows} rows")
+    # inputs read in chunks of their own, none matching the blocks: each block takes the
+    # chunks its rows and halo overlap (no rechunking), in segments
+    odd = raw.copy()
+    odd["image"] = odd["image"].chunk({"y": 37})
+    odd = odd.persist()
+    kw_odd = dict(kw)
+    for name, rows in (("bias", 50), ("dark", ny), ("flat", 23)):
+        kw_odd[name] = kw[name].copy()
+        kw_odd[name]["image"] = kw[name]["image"].chunk({"y": rows})
+        kw_odd[name] = kw_odd[name].persist()
+    graph = ops.isr_stacked(odd, **kw_odd, chunk_rows=64)
+    inputs = [odd["image"], kw["overscan"], *(kw_odd[n]["image"] for n in ("bias", "dark", "flat"))]
+    known = set().union(*(dict(a.data.__dask_graph__()) for a in inputs))
+    added = set(dict(graph["image"].data.__dask_graph__())) - known
+    assert added and not [k for k in added if "rechunk" in str(k)]
+    got = _values(graph)
+    for k in one:
+        np.testing.assert_array_equal(got[k], one[k], err_msg=f"{k}, inputs in other chunks")
     # dead and NaN flat pixels next to bright ones: brighter-fatter still reads their
     # value before the flat (recomputed), as the step-by-step path does
     flat = calibs["flat"].copy(deep=True)
