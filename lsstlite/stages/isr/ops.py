@@ -26,6 +26,7 @@ No op computes: each returns lazy dask-backed xarray objects.
 
 from __future__ import annotations
 
+import bisect
 import itertools
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -866,19 +867,19 @@ def _block_plan(
     them; the segments ``(s0, s1, at)`` of rows (from ``lo``) within which no input
     changes chunk, ``at`` giving each input's chunk (counted from the first that
     overlaps) and the segment's first row in it; and each input's first chunk."""
-    edges = [np.cumsum((0, *ch)) for ch in chunks]
-    firsts = [int(np.searchsorted(e, lo, side="right")) - 1 for e in edges]
-    lasts = [int(np.searchsorted(e, hi - 1, side="right")) - 1 for e in edges]
+    # plain Python: a few chunks each, numpy's per-call cost dominated
+    edges = [[0, *itertools.accumulate(int(c) for c in ch)] for ch in chunks]
+    firsts = [bisect.bisect_right(e, lo) - 1 for e in edges]
+    lasts = [bisect.bisect_right(e, hi - 1) - 1 for e in edges]
     cuts = {lo, hi}
     for e, first, last in zip(edges, firsts, lasts, strict=True):
-        cuts.update(int(v) for v in e[first + 1 : last + 1])
-    order = sorted(cuts)
+        cuts.update(e[first + 1 : last + 1])
     segments = []
-    for s0, s1 in itertools.pairwise(order):
+    for s0, s1 in itertools.pairwise(sorted(cuts)):
         at = []
         for e, first in zip(edges, firsts, strict=True):
-            c = int(np.searchsorted(e, s0, side="right")) - 1
-            at.append((c - first, s0 - int(e[c])))
+            c = bisect.bisect_right(e, s0) - 1
+            at.append((c - first, s0 - e[c]))
         segments.append((s0 - lo, s1 - lo, at))
     counts = [last - first + 1 for first, last in zip(firsts, lasts, strict=True)]
     return counts, segments, firsts
@@ -1206,8 +1207,17 @@ def _plane(block: NDArray[np.float32], k: int) -> NDArray[Any]:
 
 
 def _exposure_from_planes(
-    planes: tuple[da.Array, da.Array, da.Array], like: xr.Dataset, steps: list[str]
+    planes: tuple[da.Array, da.Array, da.Array],
+    like: xr.Dataset,
+    steps: list[str],
+    amplifiers: bool = True,
 ) -> xr.Dataset:
+    """The exposure of the planes, with ``like``'s WCS and visit info, its amplifier
+    table when ``amplifiers`` (which later step-by-step ops need; the finished ISR's
+    output leaves it out, as the task's ``post_isr`` does)."""
+    attrs: dict[str, Any] = {"isr_steps": steps}
+    if amplifiers:
+        attrs = {"amplifiers": like.attrs.get("amplifiers"), **attrs}
     return make_exposure(
         planes[0],
         variance=planes[1],
@@ -1215,7 +1225,7 @@ def _exposure_from_planes(
         wcs=like.attrs.get("wcs") or None,
         visit_info=_visit_info(like.attrs),
         units="electron",
-        attrs={"amplifiers": like.attrs.get("amplifiers"), "isr_steps": steps},
+        attrs=attrs,
     )
 
 
@@ -1225,16 +1235,11 @@ def _row_keys(arr: da.Array, axis: int) -> list[Any]:
     return [k[0] for k in keys] if axis == 0 else list(keys[0])
 
 
-def _exposure_from_stack(stack: da.Array, like: xr.Dataset, steps: list[str]) -> xr.Dataset:
-    return make_exposure(
-        stack[0],
-        variance=stack[1],
-        mask=stack[2].view(np.int32),
-        wcs=like.attrs.get("wcs") or None,
-        visit_info=_visit_info(like.attrs),
-        units="electron",
-        attrs={"amplifiers": like.attrs.get("amplifiers"), "isr_steps": steps},
-    )
+def _exposure_from_stack(
+    stack: da.Array, like: xr.Dataset, steps: list[str], amplifiers: bool = True
+) -> xr.Dataset:
+    planes = (stack[0], stack[1], stack[2].view(np.int32))
+    return _exposure_from_planes(planes, like, steps, amplifiers)
 
 
 def isr_chain(
@@ -1473,6 +1478,7 @@ def isr_stacked(
     again. SAT growth and interpolation visit only the rows whose mask calls for them. One
     ``(3, rows, nx)`` buffer per block, lent again once Dask has let go of it. A fringe
     frame adds one reduction (its amplitude) and a second pass for the steps after it.
+    The output has no amplifier table (``attrs["amplifiers"]``): it is assembled.
     """
     from lsstlite.data.masks import DEFAULT_MASK_PLANES as planes
 
@@ -1502,7 +1508,7 @@ def isr_stacked(
     )
     if fringe is None:
         steps += ["interpolate"] * bool(interpolate_planes)
-        return _exposure_from_planes(out, raw, steps)
+        return _exposure_from_planes(out, raw, steps, amplifiers=False)
     # the fringe amplitude is a reduction over the detector: a second pass after it
     mid = remove_fringe(_exposure_from_planes(out, raw, steps), fringe, n_sigma=fringe_n_sigma)
     stack = _local_stack(
@@ -1518,4 +1524,4 @@ def isr_stacked(
         planes=dict(planes),
     )
     steps = list(mid.attrs["isr_steps"]) + ["interpolate"] * bool(interpolate_planes)
-    return _exposure_from_stack(stack, raw, steps)
+    return _exposure_from_stack(stack, raw, steps, amplifiers=False)

@@ -200,7 +200,6 @@ class IsrTask(Task):
             interp_max_width=c.interp_max_width,
             chunk_rows=c.block_rows,
         )
-        exp.attrs.pop("amplifiers", None)
         return TaskResult(post_isr=exp)
 
 
