@@ -173,14 +173,18 @@ def main() -> None:
     isr_bytes = raw_np.itemsize + sum(c.itemsize for c in calib_np) + 3 * 4
 
     print(f"load average: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; detector {N}×{N}")
-    header = f"{'what':28s} {'threads':>7s} {'s':>7s} {'Mpix/s':>8s} {'vs ccdproc':>10s}"
+    header = f"{'what':28s} {'threads':>7s} {'s':>7s} {'Mpix/s':>8s} {'per core':>8s} {'vs ccdproc':>10s}"
     print(header)
     print("-" * len(header))
     for name, threads, t in rows:
-        print(f"{name:28s} {threads:7d} {t:7.3f} {MPIX / t:8.1f} {ccd_time / t:9.1f}×")
+        rate = MPIX / t
+        print(
+            f"{name:28s} {threads:7d} {t:7.3f} {rate:8.1f} {rate / threads:8.1f} {ccd_time / t:9.1f}×"
+        )
     if ccd_time:
         print(
-            f"{'ccdproc (os/trim/bias/dark/flat)':28s} {1:7d} {ccd_time:7.3f} {MPIX / ccd_time:8.1f}"
+            f"{'ccdproc (os/trim/bias/dark/flat)':28s} {1:7d} {ccd_time:7.3f} "
+            f"{MPIX / ccd_time:8.1f} {MPIX / ccd_time:8.1f}"
         )
     print(
         f"memory bandwidth, one core: {copy_gbs:.1f} GB/s (float32 copy); a one-pass ISR "
