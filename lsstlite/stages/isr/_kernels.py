@@ -787,7 +787,8 @@ def _active_runs(image: NDArray[np.float32], threshold: float, radius: int) -> N
     if nb > bright.shape[0]:
         bright = np.empty((nb, 3), np.int64)  # enough: no more than counted
         nb = _bright_runs(image, threshold, radius, bright)
-    runs = np.empty((nb * (2 * radius + 1), 3), np.int64)
+    # at most as many runs in a row as bright runs within radius of it
+    runs = np.empty((nb * min(2 * radius + 1, ny), 3), np.int64)
     nr = 0
     lo = hi = 0
     xa = np.empty(nb, np.int64)
@@ -861,8 +862,8 @@ def _bf_solve(
     non-finite as 0) is a float64 copy of the rectangle the active pixels reach (± 1, ±
     the kernel's half-size), zeros outside the image, in one flat array. ``φ = K ∗ I`` is
     computed in float32 (from a float32 copy) on every pixel of the active pixels'
-    rectangle ± 1, in the order (ky, kx),
-    three taps per pass over the flat array at fixed offsets: the zeros stand for the taps
+    rectangle ± 1, in the order (ky, kx), three taps per pass over the flat array at fixed
+    offsets: the zeros stand for the taps
     outside the image (a tap on them adds ±0, which changes no sum), and the pixels whose
     taps would wrap around a row are padding columns, never read. Long loops: an earlier
     version summed each tap over the short runs of needed pixels along rows, which LLVM
@@ -899,7 +900,7 @@ def _bf_solve(
     nxt = np.empty_like(cur)
     down = kh * w  # a pixel's index in cur is its index in phi plus kh rows
     # phi in float32, from a float32 copy of cur: twice the lanes a pass (4.4 -> 3.4 ms
-    # for the 147 boxes of a 150-star detector; ≤ 0.035 e⁻ from float64 there)
+    # for the 147 boxes of a 150-star detector, whose values moved ≤ 0.035 e⁻)
     phi = np.empty(n_phi, np.float32)
     cur32 = cur.astype(np.float32)
     k32 = kernel.astype(np.float32)
@@ -1210,8 +1211,8 @@ def bf_correct_inplace(
 
     ``row_bright``, when given, says which rows may have a pixel above ``threshold``
     (a superset is fine; with ``columns``, where: see :func:`bright_boxes`); otherwise one
-    scan finds them. Each band of rows (bright rows ±
-    ``radius + kernel half-size + 2``, merged where they touch) is cut the same way along
+    scan finds them. Each band of rows (bright rows ± ``radius + kernel half-size + 2``,
+    merged where they touch) is cut the same way along
     x, and each box is corrected on its own: the correction of a pixel depends only on
     pixels within ``radius + half-size + 1`` of a bright one, so the result is the whole
     image's, bit for bit. A block without bright pixels costs one scan, or nothing.
@@ -1409,8 +1410,7 @@ def bf_band(
 
     ``img``, ``var``, ``msk`` and ``flat`` are the band's rows (a band of
     :func:`row_bands` around the rows flagged in ``rows``, where ``x0s`` and ``width``
-    say as in :func:`bright_boxes`, with ``margin`` =
-    :func:`bf_margin`). The band is cut into boxes (:func:`_band_boxes`); in each, the
+    say as in :func:`bright_boxes`, with ``margin`` = :func:`bf_margin`). The band is cut into boxes (:func:`_band_boxes`); in each, the
     image before the flat (:func:`unflat`) is corrected and the pixels it changes in
     rows ``[c0, c1)`` divided again (:func:`bf_box_reflat`). Boxes with a pixel whose
     flat is not usable are left: their ``(y0, y1, x0, x1)`` (in the band) are returned,

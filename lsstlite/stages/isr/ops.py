@@ -1157,12 +1157,12 @@ def _chain_stack(
     inputs: list[Any] = [image, *([os_arr] if os_arr is not None else []), *cal_arrays]
     axes = [1 if arr is os_arr else 0 for arr in inputs]
     keys = [_row_keys(arr, ax) for arr, ax in zip(inputs, axes, strict=True)]
-    plans = [
-        _block_plan(int(starts[i]) - (halo if i > 0 else 0), int(starts[i]) + row_chunks[i]
-                    + (halo if i < n_blocks - 1 else 0),
-                    [arr.chunks[ax] for arr, ax in zip(inputs, axes, strict=True)])
-        for i in range(n_blocks)
-    ]  # fmt: skip
+    input_rows = [arr.chunks[ax] for arr, ax in zip(inputs, axes, strict=True)]
+    plans = []
+    for i in range(n_blocks):
+        lo = int(starts[i]) - (halo if i > 0 else 0)  # the block's rows and halo
+        hi = int(starts[i]) + row_chunks[i] + (halo if i < n_blocks - 1 else 0)
+        plans.append(_block_plan(lo, hi, input_rows))
     name = "isr-" + tokenize(
         raw.attrs.get("filename"),
         *inputs,
