@@ -82,7 +82,7 @@ DEFAULT_CHUNK_ROWS = 1024
 #: its four Dask tasks (~0.3 ms each on the threaded scheduler) and the neighbours' rows
 #: it recomputes (up to 2 × 22 with brighter-fatter). A 4096² detector read in 1024-row
 #: chunks, 150 bright stars: 58-60 ms on one core and 34 ms on two with 2048-row blocks,
-#: 62-63 and 35-37 ms with 1024 (``benchmarks/isr.py --block-rows``). A 2048-row block
+#: 61.5-63 and 35-37 ms with 1024 (``benchmarks/isr.py --block-rows``). A 2048-row block
 #: of a 4096-wide detector is 103 MB.
 DEFAULT_BLOCK_ROWS = 2048
 
