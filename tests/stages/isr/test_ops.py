@@ -253,9 +253,21 @@ def test_stacked_isr_independent_of_row_blocks(
     step = ops.apply_linearity(ops.subtract_bias(step, kw["bias"]), kw["linearity"])
     step = ops.mask_nans(ops.apply_gain(step))
     step = ops.subtract_dark(ops.mask_defects(step, kw["defects"]), kw["dark"])
+    step_bf_input = step
     step = ops.divide_flat(ops.correct_brighter_fatter(step, kw["bf_kernel"]), flat)
     want = _values(ops.interpolate_bad(ops.grow_mask_plane(step, "SAT", 1)))
     assert (want["mask"] & mask_bits(mask_planes(whole), "BAD")).sum() > 10
+    np.testing.assert_array_equal(blocks["mask"], want["mask"])
+    np.testing.assert_allclose(blocks["image"], want["image"], rtol=2e-6, atol=2e-3)
+    # without a flat, BF runs on the image itself (boxes from the amplifiers' flags)
+    no_flat = {**kw, "flat": None}
+    blocks = _values(ops.isr_stacked(raw, **no_flat, chunk_rows=64))
+    whole_nf = _values(ops.isr_stacked(raw, **no_flat, chunk_rows=ny))
+    for k in one:
+        np.testing.assert_array_equal(blocks[k], whole_nf[k], err_msg=f"{k}, no flat")
+    step_nf = ops.correct_brighter_fatter(step_bf_input, kw["bf_kernel"])
+    want = _values(ops.interpolate_bad(ops.grow_mask_plane(step_nf, "SAT", 1)))
+    assert not np.array_equal(want["image"], _values(step_bf_input)["image"])  # BF acted
     np.testing.assert_array_equal(blocks["mask"], want["mask"])
     np.testing.assert_allclose(blocks["image"], want["image"], rtol=2e-6, atol=2e-3)
     # the overscan medians computed in each block, from its rows, are the same levels
