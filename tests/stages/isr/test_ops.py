@@ -267,7 +267,8 @@ def test_stacked_isr_independent_of_row_blocks(
         np.testing.assert_array_equal(blocks[k], whole_nf[k], err_msg=f"{k}, no flat")
     step_nf = ops.correct_brighter_fatter(step_bf_input, kw["bf_kernel"])
     want = _values(ops.interpolate_bad(ops.grow_mask_plane(step_nf, "SAT", 1)))
-    assert not np.array_equal(want["image"], _values(step_bf_input)["image"])  # BF acted
+    before, after = _values(step_bf_input)["image"], _values(step_nf)["image"]
+    assert (np.abs(after - before) > 1.0).sum() > 50  # BF moved charge
     np.testing.assert_array_equal(blocks["mask"], want["mask"])
     np.testing.assert_allclose(blocks["image"], want["image"], rtol=2e-6, atol=2e-3)
     # the overscan medians computed in each block, from its rows, are the same levels
