@@ -327,7 +327,6 @@ def _isr_rows(
     ones = np.ones(det_nx, np.float32)
     sat_bit, nan_bit, bad_bit = np.int32(bits[0]), np.int32(bits[1]), np.int32(bits[2])
     zero = np.float32(0.0)
-    one = np.float32(1.0)
     inf = np.float32(np.inf)
     zero_i = np.int32(0)
     dt = np.float32(dark_time) if do_dark else zero
@@ -440,14 +439,16 @@ def _isr_rows(
                 e = e - d_a[j] * dt
                 hot = hot_bit if e > thr else zero_i
                 f = f_a[j]
-                ok = f > flat_min and f < flat_max
-                inv = reciprocal(f if ok else one)
-                e = e * inv if ok else zero
-                ev = ev * (inv * inv) if ok else inf
-                fin = abs(e) < inf
-                i_a[j] = e if fin else zero
-                v_a[j] = ev if fin else inf
-                m_a[j] = tm[j] | (zero_i if ok else bad_bit) | (zero_i if fin else nan_bit) | hot
+                # ``&``, not ``and``: the short-circuit made LLVM pack the vector of
+                # booleans to 16 bits and back (the loop ran ~13% slower); the
+                # reciprocal of an unusable flat is computed, then not used
+                ok = (f > flat_min) & (f < flat_max)
+                inv = reciprocal(f)
+                p = e * inv
+                good = ok & (abs(p) < inf)
+                i_a[j] = p if good else zero
+                v_a[j] = ev * (inv * inv) if good else inf
+                m_a[j] = tm[j] | hot | (zero_i if good else (nan_bit if ok else bad_bit))
             # The OR of the amplifier's mask bits while its pixels are in L1 (a reduction
             # inside the loop above stopped it vectorising well; one pass over the whole
             # row after it ran 5-8% slower). Bit 31 of the mask, cleared again at once,
@@ -1382,7 +1383,7 @@ def unflat(image: NDArray[np.float32], flat: NDArray[np.float32], out: NDArray[n
     for y in range(image.shape[0]):
         for x in range(image.shape[1]):
             f = flat[y, x]
-            ok = f > flat_min and f < flat_max
+            ok = (f > flat_min) & (f < flat_max)
             out[y, x] = image[y, x] * f if ok else np.float32(0.0)
             lost |= not ok
     return lost
@@ -1561,7 +1562,7 @@ def divide_flat_rows(
         acc = zero_i
         for j in range(img.shape[1]):
             f = f_r[j]
-            ok = f > flat_min and f < flat_max
+            ok = (f > flat_min) & (f < flat_max)
             inv = reciprocal(f if ok else one)
             i_r[j] = i_r[j] * inv if ok else zero
             v_r[j] = v_r[j] * (inv * inv) if ok else inf
