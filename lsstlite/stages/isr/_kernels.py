@@ -1194,6 +1194,7 @@ def isr_local_inplace(
         int(interp_bits) if interp_max_width > 0 else 0,
         int(bits[3]),
         int(interp_max_width),
+        np.zeros((0, 4), np.int64),
     )
     return work[:, top : top + rows]
 
@@ -1596,6 +1597,43 @@ def _sat_pixels(m_r: NDArray[np.int32], bit: int, y: int, out: NDArray[np.int64]
 
 
 @numba.njit(cache=True, nogil=True)
+def _interp_runs(
+    img: NDArray[np.float32],
+    var: NDArray[np.float32],
+    m_r: NDArray[np.int32],
+    y: int,
+    x: int,
+    hi: int,
+    interp_bits: int,
+    intrp_bit: int,
+    max_width: int,
+) -> int:
+    """Interpolate row ``y`` over the runs of ``interp_bits`` pixels that start in
+    ``[x, hi)`` (a run may go on beyond ``hi``), as :func:`interpolate_rows`; ``x`` must
+    not be inside a run. Returns where the walk stopped (≥ ``hi``)."""
+    nx = m_r.size
+    while x < hi:
+        if (m_r[x] & interp_bits) == 0:
+            x += 1
+            continue
+        start = x
+        while x < nx and (m_r[x] & interp_bits) != 0:
+            x += 1
+        stop = x  # run is [start, stop)
+        if start == 0 or stop == nx or stop - start > max_width:
+            continue
+        left, right = img[y, start - 1], img[y, stop]
+        vl, vr = var[y, start - 1], var[y, stop]
+        m = stop - start + 1
+        for k in range(start, stop):
+            t = (k - start + 1) / m
+            img[y, k] = left + t * (right - left)
+            var[y, k] = 0.5 * (vl + vr)
+            m_r[k] |= intrp_bit
+    return x
+
+
+@numba.njit(cache=True, nogil=True)
 def finish_rows(
     img: NDArray[np.float32],
     var: NDArray[np.float32],
@@ -1608,11 +1646,15 @@ def finish_rows(
     interp_bits: int,
     intrp_bit: int,
     max_width: int,
+    boxes: NDArray[np.int64],
 ) -> None:
     """SAT growth and interpolation on rows ``[top, top + rows)`` of full-height planes, in
     place. SAT sources are read from the halo rows too (before any growth). ``row_bits``
     (the OR of each row's mask bits, updated here) says which rows to visit: a row without
-    SAT or an interpolated plane costs nothing."""
+    SAT or an interpolated plane costs nothing. ``boxes`` ``(x0, y0, width, height)`` (rows
+    as in the planes) are masked rectangles, defects, that ``row_bits`` need not include:
+    in a row not visited for its bits, only the runs through a box are interpolated (a bad
+    column down the detector would otherwise have every row's mask read)."""
     n, nx = img.shape
     if grow > 0:
         # the SAT pixels first (growing as they are found would grow the grown ones),
@@ -1658,22 +1700,21 @@ def finish_rows(
             hi = min(c * 64 + 64, nx)
             if chunk_bits[c] == 0 or hi <= x:
                 continue
-            x = max(x, c * 64)
-            while x < hi:
-                if (m_r[x] & interp_bits) == 0:
-                    x += 1
-                    continue
-                start = x
-                while x < nx and (m_r[x] & interp_bits) != 0:
-                    x += 1
-                stop = x  # run is [start, stop)
-                if start == 0 or stop == nx or stop - start > max_width:
-                    continue
-                left, right = img[y, start - 1], img[y, stop]
-                vl, vr = var[y, start - 1], var[y, stop]
-                m = stop - start + 1
-                for k in range(start, stop):
-                    t = (k - start + 1) / m
-                    img[y, k] = left + t * (right - left)
-                    var[y, k] = 0.5 * (vl + vr)
-                    m_r[k] |= intrp_bit
+            x = _interp_runs(
+                img, var, m_r, y, max(x, c * 64), hi, interp_bits, intrp_bit, max_width
+            )
+    # the boxes' rows that were not visited: from the start of the run through each box's
+    # first column to the end of its last (a run already done is done again, the same)
+    for b in range(boxes.shape[0]):
+        x0, x1 = max(boxes[b, 0], 0), min(boxes[b, 0] + boxes[b, 2], nx)
+        y0, y1 = max(boxes[b, 1], top), min(boxes[b, 1] + boxes[b, 3], top + rows)
+        if x0 >= x1:
+            continue
+        for y in range(y0, y1):
+            if row_bits[y] & interp_bits:
+                continue
+            m_r = msk[y]
+            x = x0
+            while x > 0 and (m_r[x - 1] & interp_bits) != 0:
+                x -= 1
+            _interp_runs(img, var, m_r, y, x, x1, interp_bits, intrp_bit, max_width)

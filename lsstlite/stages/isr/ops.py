@@ -1072,12 +1072,8 @@ def _chain_stack(
                     overscan_columns=os_cols,
                 )
             if boxes.size and into is None:
-                y0 = int(starts[i]) - top + lo
-                _kernels.mark_boxes(msk[lo:hi], boxes, y0, bad_bit)
-                for _, by, _, bh in boxes:
-                    ya, yb = max(by - y0, 0), min(by + bh - y0, hi - lo)
-                    if ya < yb:
-                        row_bits[lo + ya : lo + yb] |= bad_bit
+                # not in row_bits: finish_rows interpolates through the boxes
+                _kernels.mark_boxes(msk[lo:hi], boxes, int(starts[i]) - top + lo, bad_bit)
 
         if bf_kernel is None:
             compute(0, n, True)
@@ -1151,6 +1147,7 @@ def _chain_stack(
             int(loc["interp_bits"]) if loc["interp_max_width"] > 0 else 0,
             int(bits[3]),
             int(loc["interp_max_width"]),
+            boxes - np.array([0, int(starts[i]) - top, 0, 0]),  # rows as in work
         )
         return work[:, top : top + rows]
 

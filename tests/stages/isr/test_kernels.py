@@ -229,8 +229,56 @@ def test_finish_rows_interpolation_equals_the_row_walk() -> None:
     want = _kernels.interpolate_rows(img, var, mask, bad, intrp, 32)
     got_img, got_var, got_mask = img.copy(), var.copy(), mask.copy()
     row_bits = _kernels.row_bits_of(got_mask)
-    _kernels.finish_rows(got_img, got_var, got_mask, row_bits, 0, ny, 1, 0, bad, intrp, 32)
+    no_boxes = np.zeros((0, 4), np.int64)
+    _kernels.finish_rows(
+        got_img, got_var, got_mask, row_bits, 0, ny, 1, 0, bad, intrp, 32, no_boxes
+    )
     assert ((want[2] & intrp) != 0).sum() > 100
+    np.testing.assert_array_equal(got_mask, want[2])
+    np.testing.assert_array_equal(got_img, want[0])
+    np.testing.assert_array_equal(got_var, want[1])
+
+
+def test_finish_rows_interpolates_defect_boxes_outside_row_bits() -> None:
+    """Defect boxes need not be in ``row_bits``: the rows they cross are interpolated
+    through the boxes only, and the result equals the plain walk of the whole mask. Boxes
+    overlapping, touching other flagged pixels (one run across both), at the row's ends,
+    wider than ``max_width``, partly outside the rows done, and rows whose own bits are
+    set (visited whole)."""
+    rng = np.random.default_rng(5)
+    ny, nx, bad, sat, intrp = 80, 300, 4, 1, 8
+    img = rng.normal(100, 5, (ny, nx)).astype(np.float32)
+    var = rng.uniform(1, 2, (ny, nx)).astype(np.float32)
+    mask = np.zeros((ny, nx), np.int32)
+    mask[10, 40:43] |= sat  # flagged pixels in row_bits
+    mask[30, 100] |= sat  # next to the box at column 101: one run of 4
+    boxes = np.array(
+        [
+            [20, 0, 1, ny],  # a bad column down the whole plane
+            [21, 5, 2, 10],  # overlapping it: one run of 3
+            [101, 25, 3, 10],  # touching the SAT pixel in row 30
+            [0, 40, 2, 5],  # at the row's start: not interpolated
+            [nx - 1, 40, 1, 5],  # at its end
+            [150, 50, 40, 3],  # wider than max_width
+            [200, -5, 2, 10],  # partly above the plane
+            [250, 70, 1, 20],  # partly below it
+        ],
+        np.int64,
+    )
+    ys, xs = np.mgrid[:ny, :nx]
+    for x0, y0, w, h in boxes:
+        mask[(ys >= y0) & (ys < y0 + h) & (xs >= x0) & (xs < x0 + w)] |= bad
+    want = _kernels.interpolate_rows(img, var, mask, bad | sat, intrp, 32)
+    top, rows = 3, ny - 6  # a block's core rows: the others are not interpolated
+    for y in [*range(top), *range(top + rows, ny)]:
+        want[0][y], want[1][y], want[2][y] = img[y], var[y], mask[y]
+    got_img, got_var, got_mask = img.copy(), var.copy(), mask.copy()
+    row_bits = _kernels.row_bits_of(mask & sat)  # the boxes' bit not in it
+    _kernels.finish_rows(
+        got_img, got_var, got_mask, row_bits, top, rows, 16, 0, bad | sat, intrp, 32, boxes
+    )
+    assert ((want[2] & intrp) != 0).sum() > 100
+    assert want[2][30, 100] & intrp and want[2][40, 0] & intrp == 0
     np.testing.assert_array_equal(got_mask, want[2])
     np.testing.assert_array_equal(got_img, want[0])
     np.testing.assert_array_equal(got_var, want[1])
