@@ -66,16 +66,18 @@ def row_medians(
     Equal to ``np.median`` of the values as float64, cast to float32 (NaN where a value is
     NaN). The medians of 64 rows at a time go through one sorting network (Batcher's
     odd-even merge sort, pruned to the comparators that reach the middle), each
-    comparator a vectorised min/max over the 64 rows: no branches. For 32 columns,
-    ~0.07 µs per median, against ~0.4 µs for a selection per row and ~0.7 µs for
-    numba's ``np.median``.
+    comparator a vectorised min/max over the 64 rows: no branches. Integers of up to 16
+    bits are sorted as they are (16 lanes a vector). For 32 columns, ~0.045 µs per median
+    of uint16 pixels (~0.065 µs in float32), against ~0.4 µs for a selection per row and
+    ~0.7 µs for numba's ``np.median``.
     """
     x0s = np.asarray(x0s, np.int64)
     widths = np.asarray(x1s, np.int64) - x0s
     out = np.empty((x0s.size, block.shape[0]), np.float32)
     for n in np.unique(widths):  # one call per overscan width (usually one)
-        _, _, pairs, tile = _inline_overscan(block, (x0s, int(n)))
-        _network_medians(block, x0s, np.flatnonzero(widths == n), int(n), pairs, tile, out, -0.0)
+        _, _, pairs, tile, pad = _inline_overscan(block, (x0s, int(n)))
+        amps = np.flatnonzero(widths == n)
+        _network_medians(block, x0s, amps, int(n), pairs, tile, pad, out, -0.0)
     return out
 
 
@@ -111,13 +113,13 @@ def _median_network(n: int) -> tuple[int, NDArray[np.int64]]:
     return size, np.array(kept[::-1], np.int64).reshape(-1, 2)
 
 
-def _tile_dtype(dtype: np.dtype[Any]) -> type:
-    """float32 where it holds the values exactly (integers up to 16 bits, float32)."""
-    return (
-        np.float32
-        if dtype == np.float32 or (dtype.kind in "ui" and dtype.itemsize <= 2)
-        else np.float64
-    )
+def _tile_dtype(dtype: np.dtype[Any]) -> tuple[type, float]:
+    """The sorting network's type for values of ``dtype``, and its padding value (above
+    any value): integers of up to 16 bits as they are (16 lanes a vector: the network on
+    uint16 raw took 1.4 against 2.1 ms a detector in float32), float32, else float64."""
+    if dtype.kind in "ui" and dtype.itemsize <= 2:
+        return dtype.type, float(np.iinfo(dtype).max)
+    return (np.float32 if dtype == np.float32 else np.float64), np.inf
 
 
 @numba.njit(cache=True, nogil=True)
@@ -127,12 +129,13 @@ def _network_medians(
     amps: NDArray[np.int64],
     n: int,
     pairs: NDArray[np.int64],
-    tile: NDArray[np.floating],
+    tile: NDArray[Any],
+    pad: float,
     out: NDArray[np.float32],
     minus_zero: float,
 ) -> None:
     for a in amps:
-        _amp_medians(block, x0s[a], n, pairs, tile, out[a], minus_zero)
+        _amp_medians(block, x0s[a], n, pairs, tile, pad, out[a], minus_zero)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -141,15 +144,16 @@ def _amp_medians(
     x0: int,
     n: int,
     pairs: NDArray[np.int64],
-    tile: NDArray[np.floating],
+    tile: NDArray[Any],
+    pad: float,
     out: NDArray[np.float32],
     minus_zero: float,
 ) -> None:
     rows = block.shape[0]
-    neg_zero = tile.dtype.type(minus_zero)
+    neg_zero = tile.dtype.type(minus_zero)  # 0 for an integer tile
     size, lanes = tile.shape
     k_lo, k_hi = (n - 1) // 2, n // 2
-    inf = tile.dtype.type(np.inf)
+    inf = tile.dtype.type(pad)
     for r0 in range(0, rows, lanes):
         nl = min(lanes, rows - r0)
         for lane in range(lanes):  # tile[j, lane]: value j of row r0 + lane
@@ -301,7 +305,8 @@ def _isr_rows(
     os_x0s: NDArray[np.int64],
     os_n: int,
     os_pairs: NDArray[np.int64],
-    os_tile: NDArray[np.floating],
+    os_tile: NDArray[Any],
+    os_pad: float,
 ) -> None:
     # With ``os_n`` > 0 the overscan levels are the per-row medians of the ``os_n``
     # columns from ``os_x0s``, computed here for each tile of rows just before the rows
@@ -343,7 +348,7 @@ def _isr_rows(
         if os_n > 0 and r % lanes == 0:
             tile_rows = raw[r : min(r + lanes, n_rows)]
             for a in range(n_amps):
-                _amp_medians(tile_rows, os_x0s[a], os_n, os_pairs, os_tile, levels[a], -0.0)
+                _amp_medians(tile_rows, os_x0s[a], os_n, os_pairs, os_tile, os_pad, levels[a], -0.0)
         raw_r = raw[r]
         for a in range(n_amps):
             if not do_os:
@@ -590,14 +595,16 @@ def isr_fused(
 
 def _inline_overscan(
     raw: NDArray[Any], columns: tuple[NDArray[np.int64], int] | None
-) -> tuple[NDArray[np.int64], int, NDArray[np.int64], NDArray[np.floating]]:
-    """The overscan arguments of :func:`_isr_rows`: none, or the median network's."""
+) -> tuple[NDArray[np.int64], int, NDArray[np.int64], NDArray[Any], float]:
+    """The overscan arguments of :func:`_isr_rows`: none, or the median network's (the
+    tile of the same type either way: one compilation per raw type)."""
+    dtype, pad = _tile_dtype(raw.dtype)
     if columns is None:
-        return np.zeros(0, np.int64), 0, np.zeros((0, 2), np.int64), np.zeros((1, 1), F32)
+        return np.zeros(0, np.int64), 0, np.zeros((0, 2), np.int64), np.zeros((1, 1), dtype), pad
     x0s, n = columns
     size, pairs = _median_network(int(n))
-    tile: NDArray[np.floating] = np.empty((size, _MEDIAN_LANES), _tile_dtype(raw.dtype))
-    return np.asarray(x0s, np.int64), int(n), pairs, tile
+    tile: NDArray[Any] = np.empty((size, _MEDIAN_LANES), dtype)
+    return np.asarray(x0s, np.int64), int(n), pairs, tile, pad
 
 
 @numba.njit(cache=True, nogil=True)

@@ -92,13 +92,18 @@ def test_bf_bands_equal_the_whole_image() -> None:
 def test_row_medians_equal_numpy_median() -> None:
     """The sorting-network medians are ``np.median`` exactly: odd and even widths, widths
     that are not powers of two, row counts that are not multiples of the network's lanes,
-    uint16, float32 and float64 pixels, ties, and NaNs."""
+    uint16 (sorted as such, padded with its largest value, which values may equal), int16,
+    float32 and float64 pixels, ties, and NaNs."""
     rng = np.random.default_rng(3)
-    for trial in range(200):
+    for trial in range(280):
         n, rows = int(rng.integers(1, 70)), int(rng.integers(1, 90))
-        kind = trial % 5
+        kind = trial % 7
         if kind == 0:
             block = rng.integers(0, 5, (rows, n + 3)).astype(np.uint16)  # many ties
+        elif kind == 5:
+            block = rng.integers(65530, 65536, (rows, n + 3)).astype(np.uint16)
+        elif kind == 6:
+            block = rng.integers(-(2**15), 2**15, (rows, n + 3)).astype(np.int16)
         elif kind == 1:
             block = rng.normal(0, 1, (rows, n + 3)).astype(np.float32)
         elif kind == 2:
