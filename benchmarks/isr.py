@@ -13,13 +13,15 @@ float32 copy) and the throughput they allow a one-pass ISR; and astropy ccdproc'
 overscan, trim, bias, dark and flat on the same pixels, as a ratio to ours. The
 machine's load average is printed: on a shared machine the figures move with the other
 users, so compare ratios. The scene is a 1500 e⁻ sky with ``--stars`` bright stars (150
-by default: brighter-fatter bands, saturation and its growth, interpolation);
-``--chunk-rows`` sets the rows per chunk of the raw and the calibrations, ``--block-rows``
+by default: brighter-fatter bands, saturation and its growth, interpolation); the
+defects are a 900-row bad column and a 3 × 3 box, and ``--bad-columns`` adds that many
+bad columns down the whole detector (real defect maps have tens); ``--chunk-rows`` sets the rows per chunk of the raw and the calibrations, ``--block-rows``
 the rows per ISR block (the defaults of ``lsstlite.stages.isr.ops``).
 
 Usage::
 
-    python benchmarks/isr.py [--repeat 3] [--stars 150] [--chunk-rows 1024] [--block-rows 2048]
+    python benchmarks/isr.py [--repeat 3] [--stars 150] [--bad-columns 0] [--chunk-rows 1024]
+        [--block-rows 2048]
 """
 
 from __future__ import annotations
@@ -75,6 +77,12 @@ def main() -> None:
         help="stars above the brighter-fatter threshold (10 ke⁻ peak) on the detector",
     )
     parser.add_argument(
+        "--bad-columns",
+        type=int,
+        default=0,
+        help="bad columns down the whole detector added to the defects",
+    )
+    parser.add_argument(
         "--chunk-rows",
         type=int,
         default=ops.DEFAULT_CHUNK_ROWS,
@@ -104,6 +112,11 @@ def main() -> None:
         }.items()
     }
     defects = pd.DataFrame({"x0": [100, 2000], "y0": [0, 40], "width": [1, 3], "height": [900, 3]})
+    columns = rng.choice(N, args.bad_columns, replace=False)
+    defects = pd.concat(
+        [defects, pd.DataFrame({"x0": columns, "y0": 0, "width": 1, "height": N})],
+        ignore_index=True,
+    )
     consts = {
         "crosstalk": cam.crosstalk_matrix(0),
         "linearity": cam.linearity(0),
@@ -172,7 +185,10 @@ def main() -> None:
     copy2_gbs = 4 * src.nbytes / _best(lambda: _copy_on_threads(pairs), args.repeat) / 1e9
     isr_bytes = raw_np.itemsize + sum(c.itemsize for c in calib_np) + 3 * 4
 
-    print(f"load average: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; detector {N}×{N}")
+    print(
+        f"load average: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; detector {N}×{N}, "
+        f"{args.stars} bright stars, {len(defects)} defects ({args.bad_columns} full columns)"
+    )
     header = f"{'what':28s} {'threads':>7s} {'s':>7s} {'Mpix/s':>8s} {'per core':>8s} {'vs ccdproc':>10s}"
     print(header)
     print("-" * len(header))
