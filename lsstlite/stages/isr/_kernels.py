@@ -276,7 +276,24 @@ def reciprocal(f: float | np.floating[Any]) -> float:
 FLAG_NAMES = ("overscan", "crosstalk", "bias", "linearity", "dark", "saturation", "flat")
 
 
-@numba.njit(cache=True, nogil=True, fastmath=_FASTMATH, error_model="numpy")
+@numba.njit(cache=True, nogil=True, inline="always")
+def _amp_bits(m_a: NDArray[np.int32], check: bool, notable: int) -> tuple[np.int32, np.int64]:
+    """The OR of the mask bits of one amplifier's row ``m_a``, with bit 31 (the bright
+    flag of :func:`_isr_rows`) cleared again where it was set; and 1 if the row is
+    bright, or (when ``check``) has ``notable`` bits."""
+    acc = np.int32(0)
+    for j in range(m_a.size):
+        acc |= m_a[j]
+    if acc < np.int32(0):  # a bright amplifier row (few): bit 31 off again
+        for j in range(m_a.size):
+            m_a[j] &= np.int32(0x7FFFFFFF)
+        return np.int32(acc), np.int64(1)
+    return np.int32(acc), np.int64(1 if check and (acc & notable) != 0 else 0)
+
+
+# Without "reassoc": with it, LLVM turned the crosstalk's tree of sums into one chain of
+# eight dependent FMAs (the kernel ran ~3% slower from memory).
+@numba.njit(cache=True, nogil=True, fastmath=_FASTMATH - {"reassoc"}, error_model="numpy")
 def _isr_rows(
     raw: NDArray[np.float32],
     overscan: NDArray[np.float32],
@@ -342,6 +359,7 @@ def _isr_rows(
     # (every row when the threshold is not positive)
     thr = np.float32(bright * (1 - 1e-6)) if bright > 0 else np.float32(-np.inf)
     hot_bit = np.int32(-(2**31))
+    notable = bad_bit | nan_bit
     lanes = os_tile.shape[1]
     levels = np.empty((n_amps, lanes), np.float32)
     for r in range(n_rows):
@@ -454,22 +472,22 @@ def _isr_rows(
                 i_a[j] = p if good else zero
                 v_a[j] = ev * (inv * inv) if good else inf
                 m_a[j] = tm[j] | hot | (zero_i if good else (nan_bit if ok else bad_bit))
-            # The OR of the amplifier's mask bits while its pixels are in L1 (a reduction
-            # inside the loop above stopped it vectorising well; one pass over the whole
-            # row after it ran 5-8% slower). Bit 31 of the mask, cleared again at once,
-            # says the pixel may be above ``bright`` before the flat: the value before the
-            # flat against the threshold less 1e-6 of it (image × flat against it cost
-            # ~3 ms a detector more).
-            acc_a = zero_i
-            for j in range(width):
-                acc_a |= m_a[j]
-            if acc_a < zero_i:  # a bright amplifier row (few): bit 31 off again
-                for j in range(width):
-                    m_a[j] &= np.int32(0x7FFFFFFF)
-                amps |= np.int64(1) << np.int64(a)
-            elif check and (acc_a & (bad_bit | nan_bit)) != zero_i:
-                amps |= np.int64(1) << np.int64(a)
-            acc |= acc_a
+            # The OR of the previous amplifier's mask bits, while its pixels are in L1
+            # (a reduction inside the loop above stopped it vectorising well; one pass
+            # over the whole row after it ran 5-8% slower). The previous one: reading
+            # the pixels just stored waited for the main loop's last results (~2 ms a
+            # detector). Bit 31 of the mask, cleared there, says the pixel may be above
+            # ``bright`` before the flat: the value before the flat against the
+            # threshold less 1e-6 of it (image × flat against it cost ~3 ms more).
+            if a > 0:
+                m_p = msk_r[amp_det_x0[a - 1] : amp_det_x0[a - 1] + width]
+                bits_a, flag = _amp_bits(m_p, check, notable)
+                acc |= bits_a
+                amps |= flag << np.int64(a - 1)
+        m_p = msk_r[amp_det_x0[n_amps - 1] : amp_det_x0[n_amps - 1] + width]
+        bits_a, flag = _amp_bits(m_p, check, notable)
+        acc |= bits_a
+        amps |= flag << np.int64(n_amps - 1)
         row_bits[r] = acc & np.int32(0x7FFFFFFF)
         row_bright[r] = amps
 
