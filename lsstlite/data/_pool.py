@@ -52,7 +52,8 @@ class BufferPool:
         shape = tuple(int(s) for s in shape)
         now = time.monotonic()
         with self._lock:
-            free = [not _lent(self._arrays, i) for i in range(len(self._arrays))]
+            # referenced by the list and by getrefcount's argument only: free
+            free = [sys.getrefcount(self._arrays[i]) == 2 for i in range(len(self._arrays))]
             keep = [
                 i
                 for i, f in enumerate(free)
@@ -68,7 +69,7 @@ class BufferPool:
                     out = arr
                     break
             if out is None:
-                out = _aligned_empty(shape, dt)
+                out = np.empty(shape, dt)
                 if sum(a.nbytes for a in self._arrays) + out.nbytes <= self.max_bytes:
                     self._arrays.append(out)
                     self._last_used.append(now)
@@ -81,23 +82,3 @@ class BufferPool:
         with self._lock:
             self._arrays.clear()
             self._last_used.clear()
-
-
-def _aligned_empty(shape: tuple[int, ...], dtype: np.dtype[Any], align: int = 64) -> NDArray[Any]:
-    """``np.empty`` starting on a cache line. A large numpy array starts 16 bytes past
-    a page (the allocator's header), so every other 32-byte vector access of its rows
-    straddles two cache lines: the ISR kernel ran ~3% slower into such a buffer."""
-    n = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    raw = np.empty(n + align, np.uint8)
-    start = -raw.ctypes.data % align
-    return raw[start : start + n].view(dtype).reshape(shape)
-
-
-def _lent(arrays: list[NDArray[Any]], i: int) -> bool:
-    """Whether something besides the pool refers to ``arrays[i]`` or, when it is a view,
-    to its memory's owner (views of a view refer to the owner, not to it)."""
-    arr = arrays[i]
-    base = arr.base
-    # the list, `arr` and getrefcount's argument; for the owner `arr.base`, `base` and
-    # the argument
-    return sys.getrefcount(arr) > 3 or (base is not None and sys.getrefcount(base) > 3)
