@@ -277,7 +277,9 @@ FLAG_NAMES = ("overscan", "crosstalk", "bias", "linearity", "dark", "saturation"
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
-def _amp_bits(m_a: NDArray[np.int32], check: bool, notable: int) -> tuple[np.int32, np.int64]:
+def _amp_bits(
+    m_a: NDArray[np.int32], check: bool, notable: int | np.int32
+) -> tuple[np.int32, np.int64]:
     """The OR of the mask bits of one amplifier's row ``m_a``, with bit 31 (the bright
     flag of :func:`_isr_rows`) cleared again where it was set; and 1 if the row is
     bright, or (when ``check``) has ``notable`` bits."""
