@@ -7,7 +7,8 @@ calibrations in memory as dask arrays in row blocks, as a worker holds them afte
 reading; the image, variance and mask computed and kept as the blocks they are made in)
 and including zarr I/O (raw read from a uint16 zarr array as the camera writes it,
 image/variance/mask written to a zarr group; calibrations in memory, as a worker caches
-them), on one and two threads; the fused per-pixel kernel alone (overscan levels given,
+them), on one and two threads, and two detectors at once on a thread each (as a run over
+many detectors keeps two cores busy); the fused per-pixel kernel alone (overscan levels given,
 written into the same buffer each time, as the ISR's block buffers are reused); the
 memory bandwidth of one core and of two together (a float32 copy) and the throughput
 they allow a one-pass ISR; and astropy ccdproc's
@@ -168,15 +169,28 @@ def main() -> None:
             bias_np, dark_np, 30.0, flat_np, flags, bits, out=kernel_out,
         )  # fmt: skip
 
-    rows: list[tuple[str, int, float]] = []
+    def two_detectors() -> None:
+        # two detectors' graphs computed at once, one thread each
+        def one() -> None:
+            dask.persist(isr(raw), scheduler="threads", num_workers=1)
+
+        workers = [threading.Thread(target=one) for _ in range(2)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+
+    # (what, threads, seconds, detectors)
+    rows: list[tuple[str, int, float, int]] = []
     try:
         for threads in (1, 2):
             with dask.config.set(scheduler="threads", num_workers=threads):
-                rows.append(("ISR, no I/O", threads, _best(in_memory, args.repeat)))
-                rows.append(("ISR + zarr I/O", threads, _best(with_io, args.repeat)))
+                rows.append(("ISR, no I/O", threads, _best(in_memory, args.repeat), 1))
+                rows.append(("ISR + zarr I/O", threads, _best(with_io, args.repeat), 1))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    rows.append(("fused kernel only (numba)", 1, _best(kernel_only, args.repeat)))
+    rows.append(("ISR, no I/O, 2 detectors", 2, _best(two_detectors, args.repeat), 2))
+    rows.append(("fused kernel only (numba)", 1, _best(kernel_only, args.repeat), 1))
     ccd_time = _ccdproc(raw, calib, args.repeat)
     # The machine's own limit: one core's memory bandwidth (a float32 copy, read + write),
     # and what it allows a one-pass ISR that reads raw, bias, dark and flat and writes
@@ -196,10 +210,11 @@ def main() -> None:
     header = f"{'what':28s} {'threads':>7s} {'s':>7s} {'Mpix/s':>8s} {'per core':>8s} {'vs ccdproc':>10s}"
     print(header)
     print("-" * len(header))
-    for name, threads, t in rows:
-        rate = MPIX / t
+    for name, threads, t, n in rows:
+        rate = n * MPIX / t
         print(
-            f"{name:28s} {threads:7d} {t:7.3f} {rate:8.1f} {rate / threads:8.1f} {ccd_time / t:9.1f}×"
+            f"{name:28s} {threads:7d} {t:7.3f} {rate:8.1f} {rate / threads:8.1f} "
+            f"{n * ccd_time / t:9.1f}×"
         )
     if ccd_time:
         print(
