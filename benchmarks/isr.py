@@ -8,13 +8,12 @@ reading; the image, variance and mask computed and kept as the blocks they are m
 and including zarr I/O (raw read from a uint16 zarr array as the camera writes it,
 image/variance/mask written to a zarr group; calibrations in memory, as a worker caches
 them), on one and two threads, and two detectors at once on a thread each (as a run over
-many detectors keeps two cores busy); the fused per-pixel kernel alone (overscan levels given,
-written into the same buffer each time, as the ISR's block buffers are reused); the
-memory bandwidth of one core and of two together (a float32 copy) and the throughput
-they allow a one-pass ISR; and astropy ccdproc's
-overscan, trim, bias, dark and flat on the same pixels, as a ratio to ours. The
-machine's load average is printed: on a shared machine the figures move with the other
-users, so compare ratios. The scene is a 1500 e⁻ sky with ``--stars`` bright stars (150
+many detectors keeps two cores busy); the fused per-pixel kernel alone (overscan levels
+given, written into the same buffer each time, as the ISR's block buffers are reused);
+the memory bandwidth of one core and of two together (a float32 copy) and the
+throughput they allow a one-pass ISR; and astropy ccdproc's overscan, trim, bias, dark
+and flat on the same pixels, as a ratio to ours. The machine's load average is printed:
+on a shared machine the figures move with the other users, so compare ratios. The scene is a 1500 e⁻ sky with ``--stars`` bright stars (150
 by default: brighter-fatter bands, saturation and its growth, interpolation); the
 defects are a 900-row bad column and a 3 × 3 box, and ``--bad-columns`` adds that many
 bad columns down the whole detector (real defect maps have tens); ``--chunk-rows`` sets
