@@ -13,12 +13,13 @@ given, written into the same buffer each time, as the ISR's block buffers are re
 the memory bandwidth of one core and of two together (a float32 copy) and the
 throughput they allow a one-pass ISR; and astropy ccdproc's overscan, trim, bias, dark
 and flat on the same pixels, as a ratio to ours. The machine's load average is printed:
-on a shared machine the figures move with the other users, so compare ratios. The scene is a 1500 e⁻ sky with ``--stars`` bright stars (150
-by default: brighter-fatter bands, saturation and its growth, interpolation); the
-defects are a 900-row bad column and a 3 × 3 box, and ``--bad-columns`` adds that many
-bad columns down the whole detector (real defect maps have tens); ``--chunk-rows`` sets
-the rows per chunk of the raw and the calibrations, ``--block-rows`` the rows per ISR
-block (the defaults of ``lsstlite.stages.isr.ops``).
+on a shared machine the figures move with the other users, so compare ratios. The scene
+is a 1500 e⁻ sky with ``--stars`` bright stars (150 by default: brighter-fatter bands,
+saturation and its growth, interpolation); the defects are a 900-row bad column and a 3
+× 3 box, and ``--bad-columns`` adds that many bad columns down the whole detector (real
+defect maps have tens); ``--chunk-rows`` sets the rows per chunk of the raw and the
+calibrations, ``--block-rows`` the rows per ISR block (the defaults of
+``lsstlite.stages.isr.ops``).
 
 Usage::
 
