@@ -15,8 +15,8 @@ throughput they allow a one-pass ISR; and astropy ccdproc's overscan, trim, bias
 and flat on the same pixels, as a ratio to ours. The machine's load average is printed:
 on a shared machine the figures move with the other users, so compare ratios. The scene
 is a 1500 e⁻ sky with ``--stars`` bright stars (150 by default: brighter-fatter bands,
-saturation and its growth, interpolation); the defects are a 900-row bad column and a 3
-× 3 box, and ``--bad-columns`` adds that many bad columns down the whole detector (real
+saturation and its growth, interpolation); the defects are a 900-row bad column and a
+3 × 3 box, and ``--bad-columns`` adds that many bad columns down the whole detector (real
 defect maps have tens); ``--chunk-rows`` sets the rows per chunk of the raw and the
 calibrations, ``--block-rows`` the rows per ISR block (the defaults of
 ``lsstlite.stages.isr.ops``).
