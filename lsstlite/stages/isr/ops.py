@@ -157,6 +157,18 @@ def _readout_geometry(raw: xr.Dataset) -> dict[str, Any]:
     }
 
 
+def _rows(n: int) -> str:
+    return f"{n} row" if n == 1 else f"{n} rows"
+
+
+def _raw_name(raw: xr.Dataset) -> str:
+    """The raw's file and data ID, as far as its attributes tell, for error messages."""
+    info = raw.attrs.get("visit_info") or {}
+    ids = ", ".join(f"{k} {info[k]}" for k in ("exposure", "detector") if info.get(k) is not None)
+    name = repr(str(raw.attrs["filename"])) if raw.attrs.get("filename") else "(in memory)"
+    return f"{name} ({ids})" if ids else name
+
+
 def _visit_info(attrs: Mapping[str, Any]) -> dict[str, Any] | None:
     info = attrs.get("visit_info")
     return dict(info) if info else None
@@ -602,14 +614,42 @@ def mask_defects(exp: xr.Dataset, defects: pd.DataFrame | NDArray[np.integer]) -
 
 
 def _boxes(defects: pd.DataFrame | NDArray[np.integer]) -> NDArray[np.int64]:
+    """The defect boxes ``(x0, y0, width, height)`` as an int64 array; a table with a
+    missing, non-integer or non-finite value, or a box without area, is refused, naming
+    the row."""
+    names = ("x0", "y0", "width", "height")
     if isinstance(defects, pd.DataFrame):
-        missing = {"x0", "y0", "width", "height"} - set(defects.columns)
+        missing = set(names) - set(defects.columns)
         if missing:
             raise ValueError(f"defects table lacks columns {sorted(missing)}")
         # column by column: a frame's multi-column selection costs ~0.3 ms
-        cols = [defects[c].to_numpy(dtype=np.int64) for c in ("x0", "y0", "width", "height")]
-        return np.stack(cols, axis=1)
-    return np.asarray(defects, dtype=np.int64).reshape(-1, 4)
+        values = np.stack([defects[c].to_numpy() for c in names], axis=1)
+    else:
+        values = np.asarray(defects)
+        if values.size % 4:
+            raise ValueError(
+                f"defect boxes need 4 values each (x0, y0, width, height), got {values.shape}"
+            )
+        values = values.reshape(-1, 4)
+    if values.dtype.kind in "iu":
+        boxes = values.astype(np.int64)
+    else:
+        as_float = np.asarray(values, dtype=np.float64)
+        whole = np.isfinite(as_float) & (as_float == np.round(as_float))
+        if not whole.all():
+            row, col = np.argwhere(~whole)[0]
+            raise ValueError(
+                f"defects row {row}: {names[col]} = {values[row, col]} is not an integer pixel"
+            )
+        boxes = as_float.astype(np.int64)
+    empty = (boxes[:, 2] <= 0) | (boxes[:, 3] <= 0)
+    if empty.any():
+        row = int(np.flatnonzero(empty)[0])
+        raise ValueError(
+            f"defects row {row}: width {boxes[row, 2]} and height {boxes[row, 3]} must be "
+            f"positive ({_rows(int(empty.sum()))} so)"
+        )
+    return boxes
 
 
 def _dark_time(exp: xr.Dataset, dark_time: float | None) -> float:
@@ -979,7 +1019,8 @@ def _chain_stack(
     for name, cal in (("bias", bias), ("dark", dark), ("flat", flat)):
         if cal is not None and cal["image"].shape != (ny, nx):
             raise ValueError(
-                f"{name} has shape {cal['image'].shape}, the assembled raw is {(ny, nx)}"
+                f"{name} has shape {cal['image'].shape}, the assembled raw {_raw_name(raw)} "
+                f"is {(ny, nx)}: a calibration of another detector or camera?"
             )
     flags = np.array(
         [
@@ -997,6 +1038,19 @@ def _chain_stack(
     bits = _mask_bits_array()
     t = _dark_time(raw, dark_time) if dark is not None else 0.0
     boxes = _boxes(defects) if defects is not None else np.zeros((0, 4), np.int64)
+    outside = (
+        (boxes[:, 0] >= nx)
+        | (boxes[:, 1] >= ny)
+        | (boxes[:, 0] + boxes[:, 2] <= 0)
+        | (boxes[:, 1] + boxes[:, 3] <= 0)
+    )
+    if outside.any():
+        row = int(np.flatnonzero(outside)[0])
+        raise ValueError(
+            f"defects row {row} (x0, y0, width, height = {tuple(int(v) for v in boxes[row])}) "
+            f"lies outside the {ny} × {nx} detector of raw {_raw_name(raw)} "
+            f"({_rows(int(outside.sum()))} so): defects of another detector?"
+        )
     starts = np.cumsum((0, *row_chunks[:-1]))
     present = (bias is not None, dark is not None, flat is not None)
     cal_arrays = [

@@ -13,7 +13,7 @@ import xarray as xr
 from dask.base import tokenize
 from pydantic import Field
 
-from lsstlite.instruments import instrument_for_header
+from lsstlite.instruments import RawReadError, instrument_for_header
 from lsstlite.pipe import Config, Input, Output, PrerequisiteInput, Task, TaskResult
 from lsstlite.stages.isr import ops
 
@@ -62,7 +62,12 @@ def read_raw(
         return raw
     from astropy.io import fits
 
-    header = fits.getheader(raw, 0)
+    try:
+        header = fits.getheader(raw, 0)
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError) as exc:  # not FITS, empty, or a broken first header
+        raise RawReadError(f"raw file '{raw}': cannot read its primary header: {exc}") from None
     ds = instrument_for_header(header).read_raw(raw)
     data = ds["image"].data
     # Named after the file (path, size, mtime): hashing the pixels for a name took ~0.08 s

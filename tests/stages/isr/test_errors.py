@@ -1,11 +1,18 @@
-"""Bad input: missing calibrations are reported with their type and the exposure's date."""
+"""Bad input: missing calibrations are reported with their type and the exposure's date;
+unreadable raws, calibrations of another detector and bad defect rows by name."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pandas as pd
 import pytest
 
+from lsstlite.data.exposure import make_exposure
+from lsstlite.data.masks import mask_bits, mask_planes
+from lsstlite.instruments import RawReadError
 from lsstlite.pipe import Pipeline
 from lsstlite.pipe.graph import GraphBuildError
 from lsstlite.pipe.run import prepare_run
@@ -48,3 +55,58 @@ def test_graph_without_flat_reports_it(sim_repo: str) -> None:
         where="exposure = 103 AND detector = 0",
     )
     assert len(graph.quanta) == 1
+
+
+def test_unreadable_raw_named(tmp_path: Path) -> None:
+    """A file that is not FITS fails with the raw's path, not astropy's bare message."""
+    bad = tmp_path / "not_a_raw.fits"
+    bad.write_text("SIMPLE? no")
+    with pytest.raises(RawReadError, match=r"raw file '.*not_a_raw\.fits': cannot read"):
+        IsrTask({"do_flat": False}).run(raw=str(bad))
+
+
+def test_calibration_of_another_detector_named(sim_small: Any) -> None:
+    """A calibration whose shape is not the detector's names itself, the raw's file and
+    its exposure and detector (at graph building: nothing is computed)."""
+    calibs = true_calibs(sim_small, 0, "r")
+    raw = raw_file(sim_small, 103, 0)
+    calibs["dark"] = make_exposure(np.zeros((64, 32), np.float32))
+    with pytest.raises(ValueError, match=r"dark has shape \(64, 32\)") as e:
+        IsrTask().run(raw=str(raw), **calibs)
+    assert raw.name in str(e.value) and "exposure 103, detector 0" in str(e.value)
+
+
+@pytest.mark.parametrize(
+    ("row", "match"),
+    [
+        ({"width": -3}, r"defects row 1: width -3 and height 4 must be positive \(1 row so\)"),
+        ({"height": 0}, r"defects row 1: width 2 and height 0 must be positive"),
+        ({"x0": np.nan}, r"defects row 1: x0 = nan is not an integer pixel"),
+        ({"y0": 2.5}, r"defects row 1: y0 = 2.5 is not an integer pixel"),
+        ({"x0": 10**6}, r"defects row 1 \(x0, y0, width, height = \(1000000, 7, 2, 4\)\) lies "),
+        ({"y0": -9}, r"defects row 1 .* lies outside the \d+ × \d+ detector of raw '.*'"),
+    ],
+)
+def test_bad_defect_rows_named(sim_small: Any, row: dict[str, float], match: str) -> None:
+    """A defects table with a box without area, a value that is not an integer pixel, or a
+    box wholly off the detector (another detector's table) is refused, naming the row."""
+    calibs = true_calibs(sim_small, 0, "r")
+    raw = raw_file(sim_small, 103, 0)
+    table = pd.DataFrame({"x0": [3, 5], "y0": [0, 7], "width": [1, 2], "height": [9, 4]})
+    bad = table.astype(float)
+    for key, value in row.items():
+        bad.loc[1, key] = value
+    with pytest.raises(ValueError, match=match):
+        IsrTask().run(raw=str(raw), **{**calibs, "defects": bad})
+
+
+def test_defect_partly_off_detector_clipped(sim_small: Any) -> None:
+    """A box partly off the detector is clipped: its pixels inside are BAD, no others."""
+    calibs = true_calibs(sim_small, 0, "r")
+    raw = raw_file(sim_small, 103, 0)
+    edge = pd.DataFrame({"x0": [-2], "y0": [10], "width": [4], "height": [3]})
+    post = IsrTask({"do_bf": False}).run(raw=str(raw), **{**calibs, "defects": edge}).post_isr
+    bad_bit = mask_bits(mask_planes(post), "BAD")
+    mask = post["mask"][8:15, 0:4].values
+    assert ((mask[2:5, 0:2] & bad_bit) != 0).all()
+    assert not (mask[:, 2:] & bad_bit).any() and not (mask[[0, 1, 5, 6]] & bad_bit).any()
