@@ -158,7 +158,7 @@ def _readout_geometry(raw: xr.Dataset) -> dict[str, Any]:
 
 
 def _rows(n: int) -> str:
-    return f"{n} row" if n == 1 else f"{n} rows"
+    return f"{n} such row" if n == 1 else f"{n} such rows"
 
 
 def _raw_name(raw: xr.Dataset) -> str:
@@ -647,7 +647,7 @@ def _boxes(defects: pd.DataFrame | NDArray[np.integer]) -> NDArray[np.int64]:
         row = int(np.flatnonzero(empty)[0])
         raise ValueError(
             f"defects row {row}: width {boxes[row, 2]} and height {boxes[row, 3]} must be "
-            f"positive ({_rows(int(empty.sum()))} so)"
+            f"positive ({_rows(int(empty.sum()))})"
         )
     return boxes
 
@@ -658,7 +658,11 @@ def _dark_time(exp: xr.Dataset, dark_time: float | None) -> float:
     info = exp.attrs.get("visit_info") or {}
     value = info.get("darktime") if info.get("darktime") is not None else info.get("exptime")
     if value is None:
-        raise ValueError("exposure has no darktime/exptime in visit_info; pass dark_time=")
+        raise ValueError(
+            f"exposure {_raw_name(exp)} has no darktime/exptime in visit_info; pass dark_time="
+        )
+    if not np.isfinite(float(value)) or float(value) < 0:
+        raise ValueError(f"exposure {_raw_name(exp)} has dark time {value!r}: not a duration")
     return float(value)
 
 
@@ -1049,7 +1053,7 @@ def _chain_stack(
         raise ValueError(
             f"defects row {row} (x0, y0, width, height = {tuple(int(v) for v in boxes[row])}) "
             f"lies outside the {ny} × {nx} detector of raw {_raw_name(raw)} "
-            f"({_rows(int(outside.sum()))} so): defects of another detector?"
+            f"({_rows(int(outside.sum()))}): defects of another detector?"
         )
     starts = np.cumsum((0, *row_chunks[:-1]))
     present = (bias is not None, dark is not None, flat is not None)

@@ -79,7 +79,7 @@ def test_calibration_of_another_detector_named(sim_small: Any) -> None:
 @pytest.mark.parametrize(
     ("row", "match"),
     [
-        ({"width": -3}, r"defects row 1: width -3 and height 4 must be positive \(1 row so\)"),
+        ({"width": -3}, r"defects row 1: width -3 and height 4 must be positive \(1 such row\)"),
         ({"height": 0}, r"defects row 1: width 2 and height 0 must be positive"),
         ({"x0": np.nan}, r"defects row 1: x0 = nan is not an integer pixel"),
         ({"y0": 2.5}, r"defects row 1: y0 = 2.5 is not an integer pixel"),
@@ -110,3 +110,21 @@ def test_defect_partly_off_detector_clipped(sim_small: Any) -> None:
     mask = post["mask"][8:15, 0:4].values
     assert ((mask[2:5, 0:2] & bad_bit) != 0).all()
     assert not (mask[:, 2:] & bad_bit).any() and not (mask[[0, 1, 5, 6]] & bad_bit).any()
+
+
+def test_missing_or_bad_dark_time_named(sim_small: Any) -> None:
+    """Dark subtraction needs the exposure's dark time: absent or not a duration, the
+    error names the raw; ``dark_time=`` given, the header is not needed."""
+    from lsstlite.stages.isr import ops
+    from lsstlite.stages.isr.task import read_raw
+
+    calibs = true_calibs(sim_small, 0, "r")
+    raw = read_raw(raw_file(sim_small, 103, 0))
+    info = dict(raw.attrs["visit_info"])
+    for bad, match in ((None, "has no darktime/exptime"), (float("nan"), "not a duration")):
+        ds = raw.copy()
+        ds.attrs = {**raw.attrs, "visit_info": {**info, "darktime": bad, "exptime": bad}}
+        with pytest.raises(ValueError, match=match) as e:
+            ops.isr_stacked(ds, dark=calibs["dark"])
+        assert "exposure 103, detector 0" in str(e.value)
+        assert ops.isr_stacked(ds, dark=calibs["dark"], dark_time=30.0).attrs["isr_steps"]
