@@ -39,6 +39,14 @@ def _arr(ds: xr.Dataset, name: str) -> da.Array:
     return data if isinstance(data, da.Array) else da.from_array(data, chunks=data.shape)
 
 
+def _name(exp: xr.Dataset) -> str:
+    """An exposure's file, or its exposure and detector, for error messages."""
+    if exp.attrs.get("filename"):
+        return repr(str(exp.attrs["filename"]))
+    info = exp.attrs.get("visit_info") or {}
+    return f"exposure {info.get('exposure')}, detector {info.get('detector')}"
+
+
 def combine_exposures(
     exposures: Sequence[xr.Dataset],
     *,
@@ -46,7 +54,8 @@ def combine_exposures(
     n_sigma: float = 5.0,
     units: str = "electron",
 ) -> xr.Dataset:
-    """Sigma-clipped mean of exposures, each divided by its ``scales`` entry (default 1).
+    """Sigma-clipped mean of exposures, each divided by its ``scales`` entry (default 1,
+    finite and positive); all of one shape.
 
     Values more than ``n_sigma`` σ (each pixel's own noise from its variance plane) from
     the median (three or more inputs) or the minimum (two) are rejected: cosmic rays
@@ -62,6 +71,18 @@ def combine_exposures(
     scales = [1.0] * len(exposures) if scales is None else list(scales)
     if len(scales) != len(exposures):
         raise ValueError(f"{len(scales)} scales for {len(exposures)} exposures")
+    shape = exposures[0]["image"].shape
+    for k, e in enumerate(exposures):
+        if e["image"].shape != shape:
+            raise ValueError(
+                f"combine_exposures: input {k} ({_name(e)}) has shape {e['image'].shape}, "
+                f"input 0 ({_name(exposures[0])}) {shape}: frames of different detectors?"
+            )
+        if not np.isfinite(scales[k]) or scales[k] <= 0:
+            raise ValueError(
+                f"combine_exposures: input {k} ({_name(e)}) has scale {scales[k]!r}; scales "
+                "(dark times, flat lamp levels) must be finite and positive"
+            )
     chunks = _arr(exposures[0], "image").chunks
     imgs = da.stack(
         [_arr(e, "image").rechunk(chunks) / F32(s) for e, s in zip(exposures, scales, strict=True)]
