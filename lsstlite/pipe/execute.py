@@ -25,6 +25,7 @@ from typing import Any
 from lsstlite.pipe.graph import QuantumGraph
 from lsstlite.repo import Butler
 from lsstlite.repo._dimensions import DIMENSIONS
+from lsstlite.repo._errors import DatasetNotFoundError
 
 __all__ = ["QuantumOutcome", "RunReport", "execute_graph", "run_quantum"]
 
@@ -197,15 +198,28 @@ def run_quantum(
         task_cls = getattr(importlib.import_module(module_name), cls_name)
         task = task_cls(task_cls.ConfigClass.build(payload["config"], label=label), label=label)
         inputs: dict[str, Any] = {}
+        used: dict[str, list[dict[str, Any]]] = {}  # each output's provenance: what was read
         for name, spec in payload["inputs"].items():
             values = []
             for dataset_type, input_id, ref in spec["nodes"]:
-                if ref is not None:
-                    values.append(butler.get(ref))
-                else:
-                    values.append(
-                        butler.get(dataset_type, input_id, collections=[payload["output_run"]])
+                if ref is None:  # made earlier in this run
+                    ref = butler.find_dataset(
+                        dataset_type, input_id, collections=[payload["output_run"]]
                     )
+                    if ref is None:
+                        raise DatasetNotFoundError(
+                            f"input {name!r}: dataset {dataset_type!r} with data ID "
+                            f"{input_id} was not found in run {payload['output_run']!r}"
+                        )
+                values.append(butler.get(ref))
+                used.setdefault(name, []).append(
+                    {
+                        "dataset_type": ref.dataset_type,
+                        "data_id": dict(ref.data_id),
+                        "run": ref.run,
+                        "id": str(ref.id),
+                    }
+                )
             inputs[name] = values if spec["multiple"] else (values[0] if values else None)
         if "data_id" in inspect.signature(task.run).parameters:
             # Tasks that need the quantum's coordinates (a patch's geometry) declare it.
@@ -224,7 +238,12 @@ def run_quantum(
                     {**_dims_only(payload["implied"]), **spec["data_id"]},
                     run=payload["output_run"],
                     replace=True,
-                    provenance={"task": label, "quantum": key, "config": payload["config"]},
+                    provenance={
+                        "task": label,
+                        "quantum": key,
+                        "config": payload["config"],
+                        "inputs": used,
+                    },
                 )
     except Exception as exc:
         status, error, tb = FAILED, f"{type(exc).__name__}: {exc}", traceback.format_exc()

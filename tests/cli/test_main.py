@@ -51,7 +51,7 @@ def test_demo_runs_and_resumes(
 ) -> None:
     """The whole flow on the small survey: outputs where the README says, figures against
     truth within the tolerances the stage tests use, and a rerun that only resumes."""
-    from lsstlite.demo import OUTPUT, run_demo
+    from lsstlite.demo import CALIB_COLLECTION, OUTPUT, run_demo
     from lsstlite.repo import Butler
 
     result = demo_run
@@ -66,6 +66,21 @@ def test_demo_runs_and_resumes(
     assert colour and all(p.stat().st_size > 10_000 for p in result.pictures)
     butler = Butler(result.repo)
     assert butler.query_datasets("object", collections=OUTPUT)
+    # a post_isr names the raw and the certified calibrations it was made from, those
+    # valid at its exposure's time
+    post = butler.query_datasets("post_isr", collections=f"{OUTPUT}/step1")[0]
+    used = butler.get_metadata(post)["provenance"]["inputs"]
+    assert {"raw", "bias", "dark", "flat", "defects"} <= set(used)
+    for name in ("bias", "dark", "flat", "defects"):
+        calib = butler.find_dataset(name, dict(post.data_id), collections=CALIB_COLLECTION)
+        assert calib is not None and used[name] == [
+            {
+                "dataset_type": name,
+                "data_id": dict(calib.data_id),
+                "run": calib.run,
+                "id": str(calib.id),
+            }
+        ], name
     m = result.metrics
     assert abs(m["psf_fwhm_error_median"]) < 0.01 and m["psf_fwhm_error_max"] < 0.05
     assert m["astrometry_median_mas"] < 20 and m["n_stars"] > 100

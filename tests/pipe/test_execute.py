@@ -48,6 +48,26 @@ def test_run_succeeds_and_records_provenance(toy_repo: str, client: Any) -> None
     assert log["status"] == "succeeded" and any(
         "running scale" in r["message"] for r in log["records"]
     )
+    # each output names the datasets it was made from: the four scaled detectors of
+    # exposure 1, made earlier in this run, and for those the raw in the input collection
+    sum_ref = butler.find_dataset("toy_sum", {"instrument": "Toy", "exposure": 1})
+    assert sum_ref is not None
+    prov = butler.get_metadata(sum_ref)["provenance"]
+    assert prov["task"] == "sum" and prov["config"] == butler.get("sum_config", {})
+    used = prov["inputs"]["images"]
+    scaled = {str(r.id): r for r in butler.query_datasets("toy_scaled", where="exposure = 1")}
+    assert len(used) == 4 and {u["id"] for u in used} == set(scaled)
+    assert all(u["run"] == chain[0] and u["dataset_type"] == "toy_scaled" for u in used)
+    assert sorted(u["data_id"]["detector"] for u in used) == [0, 1, 2, 3]
+    one = scaled[used[0]["id"]]
+    (raw,) = butler.get_metadata(one)["provenance"]["inputs"]["image"]
+    raw_ref = butler.find_dataset("toy_image", dict(one.data_id), collections="toy/raw")
+    assert raw_ref is not None and raw == {
+        "dataset_type": "toy_image",
+        "data_id": dict(raw_ref.data_id),
+        "run": raw_ref.run,
+        "id": str(raw_ref.id),
+    }
 
 
 def test_failure_blocks_dependents_only(toy_repo: str, client: Any) -> None:
