@@ -43,6 +43,7 @@ __all__ = [
     "AB_NJY_ZERO_POINT",
     "PhotoCalib",
     "VisitInfo",
+    "exposure_label",
     "exposure_metadata",
     "make_exposure",
     "validate_exposure",
@@ -111,6 +112,18 @@ def _as_2d(value: Any, name: str, dtype: np.dtype[Any]) -> Any:
     if value.ndim != 2:
         raise ValueError(f"exposure {name} must be 2-D (y, x), got shape {value.shape}")
     return value.astype(dtype, copy=False)
+
+
+def exposure_label(ds: Any) -> str:
+    """How an error message names an exposure: its file and its exposure and detector,
+    as far as its attributes tell (``"'raw.fits' (exposure 103, detector 0)"``)."""
+    attrs = getattr(ds, "attrs", None) or {}
+    info = attrs.get("visit_info") or {}
+    ids = ", ".join(f"{k} {info[k]}" for k in ("exposure", "detector") if info.get(k) is not None)
+    if not attrs.get("filename"):
+        return ids or "(an exposure in memory)"
+    name = repr(str(attrs["filename"]))
+    return f"{name} ({ids})" if ids else name
 
 
 def make_exposure(

@@ -109,3 +109,17 @@ def test_plot_writes_an_image(exposure: xr.Dataset, tmp_path: Path) -> None:
     import matplotlib.pyplot as plt
 
     plt.close("all")
+
+
+def test_exposure_label_names_file_and_data_id() -> None:
+    """Error messages name an exposure by its file and data ID, as far as it knows them."""
+    from lsstlite.data.exposure import exposure_label
+
+    exp = lld.make_exposure(np.zeros((4, 4), np.float32))
+    assert exposure_label(exp) == "(an exposure in memory)"
+    exp.attrs["visit_info"] = {"exposure": 103, "detector": 0, "band": "r"}
+    assert exposure_label(exp) == "exposure 103, detector 0"
+    exp.attrs["filename"] = "/data/raw_103_0.fits"
+    assert exposure_label(exp) == "'/data/raw_103_0.fits' (exposure 103, detector 0)"
+    exp.attrs["visit_info"] = {}
+    assert exposure_label(exp) == "'/data/raw_103_0.fits'"

@@ -18,7 +18,7 @@ import xarray as xr
 from numpy.typing import NDArray
 from scipy import ndimage
 
-from lsstlite.data.exposure import make_exposure
+from lsstlite.data.exposure import exposure_label, make_exposure
 from lsstlite.data.masks import mask_bits, mask_planes
 from lsstlite.stages.calibs import _kernels as _ck
 from lsstlite.stages.characterize._kernels import correlate_separable, gaussian_taps
@@ -37,14 +37,6 @@ F32 = np.float32
 def _arr(ds: xr.Dataset, name: str) -> da.Array:
     data = ds[name].data
     return data if isinstance(data, da.Array) else da.from_array(data, chunks=data.shape)
-
-
-def _name(exp: xr.Dataset) -> str:
-    """An exposure's file, or its exposure and detector, for error messages."""
-    if exp.attrs.get("filename"):
-        return repr(str(exp.attrs["filename"]))
-    info = exp.attrs.get("visit_info") or {}
-    return f"exposure {info.get('exposure')}, detector {info.get('detector')}"
 
 
 def combine_exposures(
@@ -75,13 +67,13 @@ def combine_exposures(
     for k, e in enumerate(exposures):
         if e["image"].shape != shape:
             raise ValueError(
-                f"combine_exposures: input {k} ({_name(e)}) has shape {e['image'].shape}, "
-                f"input 0 ({_name(exposures[0])}) {shape}: frames of different detectors?"
+                f"combine_exposures: input {k} ({exposure_label(e)}) has shape {e['image'].shape}, "
+                f"input 0 ({exposure_label(exposures[0])}) {shape}: frames of different detectors?"
             )
         if not np.isfinite(scales[k]) or scales[k] <= 0:
             raise ValueError(
-                f"combine_exposures: input {k} ({_name(e)}) has scale {scales[k]!r}; scales "
-                "(dark times, flat lamp levels) must be finite and positive"
+                f"combine_exposures: input {k} ({exposure_label(e)}) has scale {scales[k]!r}; "
+                "scales (dark times, flat lamp levels) must be finite and positive"
             )
     chunks = _arr(exposures[0], "image").chunks
     imgs = da.stack(

@@ -43,7 +43,7 @@ from dask.highlevelgraph import HighLevelGraph
 from numpy.typing import NDArray
 
 from lsstlite.data._pool import BufferPool
-from lsstlite.data.exposure import make_exposure
+from lsstlite.data.exposure import exposure_label, make_exposure
 from lsstlite.data.masks import mask_bits, mask_planes
 from lsstlite.stages.isr import _kernels
 
@@ -159,14 +159,6 @@ def _readout_geometry(raw: xr.Dataset) -> dict[str, Any]:
 
 def _rows(n: int) -> str:
     return f"{n} such row" if n == 1 else f"{n} such rows"
-
-
-def _raw_name(raw: xr.Dataset) -> str:
-    """The raw's file and data ID, as far as its attributes tell, for error messages."""
-    info = raw.attrs.get("visit_info") or {}
-    ids = ", ".join(f"{k} {info[k]}" for k in ("exposure", "detector") if info.get(k) is not None)
-    name = repr(str(raw.attrs["filename"])) if raw.attrs.get("filename") else "(in memory)"
-    return f"{name} ({ids})" if ids else name
 
 
 def _visit_info(attrs: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -659,10 +651,10 @@ def _dark_time(exp: xr.Dataset, dark_time: float | None) -> float:
     value = info.get("darktime") if info.get("darktime") is not None else info.get("exptime")
     if value is None:
         raise ValueError(
-            f"exposure {_raw_name(exp)} has no darktime/exptime in visit_info; pass dark_time="
+            f"exposure {exposure_label(exp)} has no darktime/exptime in visit_info; pass dark_time="
         )
     if not np.isfinite(float(value)) or float(value) < 0:
-        raise ValueError(f"exposure {_raw_name(exp)} has dark time {value!r}: not a duration")
+        raise ValueError(f"exposure {exposure_label(exp)} has dark time {value!r}: not a duration")
     return float(value)
 
 
@@ -1023,7 +1015,7 @@ def _chain_stack(
     for name, cal in (("bias", bias), ("dark", dark), ("flat", flat)):
         if cal is not None and cal["image"].shape != (ny, nx):
             raise ValueError(
-                f"{name} has shape {cal['image'].shape}, the assembled raw {_raw_name(raw)} "
+                f"{name} has shape {cal['image'].shape}, the assembled raw {exposure_label(raw)} "
                 f"is {(ny, nx)}: a calibration of another detector or camera?"
             )
     flags = np.array(
@@ -1052,7 +1044,7 @@ def _chain_stack(
         row = int(np.flatnonzero(outside)[0])
         raise ValueError(
             f"defects row {row} (x0, y0, width, height = {tuple(int(v) for v in boxes[row])}) "
-            f"lies outside the {ny} × {nx} detector of raw {_raw_name(raw)} "
+            f"lies outside the {ny} × {nx} detector of raw {exposure_label(raw)} "
             f"({_rows(int(outside.sum()))}): defects of another detector?"
         )
     starts = np.cumsum((0, *row_chunks[:-1]))
