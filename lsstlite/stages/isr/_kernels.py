@@ -992,19 +992,183 @@ def _bf_solve(
 @numba.njit(cache=True, nogil=True)
 def _bf_sparse(
     image: NDArray[np.float32],
+    filled: NDArray[np.float32],
     kernel: NDArray[np.float64],
     threshold: float,
     radius: int,
     n_iter: int,
 ) -> None:
-    """:func:`_bf_solve` in place: only the active pixels change."""
-    runs, vals = _bf_solve(image, kernel, threshold, radius, n_iter)
+    """:func:`_bf_solve` of ``filled`` (``image`` with its defects filled in, see
+    :func:`fill_defects`; or ``image`` itself) applied to ``image`` in place
+    (:func:`_unfill`): only the active pixels change."""
+    runs, vals = _bf_solve(filled, kernel, threshold, radius, n_iter)
+    _unfill(image, filled, runs, vals)
     p = 0
     for r in range(runs.shape[0]):
         y = runs[r, 0]
         for x in range(runs[r, 1], runs[r, 2]):
             image[y, x] = vals[p]
             p += 1
+
+
+@numba.njit(cache=True, nogil=True)
+def _unfill(
+    pre: NDArray[np.float32],
+    filled: NDArray[np.float32],
+    runs: NDArray[np.int64],
+    vals: NDArray[np.float64],
+) -> None:
+    """BF's results ``vals`` (of :func:`_bf_solve` on ``filled``, at its active ``runs``)
+    as values of ``pre``: where ``filled`` holds ``pre``'s value (bit for bit) the result
+    itself, where it held a filled-in value the pixel's own value plus the correction
+    (LSST's ``image += BF(interpolated) − interpolated``)."""
+    p = 0
+    for r in range(runs.shape[0]):
+        y = runs[r, 0]
+        for x in range(runs[r, 1], runs[r, 2]):
+            if _float_bits(pre[y, x]) != _float_bits(filled[y, x]):
+                vals[p] = float(pre[y, x]) + (vals[p] - float(filled[y, x]))
+            p += 1
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _value_before_flat(
+    img: NDArray[np.float32],
+    flat: NDArray[np.float32],
+    redo: NDArray[np.float32],
+    y: int,
+    x: int,
+) -> tuple[np.float32, bool]:
+    """A pixel's value before the flat: the image itself without a flat (``flat`` has no
+    rows), the image times a usable flat (as :func:`unflat`), else ``redo``'s value (the
+    chain without the flat) when it has rows; ``False`` when it is lost."""
+    if flat.shape[0] == 0:
+        return img[y, x], True
+    f = flat[y, x]
+    if f > np.float32(FLAT_MIN) and f < np.float32(FLAT_MAX):
+        return img[y, x] * f, True
+    if redo.shape[0] > 0:
+        return redo[y, x], True
+    return np.float32(0.0), False
+
+
+@numba.njit(cache=True, nogil=True)
+def fill_defects(
+    pre: NDArray[np.float32],
+    member: NDArray[np.bool_],
+    wx0: int,
+    x0: int,
+    img: NDArray[np.float32],
+    flat: NDArray[np.float32],
+    redo: NDArray[np.float32],
+    max_width: int,
+) -> tuple[NDArray[np.float32], bool]:
+    """A box's values before the flat, ``pre`` (columns from ``x0``), as brighter-fatter
+    sees them: its pixels in runs of defect pixels interpolated along rows as the final
+    interpolation does (runs of at most ``max_width`` pixels with a pixel on both sides;
+    ``left + t (right − left)``), from the values before the flat of the pixels either
+    side (:func:`_value_before_flat` of the box's rows ``img``, ``flat`` and ``redo``,
+    full width). ``member`` says which pixels of the box's rows are defects, in columns
+    from ``wx0``; it must reach ``max_width + 1`` columns beyond the box on either side
+    (or the image's edge): a run that reaches its end is too long, or on the edge.
+    Returns the filled copy and whether every needed value was known (``False``: a pixel
+    either side of a run has a flat that is not usable and ``redo`` has no rows)."""
+    h, w = pre.shape
+    ww = member.shape[1]
+    out = pre.copy()
+    for r in range(h):
+        x = x0
+        while x < x0 + w:
+            if not member[r, x - wx0]:
+                x += 1
+                continue
+            start, stop = x, x + 1
+            while start > wx0 and member[r, start - 1 - wx0]:
+                start -= 1
+            while stop < wx0 + ww and member[r, stop - wx0]:
+                stop += 1
+            x = stop
+            if start == wx0 or stop == wx0 + ww or stop - start > max_width:
+                continue  # on the image's edge, or too long: left as it is
+            left, ok_left = _value_before_flat(img, flat, redo, r, start - 1)
+            right, ok_right = _value_before_flat(img, flat, redo, r, stop)
+            if not (ok_left and ok_right):
+                return out, False
+            m = stop - start + 1
+            for k in range(max(start, x0), min(stop, x0 + w)):
+                t = (k - start + 1) / m
+                out[r, k - x0] = left + t * (right - left)
+    return out, True
+
+
+@numba.njit(cache=True, nogil=True)
+def defect_members(
+    msk: NDArray[np.int32],
+    bad_bit: int,
+    boxes: NDArray[np.int64],
+    y0: int,
+    y1: int,
+    wx0: int,
+    wx1: int,
+) -> tuple[NDArray[np.bool_], bool]:
+    """Which pixels of rows ``[y0, y1)``, columns ``[wx0, wx1)`` are defects: those of
+    ``boxes`` ``(x0, y0, width, height)`` (rows as ``msk``'s) when it has rows, else
+    those with ``bad_bit`` in ``msk``; and whether there is any."""
+    out = np.zeros((y1 - y0, wx1 - wx0), np.bool_)
+    found = False
+    if boxes.shape[0] > 0:
+        for b in range(boxes.shape[0]):
+            ya, yb = max(boxes[b, 1], y0), min(boxes[b, 1] + boxes[b, 3], y1)
+            xa, xb = max(boxes[b, 0], wx0), min(boxes[b, 0] + boxes[b, 2], wx1)
+            if ya < yb and xa < xb:
+                out[ya - y0 : yb - y0, xa - wx0 : xb - wx0] = True
+                found = True
+        return out, found
+    for y in range(y0, y1):
+        for x in range(wx0, wx1):
+            if msk[y, x] & bad_bit:
+                out[y - y0, x - wx0] = True
+                found = True
+    return out, found
+
+
+def fill_width(
+    boxes: NDArray[np.int64] | None,
+    msk: NDArray[np.int32] | None,
+    bad_bit: int,
+    max_width: int,
+) -> int:
+    """How long a filled run of defects (:func:`fill_defects`) can be: at most
+    ``max_width``, and no longer than the defects allow: the widest run of ``boxes``'
+    columns merged (as if every box covered every row), or the longest run of
+    ``bad_bit`` pixels along the rows of ``msk``. 0 without defects. BF's boxes reach that
+    much further (:func:`bf_margin`): a filled pixel may be bright where its own value
+    was not."""
+    if max_width <= 0:
+        return 0
+    if boxes is not None and len(boxes):
+        spans = sorted((int(b[0]), int(b[0] + b[2])) for b in boxes)
+        longest, (lo, hi) = 0, spans[0]
+        for a, b in spans[1:]:
+            if a <= hi:
+                hi = max(hi, b)
+            else:
+                longest, (lo, hi) = max(longest, hi - lo), (a, b)
+        return min(max(longest, hi - lo), max_width)
+    if msk is not None:
+        return min(_longest_run(msk, np.int32(bad_bit)), max_width)
+    return 0
+
+
+@numba.njit(cache=True, nogil=True)
+def _longest_run(msk: NDArray[np.int32], bit: np.int32) -> int:
+    longest = 0
+    for y in range(msk.shape[0]):
+        run = 0
+        for x in range(msk.shape[1]):
+            run = run + 1 if msk[y, x] & bit else 0
+            longest = max(longest, run)
+    return longest
 
 
 def bf_correct(
@@ -1014,6 +1178,9 @@ def bf_correct(
     threshold: float,
     radius: int,
     n_iter: int,
+    mask: NDArray[np.int32] | None = None,
+    bad_bit: int = 0,
+    max_width: int = 0,
 ) -> NDArray[np.float32]:
     """Undo the brighter-fatter effect: ``I ← I_obs − ΔI(I)``, ``ΔI = ½ ∇·(I ∇(K ∗ I))``,
     iterated ``n_iter`` times (no flux through the edges).
@@ -1021,10 +1188,22 @@ def bf_correct(
     ``ΔI`` scales as I², so it is evaluated only within ``radius`` px of pixels brighter
     than ``threshold`` (e⁻), and only those pixels (and the ones they read) are visited;
     the active set is a function of the neighbourhood only, so a block with halo
-    ``n_iter × (kernel half-size + 1) + radius`` matches the whole image.
+    ``n_iter × (kernel half-size + 1) + radius`` matches the whole image. With ``mask``,
+    the runs of ``bad_bit`` pixels (defects) of up to ``max_width`` along rows are
+    interpolated for the correction (:func:`fill_defects`), which their own values then
+    get added; the block must then also reach ``max_width + 1`` px further along x.
     """
     out = np.array(image, dtype=F32, copy=True)
-    bf_correct_inplace(out, kernel, threshold=threshold, radius=radius, n_iter=n_iter)
+    bf_correct_inplace(
+        out,
+        kernel,
+        threshold=threshold,
+        radius=radius,
+        n_iter=n_iter,
+        mask=mask,
+        bad_bit=bad_bit,
+        max_width=max_width,
+    )
     return out
 
 
@@ -1142,8 +1321,9 @@ def isr_local(
 
     ``block`` is ``(3, top + rows + bottom, nx)`` (image, variance, mask bits as float32)
     with ``top``/``bottom`` halo rows; ``flat`` is ``(rows, nx)`` or ``None``. In order:
-    brighter-fatter on the image (``bf_kernel`` not ``None``), trim, flat (≤ 0 or
-    non-finite → ``bits[2]`` BAD, 0, ∞ variance), SAT (``bits[0]``) grown by ``grow`` px
+    brighter-fatter on the image (``bf_kernel`` not ``None``; the BAD pixels, defects,
+    filled in for it as in :func:`bf_correct`, runs of up to ``interp_max_width``), trim,
+    flat (≤ 0 or non-finite → ``bits[2]`` BAD, 0, ∞ variance), SAT (``bits[0]``) grown by ``grow`` px
     (from the untrimmed mask), interpolation along rows of runs of ``interp_bits``
     (``interp_max_width``; 0 skips; INTRP is ``bits[3]``). Rows are whole, so the
     interpolation needs no x halo; the y halo must be ≥ ``grow`` and, with BF,
@@ -1193,11 +1373,19 @@ def isr_local_inplace(
     """
     n = work.shape[1]
     rows = n - top - bottom
-    if bf_kernel is not None:
-        bf_correct_inplace(
-            work[0], bf_kernel, threshold=bf_threshold, radius=bf_radius, n_iter=bf_n_iter
-        )
     msk = work[2].view(np.int32)
+    if bf_kernel is not None:
+        # the defects (BAD before the flat) filled in for the correction
+        bf_correct_inplace(
+            work[0],
+            bf_kernel,
+            threshold=bf_threshold,
+            radius=bf_radius,
+            n_iter=bf_n_iter,
+            mask=msk,
+            bad_bit=int(bits[2]),
+            max_width=int(interp_max_width),
+        )
     row_bits = row_bits_of(msk)
     core = slice(top, top + rows)
     if flat is not None:
@@ -1235,6 +1423,10 @@ def bf_correct_inplace(
     n_iter: int,
     row_bright: NDArray[np.bool_] | NDArray[np.int64] | None = None,
     columns: tuple[NDArray[np.int64], int] | None = None,
+    mask: NDArray[np.int32] | None = None,
+    bad_bit: int = 0,
+    max_width: int = 0,
+    defects: NDArray[np.int64] | None = None,
 ) -> None:
     """:func:`bf_correct` in place, on boxes around bright pixels only.
 
@@ -1245,18 +1437,43 @@ def bf_correct_inplace(
     x, and each box is corrected on its own: the correction of a pixel depends only on
     pixels within ``radius + half-size + 1`` of a bright one, so the result is the whole
     image's, bit for bit. A block without bright pixels costs one scan, or nothing.
+
+    Defects (``mask``'s ``bad_bit`` pixels, or the boxes ``defects`` ``(x0, y0, width,
+    height)`` in the image's rows when given) are filled in for the correction
+    (:func:`fill_defects`, runs of up to ``max_width``), and the boxes reach as much
+    further as a filled run can be long (:func:`fill_width`).
     """
     k = np.asarray(kernel, dtype=F64)
     if row_bright is None:
         row_bright = _rows_above(image, float(threshold))
-    boxes = bright_boxes(image, row_bright, threshold, bf_margin(k, radius), columns=columns)
+    no_boxes = np.zeros((0, 4), np.int64)
+    defects = no_boxes if defects is None else np.asarray(defects, np.int64)
+    if mask is None and not len(defects):
+        max_width = 0
+    fill = fill_width(defects if len(defects) else None, mask, bad_bit, max_width)
+    margin = bf_margin(k, radius, fill)
+    boxes = bright_boxes(image, row_bright, threshold, margin, columns=columns)
+    nx = image.shape[1]
+    empty = np.zeros((0, 0), F32)
+    msk = np.zeros((0, 0), np.int32) if mask is None else mask
     for y0, y1, x0, x1 in boxes:
-        _bf_sparse(image[y0:y1, x0:x1], k, float(threshold), int(radius), int(n_iter))
+        box = image[y0:y1, x0:x1]
+        filled = box
+        if fill:
+            wx0, wx1 = max(x0 - max_width - 1, 0), min(x1 + max_width + 1, nx)
+            member, found = defect_members(msk, int(bad_bit), defects, y0, y1, wx0, wx1)
+            if found:
+                filled, _ = fill_defects(
+                    np.ascontiguousarray(box), member, wx0, x0, image[y0:y1], empty, empty,
+                    int(max_width),
+                )  # fmt: skip
+        _bf_sparse(box, filled, k, float(threshold), int(radius), int(n_iter))
 
 
-def bf_margin(kernel: NDArray[np.floating], radius: int) -> int:
-    """How far beyond a bright pixel a box for :func:`bf_correct_inplace` must reach."""
-    return int(radius) + np.asarray(kernel).shape[0] // 2 + 2
+def bf_margin(kernel: NDArray[np.floating], radius: int, fill: int = 0) -> int:
+    """How far beyond a bright pixel a box for :func:`bf_correct_inplace` must reach
+    (``fill``: the longest run of defects filled in, :func:`fill_width`)."""
+    return int(radius) + np.asarray(kernel).shape[0] // 2 + 2 + max(int(fill) - 1, 0)
 
 
 def bright_boxes(
@@ -1434,6 +1651,8 @@ def bf_band(
     c0: int,
     c1: int,
     nan_bit: int,
+    defects: NDArray[np.int64],
+    max_width: int,
 ) -> NDArray[np.int64]:
     """Brighter-fatter on one band of rows of a flat-fielded block, in place.
 
@@ -1445,11 +1664,18 @@ def bf_band(
     flat is not usable are left: their ``(y0, y1, x0, x1)`` (in the band) are returned,
     for the caller to recompute those pixels' values before the flat and call
     :func:`bf_box_reflat`. One call per band: per box from Python, the calls and
-    temporaries cost ~13 µs a box.
+    temporaries cost ~13 µs a box. ``defects`` ``(x0, y0, width, height)`` (rows as the
+    band's) are filled in for the correction (:func:`fill_defects`, runs of up to
+    ``max_width``, from the values before the flat either side); a box whose fill needs
+    the value of a pixel whose flat is not usable is left too. ``margin`` must include
+    :func:`fill_width`.
     """
     boxes = _band_boxes(img, flat, rows, x0s, width, threshold, margin)
     left = np.empty_like(boxes)
     k = 0
+    nx = img.shape[1]
+    no_redo = np.zeros((0, 0), np.float32)
+    no_mask = np.zeros((0, 0), np.int32)
     for b in range(boxes.shape[0]):
         y0, y1, x0, x1 = boxes[b, 0], boxes[b, 1], boxes[b, 2], boxes[b, 3]
         # the box's flat copied: its rows are in few cache sets in the band (see
@@ -1460,9 +1686,22 @@ def bf_band(
             left[k] = boxes[b]
             k += 1
             continue
+        filled = pre
+        if defects.shape[0] > 0 and max_width > 0:
+            wx0, wx1 = max(x0 - max_width - 1, 0), min(x1 + max_width + 1, nx)
+            member, found = defect_members(no_mask, 0, defects, y0, y1, wx0, wx1)
+            if found:
+                filled, ok = fill_defects(
+                    pre, member, wx0, x0, img[y0:y1], flat[y0:y1], no_redo, max_width
+                )
+                if not ok:
+                    left[k] = boxes[b]
+                    k += 1
+                    continue
         bf_box_reflat(
-            img, var, msk, f_box, pre, y0, x0, c0, c1, kernel, threshold, radius, n_iter, nan_bit
-        )
+            img, var, msk, f_box, pre, filled, y0, x0, c0, c1, kernel, threshold, radius,
+            n_iter, nan_bit,
+        )  # fmt: skip
     return left[:k]
 
 
@@ -1473,6 +1712,7 @@ def bf_box_reflat(
     msk: NDArray[np.int32],
     flat: NDArray[np.float32],
     pre: NDArray[np.float32],
+    filled: NDArray[np.float32],
     y0: int,
     x0: int,
     c0: int,
@@ -1484,11 +1724,14 @@ def bf_box_reflat(
     nan_bit: int,
 ) -> None:
     """BF on ``pre`` (one box's values before the flat, from row ``y0`` and column ``x0``
-    of the band; ``flat`` is the box's flat), then the pixels it changed in the band's
+    of the band; ``flat`` is the box's flat; the correction computed on ``filled``,
+    ``pre`` with its defects filled in, or ``pre`` itself: :func:`_unfill`), then the
+    pixels it changed in the band's
     rows ``[c0, c1)`` divided by the flat again into the band's ``img``, ``var`` and
     ``msk``: ``× reciprocal(flat)`` as in :func:`isr_fused` (non-finite → 0, ∞ variance,
     UNMASKEDNAN); a pixel whose flat is not usable stays as it is (BAD)."""
-    runs, vals = _bf_solve(pre, kernel, threshold, radius, n_iter)
+    runs, vals = _bf_solve(filled, kernel, threshold, radius, n_iter)
+    _unfill(pre, filled, runs, vals)
     flat_min, flat_max = np.float32(FLAT_MIN), np.float32(FLAT_MAX)
     one, inf = np.float32(1.0), np.float32(np.inf)
     p = 0

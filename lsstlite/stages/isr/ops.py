@@ -686,22 +686,31 @@ def correct_brighter_fatter(
     threshold: float = 10_000.0,
     radius: int = 12,
     n_iter: int = 2,
+    max_width: int = 32,
 ) -> xr.Dataset:
     """Undo the brighter-fatter effect, ``ΔI = ½ ∇·(I ∇(K ∗ I))`` (electrons, before the flat).
 
     Evaluated within ``radius`` px of pixels brighter than ``threshold`` e⁻ (``ΔI`` ∝ I²).
+    Defects (BAD pixels: :func:`mask_defects` before this) are filled in for the
+    correction by interpolation along rows, as :func:`interpolate_bad` would (runs of up
+    to ``max_width``; 0: not filled), and keep their own values plus the correction
+    (LSST's ``IsrTask`` does the same): a dead column through a bright star would
+    otherwise move charge in the good pixels beside it.
 
     Notes
     -----
     Lazy ``map_overlap`` with halo ``n_iter × (kernel half-size + 1) + radius``
-    (:func:`bf_halo`), boundary ``none`` (no charge flows through the detector edge);
-    any chunking gives the same result.
+    (:func:`bf_halo`), ``max_width + 1`` more along x, boundary ``none`` (no charge
+    flows through the detector edge); any chunking gives the same result.
     """
     depth = bf_halo(kernel, radius, n_iter)
+    width = max(int(max_width), 0)
     k = np.asarray(kernel, dtype=np.float64)
-    img = _dask(exp["image"]).map_overlap(
-        _kernels.bf_correct,
-        depth=depth,
+    img = da.map_overlap(
+        _bf_block,
+        _dask(exp["image"]),
+        _dask(exp["mask"]),
+        depth={0: depth, 1: depth + (width + 1 if width else 0)},
         boundary="none",
         dtype=F32,
         meta=np.empty((0, 0), F32),
@@ -709,8 +718,16 @@ def correct_brighter_fatter(
         threshold=threshold,
         radius=radius,
         n_iter=n_iter,
+        bad_bit=int(mask_bits(mask_planes(exp), "BAD")),
+        max_width=width,
     )
     return _add_steps(_with(exp, image=img), "brighter_fatter")
+
+
+def _bf_block(
+    image: NDArray[np.float32], mask: NDArray[np.int32], **kwargs: Any
+) -> NDArray[np.float32]:
+    return _kernels.bf_correct(image, mask=np.ascontiguousarray(mask, np.int32), **kwargs)
 
 
 def divide_flat(exp: xr.Dataset, flat: xr.Dataset) -> xr.Dataset:
@@ -1060,6 +1077,11 @@ def _chain_stack(
     amp_spans = (np.asarray(geo["det_x0"], np.int64), int(geo["width"]))
     has_os = int(os_arr is not None)
 
+    # BF sees the defects filled in (runs of up to the interpolation's longest), and its
+    # boxes reach as much further as such a run is long
+    fill_max = max(int(loc.get("interp_max_width", 0)), 0) if bf_kernel is not None else 0
+    fill_run = _kernels.fill_width(boxes, None, 0, fill_max)
+
     def block(i: int, *parts: Any) -> NDArray[np.float32]:
         # the chunks of each input that the block's rows (and halo) overlap, as one flat
         # list of arguments; plans[i]: how many of each input's, and the segments of rows
@@ -1138,6 +1160,7 @@ def _chain_stack(
                 compute(top + rows + near, n, True)
         if not loc:
             return work
+        work_boxes = boxes - np.array([0, int(starts[i]) - top, 0, 0])  # rows as in work
         if bf_kernel is not None and flat is None:
             _kernels.bf_correct_inplace(
                 work[0],
@@ -1147,6 +1170,8 @@ def _chain_stack(
                 n_iter=loc["bf_n_iter"],
                 row_bright=row_bright,
                 columns=amp_spans,
+                max_width=fill_max,
+                defects=work_boxes,
             )
         elif bf_kernel is not None:
             # BF acts before the flat: on boxes around bright pixels, the image times the
@@ -1162,18 +1187,21 @@ def _chain_stack(
                 return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
             threshold = float(loc["bf_threshold"])
-            margin = _kernels.bf_margin(bf_kernel, loc["bf_radius"])
+            margin = _kernels.bf_margin(bf_kernel, loc["bf_radius"], fill_run)
             radius, n_iter, nan_bit = int(loc["bf_radius"]), int(loc["bf_n_iter"]), int(bits[1])
+            no_mask = np.zeros((0, 0), np.int32)
             for lo, hi in _kernels.row_bands(row_bright, margin):
                 band = (work[0, lo:hi], work[1, lo:hi], msk[lo:hi], flat_rows(lo, hi))
                 c0, c1 = max(lo, top) - lo, min(hi, top + rows) - lo  # this block's rows
+                band_boxes = work_boxes - np.array([0, lo, 0, 0])
                 left = _kernels.bf_band(
                     *band, row_bright[lo:hi], *amp_spans, threshold, margin, bf_kernel,
-                    radius, n_iter, c0, c1, nan_bit,
+                    radius, n_iter, c0, c1, nan_bit, band_boxes, fill_max,
                 )  # fmt: skip
                 for y0, y1, x0, x1 in left:
-                    # a box with pixels whose flat is not usable: their values before
-                    # the flat from the chain run again without it
+                    # a box with pixels whose flat is not usable (or defects beside
+                    # such pixels): their values before the flat from the chain run
+                    # again without it
                     f_box = np.ascontiguousarray(band[3][y0:y1, x0:x1])  # as bf_band's
                     pre = np.empty((y1 - y0, x1 - x0), F32)
                     _kernels.unflat(band[0][y0:y1, x0:x1], f_box, pre)
@@ -1181,9 +1209,19 @@ def _chain_stack(
                     compute(lo + y0, lo + y1, False, into=redo)
                     lost = ~((f_box > _kernels.FLAT_MIN) & (f_box < _kernels.FLAT_MAX))
                     pre[lost] = redo[0][:, x0:x1][lost]
+                    filled = pre
+                    wx0, wx1 = max(x0 - fill_max - 1, 0), min(x1 + fill_max + 1, nx)
+                    member, found = _kernels.defect_members(
+                        no_mask, 0, band_boxes, int(y0), int(y1), wx0, wx1
+                    )
+                    if found and fill_max > 0:
+                        filled, _ = _kernels.fill_defects(
+                            pre, member, wx0, int(x0), band[0][y0:y1], band[3][y0:y1],
+                            redo[0], fill_max,
+                        )  # fmt: skip
                     _kernels.bf_box_reflat(
-                        *band[:3], f_box, pre, int(y0), int(x0), c0, c1, bf_kernel, threshold,
-                        radius, n_iter, nan_bit,
+                        *band[:3], f_box, pre, filled, int(y0), int(x0), c0, c1, bf_kernel,
+                        threshold, radius, n_iter, nan_bit,
                     )  # fmt: skip
         _kernels.finish_rows(
             work[0],
@@ -1197,7 +1235,7 @@ def _chain_stack(
             int(loc["interp_bits"]) if loc["interp_max_width"] > 0 else 0,
             int(bits[3]),
             int(loc["interp_max_width"]),
-            boxes - np.array([0, int(starts[i]) - top, 0, 0]),  # rows as in work
+            work_boxes,
         )
         return work[:, top : top + rows]
 

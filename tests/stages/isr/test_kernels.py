@@ -67,7 +67,7 @@ def test_bf_bands_equal_the_whole_image() -> None:
     image[42, 58] = np.nan
     kernel = SimCam().bf_kernel()
     whole = image.copy()
-    _kernels._bf_sparse(whole, kernel.astype(np.float64), 1e4, 6, 2)
+    _kernels._bf_sparse(whole, whole, kernel.astype(np.float64), 1e4, 6, 2)
     banded = image.copy()
     _kernels.bf_correct_inplace(banded, kernel, threshold=1e4, radius=6, n_iter=2)
     margin = _kernels.bf_margin(kernel, 6)
@@ -287,3 +287,48 @@ def test_finish_rows_interpolates_defect_boxes_outside_row_bits() -> None:
     np.testing.assert_array_equal(got_mask, want[2])
     np.testing.assert_array_equal(got_img, want[0])
     np.testing.assert_array_equal(got_var, want[1])
+
+
+def test_fill_defects_matches_the_interpolation_along_rows() -> None:
+    """Brighter-fatter's filled-in defects in a box are the row interpolation's values
+    (:func:`interpolate_rows`: runs of at most ``max_width`` with a pixel on both sides),
+    the runs found over the whole row though the box is narrower; and a neighbour whose
+    flat is not usable needs the value from ``redo``."""
+    rng = np.random.default_rng(4)
+    ny, nx, max_width = 40, 120, 5
+    image = rng.normal(1000, 30, (ny, nx)).astype(np.float32)
+    bad = rng.random((ny, nx)) < 0.15
+    bad[:, 0] |= rng.random(ny) < 0.5  # runs on the left edge: left alone
+    bad[3, 40:50] = True  # too long
+    mask = bad.astype(np.int32) * 4
+    want, _, _ = _kernels.interpolate_rows(image, image, mask, 4, 8, max_width)
+    no = np.zeros((0, 0), np.float32)
+    for y0, y1, x0, x1 in ((0, ny, 0, nx), (5, 30, 0, 17), (2, 9, 44, 61), (10, 40, 100, 120)):
+        wx0, wx1 = max(x0 - max_width - 1, 0), min(x1 + max_width + 1, nx)
+        member, found = _kernels.defect_members(
+            mask, 4, np.zeros((0, 4), np.int64), y0, y1, wx0, wx1
+        )
+        assert found
+        box = np.ascontiguousarray(image[y0:y1, x0:x1])
+        got, ok = _kernels.fill_defects(box, member, wx0, x0, image[y0:y1], no, no, max_width)
+        assert ok
+        np.testing.assert_array_equal(got, want[y0:y1, x0:x1])
+    # the same from boxes: one bad column, one 2-wide, and the too-long run
+    boxes = np.array([[20, 0, 1, ny], [31, 0, 2, ny], [40, 3, 10, 1]], np.int64)
+    member, _ = _kernels.defect_members(np.zeros((0, 0), np.int32), 0, boxes, 0, ny, 0, nx)
+    as_mask = member.astype(np.int32) * 4
+    want, _, _ = _kernels.interpolate_rows(image, image, as_mask, 4, 8, max_width)
+    got, ok = _kernels.fill_defects(image.copy(), member, 0, 0, image, no, no, max_width)
+    assert ok
+    np.testing.assert_array_equal(got, want)
+    assert (got[:, 20] != image[:, 20]).all() and (got[3, 40:50] == image[3, 40:50]).all()
+    # with a flat: the values before it either side; one is not usable, then redo's
+    flat = rng.normal(1, 0.01, (ny, nx)).astype(np.float32)
+    flat[7, 19] = 0.0
+    post = (image / np.where(flat == 0, 1, flat)).astype(np.float32)
+    got, ok = _kernels.fill_defects(image.copy(), member, 0, 0, post, flat, no, max_width)
+    assert not ok
+    redo = image.copy()
+    got, ok = _kernels.fill_defects(image.copy(), member, 0, 0, post, flat, redo, max_width)
+    assert ok
+    np.testing.assert_allclose(got, want, rtol=1e-6)
