@@ -1141,9 +1141,9 @@ def fill_width(
     """How long a filled run of defects (:func:`fill_defects`) can be: at most
     ``max_width``, and no longer than the defects allow: the widest run of ``boxes``'
     columns merged (as if every box covered every row), or the longest run of
-    ``bad_bit`` pixels along the rows of ``msk``. 0 without defects. BF's boxes reach that
-    much further (:func:`bf_margin`): a filled pixel may be bright where its own value
-    was not."""
+    ``bad_bit`` pixels along the rows of ``msk`` that is filled (not longer than
+    ``max_width``). 0 without defects. BF's boxes reach that much further
+    (:func:`bf_margin`): a filled pixel may be bright where its own value was not."""
     if max_width <= 0:
         return 0
     if boxes is not None and len(boxes):
@@ -1156,18 +1156,24 @@ def fill_width(
                 longest, (lo, hi) = max(longest, hi - lo), (a, b)
         return min(max(longest, hi - lo), max_width)
     if msk is not None:
-        return min(_longest_run(msk, np.int32(bad_bit)), max_width)
+        return _longest_run(msk, np.int32(bad_bit), int(max_width))
     return 0
 
 
 @numba.njit(cache=True, nogil=True)
-def _longest_run(msk: NDArray[np.int32], bit: np.int32) -> int:
+def _longest_run(msk: NDArray[np.int32], bit: np.int32, max_width: int) -> int:
+    """The longest run of ``bit`` pixels along the rows of ``msk`` of at most
+    ``max_width`` (longer runs are not filled)."""
     longest = 0
     for y in range(msk.shape[0]):
         run = 0
-        for x in range(msk.shape[1]):
-            run = run + 1 if msk[y, x] & bit else 0
-            longest = max(longest, run)
+        for x in range(msk.shape[1] + 1):
+            if x < msk.shape[1] and msk[y, x] & bit:
+                run += 1
+                continue
+            if run <= max_width:
+                longest = max(longest, run)
+            run = 0
     return longest
 
 
@@ -1323,8 +1329,9 @@ def isr_local(
     with ``top``/``bottom`` halo rows; ``flat`` is ``(rows, nx)`` or ``None``. In order:
     brighter-fatter on the image (``bf_kernel`` not ``None``; the BAD pixels, defects,
     filled in for it as in :func:`bf_correct`, runs of up to ``interp_max_width``), trim,
-    flat (≤ 0 or non-finite → ``bits[2]`` BAD, 0, ∞ variance), SAT (``bits[0]``) grown by ``grow`` px
-    (from the untrimmed mask), interpolation along rows of runs of ``interp_bits``
+    flat (≤ 0 or non-finite → ``bits[2]`` BAD, 0, ∞ variance), SAT (``bits[0]``) grown
+    by ``grow`` px (from the untrimmed mask), interpolation along rows of runs of
+    ``interp_bits``
     (``interp_max_width``; 0 skips; INTRP is ``bits[3]``). Rows are whole, so the
     interpolation needs no x halo; the y halo must be ≥ ``grow`` and, with BF,
     ≥ ``n_iter (half-size + 1) + radius``.
@@ -1658,9 +1665,10 @@ def bf_band(
 
     ``img``, ``var``, ``msk`` and ``flat`` are the band's rows (a band of
     :func:`row_bands` around the rows flagged in ``rows``, where ``x0s`` and ``width``
-    say as in :func:`bright_boxes`, with ``margin`` = :func:`bf_margin`). The band is cut into boxes (:func:`_band_boxes`); in each, the
-    image before the flat (:func:`unflat`) is corrected and the pixels it changes in
-    rows ``[c0, c1)`` divided again (:func:`bf_box_reflat`). Boxes with a pixel whose
+    say as in :func:`bright_boxes`, with ``margin`` = :func:`bf_margin`). The band is cut
+    into boxes (:func:`_band_boxes`); in each, the image before the flat (:func:`unflat`)
+    is corrected and the pixels it changes in rows ``[c0, c1)`` divided again
+    (:func:`bf_box_reflat`). Boxes with a pixel whose
     flat is not usable are left: their ``(y0, y1, x0, x1)`` (in the band) are returned,
     for the caller to recompute those pixels' values before the flat and call
     :func:`bf_box_reflat`. One call per band: per box from Python, the calls and
@@ -1726,10 +1734,10 @@ def bf_box_reflat(
     """BF on ``pre`` (one box's values before the flat, from row ``y0`` and column ``x0``
     of the band; ``flat`` is the box's flat; the correction computed on ``filled``,
     ``pre`` with its defects filled in, or ``pre`` itself: :func:`_unfill`), then the
-    pixels it changed in the band's
-    rows ``[c0, c1)`` divided by the flat again into the band's ``img``, ``var`` and
-    ``msk``: ``× reciprocal(flat)`` as in :func:`isr_fused` (non-finite → 0, ∞ variance,
-    UNMASKEDNAN); a pixel whose flat is not usable stays as it is (BAD)."""
+    pixels it changed in the band's rows ``[c0, c1)`` divided by the flat again into the
+    band's ``img``, ``var`` and ``msk``: ``× reciprocal(flat)`` as in :func:`isr_fused`
+    (non-finite → 0, ∞ variance, UNMASKEDNAN); a pixel whose flat is not usable stays as
+    it is (BAD)."""
     runs, vals = _bf_solve(filled, kernel, threshold, radius, n_iter)
     _unfill(pre, filled, runs, vals)
     flat_min, flat_max = np.float32(FLAT_MIN), np.float32(FLAT_MAX)

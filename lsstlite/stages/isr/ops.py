@@ -1193,7 +1193,11 @@ def _chain_stack(
             for lo, hi in _kernels.row_bands(row_bright, margin):
                 band = (work[0, lo:hi], work[1, lo:hi], msk[lo:hi], flat_rows(lo, hi))
                 c0, c1 = max(lo, top) - lo, min(hi, top + rows) - lo  # this block's rows
+                # the defects that reach the band's rows, in its rows
                 band_boxes = work_boxes - np.array([0, lo, 0, 0])
+                band_boxes = band_boxes[
+                    (band_boxes[:, 1] < hi - lo) & (band_boxes[:, 1] + band_boxes[:, 3] > 0)
+                ]
                 left = _kernels.bf_band(
                     *band, row_bright[lo:hi], *amp_spans, threshold, margin, bf_kernel,
                     radius, n_iter, c0, c1, nan_bit, band_boxes, fill_max,

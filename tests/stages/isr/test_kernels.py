@@ -332,3 +332,23 @@ def test_fill_defects_matches_the_interpolation_along_rows() -> None:
     got, ok = _kernels.fill_defects(image.copy(), member, 0, 0, post, flat, redo, max_width)
     assert ok
     np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+def test_fill_width_bounds_the_filled_runs() -> None:
+    """BF's boxes reach ``fill_width − 1`` further: the widest run a defect table can make
+    (its columns merged, whatever the rows), or the longest run of the mask that is
+    filled (runs longer than ``max_width`` are not)."""
+    boxes = np.array([[10, 0, 1, 5], [11, 3, 2, 2], [30, 0, 4, 1]], np.int64)
+    assert _kernels.fill_width(boxes, None, 0, 32) == 4
+    assert _kernels.fill_width(boxes, None, 0, 3) == 3
+    assert _kernels.fill_width(boxes, None, 0, 0) == 0
+    assert _kernels.fill_width(np.zeros((0, 4), np.int64), None, 0, 32) == 0
+    mask = np.zeros((3, 100), np.int32)
+    mask[0, 5:7] = 4
+    mask[1, 20:25] = 4
+    mask[2, 50:90] = 4  # 40 long: not filled
+    assert _kernels.fill_width(None, mask, 4, 32) == 5
+    assert _kernels.fill_width(None, mask, 4, 41) == 40
+    assert _kernels.fill_width(None, mask, 8, 32) == 0
+    kernel = np.ones((17, 17))
+    assert _kernels.bf_margin(kernel, 12, 5) == _kernels.bf_margin(kernel, 12) + 4 == 26
