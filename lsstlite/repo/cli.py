@@ -8,6 +8,7 @@
     certify REPO --input-run RUN --collection COLL [--begin-date T] [--end-date T]
     query collections REPO [GLOB]
     query datasets REPO [TYPE] --collections C [--where EXPR] [--format table|json]
+    query provenance REPO TYPE --collections C [--where EXPR] [--format text|json]
     remove-runs REPO RUN...
     export REPO --collections C --dataset-type T [--where EXPR] --to DIR
 
@@ -107,6 +108,58 @@ def _query_collections(args: argparse.Namespace) -> int:
         rec = butler._collections.get(name)
         children = f"  [{', '.join(rec.children)}]" if rec.children else ""
         print(f"{name}  {rec.type.value}{children}")
+    return 0
+
+
+@_guard
+def _query_provenance(args: argparse.Namespace) -> int:
+    from ._butler import Butler
+
+    butler = Butler(args.repo)
+    refs = butler.query_datasets(
+        args.dataset_type,
+        args.where,
+        collections=_collections(args.collections) if args.collections else None,
+    )
+    assert isinstance(refs, list)
+    if not refs:
+        raise LookupError(
+            f"no {args.dataset_type!r} datasets match"
+            + (f" {args.where!r}" if args.where else "")
+            + (f" in {args.collections}" if args.collections else "")
+        )
+    docs = []
+    for r in refs:
+        meta = butler.get_metadata(r)
+        docs.append(
+            {
+                "dataset_type": r.dataset_type,
+                "data_id": r.data_id.to_dict(),
+                "run": r.run,
+                "id": str(r.id),
+                "created": meta.get("created"),
+                "provenance": meta.get("provenance", {}),
+                "software": meta.get("software", {}),
+            }
+        )
+    if args.format == "json":
+        print(json.dumps(docs, indent=1, default=str))
+        return 0
+    for d in docs:
+        did = " ".join(f"{k}={v}" for k, v in d["data_id"].items())
+        prov = d["provenance"]
+        print(f"{d['dataset_type']} {did}  (run {d['run']}, id {d['id'][:8]}, {d['created']})")
+        if prov.get("task"):
+            print(f"  made by task {prov['task']!r}")
+        for name, used in (prov.get("inputs") or {}).items():
+            for u in used:
+                uid = " ".join(f"{k}={v}" for k, v in u["data_id"].items())
+                print(f"  {name}: {u['dataset_type']} {uid}  (run {u['run']}, id {u['id'][:8]})")
+        for key, value in prov.items():
+            if key not in ("task", "quantum", "config", "inputs"):
+                print(f"  {key}: {value}")
+        if not prov:
+            print("  (no provenance recorded: written outside a pipeline)")
     return 0
 
 
@@ -233,6 +286,15 @@ def add_commands(subparsers: Any) -> None:
     c.add_argument("--where", default=None, help="expression, e.g. \"band='r' AND visit > 3\"")
     c.add_argument("--format", choices=("table", "json"), default="table")
     c.set_defaults(func=_query_datasets)
+    c = sub.add_parser(
+        "provenance", help="what made each dataset: task, config, and the datasets it read"
+    )
+    c.add_argument("repo")
+    c.add_argument("dataset_type", metavar="TYPE")
+    c.add_argument("--collections", help="comma-separated search path (default: all runs)")
+    c.add_argument("--where", default=None, help='expression, e.g. "exposure = 3"')
+    c.add_argument("--format", choices=("text", "json"), default="text")
+    c.set_defaults(func=_query_provenance)
 
     p = subparsers.add_parser("remove-runs", help="delete RUN collections and their files")
     p.add_argument("repo")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -81,6 +82,21 @@ def test_demo_runs_and_resumes(
                 "id": str(calib.id),
             }
         ], name
+    # the same from the command line
+    capsys.readouterr()
+    where = " AND ".join(f"{k} = {v}" for k, v in post.data_id.items() if k != "instrument")
+    query = ["query", "provenance", str(result.repo), "post_isr", "--where", where]
+    assert main([*query, "--collections", f"{OUTPUT}/step1"]) == 0
+    text = capsys.readouterr().out
+    assert "made by task 'isr'" in text and text.count("post_isr ") == 1
+    for name in ("raw", "bias", "dark", "flat", "defects"):
+        (u,) = used[name]
+        assert f"  {name}: {name} " in text and f"(run {u['run']}, id {u['id'][:8]})" in text
+    assert main([*query, "--collections", f"{OUTPUT}/step1", "--format", "json"]) == 0
+    (doc,) = json.loads(capsys.readouterr().out)
+    assert doc["provenance"]["inputs"] == used and doc["id"] == str(post.id)
+    assert main([*query, "--collections", "SimCam/raw/all"]) == 2
+    assert "no 'post_isr' datasets match" in capsys.readouterr().err
     m = result.metrics
     assert abs(m["psf_fwhm_error_median"]) < 0.01 and m["psf_fwhm_error_max"] < 0.05
     assert m["astrometry_median_mas"] < 20 and m["n_stars"] > 100
