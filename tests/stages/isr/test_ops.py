@@ -118,6 +118,11 @@ def _exposure_ops(calibs: dict[str, Any]) -> dict[str, Callable[[xr.Dataset], xr
         "mask_defects": lambda e: ops.mask_defects(e, calibs["defects"]),
         "subtract_dark": lambda e: ops.subtract_dark(e, calibs["dark"], dark_time=30.0),
         "brighter_fatter": lambda e: ops.correct_brighter_fatter(e, CAM.bf_kernel()),
+        # defects through stars, filled in for the correction (chunks narrower than the
+        # x overlap the fill adds)
+        "brighter_fatter_defects": lambda e: ops.correct_brighter_fatter(
+            ops.mask_defects(e, calibs["defects"]), CAM.bf_kernel()
+        ),
         "divide_flat": lambda e: ops.divide_flat(e, calibs["flat"]),
         "grow_sat": lambda e: ops.grow_mask_plane(e, "SAT", 2),
         "interpolate_bad": lambda e: ops.interpolate_bad(ops.mask_defects(e, calibs["defects"])),
