@@ -119,9 +119,37 @@ class _CalibTask(Task):
 
 def _finish(exp: xr.Dataset, raws: list[xr.Dataset], kind: str) -> xr.Dataset:
     exp.attrs["calib_type"] = kind
+    exp.attrs["calib_for"] = calib_for(raws, kind)
     exp.attrs["inputs"] = [r.attrs.get("filename") for r in raws]
     exp.attrs.pop("amplifiers", None)
     return exp
+
+
+def calib_for(exposures: list[xr.Dataset], kind: str) -> dict[str, Any]:
+    """What a calibration made from ``exposures`` is for: their instrument and detector,
+    and for a flat or fringe frame their filter (``attrs["calib_for"]``, which
+    :class:`~lsstlite.stages.isr.IsrTask` checks against each raw).
+
+    Raises
+    ------
+    ValueError
+        If the exposures disagree on one of those, naming the values and the files.
+    """
+    keys = ["instrument", "detector"] + ["physical_filter"] * (kind in ("flat", "fringe"))
+    out: dict[str, Any] = {}
+    for key in keys:
+        values = {
+            (e.attrs.get("visit_info") or {}).get(key): e.attrs.get("filename") for e in exposures
+        }
+        values.pop(None, None)
+        if len(values) > 1:
+            raise ValueError(
+                f"the {kind} inputs are of different {key}s: "
+                + ", ".join(f"{v!r} ({f})" for v, f in values.items())
+            )
+        if values:
+            out[key] = next(iter(values))
+    return out
 
 
 class BiasTask(_CalibTask):
@@ -284,6 +312,10 @@ class DefectsTask(_CalibTask):
         bias, dark = _in_memory(bias, c.chunk_rows), _in_memory(dark, c.chunk_rows)
         exps = [_isr(p, cc, bias=bias, dark=dark) for p in flats]
         table = ops.find_defects(dark, exps, hot_rate=c.hot_rate, dead_fraction=c.dead_fraction)
+        # the detector as a column (IsrTask checks it against each raw's)
+        made_for = calib_for(exps, "defects")
+        if "detector" in made_for:
+            table["detector"] = made_for["detector"]
         return TaskResult(defects=table)
 
 
@@ -349,4 +381,5 @@ class FringeTask(_CalibTask):
         frame = ops.fringe_from_exposures(exps, n_sigma=c.n_sigma, smooth_px=c.smooth_px)
         frame.attrs["inputs"] = [str(p) for p in raws]
         frame.attrs["calib_type"] = "fringe"
+        frame.attrs["calib_for"] = calib_for(exps, "fringe")
         return TaskResult(fringe=frame)

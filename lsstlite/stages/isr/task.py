@@ -164,6 +164,10 @@ class IsrTask(Task):
                     f"{self.label}.{self._SWITCH[name]} is true; certify one valid at that date "
                     f"or set {self._SWITCH[name]}=false"
                 )
+        given = {"bias": bias, "dark": dark, "flat": flat, "fringe": fringe, "defects": defects}
+        for name, value in given.items():
+            if value is not None and getattr(c, self._SWITCH[name]):
+                _check_made_for(self.label, name, value, ds)
         instrument = None
         if c.do_crosstalk or c.do_linearity or c.do_bf:
             instrument = instrument_for_header(ds.attrs.get("header", {}))
@@ -206,6 +210,36 @@ class IsrTask(Task):
             chunk_rows=c.block_rows,
         )
         return TaskResult(post_isr=exp)
+
+
+def _check_made_for(label: str, name: str, calib: Any, raw: xr.Dataset) -> None:
+    """Refuse a calibration made for another instrument, detector or filter than the raw's
+    (``attrs["calib_for"]`` of the master calibrations, the ``detector`` column of a
+    defects table; calibrations without them are taken as they are). Same-shaped
+    detectors would otherwise take each other's bias or flat without a word."""
+    from lsstlite.data.exposure import exposure_label
+
+    info = raw.attrs.get("visit_info") or {}
+    if isinstance(calib, pd.DataFrame):
+        made_for = {}
+        if "detector" in calib.columns and len(calib):
+            detectors = sorted({int(d) for d in calib["detector"]})
+            made_for = {"detector": detectors[0] if len(detectors) == 1 else detectors}
+    else:
+        made_for = dict(calib.attrs.get("calib_for") or {})
+    wrong = {
+        k: (v, info.get(k))
+        for k, v in made_for.items()
+        if info.get(k) is not None and v != info.get(k)
+    }
+    if wrong:
+        what = ", ".join(
+            f"{k} {mine!r} (the raw's: {theirs!r})" for k, (mine, theirs) in wrong.items()
+        )
+        verb = "are" if name == "defects" else "is"
+        raise ValueError(
+            f"{label}: the {name} {verb} for {what}; raw {exposure_label(raw)} needs its own"
+        )
 
 
 def _camera(instrument: Any, method: str, *args: Any) -> Any:

@@ -128,3 +128,45 @@ def test_missing_or_bad_dark_time_named(sim_small: Any) -> None:
             ops.isr_stacked(ds, dark=calibs["dark"])
         assert "exposure 103, detector 0" in str(e.value)
         assert ops.isr_stacked(ds, dark=calibs["dark"], dark_time=30.0).attrs["isr_steps"]
+
+
+def test_calibration_made_for_another_detector_or_filter_refused(
+    calib_repo: str, sim_small: Any
+) -> None:
+    """The master calibrations record what they are for; the ISR refuses one of another
+    detector or filter (the detectors have one shape, so nothing else would notice),
+    naming it and the raw, at graph building. The right ones are taken."""
+    from lsstlite.repo import Butler
+    from tests.stages.conftest import CALIB_COLLECTION
+
+    def get(kind: str, **data_id: Any) -> Any:
+        return Butler(calib_repo).get(
+            kind, {"instrument": "SimCam", **data_id}, collections=[CALIB_COLLECTION], mjd=61001.0
+        )
+
+    raw = str(raw_file(sim_small, 103, 0))  # detector 0, SIM-r
+    right = {
+        "bias": get("bias", detector=0),
+        "dark": get("dark", detector=0),
+        "flat": get("flat", detector=0, physical_filter="SIM-r"),
+        "defects": get("defects", detector=0),
+    }
+    assert right["flat"].attrs["calib_for"] == {
+        "instrument": "SimCam",
+        "detector": 0,
+        "physical_filter": "SIM-r",
+    }
+    assert right["bias"].attrs["calib_for"] == {"instrument": "SimCam", "detector": 0}
+    assert set(right["defects"]["detector"]) == {0}
+    assert IsrTask().run(raw=raw, **right).post_isr.attrs["isr_steps"]
+    wrong = {
+        "bias": get("bias", detector=1),
+        "flat": get("flat", detector=0, physical_filter="SIM-i"),
+        "defects": get("defects", detector=1),
+    }
+    for name, value in wrong.items():
+        with pytest.raises(ValueError, match=rf"the {name} (is|are) for ") as e:
+            IsrTask().run(raw=raw, **{**right, name: value})
+        text = str(e.value)
+        assert "SimCam_0000103_000.fits" in text and "exposure 103, detector 0" in text
+        assert ("SIM-i" in text and "SIM-r" in text) if name == "flat" else "detector 1" in text
