@@ -1,29 +1,31 @@
 """Benchmark of the ISR: one 4096 × 4096 detector (8 amplifiers), Mpix/s.
 
 Rows: the whole ISR (overscan, crosstalk, bias, linearity, gain, variance, dark,
-defects, brighter-fatter, flat, SAT growth, interpolation), as the ``isr`` task builds it
-(per-row overscan medians computed in each block), excluding I/O (the uint16 raw and the
-calibrations in memory as dask arrays in row blocks, as a worker holds them after
+defects, brighter-fatter, flat, SAT growth, interpolation), as the ``isr`` task builds
+it (per-row overscan medians computed in each block), excluding I/O (the uint16 raw and
+the calibrations in memory as dask arrays in row blocks, as a worker holds them after
 reading; the image, variance and mask computed and kept as the blocks they are made in)
 and including zarr I/O (raw read from a uint16 zarr array as the camera writes it,
 image/variance/mask written to a zarr group; calibrations in memory, as a worker caches
 them), on one and two threads, and two detectors at once on a thread each (as a run over
 many detectors keeps two cores busy); the fused per-pixel kernel alone (overscan levels
 given, written into the same buffer each time, as the ISR's block buffers are reused);
-the memory bandwidth of one core and of two together (a float32 copy) and the
-throughput they allow a one-pass ISR; and astropy ccdproc's overscan, trim, bias, dark
-and flat on the same pixels, as a ratio to ours. The machine's load average is printed:
-on a shared machine the figures move with the other users, so compare ratios. The scene
-is a 1500 e⁻ sky with ``--stars`` bright stars (150 by default: brighter-fatter bands,
-saturation and its growth, interpolation); the defects are a 900-row bad column and a
-3 × 3 box, and ``--bad-columns`` adds that many bad columns down the whole detector (real
-defect maps have tens); ``--chunk-rows`` sets the rows per chunk of the raw and the
-calibrations, ``--block-rows`` the rows per ISR block (the defaults of
-``lsstlite.stages.isr.ops``).
+the memory bandwidth of one core and of two together (a float32 copy) and the throughput
+they allow a one-pass ISR; Dask's own time to persist a trivial array (a floor under any
+graph's); and astropy ccdproc's overscan, trim, bias, dark and flat on the same pixels,
+as a ratio to ours. Each case runs ``--repeat`` times, the cases in turn (those with I/O
+after those without), and the table gives the best and the median run. The machine's
+load average is printed: on a shared machine the figures move with the other users, so
+compare ratios. The scene is a 1500 e⁻ sky with ``--stars`` bright stars (150 by
+default: brighter-fatter bands, saturation and its growth, interpolation); the defects
+are a 900-row bad column and a 3 × 3 box, and ``--bad-columns`` adds that many bad
+columns down the whole detector (real defect maps have tens); ``--chunk-rows`` sets the
+rows per chunk of the raw and the calibrations, ``--block-rows`` the rows per ISR block
+(the defaults of ``lsstlite.stages.isr.ops``).
 
 Usage::
 
-    python benchmarks/isr.py [--repeat 3] [--stars 150] [--bad-columns 0] [--chunk-rows 1024]
+    python benchmarks/isr.py [--repeat 7] [--stars 150] [--bad-columns 0] [--chunk-rows 1024]
         [--block-rows 2048]
 """
 
@@ -61,18 +63,29 @@ MPIX = N * N / 1e6
 
 
 def _best(fn: Callable[[], Any], repeat: int) -> float:
-    fn()  # warm-up: numba compilation (cached on disk) and page faults
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
+    return min(_interleaved({"": fn}, repeat)[""])
+
+
+def _interleaved(fns: dict[str, Callable[[], Any]], repeat: int) -> dict[str, list[float]]:
+    """Each function's run times, ``repeat`` rounds of one run each in turn (after a
+    warm-up run each: numba compilation, cached on disk, and page faults), so that a
+    busier spell of a shared machine falls on all of them alike."""
+    for fn in fns.values():
         fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(max(repeat, 1)):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return times
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument(
+        "--repeat", type=int, default=7, help="runs of each case, in turn; best and median shown"
+    )
     parser.add_argument(
         "--stars",
         type=int,
@@ -180,17 +193,33 @@ def main() -> None:
         for w in workers:
             w.join()
 
-    # (what, threads, seconds, detectors)
-    rows: list[tuple[str, int, float, int]] = []
-    try:
-        for threads in (1, 2):
+    def on_threads(fn: Callable[[], None], threads: int) -> Callable[[], None]:
+        def run() -> None:
             with dask.config.set(scheduler="threads", num_workers=threads):
-                rows.append(("ISR, no I/O", threads, _best(in_memory, args.repeat), 1))
-                rows.append(("ISR + zarr I/O", threads, _best(with_io, args.repeat), 1))
+                fn()
+
+        return run
+
+    # what/threads: (threads, detectors, function); those without I/O in turn, then
+    # those with (the disk's write-back after a run would slow the next one down)
+    cases: dict[str, tuple[int, int, Callable[[], None]]] = {
+        "ISR, no I/O/1": (1, 1, on_threads(in_memory, 1)),
+        "ISR, no I/O/2": (2, 1, on_threads(in_memory, 2)),
+        "ISR, no I/O, 2 detectors/2": (2, 2, two_detectors),
+        "fused kernel only (numba)/1": (1, 1, kernel_only),
+    }
+    with_io_cases = {f"ISR + zarr I/O/{t}": (t, 1, on_threads(with_io, t)) for t in (1, 2)}
+    try:
+        times = _interleaved({k: v[2] for k, v in cases.items()}, args.repeat)
+        times.update(_interleaved({k: v[2] for k, v in with_io_cases.items()}, args.repeat))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    rows.append(("ISR, no I/O, 2 detectors", 2, _best(two_detectors, args.repeat), 2))
-    rows.append(("fused kernel only (numba)", 1, _best(kernel_only, args.repeat), 1))
+    cases.update(with_io_cases)
+    # (what, threads, best seconds, median seconds, detectors)
+    rows = [
+        (k.rsplit("/", 1)[0], v[0], min(times[k]), float(np.median(times[k])), v[1])
+        for k, v in cases.items()
+    ]
     ccd_time = _ccdproc(raw, calib, args.repeat)
     # The machine's own limit: one core's memory bandwidth (a float32 copy, read + write),
     # and what it allows a one-pass ISR that reads raw, bias, dark and flat and writes
@@ -202,23 +231,34 @@ def main() -> None:
     pairs = [(src, dst), (np.ones_like(src), np.empty_like(dst))]
     copy2_gbs = 4 * src.nbytes / _best(lambda: _copy_on_threads(pairs), args.repeat) / 1e9
     isr_bytes = raw_np.itemsize + sum(c.itemsize for c in calib_np) + 3 * 4
+    # what Dask itself takes to persist any collection (here a two-chunk array of ones):
+    # a floor under every detector's ISR graph, serial before its first task
+    with dask.config.set(scheduler="threads", num_workers=2):
+        floor = _best(lambda: dask.persist(da.ones((8, 8), chunks=(4, 8))), 10 * args.repeat)
 
     print(
         f"load average: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; detector {N}×{N}, "
         f"{args.stars} bright stars, {len(defects)} defects ({args.bad_columns} full columns)"
     )
-    header = f"{'what':28s} {'threads':>7s} {'s':>7s} {'Mpix/s':>8s} {'per core':>8s} {'vs ccdproc':>10s}"
+    print(
+        f"best and median of {args.repeat} runs each, in turn; Mpix/s of the best run, and "
+        "per core of the best and the median"
+    )
+    header = (
+        f"{'what':32s} {'threads':>7s} {'best s':>7s} {'median':>7s} {'Mpix/s':>8s} "
+        f"{'per core':>8s} {'median':>7s} {'vs ccdproc':>10s}"
+    )
     print(header)
     print("-" * len(header))
-    for name, threads, t, n in rows:
+    for name, threads, t, t_med, n in rows:
         rate = n * MPIX / t
         print(
-            f"{name:28s} {threads:7d} {t:7.3f} {rate:8.1f} {rate / threads:8.1f} "
-            f"{n * ccd_time / t:9.1f}×"
+            f"{name:32s} {threads:7d} {t:7.3f} {t_med:7.3f} {rate:8.1f} {rate / threads:8.1f} "
+            f"{n * MPIX / t_med / threads:7.1f} {n * ccd_time / t:9.1f}×"
         )
     if ccd_time:
         print(
-            f"{'ccdproc (os/trim/bias/dark/flat)':28s} {1:7d} {ccd_time:7.3f} "
+            f"{'ccdproc (os/trim/bias/dark/flat)':32s} {1:7d} {ccd_time:7.3f} {'':7s} "
             f"{MPIX / ccd_time:8.1f} {MPIX / ccd_time:8.1f}"
         )
     print(
@@ -229,6 +269,7 @@ def main() -> None:
         f"memory bandwidth, two cores together: {copy2_gbs:.1f} GB/s: at most "
         f"{copy2_gbs * 1e3 / isr_bytes:.0f} Mpix/s ({copy2_gbs * 1e3 / isr_bytes / 2:.0f} per core)"
     )
+    print(f"Dask persisting a trivial two-chunk array on two threads: {floor * 1e3:.2f} ms")
 
 
 @numba.njit(cache=True, nogil=True)
