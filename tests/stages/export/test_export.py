@@ -91,3 +91,45 @@ def test_rgb_strips_equal_one_pass(monkeypatch: pytest.MonkeyPatch) -> None:
     np.testing.assert_array_equal(make_rgb(images, ("i", "r", "g"), stretch=5.0), whole)
     np.testing.assert_array_equal(make_rgb(images, ("i", "r", "g")), make_rgb(images, ("i", "r")))
     assert np.isnan(images["r"][3:9, 4:7]).all()  # the caller's arrays are left alone
+
+
+def test_rgb_fills_cores_no_visit_could_use() -> None:
+    """A coadd's pixels that inputs covered but none could use (NO_DATA + INEXACT_PSF: a
+    star saturated in every visit) are filled in from around them, in the star's colour;
+    pixels no input covered stay black, as does a hole with no data around it."""
+    from lsstlite.data.exposure import make_exposure
+    from lsstlite.data.masks import DEFAULT_MASK_PLANES
+
+    shape = (48, 64)
+    no_data = 1 << DEFAULT_MASK_PLANES["NO_DATA"]
+    inexact = 1 << DEFAULT_MASK_PLANES["INEXACT_PSF"]
+    yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]]
+    core = (xx - 30) ** 2 + (yy - 24) ** 2 <= 6  # 21 pixels
+    wider = (xx - 30) ** 2 + (yy - 24) ** 2 <= 13  # in i, saturated further out
+    uncovered = xx >= 56
+    lonely = (yy == 2) & (xx >= 58)  # a "hole" inside the uncovered area
+    coadds = {}
+    for band, scale in (("i", 3.0), ("r", 2.0), ("g", 1.0)):
+        image = _source(shape, 30.0, 24.0, 4.0e4 * scale)
+        mask = np.zeros(shape, np.int32)
+        mask[wider if band == "i" else core] = no_data | inexact
+        mask[uncovered] = no_data
+        mask[lonely] = no_data | inexact
+        image[mask != 0] = np.nan
+        coadds[band] = make_exposure(image.astype(np.float32), mask=mask)
+    rgb = make_rgb(coadds, ("i", "r", "g"), stretch=5.0)
+    rows = shape[0] - 1 - yy  # the picture's rows run from the top
+    centre = rgb[rows[24, 30], 30].astype(float)
+    assert centre[0] == 255  # as bright as the pixels around the core, not black
+    np.testing.assert_allclose(centre / centre[0], [1.0, 2 / 3, 1 / 3], atol=0.02)
+    # each band filled over the same pixels: the core keeps the star's colour
+    filled = rgb[rows[wider], xx[wider]].astype(float)
+    assert (filled.max(axis=1) == 255).all()
+    np.testing.assert_allclose(filled / filled[:, :1], [[1.0, 2 / 3, 1 / 3]] * 45, atol=0.02)
+    assert (rgb[rows[uncovered], xx[uncovered]] == 0).all()
+    # without the mask (plain arrays, NaN): nothing to tell a core from a gap, left black
+    plain = make_rgb(
+        {b: c["image"].values for b, c in coadds.items()}, ("i", "r", "g"), stretch=5.0
+    )
+    assert (plain[rows[wider], xx[wider]] == 0).all()
+    np.testing.assert_array_equal(plain[~wider[::-1]], rgb[~wider[::-1]])
