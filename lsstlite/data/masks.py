@@ -19,6 +19,8 @@ __all__ = [
     "DEFAULT_MASK_PLANES",
     "MASK_DTYPE",
     "add_mask_plane",
+    "coadd_holes",
+    "fill_holes",
     "mask_bits",
     "mask_planes",
 ]
@@ -86,3 +88,56 @@ def add_mask_plane(ds: xr.Dataset, name: str) -> xr.Dataset:
     out = ds.copy()
     out["mask"].attrs = {**ds["mask"].attrs, "planes": {**planes, name: free}}
     return out
+
+
+def coadd_holes(mask: np.ndarray, planes: Mapping[str, int]) -> np.ndarray:
+    """Pixels of a coadd that inputs covered but none could be used for: NO_DATA and
+    INEXACT_PSF (the core of a star saturated in every visit, a defect under every one;
+    the coadd adds the planes that kept the inputs out). All False without those planes."""
+    if "NO_DATA" not in planes or "INEXACT_PSF" not in planes:
+        return np.zeros(np.shape(mask), bool)
+    both = mask_bits(planes, ["NO_DATA", "INEXACT_PSF"])
+    return (np.asarray(mask) & both) == both
+
+
+def fill_holes(values: np.ndarray, holes: np.ndarray, data: np.ndarray) -> np.ndarray:
+    """Fill ``holes`` of ``values`` in place from their edges inwards, and return which
+    were filled.
+
+    Each connected hole is peeled a ring at a time: every hole pixel next to a ``data``
+    pixel (8-connected) gets the mean of those neighbours (already filled ones count),
+    until none is left; a hole with no data pixel around it is left as it is. For
+    pictures and for finding sources, not for measuring: the pixels keep their mask.
+    """
+    from scipy import ndimage
+
+    holes = np.asarray(holes, bool) & ~np.asarray(data, bool)
+    filled = np.zeros(holes.shape, bool)
+    if not holes.any():
+        return filled
+    ones = np.ones((3, 3))
+    labels, _ = ndimage.label(holes, structure=np.ones((3, 3)))
+    ny, nx = holes.shape
+    for k, box in enumerate(ndimage.find_objects(labels), 1):
+        if box is None:
+            continue
+        # the hole's bounding box and a pixel around it, where its data neighbours are
+        ys = slice(max(box[0].start - 1, 0), min(box[0].stop + 1, ny))
+        xs = slice(max(box[1].start - 1, 0), min(box[1].stop + 1, nx))
+        mine = labels[ys, xs] == k
+        todo = mine.copy()
+        known = np.asarray(data[ys, xs], bool) & ~holes[ys, xs]
+        window = np.where(known, values[ys, xs], 0.0).astype(float)
+        while True:
+            n = ndimage.correlate(known.astype(float), ones, mode="constant")
+            edge = todo & (n > 0)
+            if not edge.any():
+                break
+            sums = ndimage.correlate(window, ones, mode="constant")
+            window[edge] = sums[edge] / n[edge]
+            known |= edge
+            todo &= ~edge
+        done = mine & known
+        values[ys, xs][done] = window[done]
+        filled[ys, xs] |= done
+    return filled

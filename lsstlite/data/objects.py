@@ -98,6 +98,7 @@ MERGED_DETECTION_COLUMNS: dict[str, str] = {
 FLAG_COLUMNS: dict[str, str] = {
     "flag_edge": "footprint touches the coadd boundary or NO_DATA pixels",
     "flag_masked": "BAD, SAT or NO_DATA pixels within 2 PSF FWHM of the centroid",
+    "flag_saturated": "SAT pixels within 2 PSF FWHM of the centroid (saturated in the visits)",
     "flag_centroid": "centroid did not converge; the peak position is reported",
     "flag_shape": "adaptive moments did not converge; PSF moments are reported",
     "flag_psf_flux": "PSF flux failed (no usable pixel)",

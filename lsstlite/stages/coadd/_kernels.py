@@ -319,11 +319,13 @@ def block_mask(
     inexact_bit: int,
     clipped_bit: int,
     rejected_bit: int,
+    why_bits: int = 0,
 ) -> NDArray[np.int32]:
     """The coadd mask of the ``ny × nx`` box at ``(y0, x0)`` of a stack: NO_DATA where no
-    input is used, INEXACT_PSF where a covering input is not used or is at its sensor
-    edge, CLIPPED / REJECTED where an input was (``clipped`` / ``rejected`` of shape
-    ``(0, 1, 1)``: none)."""
+    input is used, with the ``why_bits`` of the inputs covering the pixel (the planes
+    that kept them out: SAT where a star's core saturated every visit); INEXACT_PSF where
+    a covering input is not used or is at its sensor edge, CLIPPED / REJECTED where an
+    input was (``clipped`` / ``rejected`` of shape ``(0, 1, 1)``: none)."""
     n = use.shape[0]
     has_clipped = clipped.shape[0] > 0
     has_rejected = rejected.shape[0] > 0
@@ -334,9 +336,12 @@ def block_mask(
             inexact = False
             was_clipped = False
             was_rejected = False
+            why = 0
             for k in range(n):
                 u = use[k, y0 + j, x0 + i]
                 used |= u
+                if covered[k, y0 + j, x0 + i]:
+                    why |= msk[k, y0 + j, x0 + i] & why_bits
                 if (covered[k, y0 + j, x0 + i] and not u) or (
                     msk[k, y0 + j, x0 + i] & sensor_edge
                 ) != 0:
@@ -347,7 +352,7 @@ def block_mask(
                     was_rejected = True
             m = 0
             if not used:
-                m |= no_data
+                m |= no_data | why
             if inexact:
                 m |= inexact_bit
             if was_clipped:

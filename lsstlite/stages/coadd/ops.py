@@ -574,6 +574,7 @@ def _coadd_block(
         1 << bit["INEXACT_PSF"],
         1 << bit["CLIPPED"],
         1 << bit["REJECTED"],
+        p.bad_bits & ~p.no_data,
     )
     sy, sx = slice(y0, y0 + ny), slice(x0, x0 + nx)
     return (
@@ -851,7 +852,10 @@ def coadd_exposures(
     -------
     xarray.Dataset
         The coadd on the patch grid (nJy), dask-backed. Mask: NO_DATA where no input
-        contributes, INEXACT_PSF where an input covers a pixel but does not contribute
+        contributes, with the ``bad_mask_planes`` of the inputs that cover the pixel (SAT
+        where a star's core saturated in every visit, BAD under a defect in every one;
+        pixels that inputs use carry none of them), INEXACT_PSF where an input covers a
+        pixel but does not contribute
         (masked, rejected, clipped, or at its sensor edge), REJECTED / CLIPPED where an
         input was rejected / clipped. Attrs: ``psf`` (:class:`CoaddPsf`),
         ``coadd_inputs`` (visit, detector, weight), ``coadd_skipped``, ``coadd``

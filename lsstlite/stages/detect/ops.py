@@ -22,7 +22,7 @@ import xarray as xr
 from numpy.typing import NDArray
 from scipy.spatial import cKDTree
 
-from lsstlite.data.masks import mask_bits, mask_planes
+from lsstlite.data.masks import coadd_holes, fill_holes, mask_bits, mask_planes
 from lsstlite.data.objects import DETECTION_COLUMNS, PARENT_ID_BIT, object_id
 from lsstlite.data.psf import PsfModel, psf_from_dict
 from lsstlite.data.wcs import wcs_from_cards
@@ -185,11 +185,22 @@ def detect_sources(
 
     Notes
     -----
-    Eager: reads the whole exposure. The matched filter's halo is ``4 σ_PSF``.
+    Eager: reads the whole exposure. The matched filter's halo is ``4 σ_PSF``. A coadd's
+    pixels that inputs covered but none could be used
+    (:func:`~lsstlite.data.masks.coadd_holes`: a star's core saturated in every visit) are
+    filled in from around them (:func:`~lsstlite.data.masks.fill_holes`) for finding
+    footprints and peaks, so that such a star is one peak; they keep their mask.
     """
     band = exposure_band(exposure)
     exposure = _in_memory(exposure, ("image", "variance", "mask"))
     pixels, variance, bad = _pixels(exposure)
+    # A coadd's holes (a star's core saturated in every visit) filled in from around them:
+    # left empty, their ring of pixels made several peaks with deep dips between them
+    holes = coadd_holes(np.asarray(exposure["mask"].values), mask_planes(exposure))
+    if holes.any():  # (in place: _pixels' arrays are its own)
+        filled = fill_holes(pixels, holes, ~bad)
+        fill_holes(variance, holes, ~bad)
+        bad = bad & ~filled
     image = pixels.astype(np.float64)
     if subtract_background:
         box = int(background_box_px)

@@ -18,6 +18,8 @@ import pandas as pd
 import xarray as xr
 from numpy.typing import ArrayLike, NDArray
 
+from lsstlite.data.masks import fill_holes
+
 __all__ = ["export_object_table", "export_rgb", "make_rgb", "write_rgb_png", "write_table"]
 
 log = logging.getLogger(__name__)
@@ -42,10 +44,11 @@ def make_rgb(
     scaled with it).
 
     Pixels that no input covered are black. Pixels of a coadd that inputs covered but
-    none could be used (NO_DATA and INEXACT_PSF in its mask: the core of a star saturated
-    in every visit, a defect under every visit) are filled in from around them
-    (:func:`_fill_holes`), every band over the pixels that are such holes in any band, so
-    that a saturated star is bright, in its colour, rather than a black hole.
+    none could be used (:func:`~lsstlite.data.masks.coadd_holes`: the core of a star
+    saturated in every visit, a defect under every visit) are filled in from around them
+    (:func:`~lsstlite.data.masks.fill_holes`), every band over the pixels that are such
+    holes in any band, so that a saturated star is bright, in its colour, rather than a
+    black hole.
 
     Parameters
     ----------
@@ -84,12 +87,11 @@ def make_rgb(
         )
     planes = {b: _plane(images_by_band[b]) for b in have}  # each image read once
     # every band filled over the same pixels: from the same ring, a core keeps its colour
-    holes = np.logical_or.reduce([state < 0 for _, state in planes.values()])
-    for arr, state in planes.values():
-        state[holes & (state > 0)] = -1
-        _fill_holes(arr, state)
+    holes = np.logical_or.reduce([h for _, _, h in planes.values()])
+    for arr, ok, own in planes.values():  # (not where this band has no input at all)
+        ok |= fill_holes(arr, holes & (ok | own), ok & ~holes)
     del holes
-    arrays = {b: arr for b, (arr, _) in planes.items()}
+    arrays = {b: arr for b, (arr, _, _) in planes.items()}
     shapes = {a.shape for a in arrays.values()}
     if len(shapes) != 1:
         raise ValueError(f"images of bands {have} have different shapes {sorted(shapes)}")
@@ -107,7 +109,7 @@ def make_rgb(
             bluer,
         )
     # Pixels some band does not cover are black: a one-band pixel would take its colour.
-    covered = np.logical_and.reduce([state == 1 for _, state in planes.values()])
+    covered = np.logical_and.reduce([ok for _, ok, _ in planes.values()])
     del planes, arrays
     uncovered = ~covered
     for channel in {id(c): c for c in (red, green, blue)}.values():
@@ -140,61 +142,21 @@ def _band_rank(band: str) -> int:
     return BAND_ORDER.index(band) if band in BAND_ORDER else len(BAND_ORDER)
 
 
-def _plane(image: Any) -> tuple[NDArray[np.float64], NDArray[np.int8]]:
-    """The pixels (0 where not finite) and what each is: 1 data (finite, and not NO_DATA
-    for an exposure), 0 not covered, -1 a hole to fill (:func:`make_rgb`: NO_DATA and
-    INEXACT_PSF in an exposure's mask)."""
+def _plane(image: Any) -> tuple[NDArray[np.float64], NDArray[np.bool_], NDArray[np.bool_]]:
+    """The pixels (0 where not finite), where there are data (finite, and not NO_DATA for
+    an exposure), and the holes to fill (:func:`~lsstlite.data.masks.coadd_holes`)."""
     pixels = image["image"] if isinstance(image, xr.Dataset) else image
     arr = np.asarray(pixels.values if isinstance(pixels, xr.DataArray) else pixels, dtype=float)
     ok = np.isfinite(arr)
-    state = ok.astype(np.int8)
+    holes = np.zeros(arr.shape, bool)
     if isinstance(image, xr.Dataset) and "mask" in image:
-        from lsstlite.data.masks import mask_bits, mask_planes
+        from lsstlite.data.masks import coadd_holes, mask_bits, mask_planes
 
         planes = mask_planes(image)
         mask = np.asarray(image["mask"].values)
-        no_data = mask_bits(planes, "NO_DATA")
-        ok &= (mask & no_data) == 0
-        state = ok.astype(np.int8)
-        if "INEXACT_PSF" in planes:
-            hole = no_data | mask_bits(planes, "INEXACT_PSF")
-            state[(mask & hole) == hole] = -1
-    return np.where(ok, arr, 0.0), state
-
-
-def _fill_holes(arr: NDArray[np.float64], state: NDArray[np.int8]) -> None:
-    """Fill the holes of :func:`_plane` (``state`` -1) in place, from their edges inwards:
-    each pixel next to data (``state`` 1) gets the mean of its data 8-neighbours and
-    becomes data; holes without data around stay uncovered (``state`` 0)."""
-    if not (state < 0).any():
-        return
-    from scipy import ndimage
-
-    ones = np.ones((3, 3))
-    labels, _ = ndimage.label(state < 0)
-    ny, nx = arr.shape
-    for k, box in enumerate(ndimage.find_objects(labels), 1):
-        if box is None:
-            continue
-        # the hole's bounding box and one pixel around it: its data neighbours
-        ys = slice(max(box[0].start - 1, 0), min(box[0].stop + 1, ny))
-        xs = slice(max(box[1].start - 1, 0), min(box[1].stop + 1, nx))
-        todo = labels[ys, xs] == k
-        data = state[ys, xs] == 1
-        values = np.where(data, arr[ys, xs], 0.0)
-        while True:
-            n = ndimage.correlate(data.astype(float), ones, mode="constant")
-            edge = todo & (n > 0)
-            if not edge.any():
-                break
-            sums = ndimage.correlate(values, ones, mode="constant")
-            values[edge] = sums[edge] / n[edge]
-            data |= edge
-            todo &= ~edge
-        filled = (labels[ys, xs] == k) & data
-        arr[ys, xs][filled] = values[filled]
-        state[ys, xs][filled] = 1
-    state[state < 0] = 0
+        ok &= (mask & mask_bits(planes, "NO_DATA")) == 0
+        holes = coadd_holes(mask, planes)
+    return np.where(ok, arr, 0.0), ok, holes
 
 
 def write_rgb_png(

@@ -156,9 +156,12 @@ def windowed_centroid(
     y: float,
     sigma: float,
     max_shift: float,
+    step: float = 2.0,
 ) -> tuple[float, float, float, float, bool]:
     """Gaussian-windowed centroid (SExtractor ``XWIN``), iterated to convergence.
 
+    Each iteration moves by ``step`` × the window's first moment (2, SExtractor's, for a
+    window matched to the source; 1, a mean shift, for a window much wider than it).
     Returns ``(x, y, x_err, y_err, failed)``; on failure the starting position.
     """
     h, w = img.shape
@@ -180,7 +183,7 @@ def windowed_centroid(
                 sy += wt * dy
         if sw <= 0.0:
             return x, y, np.nan, np.nan, True
-        ddx, ddy = 2.0 * sx / sw, 2.0 * sy / sw
+        ddx, ddy = step * sx / sw, step * sy / sw
         cx += ddx
         cy += ddy
         if (cx - x) ** 2 + (cy - y) ** 2 > max_shift * max_shift:

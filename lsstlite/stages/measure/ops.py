@@ -41,7 +41,7 @@ import xarray as xr
 from numpy.typing import NDArray
 from scipy.spatial import cKDTree
 
-from lsstlite.data.masks import mask_bits, mask_planes
+from lsstlite.data.masks import coadd_holes, mask_bits, mask_planes
 from lsstlite.data.objects import (
     APERTURE_RADII_PX,
     FLAG_COLUMNS,
@@ -95,6 +95,8 @@ class _Patch:
     image: NDArray[np.float64]
     variance: NDArray[np.float64]
     bad: NDArray[np.bool_]
+    saturated: NDArray[np.bool_]
+    holes: NDArray[np.bool_]  # coadd_holes: covered by inputs, usable in none
     edge_mask: NDArray[np.bool_]
     noise: NDArray[np.float64]
     x0: int
@@ -139,6 +141,10 @@ def _prepare(coadd: xr.Dataset, noise_seed: int) -> _Patch:
     mask = np.asarray(coadd["mask"].values)
     bad = (mask & mask_bits(planes, BAD_PLANES)) != 0
     bad |= ~np.isfinite(image) | ~np.isfinite(variance) | (variance <= 0)
+    saturated = (
+        (mask & mask_bits(planes, "SAT")) != 0 if "SAT" in planes else np.zeros(mask.shape, bool)
+    )
+    holes = coadd_holes(mask, planes)
     edge_mask = (mask & mask_bits(planes, ("NO_DATA", "EDGE"))) != 0
     image = np.where(bad, 0.0, image)
     variance = np.where(bad, 0.0, variance)
@@ -150,7 +156,8 @@ def _prepare(coadd: xr.Dataset, noise_seed: int) -> _Patch:
     rng = np.random.default_rng([int(noise_seed), zlib.crc32(band.encode())])
     noise = rng.standard_normal(image.shape) * np.sqrt(variance)
     return _Patch(
-        band, image, variance, bad, edge_mask, noise, x0, y0, psf, sigma, size,
+        band, image, variance, bad, saturated, holes, edge_mask, noise, x0, y0, psf, sigma,
+        size,
         dict(coadd.attrs["wcs"]), psf_ref,
     )  # fmt: skip
 
@@ -375,8 +382,20 @@ def _measure(
     out["flag_deblend_skipped"] = rec.skipped
     sigma = patch.psf_sigma
     if ref is None:
+        # Around a hole (a core saturated in every visit) the brightest pixels are its
+        # ring, on which a window as narrow as the PSF converges. A window wider than
+        # the hole converges on the ring's centre (for a ring of radius R, a mean shift
+        # with σ moves an offset δ to δ R² / 2σ²): σ = 2 R, by steps of one moment.
+        window, step = sigma, 2.0
+        hole = patch.holes[ya:yb, xa:xb]
+        if hole.any():
+            r = math.ceil(3.0 * sigma)
+            iy0, ix0 = math.floor(ly + 0.5), math.floor(lx + 0.5)
+            n = int(hole[max(iy0 - r, 0) : iy0 + r + 1, max(ix0 - r, 0) : ix0 + r + 1].sum())
+            if n:
+                window, step = max(sigma, 2.0 * math.sqrt(n / math.pi)), 1.0
         cx, cy, ex, ey, failed = _kernels.windowed_centroid(
-            stamp, var, ok, lx, ly, sigma, max(2.0, sigma)
+            stamp, var, ok, lx, ly, window, max(2.0, window), step
         )
         out["flag_centroid"] = bool(failed)
     else:
@@ -407,8 +426,9 @@ def _measure(
     out.update(ixx=ixx, iyy=iyy, ixy=ixy)
     # bad pixels near the centre; footprint on the boundary or on NO_DATA
     r_bad = math.ceil(2.0 * 2.355 * sigma)
-    near = ~ok[max(iy - r_bad, 0) : iy + r_bad + 1, max(ix - r_bad, 0) : ix + r_bad + 1]
-    out["flag_masked"] = bool(near.any())
+    near = (slice(max(iy - r_bad, 0), iy + r_bad + 1), slice(max(ix - r_bad, 0), ix + r_bad + 1))
+    out["flag_masked"] = bool((~ok[near]).any())
+    out["flag_saturated"] = bool(patch.saturated[ya:yb, xa:xb][near].any())
     out["flag_edge"] = bool(
         by0 == 0
         or bx0 == 0

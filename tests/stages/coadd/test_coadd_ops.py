@@ -339,3 +339,30 @@ def test_spline_stencil_equals_scipy_splines() -> None:
         got = _spline_stencil(*map_x.tck[:2], map_x.tck[2], map_y.tck[2], y, x)
         assert abs(got[0] - want[0]) < 1e-9 and abs(got[1] - want[1]) < 1e-9
         np.testing.assert_allclose(got[2], want[2], rtol=0, atol=1e-11)
+
+
+def test_no_data_says_why(small_inputs: list[xr.Dataset]) -> None:
+    """A pixel that no input can use is NO_DATA with the planes that kept the covering
+    inputs out (SAT: a star saturated in every visit); a pixel that some input is used
+    for gets none of them."""
+    planes = mask_planes(small_inputs[0])
+    sat, bad = mask_bits(planes, "SAT"), mask_bits(planes, "BAD")
+    no_data, inexact = mask_bits(planes, "NO_DATA"), mask_bits(planes, "INEXACT_PSF")
+    inputs = []
+    for k, ds in enumerate(small_inputs):
+        m = ds["mask"].values.copy()
+        # (the inputs are shifted by up to 12 px from one another: boxes of 40 px)
+        m[60:100, 60:100] |= sat  # saturated in every visit
+        m[60:100, 100:140] |= sat if k % 2 else bad  # saturated or bad in each
+        m[150:190, 60:100] |= sat if k < 2 else 0  # saturated in two of five
+        inputs.append(ds.assign(mask=ds["mask"].copy(data=m)))
+    c = coadd_exposures(inputs, PATCH, method="mean", weights=[1.0] * 5).compute()
+    m = c["mask"].values
+    hole = (m & no_data) != 0
+    assert ((m[hole] & sat) != 0).sum() > 40 * 28
+    assert (hole & ((m & sat) != 0) & ((m & bad) != 0)).sum() > 40 * 28
+    assert not (m[~hole] & (sat | bad)).any()  # pixels some input is used for: none
+    assert not (m[hole & ((m & inexact) == 0)] & (sat | bad)).any()  # no input covers
+    # without the masks those pixels have data
+    ref = coadd_exposures(small_inputs, PATCH, method="mean", weights=[1.0] * 5).compute()
+    assert not (ref["mask"].values[(m & (sat | bad)) != 0] & no_data).any()

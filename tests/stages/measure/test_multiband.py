@@ -216,3 +216,47 @@ def test_reference_band_follows_priority(multiband: dict[str, Any]) -> None:
     assert (ref_r_first["ref_band"].to_numpy()[bright] == "r").all()
     with pytest.raises(ValueError, match="same ids"):
         choose_reference([meas[0], meas[1].iloc[::-1]])
+
+
+def test_saturated_cores_flagged() -> None:
+    """Stars whose cores no visit could use because they saturated (NO_DATA, INEXACT_PSF
+    and SAT in the coadd's mask, as the coadd marks them) are one object each (not a
+    parent split into pieces of the ring around the hole), centred, flag_saturated and
+    flag_masked; one over a defect (BAD) only flag_masked; an untouched one neither."""
+    from lsstlite.data.masks import mask_bits, mask_planes
+
+    wcs = make_wcs((200, 200))
+    where = [(50.3, 50.6), (150.2, 50.1), (50.7, 150.4), (150.5, 150.2)]
+    rows = []
+    for k, (x, y) in enumerate(where):
+        ra, dec = wcs.all_pix2world([x], [y], 0)
+        rows.append({"id": k + 1, "ra": ra[0], "dec": dec[0], "is_star": True,
+                     "flux_i": 2e6, "blend_group": 0})  # fmt: skip
+    coadd = render_coadd(pd.DataFrame(rows), "i", shape=(200, 200), noise_njy=1.0, seed=3)
+    planes = mask_planes(coadd)
+    hole = mask_bits(planes, ["NO_DATA", "INEXACT_PSF"])
+    why = {0: mask_bits(planes, "SAT"), 1: mask_bits(planes, "SAT"), 2: mask_bits(planes, "BAD")}
+    image, mask = coadd["image"].values.copy(), coadd["mask"].values.copy()
+    yy, xx = np.mgrid[0:200, 0:200]
+    for k, bits in why.items():
+        core = (xx - where[k][0]) ** 2 + (yy - where[k][1]) ** 2 <= 4.0
+        mask[core] |= hole | bits
+        image[core] = np.nan
+    coadd = coadd.assign(image=coadd["image"].copy(data=image), mask=coadd["mask"].copy(data=mask))
+    det, seg = detect_sources(coadd)
+    coadd = mark_detected(coadd, seg)
+    meas = deblend_measure(coadd, merge_detections([det], [coadd], priority=["i"]),
+                           do_cmodel=False)  # fmt: skip
+    assert len(meas) == 4
+    k = np.argmin(np.hypot(meas["x"].to_numpy()[:, None] - [w[0] for w in where],
+                           meas["y"].to_numpy()[:, None] - [w[1] for w in where]), axis=1)  # fmt: skip
+    assert sorted(k) == [0, 1, 2, 3]
+    # one peak each (before: a parent and two children on the ring around the hole),
+    # centred from the pixels around the hole
+    assert (meas["parent_id"] == 0).all() and (meas["deblend_n_child"] == 0).all()
+    dx = meas["x"].to_numpy() - np.array([where[i][0] for i in k])
+    dy = meas["y"].to_numpy() - np.array([where[i][1] for i in k])
+    assert np.hypot(dx, dy).max() < 0.15  # (was 1.5-2 px: the peak on the ring)
+    saturated, masked = meas["flag_saturated"].to_numpy(), meas["flag_masked"].to_numpy()
+    assert saturated[k < 2].all() and not saturated[k >= 2].any()
+    assert masked[k < 3].all() and not masked[k == 3].any()
