@@ -85,6 +85,12 @@ REQUIRED_KEYS = (
 REQUIRED_AMP_KEYS = ("EXTNAME", "DATASEC", "BIASSEC", "DETSEC", "GAIN", "RDNOISE", "SATURATE")
 
 
+#: How far below the level that saturated pixels read (the full well's or the ADC's, bias
+#: included) the amplifiers' saturation threshold sits (ADU): the bias moves by up to
+#: ~40 ADU from its nominal level between exposures and along rows, read noise by ~25.
+SATURATION_MARGIN_ADU = 100
+
+
 @dataclass(frozen=True)
 class CameraGeometry:
     """Sizes of one SimCam configuration (pixels unless stated).
@@ -148,7 +154,7 @@ class AmpParams:
     bias_level: float  # ADU (nominal; each exposure adds an offset and a row drift)
     full_well: float  # e⁻
     dark_current: float  # e⁻ / s / pixel
-    saturation_adu: float  # raw ADU (bias included) above which a pixel is saturated
+    saturation_adu: float  # raw ADU (bias included) from which a pixel is saturated
     flip_x: bool
     flip_y: bool
     data_section: tuple[int, int, int, int]
@@ -354,8 +360,13 @@ class SimCam(Instrument):
             dark = float(rng.uniform(0.002, 0.01))
             lin = self._linearity_forward(detector, i)
             sat_signal = (full_well + full_well**2 * (lin[0] + lin[1] * full_well)) / gain
-            # Low-gain amplifiers reach the ADC's 65535 before the full well.
-            saturation = float(min(math.floor(bias + sat_signal), 65535))
+            # Low-gain amplifiers reach the ADC's 65535 before the full well. A saturated
+            # pixel reads that level give or take the exposure's bias offset and row
+            # drift (tens of ADU) and the read noise: the threshold sits below by
+            # SATURATION_MARGIN_ADU, as a camera team sets it (flagging a pixel within
+            # ~0.2% of the limit is harmless; missing a saturated one is not).
+            level = min(math.floor(bias + sat_signal), 65535)
+            saturation = float(level - SATURATION_MARGIN_ADU)
             flip_x = i >= g.n_amps // 2
             amps.append(
                 AmpParams(

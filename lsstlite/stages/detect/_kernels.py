@@ -189,6 +189,7 @@ def find_peaks(
     min_snr: float,
     min_dip_sigma: float,
     window: int = 3,
+    flux: NDArray[np.floating[Any]] | None = None,
 ) -> NDArray[np.int64]:
     """Peaks of the significance image ``snr`` inside footprints, as an ``(n, 3)`` array
     ``(label, iy, ix)``.
@@ -200,18 +201,32 @@ def find_peaks(
     profile along the straight line between them dips at least ``min_dip_sigma`` below
     it (the saddle test of multi-threshold deblenders, on one line instead of a threshold
     tree). Rows are sorted by footprint label, then by decreasing peak value.
+
+    With ``flux`` (the same smoothing of the image, whose ratio to ``snr`` is the noise)
+    the candidates are the local maxima of ``flux`` with ``snr >= min_snr``, ordered and
+    dipped in ``flux``, the dip in units of the fainter peak's noise (``flux / snr``
+    there): where the variance changes from pixel to pixel (a coadd's core where some
+    visits were left out) the significance has maxima that are not sources.
     """
-    values = np.ascontiguousarray(snr, dtype=np.float64)
-    # v > nextafter(min_snr, -inf) is v >= min_snr
-    iy, ix = local_maxima(
-        values, np.ascontiguousarray(labels), float(np.nextafter(min_snr, -np.inf)), window // 2
-    )
+    if flux is None:
+        values = np.ascontiguousarray(snr, dtype=np.float64)
+        # v > nextafter(min_snr, -inf) is v >= min_snr
+        threshold = float(np.nextafter(min_snr, -np.inf))
+    else:
+        values = np.ascontiguousarray(flux, dtype=np.float64)
+        threshold = -np.inf
+    iy, ix = local_maxima(values, np.ascontiguousarray(labels), threshold, window // 2)
+    if flux is not None:
+        significant = snr[iy, ix] >= min_snr
+        iy, ix = iy[significant], ix[significant]
     if iy.size == 0:
         return np.zeros((0, 3), dtype=np.int64)
     lab = labels[iy, ix].astype(np.int64)
     val = values[iy, ix]
     order = np.lexsort((-val, lab))
-    return _select_peaks(values, lab[order], iy[order], ix[order], float(min_dip_sigma))
+    lab, iy, ix = lab[order], iy[order], ix[order]
+    scale = np.ones(iy.size) if flux is None else values[iy, ix] / snr[iy, ix]
+    return _select_peaks(values, lab, iy, ix, float(min_dip_sigma), scale)
 
 
 @numba.njit(cache=True)
@@ -221,6 +236,7 @@ def _select_peaks(
     iy: NDArray[np.int64],
     ix: NDArray[np.int64],
     min_dip_sigma: float,
+    scale: NDArray[np.float64],
 ) -> NDArray[np.int64]:
     n = lab.size
     keep = np.zeros(n, dtype=np.bool_)
@@ -245,7 +261,7 @@ def _select_peaks(
                     v = smooth[py, px]
                     if v < lowest:
                         lowest = v
-                if vi - lowest < min_dip_sigma:
+                if vi - lowest < min_dip_sigma * scale[i]:
                     ok = False
                     break
             keep[i] = ok

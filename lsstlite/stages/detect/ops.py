@@ -27,7 +27,7 @@ from lsstlite.data.objects import DETECTION_COLUMNS, PARENT_ID_BIT, object_id
 from lsstlite.data.psf import PsfModel, psf_from_dict
 from lsstlite.data.wcs import wcs_from_cards
 from lsstlite.stages.characterize._background import mesh_background
-from lsstlite.stages.characterize._kernels import label_sums
+from lsstlite.stages.characterize._kernels import correlate_separable, gaussian_taps, label_sums
 from lsstlite.stages.detect import _kernels
 
 __all__ = [
@@ -196,7 +196,8 @@ def detect_sources(
     pixels, variance, bad = _pixels(exposure)
     # A coadd's holes (a star's core saturated in every visit) filled in from around them:
     # left empty, their ring of pixels made several peaks with deep dips between them
-    holes = coadd_holes(np.asarray(exposure["mask"].values), mask_planes(exposure))
+    planes = mask_planes(exposure)
+    holes = coadd_holes(np.asarray(exposure["mask"].values), planes)
     if holes.any():  # (in place: _pixels' arrays are its own)
         filled = fill_holes(pixels, holes, ~bad)
         fill_holes(variance, holes, ~bad)
@@ -214,10 +215,22 @@ def detect_sources(
     snr = _kernels.gaussian_snr(image32, variance, sigma, bad)
     labels, n_fp = _kernels.footprint_labels(snr >= n_sigma, min_area=min_area, grow_px=grow_px)
     light = _kernels.gaussian_snr(image32, variance, peak_smoothing_px, bad)
-    # peaks on the lightly smoothed image, in units of its own noise (smooth/noise = light)
-    peaks = _kernels.find_peaks(light, labels, min_snr=n_sigma, min_dip_sigma=min_dip_sigma)
+    # peaks: maxima of the lightly smoothed image (bad pixels 0, as in its significance
+    # `light`), dips in units of its own noise (smooth / light). Maxima of `light`
+    # itself were also where the variance drops: around a coadd's core where visits
+    # were left out, a ring of them
+    taps = gaussian_taps(peak_smoothing_px)
+    smooth = correlate_separable(image32, taps, taps)
+    peaks = _kernels.find_peaks(
+        light, labels, min_snr=n_sigma, min_dip_sigma=min_dip_sigma, flux=smooth
+    )
     lab, iy, ix = peaks[:, 0], peaks[:, 1], peaks[:, 2]
-    xs, ys = _refine(light, iy, ix)
+    xs, ys = _refine(smooth.astype(np.float64), iy, ix)
+    if holes.any() and "SAT" in planes:
+        saturated = holes & ((np.asarray(exposure["mask"].values) & mask_bits(planes, "SAT")) != 0)
+        lab, iy, ix, xs, ys = _one_peak_per_core(lab, iy, ix, xs, ys, saturated, labels, sigma)
+        order = np.lexsort((-smooth[iy, ix], lab))
+        lab, iy, ix, xs, ys = lab[order], iy[order], ix[order], xs[order], ys[order]
     fp_flux = label_sums(labels, image, n_fp)
     wcs = wcs_from_cards(exposure.attrs["wcs"])
     ra, dec = wcs.all_pix2world(xs + x0, ys + y0, 0)
@@ -236,6 +249,61 @@ def detect_sources(
     )
     seg = xr.DataArray(labels, dims=("y", "x"), coords={"y": exposure["y"], "x": exposure["x"]})
     return table, seg
+
+
+def _one_peak_per_core(
+    lab: NDArray[np.int64],
+    iy: NDArray[np.int64],
+    ix: NDArray[np.int64],
+    xs: NDArray[np.float64],
+    ys: NDArray[np.float64],
+    saturated: NDArray[np.bool_],
+    labels: NDArray[np.int32],
+    sigma: float,
+) -> tuple[NDArray[Any], ...]:
+    """The peaks with those of a footprint within ``2 σ + 1`` px of a saturated coadd hole
+    (a star's core saturated in every visit, bleed trails included) replaced by one, at
+    the hole's centre: the ring of bright pixels around a core, uneven where visits were
+    saturated or rejected in turn, made peaks with deep dips between them."""
+    from scipy import ndimage
+
+    cores, n = ndimage.label(saturated, structure=np.ones((3, 3)))
+    if n == 0:
+        return lab, iy, ix, xs, ys
+    reach = 2.0 * sigma + 1.0
+    pad = math.ceil(reach) + 1
+    ny, nx = saturated.shape
+    keep = np.ones(lab.size, bool)
+    new: list[tuple[int, int, int, float, float]] = []
+    for k, box in enumerate(ndimage.find_objects(cores), 1):
+        if box is None:
+            continue
+        mine = cores[box] == k
+        cy, cx = ndimage.center_of_mass(mine)
+        cy, cx = cy + box[0].start, cx + box[1].start
+        jy, jx = math.floor(cy + 0.5), math.floor(cx + 0.5)
+        footprint = int(labels[jy, jx])
+        if footprint == 0:
+            continue
+        y0, y1 = max(box[0].start - pad, 0), min(box[0].stop + pad, ny)
+        x0, x1 = max(box[1].start - pad, 0), min(box[1].stop + pad, nx)
+        distance = ndimage.distance_transform_edt(cores[y0:y1, x0:x1] != k)
+        inside = (lab == footprint) & (iy >= y0) & (iy < y1) & (ix >= x0) & (ix < x1)
+        near = np.zeros(lab.size, bool)
+        near[inside] = distance[iy[inside] - y0, ix[inside] - x0] <= reach
+        keep &= ~near
+        new.append((footprint, jy, jx, cx, cy))
+    if not new:
+        return lab, iy, ix, xs, ys
+    add = np.array([r[:3] for r in new], np.int64)
+    pos = np.array([r[3:] for r in new], np.float64)
+    return (
+        np.concatenate([lab[keep], add[:, 0]]),
+        np.concatenate([iy[keep], add[:, 1]]),
+        np.concatenate([ix[keep], add[:, 2]]),
+        np.concatenate([xs[keep], pos[:, 0]]),
+        np.concatenate([ys[keep], pos[:, 1]]),
+    )
 
 
 def _refine(

@@ -61,3 +61,41 @@ def test_merge_needs_band_column() -> None:
         merge_detections([table.drop(columns="band")], [coadd])
     with pytest.raises(ValueError, match="√2 pixels"):
         merge_detections([table], [coadd], match_radius_arcsec=0.1)
+
+
+def test_one_peak_where_the_variance_jumps() -> None:
+    """A bright star whose core some visits left out (a block of higher variance, as a
+    coadd has where they saturated) is one peak, at the star: the maxima of the
+    significance were a ring around the block."""
+    coadd = render_coadd(_stars([(60.4, 60.6)], flux=2e6), "r", shape=(120, 120))
+    image = coadd["image"].values
+    variance = coadd["variance"].values + 0.05 * np.maximum(image, 0.0)  # shot noise
+    variance[57:64, 57:63] *= 4.0  # a quarter of the visits there
+    coadd = coadd.assign(variance=coadd["variance"].copy(data=variance.astype(np.float32)))
+    table, _ = detect_sources(coadd)
+    assert len(table) == 1, table[["x", "y", "peak"]]
+    assert np.hypot(table["x"].iloc[0] - 60.4, table["y"].iloc[0] - 60.6) < 0.3
+
+
+def test_one_peak_per_saturated_core() -> None:
+    """A star saturated in every visit is a hole in the coadd (NO_DATA, INEXACT_PSF,
+    SAT), not centred on it when the charge bled along a column: one peak, in the hole;
+    a star 12 px away stays its own."""
+    from lsstlite.data.masks import mask_bits, mask_planes
+
+    coadd = render_coadd(_stars([(60.4, 60.6), (72.3, 60.2)], flux=2e6), "r", shape=(120, 120))
+    planes = mask_planes(coadd)
+    image, mask = coadd["image"].values.copy(), coadd["mask"].values.copy()
+    yy, xx = np.mgrid[0:120, 0:120]
+    # the core, and a bleed trail up the column
+    hole = ((xx - 60.4) ** 2 + (yy - 60.6) ** 2 <= 5.0) | (
+        (abs(xx - 60.4) < 1) & (yy > 60) & (yy < 69)
+    )
+    mask[hole] |= mask_bits(planes, ["NO_DATA", "INEXACT_PSF", "SAT"])
+    image[hole] = np.nan
+    coadd = coadd.assign(image=coadd["image"].copy(data=image), mask=coadd["mask"].copy(data=mask))
+    table, _ = detect_sources(coadd)
+    assert len(table) == 2, table[["x", "y", "peak"]]
+    near = table.iloc[np.argmin(np.hypot(table["x"] - 60.4, table["y"] - 60.6))]
+    assert hole[round(near["y"]), round(near["x"])]
+    assert np.hypot(table["x"] - 72.3, table["y"] - 60.2).min() < 0.3
