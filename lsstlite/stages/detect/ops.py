@@ -189,7 +189,9 @@ def detect_sources(
     pixels that inputs covered but none could be used
     (:func:`~lsstlite.data.masks.coadd_holes`: a star's core saturated in every visit) are
     filled in from around them (:func:`~lsstlite.data.masks.fill_holes`) for finding
-    footprints and peaks, so that such a star is one peak; they keep their mask.
+    footprints and peaks (they keep their mask), and the peaks of a footprint within
+    ``2 σ_PSF + 1`` px of a saturated one become one peak, at its centre. Peaks are the
+    maxima of the lightly smoothed image whose significance passes ``n_sigma``.
     """
     band = exposure_band(exposure)
     exposure = _in_memory(exposure, ("image", "variance", "mask"))

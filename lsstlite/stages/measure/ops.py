@@ -157,8 +157,7 @@ def _prepare(coadd: xr.Dataset, noise_seed: int) -> _Patch:
     noise = rng.standard_normal(image.shape) * np.sqrt(variance)
     return _Patch(
         band, image, variance, bad, saturated, holes, edge_mask, noise, x0, y0, psf, sigma,
-        size,
-        dict(coadd.attrs["wcs"]), psf_ref,
+        size, dict(coadd.attrs["wcs"]), psf_ref,
     )  # fmt: skip
 
 
