@@ -8,7 +8,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pandas as pd
 import pytest
+from scipy.spatial import cKDTree
 
 import lsstlite
 from lsstlite.cli.main import main
@@ -103,6 +106,23 @@ def test_demo_runs_and_resumes(
     assert abs(m["photometry_offset_mmag"]) < 10
     assert m["object_position_median_mas"] < 20
     assert m["completeness"] > 0.9 and m["purity"] > 0.95
+
+    # a bright star is one object, not a parent split into pieces of its core (the
+    # demo had up to 12 objects within 1.5" of one: flat tops of unflagged saturated
+    # pixels, a ring of significance maxima, holes where every visit saturated)
+    def xyz(ra: Any, dec: Any) -> Any:
+        ra, dec = np.radians(ra), np.radians(dec)
+        return np.c_[np.cos(dec) * np.cos(ra), np.cos(dec) * np.sin(ra), np.sin(dec)]
+
+    objects = pd.read_parquet(result.catalog)
+    truth = pd.read_parquet(result.sim / "truth" / "objects.parquet")
+    bright = truth[truth["is_star"] & (truth["flux_i"] > 3e5)]
+    found = cKDTree(xyz(objects["ra"], objects["dec"])).query_ball_point(
+        xyz(bright["ra"], bright["dec"]), np.radians(1.5 / 3600)
+    )
+    counts = np.array([len(f) for f in found])
+    assert (counts == 1).sum() >= 30 and counts.max() <= 2, np.bincount(counts)
+    assert objects["flag_saturated"].any()  # stars saturated in every visit
     # the stage commands on the demo's repository
     capsys.readouterr()
     repo = str(result.repo)
