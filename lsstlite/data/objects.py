@@ -97,8 +97,11 @@ MERGED_DETECTION_COLUMNS: dict[str, str] = {
 #: Boolean flags of a measurement (True = that measurement is unreliable):
 FLAG_COLUMNS: dict[str, str] = {
     "flag_edge": "footprint touches the coadd boundary or NO_DATA pixels",
-    "flag_masked": "BAD, SAT or NO_DATA pixels within 2 PSF FWHM of the centroid",
-    "flag_saturated": "SAT pixels within 2 PSF FWHM of the centroid (saturated in the visits)",
+    "flag_masked": "pixels without data (NO_DATA, BAD) within 2 PSF FWHM of the centroid",
+    "flag_saturated": "SAT pixels within 2 PSF FWHM of the centroid: saturated in visits "
+    "carrying > 10% of the weight (without data where in all)",
+    "flag_inexact_psf": "INEXACT_PSF within 1 px of the centroid: an input covering the "
+    "centre was left out (saturated, masked, clipped, rejected) or at its sensor edge",
     "flag_centroid": "centroid did not converge; the peak position is reported",
     "flag_shape": "adaptive moments did not converge; PSF moments are reported",
     "flag_psf_flux": "PSF flux failed (no usable pixel)",

@@ -319,14 +319,24 @@ def block_mask(
     inexact_bit: int,
     clipped_bit: int,
     rejected_bit: int,
-    why_bits: int = 0,
+    why_bits: int,
+    weights: NDArray[np.float64],
+    prop_bits: NDArray[np.int64],
+    prop_thresh: NDArray[np.float64],
 ) -> NDArray[np.int32]:
     """The coadd mask of the ``ny × nx`` box at ``(y0, x0)`` of a stack: NO_DATA where no
     input is used, with the ``why_bits`` of the inputs covering the pixel (the planes
     that kept them out: SAT where a star's core saturated every visit); INEXACT_PSF where
     a covering input is not used or is at its sensor edge, CLIPPED / REJECTED where an
-    input was (``clipped`` / ``rejected`` of shape ``(0, 1, 1)``: none)."""
+    input was (``clipped`` / ``rejected`` of shape ``(0, 1, 1)``: none).
+
+    Where inputs are used, plane ``prop_bits[q]`` is set if the covering inputs that have
+    it carry more than ``prop_thresh[q]`` of the covering inputs' total ``weights`` (LSST's
+    ``maskPropagationThresholds``: SAT where a star saturated in some of the visits)."""
     n = use.shape[0]
+    prop_any = 0
+    for q in range(prop_bits.shape[0]):
+        prop_any |= prop_bits[q]
     has_clipped = clipped.shape[0] > 0
     has_rejected = rejected.shape[0] > 0
     out = np.empty((ny, nx), np.int32)
@@ -336,12 +346,12 @@ def block_mask(
             inexact = False
             was_clipped = False
             was_rejected = False
-            why = 0
+            seen = 0
             for k in range(n):
                 u = use[k, y0 + j, x0 + i]
                 used |= u
                 if covered[k, y0 + j, x0 + i]:
-                    why |= msk[k, y0 + j, x0 + i] & why_bits
+                    seen |= msk[k, y0 + j, x0 + i]
                 if (covered[k, y0 + j, x0 + i] and not u) or (
                     msk[k, y0 + j, x0 + i] & sensor_edge
                 ) != 0:
@@ -352,7 +362,11 @@ def block_mask(
                     was_rejected = True
             m = 0
             if not used:
-                m |= no_data | why
+                m |= no_data | (seen & why_bits)
+            elif (seen & prop_any) != 0:
+                m |= _propagated(
+                    msk, covered, weights, prop_bits, prop_thresh, seen, y0 + j, x0 + i
+                )
             if inexact:
                 m |= inexact_bit
             if was_clipped:
@@ -360,4 +374,35 @@ def block_mask(
             if was_rejected:
                 m |= rejected_bit
             out[j, i] = m
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
+def _propagated(
+    msk: NDArray[np.int32],
+    covered: NDArray[np.bool_],
+    weights: NDArray[np.float64],
+    prop_bits: NDArray[np.int64],
+    prop_thresh: NDArray[np.float64],
+    seen: int,
+    y: int,
+    x: int,
+) -> int:
+    """The ``prop_bits`` (among ``seen``, the OR of the covering inputs' masks) whose
+    covering inputs carry more than ``prop_thresh`` of the covering weight at pixel
+    ``(y, x)`` (see :func:`block_mask`)."""
+    out = 0
+    for q in range(prop_bits.shape[0]):
+        b = prop_bits[q]
+        if (seen & b) == 0:
+            continue
+        total = 0.0
+        with_b = 0.0
+        for k in range(msk.shape[0]):
+            if covered[k, y, x]:
+                total += weights[k]
+                if (msk[k, y, x] & b) != 0:
+                    with_b += weights[k]
+        if with_b > prop_thresh[q] * total:
+            out |= b
     return out

@@ -13,7 +13,7 @@ import logging
 import math
 import os
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -65,6 +65,7 @@ if TYPE_CHECKING:
     from lsstlite.data.exposure import ExposureLike
 
 __all__ = [
+    "DEFAULT_MASK_PROPAGATION_THRESHOLDS",
     "ArtifactConfig",
     "CoaddPlan",
     "coadd_exposures",
@@ -81,6 +82,11 @@ METHODS = ("mean", "clipped", "median", "compare_warp")
 
 #: Input mask planes that keep a pixel out of the coadd.
 DEFAULT_BAD_MASK_PLANES = ("NO_DATA", "BAD", "SAT", "SUSPECT", "CR")
+
+#: Input mask planes set on coadd pixels (that have data) where the inputs having them
+#: carry more than this fraction of the covering weight (LSST's
+#: ``maskPropagationThresholds``): SAT where a star saturated in some of the visits.
+DEFAULT_MASK_PROPAGATION_THRESHOLDS: dict[str, float] = {"SAT": 0.1}
 
 
 @dataclass(frozen=True)
@@ -289,6 +295,7 @@ class _Params:
     model_fwhm: float
     n_inputs_total: int
     wcs_out: dict[str, Any]
+    propagate: tuple[tuple[int, float], ...] = ()  # (plane bit, weight fraction)
 
 
 def _kernel_coverage(kern: NDArray[np.float64], h: int, w: int) -> NDArray[np.float32]:
@@ -575,6 +582,9 @@ def _coadd_block(
         1 << bit["CLIPPED"],
         1 << bit["REJECTED"],
         p.bad_bits & ~p.no_data,
+        weights,
+        np.array([b for b, _ in p.propagate], dtype=np.int64),
+        np.array([t for _, t in p.propagate], dtype=np.float64),
     )
     sy, sx = slice(y0, y0 + ny), slice(x0, x0 + nx)
     return (
@@ -608,6 +618,28 @@ class CoaddPlan:
     chunk_cache_bytes: int | None = None
 
 
+def _propagation(
+    planes: Mapping[str, int], thresholds: Mapping[str, float] | None
+) -> dict[str, float]:
+    """``thresholds`` (default :data:`DEFAULT_MASK_PROPAGATION_THRESHOLDS`) checked
+    against the inputs' mask ``planes``: a ValueError names an unknown plane or a
+    threshold outside [0, 1]."""
+    out = dict(DEFAULT_MASK_PROPAGATION_THRESHOLDS if thresholds is None else thresholds)
+    for name, t in out.items():
+        if name not in planes:
+            raise ValueError(
+                f"coadd mask_propagation_thresholds: no mask plane {name!r} in the inputs "
+                f"(planes: {sorted(planes)})"
+            )
+        if not 0.0 <= float(t) <= 1.0:
+            raise ValueError(
+                f"coadd mask_propagation_thresholds[{name!r}]: a fraction of the weight in "
+                f"[0, 1], got {t!r}"
+            )
+        out[name] = float(t)
+    return out
+
+
 def plan_coadd(
     calexps: Sequence[ExposureLike],
     patch: PatchGeometry,
@@ -617,6 +649,7 @@ def plan_coadd(
     kernel: str = "lanczos3",
     chunks: tuple[int, int] = (512, 512),
     bad_mask_planes: Sequence[str] = DEFAULT_BAD_MASK_PLANES,
+    mask_propagation_thresholds: Mapping[str, float] | None = None,
     clip_n_sigma: float = 4.0,
     clip_amp_frac: float = 0.3,
     clip_n_iter: int = 2,
@@ -656,6 +689,7 @@ def plan_coadd(
                     f"use {planes[name]}"
                 )
             planes[name] = bit
+    propagate = _propagation(planes, mask_propagation_thresholds)
     art = artifacts or ArtifactConfig()
     missing_psf = [data_id_of(ds) for ds in inputs if not ds.attrs.get("psf")]
     if missing_psf:
@@ -679,6 +713,7 @@ def plan_coadd(
         model_fwhm=float(model_fwhm),
         n_inputs_total=len(inputs),
         wcs_out=dict(patch.wcs_cards),
+        propagate=tuple((mask_bits(planes, name), t) for name, t in propagate.items()),
     )
     halo = art.halo_px if method == "compare_warp" else 0
     wcs_out = patch.wcs()
@@ -772,6 +807,7 @@ def plan_coadd(
                 "method": method,
                 "kernel": kernel,
                 "bad_mask_planes": list(bad_mask_planes),
+                "mask_propagation_thresholds": propagate,
                 "model_psf_fwhm_px": params.model_fwhm if method == "compare_warp" else None,
                 "covariance": COVARIANCE_NOTE,
                 "max_task_bytes": int(max_task_bytes),
@@ -804,6 +840,7 @@ def coadd_exposures(
     kernel: str = "lanczos3",
     chunks: tuple[int, int] = (512, 512),
     bad_mask_planes: Sequence[str] = DEFAULT_BAD_MASK_PLANES,
+    mask_propagation_thresholds: Mapping[str, float] | None = None,
     clip_n_sigma: float = 4.0,
     clip_amp_frac: float = 0.3,
     clip_n_iter: int = 2,
@@ -833,6 +870,11 @@ def coadd_exposures(
         Output chunk shape.
     bad_mask_planes
         Input mask planes excluded from the combination.
+    mask_propagation_thresholds
+        Input mask plane → fraction of the weight: the plane is set on a coadd pixel that
+        has data when the covering inputs having it carry more than that fraction of
+        their total weight; default :data:`DEFAULT_MASK_PROPAGATION_THRESHOLDS` (SAT at
+        0.1, as LSST's coadds), ``{}``: none.
     clip_n_sigma, clip_amp_frac, clip_n_iter
         Clipping rule of ``"clipped"`` (see :func:`~lsstlite.stages.coadd._kernels.combine_clipped`).
     artifacts
@@ -853,9 +895,10 @@ def coadd_exposures(
     xarray.Dataset
         The coadd on the patch grid (nJy), dask-backed. Mask: NO_DATA where no input
         contributes, with the ``bad_mask_planes`` of the inputs that cover the pixel (SAT
-        where a star's core saturated in every visit, BAD under a defect in every one;
-        pixels that inputs use carry none of them), INEXACT_PSF where an input covers a
-        pixel but does not contribute
+        where a star's core saturated in every visit, BAD under a defect in every one),
+        the ``mask_propagation_thresholds`` planes where inputs are used (SAT where a
+        star saturated in some visits), INEXACT_PSF where an input covers a pixel but does
+        not contribute
         (masked, rejected, clipped, or at its sensor edge), REJECTED / CLIPPED where an
         input was rejected / clipped. Attrs: ``psf`` (:class:`CoaddPsf`),
         ``coadd_inputs`` (visit, detector, weight), ``coadd_skipped``, ``coadd``
@@ -892,6 +935,7 @@ def coadd_exposures(
         kernel=kernel,
         chunks=chunks,
         bad_mask_planes=bad_mask_planes,
+        mask_propagation_thresholds=mask_propagation_thresholds,
         clip_n_sigma=clip_n_sigma,
         clip_amp_frac=clip_amp_frac,
         clip_n_iter=clip_n_iter,

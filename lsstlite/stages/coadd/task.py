@@ -9,14 +9,19 @@ patch its footprint overlaps (see :mod:`lsstlite.stages.skymap.planning`).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import xarray as xr
 from pydantic import Field
 
 from lsstlite.data.skymap import SkyMap
 from lsstlite.pipe import Config, Input, Output, PrerequisiteInput, Task, TaskResult
-from lsstlite.stages.coadd.ops import DEFAULT_BAD_MASK_PLANES, ArtifactConfig, coadd_exposures
+from lsstlite.stages.coadd.ops import (
+    DEFAULT_BAD_MASK_PLANES,
+    DEFAULT_MASK_PROPAGATION_THRESHOLDS,
+    ArtifactConfig,
+    coadd_exposures,
+)
 from lsstlite.stages.detect.ops import detect_sources
 from lsstlite.stages.skymap.planning import load_skymap, plan_patch_quanta
 
@@ -71,6 +76,11 @@ class AssembleCoaddConfig(Config):
     kernel: Literal["lanczos3", "lanczos4", "lanczos2", "bilinear"] = "lanczos3"
     chunk_size: int = Field(512, description="output chunk side (px)", gt=0)
     bad_mask_planes: list[str] = Field(default_factory=lambda: list(DEFAULT_BAD_MASK_PLANES))
+    mask_propagation_thresholds: dict[str, Annotated[float, Field(ge=0.0, le=1.0)]] = Field(
+        default_factory=lambda: dict(DEFAULT_MASK_PROPAGATION_THRESHOLDS),
+        description="input mask plane → weight fraction above which a coadd pixel with "
+        "data gets the plane (SAT: a star saturated in some visits)",
+    )
     clip_n_sigma: float = 4.0
     clip_amp_frac: float = 0.3
     clip_n_iter: int = 2
@@ -168,6 +178,7 @@ class AssembleCoaddTask(Task):
             kernel=cfg.kernel,
             chunks=(cfg.chunk_size, cfg.chunk_size),
             bad_mask_planes=tuple(cfg.bad_mask_planes),
+            mask_propagation_thresholds=cfg.mask_propagation_thresholds,
             clip_n_sigma=cfg.clip_n_sigma,
             clip_amp_frac=cfg.clip_amp_frac,
             clip_n_iter=cfg.clip_n_iter,

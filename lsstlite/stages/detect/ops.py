@@ -43,8 +43,11 @@ __all__ = [
     "psf_sigma_px",
 ]
 
-#: Mask planes whose pixels are never used for detection or measurement.
-BAD_PLANES: tuple[str, ...] = ("BAD", "SAT", "NO_DATA")
+#: Mask planes of a coadd whose pixels are never used for detection or measurement: no
+#: input gave them a value (the coadd adds SAT or BAD where every input was saturated or
+#: bad there). SAT alone marks a pixel where some inputs saturated and the others give
+#: the value: it is used, and flagged (``flag_saturated``).
+BAD_PLANES: tuple[str, ...] = ("BAD", "NO_DATA")
 
 
 def _describe(ds: xr.Dataset) -> str:

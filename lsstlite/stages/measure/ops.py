@@ -96,6 +96,7 @@ class _Patch:
     variance: NDArray[np.float64]
     bad: NDArray[np.bool_]
     saturated: NDArray[np.bool_]
+    inexact_psf: NDArray[np.bool_]
     holes: NDArray[np.bool_]  # coadd_holes: covered by inputs, usable in none
     edge_mask: NDArray[np.bool_]
     noise: NDArray[np.float64]
@@ -141,8 +142,9 @@ def _prepare(coadd: xr.Dataset, noise_seed: int) -> _Patch:
     mask = np.asarray(coadd["mask"].values)
     bad = (mask & mask_bits(planes, BAD_PLANES)) != 0
     bad |= ~np.isfinite(image) | ~np.isfinite(variance) | (variance <= 0)
-    saturated = (
-        (mask & mask_bits(planes, "SAT")) != 0 if "SAT" in planes else np.zeros(mask.shape, bool)
+    saturated, inexact_psf = (
+        (mask & mask_bits(planes, p)) != 0 if p in planes else np.zeros(mask.shape, bool)
+        for p in ("SAT", "INEXACT_PSF")
     )
     holes = coadd_holes(mask, planes)
     edge_mask = (mask & mask_bits(planes, ("NO_DATA", "EDGE"))) != 0
@@ -156,7 +158,8 @@ def _prepare(coadd: xr.Dataset, noise_seed: int) -> _Patch:
     rng = np.random.default_rng([int(noise_seed), zlib.crc32(band.encode())])
     noise = rng.standard_normal(image.shape) * np.sqrt(variance)
     return _Patch(
-        band, image, variance, bad, saturated, holes, edge_mask, noise, x0, y0, psf, sigma,
+        band, image, variance, bad, saturated, inexact_psf, holes, edge_mask, noise, x0, y0,
+        psf, sigma,
         size, dict(coadd.attrs["wcs"]), psf_ref,
     )  # fmt: skip
 
@@ -428,6 +431,8 @@ def _measure(
     near = (slice(max(iy - r_bad, 0), iy + r_bad + 1), slice(max(ix - r_bad, 0), ix + r_bad + 1))
     out["flag_masked"] = bool((~ok[near]).any())
     out["flag_saturated"] = bool(patch.saturated[ya:yb, xa:xb][near].any())
+    centre = (slice(max(iy - 1, 0), iy + 2), slice(max(ix - 1, 0), ix + 2))
+    out["flag_inexact_psf"] = bool(patch.inexact_psf[ya:yb, xa:xb][centre].any())
     out["flag_edge"] = bool(
         by0 == 0
         or bx0 == 0

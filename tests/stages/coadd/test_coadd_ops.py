@@ -366,8 +366,55 @@ def test_no_data_says_why(small_inputs: list[xr.Dataset]) -> None:
     hole = (m & no_data) != 0
     assert ((m[hole] & sat) != 0).sum() > 40 * 28
     assert (hole & ((m & sat) != 0) & ((m & bad) != 0)).sum() > 40 * 28
-    assert not (m[~hole] & (sat | bad)).any()  # pixels some input is used for: none
+    assert not (m[~hole] & bad).any()  # pixels some input is used for: not BAD
+    assert ((m[~hole] & sat) != 0).sum() > 40 * 28  # SAT in 2 of 5: set (see below)
     assert not (m[hole & ((m & inexact) == 0)] & (sat | bad)).any()  # no input covers
     # without the masks those pixels have data
     ref = coadd_exposures(small_inputs, PATCH, method="mean", weights=[1.0] * 5).compute()
     assert not (ref["mask"].values[(m & (sat | bad)) != 0] & no_data).any()
+
+
+def test_sat_propagates_by_weight(small_inputs: list[xr.Dataset]) -> None:
+    """Where inputs are used, SAT is set when the inputs saturated there carry more than
+    ``mask_propagation_thresholds["SAT"]`` of the covering weight (default 0.1); the
+    pixel keeps the value of the unsaturated inputs either way."""
+    planes = mask_planes(small_inputs[0])
+    sat, bad = mask_bits(planes, "SAT"), mask_bits(planes, "BAD")
+    no_data, inexact = mask_bits(planes, "NO_DATA"), mask_bits(planes, "INEXACT_PSF")
+
+    def masked(bits: int) -> list[xr.Dataset]:
+        out = list(small_inputs)
+        m = out[0]["mask"].values.copy()
+        m[100:160, 100:160] |= bits  # (the inputs are shifted by up to 12 px)
+        out[0] = out[0].assign(mask=out[0]["mask"].copy(data=m))
+        return out
+
+    core = (slice(115, 145), slice(115, 145))  # inside the region in the coadd frame
+    equal = [1.0] * 5
+    c = coadd_exposures(masked(sat), PATCH, method="mean", weights=equal).compute()
+    m = c["mask"].values
+    assert ((m[core] & sat) != 0).all()  # 1 of 5 equal weights: 0.2 > 0.1
+    assert ((m[core] & inexact) != 0).all() and not (m[core] & (no_data | bad)).any()
+    assert not (((m & sat) != 0) & ((m & inexact) == 0)).any()  # only where one is left out
+    assert 60 * 60 <= ((m & sat) != 0).sum() < 80 * 80
+    # the same input as BAD (not propagated): the same values, no SAT
+    b = coadd_exposures(masked(bad), PATCH, method="mean", weights=equal).compute()
+    np.testing.assert_array_equal(c["image"].values, b["image"].values)
+    assert not (b["mask"].values & (sat | bad)).any()
+    np.testing.assert_array_equal(b["mask"].values, m & ~sat)
+    # a low-weight input: 0.05 / 4.05 of the weight is below the threshold
+    low = [0.05, 1.0, 1.0, 1.0, 1.0]
+    c = coadd_exposures(masked(sat), PATCH, method="mean", weights=low).compute()
+    assert not (c["mask"].values & sat).any()
+    # thresholds given: 0.25 is above 1 in 5; none ({}) propagates nothing
+    for thresholds in ({"SAT": 0.25}, {}):
+        c = coadd_exposures(
+            masked(sat), PATCH, method="mean", weights=equal,
+            mask_propagation_thresholds=thresholds,
+        ).compute()  # fmt: skip
+        assert not (c["mask"].values & sat).any()
+        assert c.attrs["coadd"]["mask_propagation_thresholds"] == thresholds
+    with pytest.raises(ValueError, match="mask_propagation_thresholds: no mask plane 'SATT'"):
+        coadd_exposures(small_inputs, PATCH, mask_propagation_thresholds={"SATT": 0.1})
+    with pytest.raises(ValueError, match=r"mask_propagation_thresholds\['SAT'\]"):
+        coadd_exposures(small_inputs, PATCH, mask_propagation_thresholds={"SAT": 1.5})

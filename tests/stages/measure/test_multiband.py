@@ -222,11 +222,13 @@ def test_saturated_cores_flagged() -> None:
     """Stars whose cores no visit could use because they saturated (NO_DATA, INEXACT_PSF
     and SAT in the coadd's mask, as the coadd marks them) are one object each (not a
     parent split into pieces of the ring around the hole), centred, flag_saturated and
-    flag_masked; one over a defect (BAD) only flag_masked; an untouched one neither."""
+    flag_masked; one over a defect (BAD) only flag_masked; an untouched one neither. A
+    star saturated in some visits (SAT and INEXACT_PSF, with the others' values) is
+    measured from all its pixels: flag_saturated and flag_inexact_psf, not flag_masked."""
     from lsstlite.data.masks import mask_bits, mask_planes
 
     wcs = make_wcs((200, 200))
-    where = [(50.3, 50.6), (150.2, 50.1), (50.7, 150.4), (150.5, 150.2)]
+    where = [(50.3, 50.6), (150.2, 50.1), (50.7, 150.4), (150.5, 150.2), (100.4, 99.7)]
     rows = []
     for k, (x, y) in enumerate(where):
         ra, dec = wcs.all_pix2world([x], [y], 0)
@@ -242,15 +244,17 @@ def test_saturated_cores_flagged() -> None:
         core = (xx - where[k][0]) ** 2 + (yy - where[k][1]) ** 2 <= 4.0
         mask[core] |= hole | bits
         image[core] = np.nan
+    core = (xx - where[4][0]) ** 2 + (yy - where[4][1]) ** 2 <= 4.0
+    mask[core] |= mask_bits(planes, ["SAT", "INEXACT_PSF"])  # saturated in some visits
     coadd = coadd.assign(image=coadd["image"].copy(data=image), mask=coadd["mask"].copy(data=mask))
     det, seg = detect_sources(coadd)
     coadd = mark_detected(coadd, seg)
     meas = deblend_measure(coadd, merge_detections([det], [coadd], priority=["i"]),
                            do_cmodel=False)  # fmt: skip
-    assert len(meas) == 4
+    assert len(meas) == 5
     k = np.argmin(np.hypot(meas["x"].to_numpy()[:, None] - [w[0] for w in where],
                            meas["y"].to_numpy()[:, None] - [w[1] for w in where]), axis=1)  # fmt: skip
-    assert sorted(k) == [0, 1, 2, 3]
+    assert sorted(k) == [0, 1, 2, 3, 4]
     # one peak each (before: a parent and two children on the ring around the hole),
     # centred from the pixels around the hole
     assert (meas["parent_id"] == 0).all() and (meas["deblend_n_child"] == 0).all()
@@ -258,5 +262,10 @@ def test_saturated_cores_flagged() -> None:
     dy = meas["y"].to_numpy() - np.array([where[i][1] for i in k])
     assert np.hypot(dx, dy).max() < 0.15  # (was 1.5-2 px: the peak on the ring)
     saturated, masked = meas["flag_saturated"].to_numpy(), meas["flag_masked"].to_numpy()
-    assert saturated[k < 2].all() and not saturated[k >= 2].any()
-    assert masked[k < 3].all() and not masked[k == 3].any()
+    inexact = meas["flag_inexact_psf"].to_numpy()
+    assert saturated[(k < 2) | (k == 4)].all() and not saturated[(k == 2) | (k == 3)].any()
+    assert masked[k < 3].all() and not masked[k >= 3].any()
+    assert inexact[k != 3].all() and not inexact[k == 3].any()
+    # all its pixels measured: the PSF flux of the partly saturated star is right
+    flux = meas["psf_flux"].to_numpy()
+    assert abs(flux[k == 4][0] / flux[k == 3][0] - 1.0) < 0.01
