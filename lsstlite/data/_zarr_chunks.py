@@ -521,10 +521,11 @@ class StoredGroup:
         }
 
 
-def read_stored_group(group_dir: Path) -> StoredGroup | None:
+def read_stored_group(group_dir: str | os.PathLike[str]) -> StoredGroup | None:
     """The zarr v3 group at ``group_dir`` (see :class:`StoredGroup`), or None when it holds
     anything this reader does not take (then the caller opens it with xarray): coordinates
     as xarray reads them (``mask_and_scale=False, decode_times=False``), no CF encodings."""
+    group_dir = Path(group_dir)
     try:
         meta = json.loads((group_dir / "zarr.json").read_text())
     except (OSError, ValueError):

@@ -23,7 +23,8 @@ import pandas as pd
 from lsstlite.pipe.pipeline import Pipeline
 from lsstlite.pipe.task import Connection, Task
 from lsstlite.repo import Butler, DatasetRef, ExpressionError
-from lsstlite.repo._dimensions import ALIASES, DIMENSIONS
+from lsstlite.repo._dimensions import ALIASES, DIMENSIONS, STR_DIMENSIONS
+from lsstlite.repo._expressions import compile_expression
 
 __all__ = ["DatasetNode", "GraphBuildError", "Quantum", "QuantumGraph", "build_graph"]
 
@@ -149,6 +150,66 @@ def _names_only(expression: str, dims: Sequence[str]) -> bool:
     have = set(dims) | (set(_IMPLIED) if "exposure" in dims else set())
     known = set(DIMENSIONS) | set(_IMPLIED)
     return not ((named & known) - have)
+
+
+def _named_dims(expression: str) -> set[str]:
+    """The dimensions and implied values (``band``, ``day_obs``...) ``expression`` names."""
+    unquoted = re.sub(r"'[^']*'|\"[^\"]*\"", "''", expression)
+    named = {ALIASES.get(m, m) for m in re.findall(r"[A-Za-z_][A-Za-z_0-9]*", unquoted)}
+    return named & (set(DIMENSIONS) | set(_IMPLIED))
+
+
+_Plan = tuple[dict[str, Any], dict[str, Any], dict[str, list[dict[str, Any]]]]
+
+
+def _matching(rows: list[dict[str, Any]], where: str, bind: Mapping[str, Any] | None) -> Any:
+    """Which ``rows`` (data IDs with implied values, all with the same keys) satisfy
+    ``where``; None if it names something they lack."""
+    keys = tuple(k for k in rows[0] if k in DIMENSIONS or k in _IMPLIED)
+    if not _names_only(where, keys):
+        return None
+    spec: dict[str, tuple[str, str]] = {}
+    for name in keys:
+        kind = "s" if name in STR_DIMENSIONS else "f" if name == "mjd" else "i"
+        spec[name] = (name, kind)
+        if name in _IMPLIED:
+            spec[f"exposure.{name}"] = spec[f"visit.{name}"] = (name, kind)
+    try:
+        return compile_expression(where, spec, bind)(pd.DataFrame(rows, columns=list(keys)))
+    except ExpressionError:
+        return None  # an exposure field these data IDs do not carry
+
+
+def _select_plans(
+    plans: list[_Plan], tdims: Sequence[str], where: str, bind: Mapping[str, Any] | None
+) -> list[_Plan]:
+    """The quantum plans that ``where`` selects: on the quantum's data ID (with its implied
+    values) when it names nothing else; otherwise on each input's records joined with the
+    quantum's data ID (``tract = 1 AND detector = 2``: the detector-2 inputs of tract 1),
+    a quantum left without the records of an input it had being dropped. Quanta of
+    exposures are kept as they are: their inputs were selected already."""
+    if "exposure" in tdims:
+        return plans
+    out = []
+    for plan_id, implied, inputs in plans:
+        base = {**implied, **{d: plan_id[d] for d in tdims}}
+        keep = _matching([base], where, bind)
+        if keep is not None:
+            if keep[0]:
+                out.append((plan_id, implied, inputs))
+            continue
+        selected = {}
+        for name, recs in inputs.items():
+            rows = [{**base, **rec} for rec in recs]
+            hit = _matching(rows, where, bind) if rows else None
+            selected[name] = (
+                recs if hit is None else [r for r, h in zip(recs, hit, strict=True) if h]
+            )
+            if recs and not selected[name]:
+                break
+        else:
+            out.append((plan_id, implied, selected))
+    return out
 
 
 def _scalar(value: Any) -> Any:
@@ -343,6 +404,22 @@ def build_graph(
                 )
     if problems:
         raise GraphBuildError("cannot build the graph:\n  " + "\n  ".join(problems), problems)
+    if where:
+        usable = set(_IMPLIED)
+        for task in tasks:
+            usable.update(canonical_dims(task.dimensions))
+            for conn in task.active_inputs().values():
+                usable.update(canonical_dims(type_dims(conn.dataset_type)
+                                             if conn.dataset_type in registered
+                                             else conn.dimensions))  # fmt: skip
+        stray = sorted(_named_dims(where) - usable)
+        if stray:
+            raise GraphBuildError(
+                f"--where {where!r} names {stray}: no task of this pipeline nor any of its "
+                f"inputs has that dimension (they have {sorted(usable - set(_IMPLIED))})",
+                [],
+            )
+    unselected: list[str] = []
     for task in tasks:
         tdims = canonical_dims(task.dimensions)
         inputs = {n: c for n, c in task.active_inputs().items()}
@@ -371,6 +448,12 @@ def build_graph(
         records_by_name = {name: recs for name, (_, recs) in per_input.items()}
         custom = task.group_quanta(records_by_name, butler=butler, collections=collections)
         plans = custom if custom is not None else _standard_plans(task.label, tdims, per_input)
+        if where:
+            n_before = len(plans)
+            example = {d: plans[0][0][d] for d in tdims} if plans else {}
+            plans = _select_plans(plans, tdims, where, bind)
+            if n_before and not plans:
+                unselected.append(f"{task.label} ({n_before}, e.g. {_fmt(example)})")
         # 3. build each quantum
         for plan_id, implied, plan_inputs in plans:
             data_id = {d: plan_id[d] for d in tdims}
@@ -434,6 +517,15 @@ def build_graph(
                     continue
                 quantum.inputs[name] = [DatasetNode(conn.dataset_type, dict(lookup), ref=ref)]
             if not ok:
+                # Its outputs are predicted all the same, so that the tasks downstream are
+                # checked too: one build reports every problem (a missing reference catalog
+                # as well as the calibrations missing upstream of it). The graph is not
+                # returned, so nothing refers to this quantum.
+                for conn in task.active_outputs().values():
+                    out_id = {d: full_id[d] for d in canonical_dims(conn.dimensions)}
+                    carried = implied if "exposure" in out_id else {}
+                    rec = {**carried, **out_id, "_producer": None}
+                    available.setdefault(conn.dataset_type, []).append(rec)
                 continue
             outputs_exist = []
             for name, conn in task.active_outputs().items():
@@ -467,7 +559,13 @@ def build_graph(
         head = f"cannot build the graph: {len(problems)} problem(s)"
         raise GraphBuildError(head + ":\n  " + "\n  ".join(problems), problems)
     if not quanta:
+        if unselected:
+            raise GraphBuildError(
+                f"the graph is empty: --where {where!r} selects none of the quanta of "
+                + "; ".join(unselected)
+            )
         raise GraphBuildError(
-            f"the graph is empty: no input datasets match --where {where!r} in collections [{search_text}]"
+            f"the graph is empty: no input datasets match --where {where!r} in collections "
+            f"[{search_text}]"
         )
     return QuantumGraph({t.label: t for t in tasks}, quanta, collections, output_run)

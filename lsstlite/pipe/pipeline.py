@@ -291,6 +291,12 @@ def load_pipeline(uri: str | Path, *, _seen: frozenset[Path] = frozenset()) -> P
             str(_resolve_location(item["location"], path.parent)), _seen=_seen | {path}
         )
         exclude = set(item.get("exclude") or [])
+        stray = sorted(exclude - set(sub.tasks))
+        if stray:
+            raise PipelineError(
+                f"{path}: imports {item['location']!r} excluding {stray}, which it has no "
+                f"task of (its labels: {sorted(sub.tasks)})"
+            )
         tasks.update({k: v for k, v in sub.tasks.items() if k not in exclude})
         subsets.update({k: [x for x in v if x not in exclude] for k, v in sub.subsets.items()})
     for label, spec in (data.get("tasks") or {}).items():

@@ -149,6 +149,14 @@ def test_pipeline_imports_and_overrides(tmp_path: Path) -> None:
     assert list(pipe.tasks) == ["isr"]
     cfg = pipe.make_tasks()[0].config
     assert cfg.n_sigma == 5.0 and cfg.do_flat is False, "import's config must be kept and extended"
+    # excluding a label the import does not have is an error, not silently nothing
+    (tmp_path / "typo.yaml").write_text(
+        "imports:\n  - location: base.yaml\n    exclude: [sumary]\n"
+    )
+    with pytest.raises(
+        PipelineError, match=r"excluding \['sumary'\].*labels: \['isr', 'summary'\]"
+    ):
+        load_pipeline(tmp_path / "typo.yaml")
 
 
 @pytest.mark.parametrize(

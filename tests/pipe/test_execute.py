@@ -134,6 +134,26 @@ def test_missing_calibration_reported_all_at_once(toy_repo: str) -> None:
     assert any("detector: 3" in p and "day_obs 20230103" in p for p in problems)
 
 
+def test_where_selects_quanta_of_custom_grouping(toy_repo: str) -> None:
+    """--where on dimensions only the quanta have (a tract of a spatial join) selects
+    those quanta; one that selects none names the task and a data ID it has; a dimension
+    that neither the tasks nor their inputs have is an error, not silently ignored."""
+    from tests.pipe.toy_tasks import TractTask
+
+    pipe = Pipeline.from_tasks([TractTask])
+    _, graph = prepare_run(toy_repo, pipe, inputs=["toy/raw"], output="u/t1", where="tract = 1")
+    assert [q.data_id["tract"] for q in graph.quanta] == [1]
+    assert len(graph.quanta[0].inputs["images"]) == 6
+    _, graph = prepare_run(
+        toy_repo, pipe, inputs=["toy/raw"], output="u/t2", where="tract = 1 AND detector = 2"
+    )
+    assert [len(q.inputs["images"]) for q in graph.quanta] == [3]  # detector 2: 3 exposures
+    with pytest.raises(GraphBuildError, match=r"selects none of the quanta of tract.*'toy'"):
+        prepare_run(toy_repo, pipe, inputs=["toy/raw"], output="u/t3", where="skymap = 'other'")
+    with pytest.raises(GraphBuildError, match=r"names \['patch'\]"):
+        prepare_run(toy_repo, PIPE, inputs=["toy/raw"], output="u/t4", where="patch = 0")
+
+
 def test_unregistered_prerequisite_is_named(toy_repo: str) -> None:
     with pytest.raises(GraphBuildError, match="'toy_flat' is not registered"):
         prepare_run(

@@ -13,7 +13,12 @@ from lsstlite.pipe.graph import GraphBuildError
 from lsstlite.pipe.pipeline import Pipeline
 from lsstlite.pipe.run import prepare_run, run_pipeline
 from lsstlite.repo import Butler
-from tests.pipe.toy_tasks import NeedsMasterFlatTask, RawStatsTask, RawVisitSumTask
+from tests.pipe.toy_tasks import (
+    NeedsMasterFlatTask,
+    NeedsRefcatTask,
+    RawStatsTask,
+    RawVisitSumTask,
+)
 
 
 def test_sum_raws_with_one_failing_exposure(sim_repo: str, client: Any) -> None:
@@ -50,6 +55,22 @@ def test_missing_master_flat_is_reported_for_every_exposure(sim_repo: str) -> No
     assert len(problems) == 12  # every science raw: 6 exposures × 2 detectors
     assert all("missing calibration 'flat'" in p and "SimCam/raw/all" in p for p in problems)
     assert any("physical_filter: 'SIM-r'" in p and "day_obs" in p for p in problems)
+
+
+def test_problems_downstream_of_a_broken_quantum_are_reported_too(sim_repo: str) -> None:
+    """A missing calibration and, downstream of it, a missing reference catalog: one
+    build reports both (the outputs of the broken quanta are predicted all the same)."""
+    with pytest.raises(GraphBuildError) as info:
+        prepare_run(
+            sim_repo,
+            Pipeline.from_tasks([NeedsMasterFlatTask, NeedsRefcatTask]),
+            inputs=["SimCam/raw/all"],
+            output="u/test/refcat",
+        )
+    problems = info.value.problems
+    assert sum("missing calibration 'flat'" in p for p in problems) == 12
+    assert sum("missing prerequisite 'refcat'" in p for p in problems) == 6  # per exposure
+    assert len(problems) == 18
 
 
 def test_qgraph_dot_on_the_survey(sim_repo: str, tmp_path: Path) -> None:

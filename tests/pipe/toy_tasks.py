@@ -201,3 +201,19 @@ class NeedsMasterFlatTask(Task):
 
     def run(self, raw: str, flat: Any) -> TaskResult:
         return TaskResult(stats={})
+
+
+class NeedsRefcatTask(Task):
+    """Downstream of :class:`NeedsMasterFlatTask`: needs a reference catalog too."""
+
+    dimensions = ("instrument", "exposure")
+    inputs = {
+        "stats": Input("raw_stats", DET, storage_class="Json", multiple=True),
+        "refcat": PrerequisiteInput("refcat", (), storage_class="Table"),
+    }
+    outputs = {
+        "total": Output("raw_visit_refcat", ("instrument", "exposure"), storage_class="Json")
+    }
+
+    def run(self, stats: list[dict[str, float]], refcat: Any) -> TaskResult:
+        return TaskResult(total={"n": len(stats)})
