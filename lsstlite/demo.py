@@ -4,15 +4,16 @@
 and the reference catalog, builds and certifies master calibrations, runs ``drp.yaml``
 step1 (ISR, characterisation, calibration), step2 (visit summaries, then the visit
 selection as a TAGGED collection), makes a sky map, runs step3 (coadds, multi-band
-detection, deblending, measurement, forced photometry, object table) and exports the
-results. It leaves ``DIR/sim`` (inputs and truth), ``DIR/repo`` (the repository; every
-output is in the CHAINED collection ``demo/drp``) and ``DIR/export/<dataset_type>/``
-(files for ds9, astropy and pandas) with the colour pictures in ``DIR/export/``. Each
-step is skipped when its result is already there, so rerunning resumes.
+detection, deblending, measurement, forced photometry, object table) and step4 (forced
+photometry of the object table on every calexp: light curves) and exports the results.
+It leaves ``DIR/sim`` (inputs and truth), ``DIR/repo`` (the repository; every output is
+in the CHAINED collection ``demo/drp``) and ``DIR/export/<dataset_type>/`` (files for
+ds9, astropy and pandas) with the colour pictures in ``DIR/export/``. Each step is
+skipped when its result is already there, so rerunning resumes.
 
-Collections: ``demo/drp/step1``, ``demo/drp/step2`` and ``demo/drp/step3`` (CHAINED, one
-per step, each with its RUN), ``demo/drp/selected`` (TAGGED: the calexps that passed the
-visit selection, the only ones step3 sees) and ``demo/drp`` chaining them all.
+Collections: ``demo/drp/step1`` … ``demo/drp/step4`` (CHAINED, one per step, each with
+its RUN), ``demo/drp/selected`` (TAGGED: the calexps that passed the visit selection,
+the only ones step3 sees) and ``demo/drp`` chaining them all.
 """
 
 from __future__ import annotations
@@ -255,11 +256,13 @@ def _run_steps(
         "step2: visit summaries and selection",
         "sky map",
         "step3: coadds and the multi-band catalog",
+        "step4: forced photometry on every calexp",
         "export",
     ]
     steps = _Steps(names, stream)
     raws = "SimCam/raw/all"
     step1, step2, step3 = f"{OUTPUT}/step1", f"{OUTPUT}/step2", f"{OUTPUT}/step3"
+    step4 = f"{OUTPUT}/step4"
     selected = f"{OUTPUT}/selected"
 
     def simulate() -> str:
@@ -348,6 +351,13 @@ def _run_steps(
         butler.set_chain(OUTPUT, [step3, step2, step1, selected])
         return note
 
+    def run_step4() -> str:
+        # every calexp (step1), not only the selected ones: light curves keep all epochs
+        note = runner.run("drp.yaml#step4", [step3, step1], step4)
+        butler = Butler(result.repo)
+        butler.set_chain(OUTPUT, [step4, step3, step2, step1, selected])
+        return note
+
     def export() -> str:
         return _export(result, runner.client())
 
@@ -361,6 +371,7 @@ def _run_steps(
     steps.run("step2: visit summaries and selection", run_step2)
     steps.run("sky map", skymap)
     steps.run("step3: coadds and the multi-band catalog", run_step3)
+    steps.run("step4: forced photometry on every calexp", run_step4)
     steps.run("export", export)
     result.timings = steps.timings
 
@@ -374,7 +385,7 @@ def _export(result: DemoResult, client: Any) -> str:
 
     butler = Butler(result.repo)
     counts = {}
-    for dataset_type in ("calexp", "src", "coadd"):
+    for dataset_type in ("calexp", "src", "coadd", "forced_src"):
         to = result.export / dataset_type
         written = export(butler, OUTPUT, dataset_type, None, to, overwrite=True, client=client)
         counts[dataset_type] = len(written)

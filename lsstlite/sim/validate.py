@@ -9,7 +9,7 @@ photometric offset, completeness and purity of the object table.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +76,8 @@ def truth_metrics(
         ``astrometry_median_mas``/``_p90_mas`` (offset from the true position) and
         ``photometry_offset_mmag`` (median) of the unflagged single-frame detections of
         isolated true stars with S/N > ``snr_min``, ``n_stars`` of them;
+        ``forced_offset_mmag``, ``forced_pull_sigma`` and ``n_forced`` of the same stars'
+        ``forced_src`` rows (see :func:`_forced_metrics`);
         ``object_position_median_mas``/``_p90_mas`` (the same for the object table);
         ``completeness`` (true objects above ``completeness_mag`` in the covered area
         found in the object table) and ``purity`` (unflagged objects above it with a true
@@ -128,6 +130,9 @@ def truth_metrics(
     )
     out["n_stars"] = float(len(sep_all))
 
+    # Forced photometry on the calexps (light curves): the same stars, unflagged rows.
+    out.update(_forced_metrics(butler, cols, stars, band_of, snr_min))
+
     # Object table: completeness and purity inside the covered area.
     obj_refs = butler.query_datasets("object", collections=cols)
     assert isinstance(obj_refs, list)
@@ -168,6 +173,46 @@ def truth_metrics(
     out["object_position_median_mas"] = float(np.median(sep) * 1000) if len(sep) else math.nan
     out["object_position_p90_mas"] = float(np.percentile(sep, 90) * 1000) if len(sep) else math.nan
     return out
+
+
+def _forced_metrics(
+    butler: Any,
+    collections: list[str],
+    stars: pd.DataFrame,
+    band_of: Mapping[Any, str],
+    snr_min: float,
+) -> dict[str, float]:
+    """``forced_offset_mmag`` (median of ``−2.5 log10(psf_flux / true)`` over the
+    unflagged ``forced_src`` rows of ``stars`` with S/N > ``snr_min``), ``forced_pull_sigma``
+    (1.4826 MAD of ``(psf_flux − true) / psf_flux_err`` at S/N ``snr_min``–100, where the
+    noise dominates) and ``n_forced``; NaN without ``forced_src``."""
+    refs = butler.query_datasets("forced_src", collections=collections)
+    assert isinstance(refs, list)
+    dmag, pulls = [], []
+    for ref in refs:
+        table = butler.get(ref)
+        band = band_of.get(int(ref.data_id["exposure"]))
+        if band is None or f"flux_{band}" not in stars or not len(table):
+            continue
+        flags = table[[c for c in table.columns if c.startswith("flag_")]].any(axis=1)
+        good = table[~flags.to_numpy()]
+        good = good[good["psf_flux"] > snr_min * good["psf_flux_err"]]
+        i, j, _ = match_sky(good["ra"], good["dec"], stars["ra"], stars["dec"], 0.5)
+        flux = good["psf_flux"].to_numpy()[i]
+        err = good["psf_flux_err"].to_numpy()[i]
+        true = stars[f"flux_{band}"].to_numpy()[j]
+        dmag.append(-2.5 * np.log10(flux[flux > 0] / true[flux > 0]))
+        noisy = flux < 100.0 * err
+        pulls.append((flux[noisy] - true[noisy]) / err[noisy])
+    d = np.concatenate(dmag) if dmag else np.zeros(0)
+    p = np.concatenate(pulls) if pulls else np.zeros(0)
+    return {
+        "forced_offset_mmag": float(np.median(d) * 1000) if len(d) else math.nan,
+        "forced_pull_sigma": (
+            float(1.4826 * np.median(np.abs(p - np.median(p)))) if len(p) else math.nan
+        ),
+        "n_forced": float(len(d)),
+    }
 
 
 def _isolated(objects: pd.DataFrame, radius_arcsec: float) -> np.ndarray:
@@ -223,6 +268,12 @@ def format_metrics(metrics: dict[str, float]) -> dict[str, str]:
         "astrometric offset (single-frame stars)": f"median {m['astrometry_median_mas']:.1f} "
         f"mas, 90% < {m['astrometry_p90_mas']:.1f} mas ({int(m['n_stars'])} detections)",
         "photometric offset (PSF flux vs true)": f"{m['photometry_offset_mmag']:+.1f} mmag",
+        "forced photometry on calexps": (
+            "n/a"
+            if math.isnan(m.get("forced_offset_mmag", math.nan))
+            else f"{m['forced_offset_mmag']:+.1f} mmag, pulls σ {m['forced_pull_sigma']:.2f} "
+            f"at S/N < 100 ({int(m['n_forced'])} measurements)"
+        ),
         "object positions (coadd stars)": f"median {m['object_position_median_mas']:.1f} mas, "
         f"90% < {m['object_position_p90_mas']:.1f} mas",
         "completeness / purity (objects)": (

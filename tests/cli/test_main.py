@@ -106,6 +106,27 @@ def test_demo_runs_and_resumes(
     assert abs(m["photometry_offset_mmag"]) < 10
     assert m["object_position_median_mas"] < 20
     assert m["completeness"] > 0.9 and m["purity"] > 0.95
+    # forced photometry on every calexp (step4): each calexp's forced_src, the fluxes of
+    # the truth's stars within 10 mmag, errors within 60% of the scatter (blends and
+    # undetected neighbours add to it in this crowded field: 1.39 with seed 1), and the
+    # same fluxes as the src table's for the bright stars both measured
+    calexps = butler.query_datasets("calexp", collections=f"{OUTPUT}/step1")
+    forced = butler.query_datasets("forced_src", collections=OUTPUT)
+    assert len(forced) == len(calexps) == 12
+    assert (result.export / "forced_src").is_dir()
+    assert abs(m["forced_offset_mmag"]) < 10 and m["n_forced"] > 200
+    assert 0.8 < m["forced_pull_sigma"] < 1.6
+    ratios = []
+    for ref in forced:
+        fs = butler.get(ref)
+        fs = fs[~fs.filter(like="flag_").any(axis=1).to_numpy()]
+        src = butler.get("src", ref.data_id, collections=OUTPUT)
+        src = src[(src["flags"] == 0) & (src["psf_flux"] > 100 * src["psf_flux_err"])]
+        dist, k = cKDTree(np.c_[src["x"], src["y"]]).query(np.c_[fs["x"], fs["y"]])
+        near = dist < 0.5
+        ratios.append(fs["psf_flux"].to_numpy()[near] / src["psf_flux"].to_numpy()[k[near]])
+    ratio = np.concatenate(ratios)
+    assert len(ratio) > 100 and np.percentile(np.abs(ratio - 1.0), 90) < 2e-3
 
     # a bright star is one object, not a parent split into pieces of its core (the
     # demo had up to 12 objects within 1.5" of one: flat tops of unflagged saturated

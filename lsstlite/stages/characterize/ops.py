@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 import sep
 import xarray as xr
-from numpy.typing import NDArray
+from numpy.typing import ArrayLike, NDArray
 from scipy import ndimage
 
 from lsstlite.data import GaussianPsf, MoffatPsf, PsfModel, VaryingMoffatPsf, mask_bits
@@ -44,10 +44,12 @@ from lsstlite.stages.characterize.config import (
 __all__ = [
     "CharacterizeResult",
     "PsfFitError",
+    "aperture_correction",
     "characterize_exposure",
     "detect_sources",
     "fit_psf",
     "measure_sources",
+    "psf_photometry",
     "repair_cosmic_rays",
     "select_psf_stars",
     "subtract_background",
@@ -549,6 +551,103 @@ def _cut(
     return out, not (xa == x0 and ya == y0 and xb == x0 + m and yb == y0 + m)
 
 
+def _psf_fit(
+    image: NDArray[np.floating[Any]],
+    variance: NDArray[np.floating[Any]],
+    psf: PsfModel,
+    xs: NDArray[np.float64],
+    ys: NDArray[np.float64],
+    xy0: tuple[int, int],
+    m: int,
+) -> tuple[
+    NDArray[np.float64],
+    NDArray[np.float64],
+    NDArray[np.bool_],
+    NDArray[np.bool_],
+    NDArray[np.float64],
+    NDArray[np.int64],
+    NDArray[np.int64],
+]:
+    """PSF fluxes at fixed positions ``(xs, ys)`` (array indices of ``image``; ``xy0``
+    its parent-frame origin): a linear fit of the ``m × m`` model stamp with uniform
+    weights (unbiased for bright stars) over the pixels inside the image with a finite
+    variance; errors from the variance plane. Returns flux, error (NaN where no pixel
+    counts), ``ok``, ``off`` (the stamp leaves the image), and the stamps with their
+    lower-left pixels (array indices)."""
+    ny, nx = image.shape
+    stamps, lx, ly = _psf_stamps(psf, xs + xy0[0], ys + xy0[1], m)
+    lx -= xy0[0]
+    ly -= xy0[1]
+    pp, pi, ppv = _kernels.psf_fit_sums(image, variance, stamps, lx, ly)
+    off = (lx < 0) | (ly < 0) | (lx + m > nx) | (ly + m > ny)
+    ok = pp > 0
+    safe = np.where(ok, pp, 1.0)
+    flux = np.where(ok, pi / safe, np.nan)
+    err = np.where(ok, np.sqrt(ppv) / safe, np.nan)
+    return flux, err, ok, off, stamps, lx, ly
+
+
+def psf_photometry(
+    exposure: xr.Dataset, x: ArrayLike, y: ArrayLike
+) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.bool_]]:
+    """Forced PSF fluxes of a characterised (or calibrated) exposure at parent-frame
+    positions ``(x, y)``, on the scale of its ``src`` table's ``psf_flux``: the same fit
+    as :func:`measure_sources`, times the exposure's aperture correction
+    (:func:`aperture_correction`). Returns flux, error (image units) and whether the
+    model stamp leaves the image (NaN fluxes where no pixel counts)."""
+    from lsstlite.stages.detect.ops import exposure_psf
+
+    psf = exposure_psf(exposure)
+    meta = exposure.attrs.get("characterize") or {}
+    x0, y0 = exposure.lsst.xy0
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    image = np.asarray(exposure["image"].values, dtype=np.float32)
+    variance = np.asarray(exposure["variance"].values, dtype=np.float32)
+    fwhm = float(
+        meta.get("fwhm_initial_px") or psf.fwhm_at(*_ap_corr_frame(image.shape, (x0, y0))[0])
+    )
+    flux, err, _, off, _, _, _ = _psf_fit(
+        image, variance, psf, x - x0, y - y0, (x0, y0), _psf_size(psf, fwhm)
+    )
+    factor = aperture_correction(meta, x, y, image.shape, (x0, y0))
+    return flux * factor, err * factor, off
+
+
+def _ap_corr_frame(
+    shape: tuple[int, int], xy0: tuple[int, int]
+) -> tuple[tuple[float, float], tuple[float, float]]:
+    """Centre and half-size (parent frame) that the aperture-correction map's polynomial
+    variables are scaled by."""
+    ny, nx = shape
+    center = (xy0[0] + (nx - 1) / 2.0, xy0[1] + (ny - 1) / 2.0)
+    return center, (max(nx / 2.0, 1.0), max(ny / 2.0, 1.0))
+
+
+def aperture_correction(
+    meta: dict[str, Any],
+    x: ArrayLike,
+    y: ArrayLike,
+    shape: tuple[int, int],
+    xy0: tuple[int, int] = (0, 0),
+) -> NDArray[np.float64]:
+    """The factor that takes a PSF flux at parent-frame ``(x, y)`` to a total flux: the
+    polynomial map of ``ap_flux / psf_flux`` of ``meta`` (an exposure's
+    ``attrs["characterize"]``) times its wing correction; 1 without them."""
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    coeffs = meta.get("ap_corr_coeffs")
+    if not coeffs:
+        return np.ones(np.shape(x))
+    center, scale = _ap_corr_frame(shape, xy0)
+    u, v = (x - center[0]) / scale[0], (y - center[1]) / scale[1]
+    terms = poly_terms(u, v, int(meta["ap_corr_degree"]))
+    return np.asarray(
+        np.tensordot(np.asarray(coeffs, dtype=np.float64), terms, axes=1)
+        * float(meta.get("wing_correction", 1.0))
+    )
+
+
 def _psf_size(psf: PsfModel, fwhm: float) -> int:
     if isinstance(psf, PixelPsf):
         return int(2 * math.ceil(0.5 * psf.size * psf.step) + 1)
@@ -741,19 +840,11 @@ def _measure(
     pxy = np.full(n, np.nan)
     if psf is not None and n:
         m = _psf_size(psf, fwhm)
-        stamps, lx, ly = _psf_stamps(psf, xs_a + x0, ys_a + y0, m)
-        lx -= x0
-        ly -= y0
-        # Uniform weights (unbiased for bright stars) over the pixels inside the image
-        # with a finite variance; errors from the variance plane.
-        pp, pi, ppv = _kernels.psf_fit_sums(image, variance, stamps, lx, ly)
-        off = (lx < 0) | (ly < 0) | (lx + m > nx) | (ly + m > ny)
-        ok = pp > 0
+        psf_flux, psf_err, ok, off, stamps, lx, ly = _psf_fit(
+            image, variance, psf, xs_a, ys_a, (x0, y0), m
+        )
         flags[~ok] |= 1 << SRC_FLAGS["PSF_FLUX_FAILED"]
         flags[off] |= 1 << SRC_FLAGS["EDGE"]
-        safe = np.where(ok, pp, 1.0)
-        psf_flux = np.where(ok, pi / safe, np.nan)
-        psf_err = np.where(ok, np.sqrt(ppv) / safe, np.nan)
         # PSF moments: the same model stamps stacked in one column, one numba call, the
         # window centred on each source's position in its stamp (the adaptive window,
         # < 5σ, never reaches the next stamp). Drawn at the source's sub-pixel phase
@@ -1104,14 +1195,15 @@ def _wing_fraction(moffat: MoffatPsf, radius: float) -> float:
 def _aperture_correct(
     sources: pd.DataFrame,
     psf: PsfModel,
-    center: tuple[float, float],
-    scale: tuple[float, float],
+    shape: tuple[int, int],
+    xy0: tuple[int, int],
     config: MeasurementConfig,
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Scale PSF fluxes to the ``ap_corr_radius`` aperture with a polynomial map of the
     ratio over the detector (absorbs local PSF-model size errors), then to total flux
     with the Moffat wings beyond the aperture."""
     col = ap_flux_column(config.ap_corr_radius)
+    center, scale = _ap_corr_frame(shape, xy0)
     # Every clean, bright, PSF-sized source (not only the PSF stars: more of the detector).
     dirty = sum(
         1 << SRC_FLAGS[f]
@@ -1164,12 +1256,6 @@ def _aperture_correct(
         wing = 1.0 / _wing_fraction(moffat, float(config.ap_corr_radius))
     else:
         wing = 1.0
-    su = (sources["x"].to_numpy() - center[0]) / scale[0]
-    sv = (sources["y"].to_numpy() - center[1]) / scale[1]
-    factor = (poly_terms(su, sv, degree).T @ coeffs) * wing
-    out = sources.copy()
-    out["psf_flux"] = sources["psf_flux"] * factor
-    out["psf_flux_err"] = sources["psf_flux_err"] * factor
     meta = {
         "ap_corr": float(poly_terms(np.zeros(1), np.zeros(1), degree).T[0] @ coeffs),
         "ap_corr_coeffs": [float(c) for c in coeffs],
@@ -1179,6 +1265,10 @@ def _aperture_correct(
         "ap_corr_n_stars": int(use.sum()),
         "wing_correction": wing,
     }
+    factor = aperture_correction(meta, sources["x"].to_numpy(), sources["y"].to_numpy(), shape, xy0)
+    out = sources.copy()
+    out["psf_flux"] = sources["psf_flux"] * factor
+    out["psf_flux_err"] = sources["psf_flux_err"] * factor
     return out, meta
 
 
@@ -1263,10 +1353,8 @@ def _characterize(exposure: xr.Dataset, config: CharacterizeConfig) -> Character
     sources = _measure(final, det, seg, psf, fwhm0, config.measurement, AP_RADII)
     sources.loc[fit_stars.index[used], "is_psf_star"] = True
     sources.loc[reserved_idx, "is_psf_reserved"] = True
-    center = (x0 + (nx - 1) / 2.0, y0 + (ny - 1) / 2.0)
-    sources, apmeta = _aperture_correct(
-        sources, psf, center, (max(nx / 2.0, 1.0), max(ny / 2.0, 1.0)), config.measurement
-    )
+    sources, apmeta = _aperture_correct(sources, psf, (ny, nx), (x0, y0), config.measurement)
+    center, _ = _ap_corr_frame((ny, nx), (x0, y0))
     moffat = psf.moffat_at(*center) if isinstance(psf, PixelPsf) else None
     e1, e2 = psf.ellipticity_at(*center)
     meta.update(apmeta)
