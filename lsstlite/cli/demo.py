@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from lsstlite.cli._args import positive_int
+
 
 def add_commands(subparsers: Any) -> None:
     p = subparsers.add_parser(
@@ -17,7 +19,11 @@ def add_commands(subparsers: Any) -> None:
     p.add_argument("--preset", default="small", choices=["small", "ci", "full"])
     p.add_argument("--seed", type=int, default=1)
     p.add_argument(
-        "-j", "--jobs", type=int, default=None, help="worker processes (default: all cores)"
+        "-j",
+        "--jobs",
+        type=positive_int,
+        default=None,
+        help="worker processes (default: all cores)",
     )
     p.set_defaults(func=_run)
 

@@ -11,6 +11,8 @@ from typing import Any
 
 import yaml
 
+from lsstlite.cli._args import positive_int
+
 
 def add_commands(subparsers: Any) -> None:
     p = subparsers.add_parser("pipeline", help="inspect pipelines")
@@ -62,7 +64,7 @@ def add_commands(subparsers: Any) -> None:
         where.add_argument(
             "-j",
             "--jobs",
-            type=int,
+            type=positive_int,
             default=None,
             help="local worker processes (default: all cores)",
         )
@@ -104,7 +106,14 @@ def _overrides(items: list[str]) -> dict[str, dict[str, Any]]:
         key, eq, value = rest.partition("=")
         if not sep or not eq or not key:
             raise ValueError(f"config override {item!r} must look like LABEL:KEY=VALUE")
-        out.setdefault(label, {})[key] = yaml.safe_load(value)
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise ValueError(
+                f"config override {item!r}: the value {value!r} is not valid YAML ({problem})"
+            ) from None
+        out.setdefault(label, {})[key] = parsed
     return out
 
 

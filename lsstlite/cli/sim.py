@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from lsstlite.cli._args import positive_int
+
 
 def add_commands(subparsers: Any) -> None:
     p = subparsers.add_parser(
@@ -20,7 +22,9 @@ def add_commands(subparsers: Any) -> None:
     p.add_argument("--preset", default="small", choices=["small", "ci", "full"])
     p.add_argument("--seed", type=int, default=1, help="random seed (same seed, same bytes)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing simulation")
-    p.add_argument("-j", "--workers", type=int, default=None, help="worker processes (default: 2)")
+    p.add_argument(
+        "-j", "--workers", type=positive_int, default=None, help="worker processes (default: 2)"
+    )
     p.set_defaults(func=_run)
 
 

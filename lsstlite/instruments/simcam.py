@@ -767,22 +767,47 @@ def _metadata_from_header(
         band = instrument.band_for_filter(physical_filter)
     except KeyError as exc:
         raise RawReadError(f"raw file '{path}': {exc.args[0]}") from None
-    mjd = float(header["MJD-OBS"])
+
+    def number(key: str, kind: type = float) -> Any:
+        value = header[key]
+        try:
+            out = kind(value)
+            if kind is int and isinstance(value, float) and out != value:  # not 3.5
+                raise ValueError
+        except (TypeError, ValueError):
+            raise RawReadError(
+                f"raw file '{path}': {key} = {value!r} is not "
+                + ("a whole number" if kind is int else "a number")
+            ) from None
+        if kind is float and not math.isfinite(out):
+            raise RawReadError(f"raw file '{path}': {key} = {value!r} is not finite")
+        return out
+
+    detector = number("DETECTOR", int)
+    if detector not in instrument.detectors:
+        raise RawReadError(
+            f"raw file '{path}': DETECTOR = {detector}, but SimCam ({instrument.geometry.name}) "
+            f"has detectors {instrument.detectors[0]}..{instrument.detectors[-1]}"
+        )
+    for key in ("EXPTIME", "DARKTIME"):
+        if number(key) < 0:
+            raise RawReadError(f"raw file '{path}': {key} = {header[key]!r} is negative")
+    mjd = number("MJD-OBS")
     return {
         "instrument": instrument.name,
-        "exposure": int(header["EXPNUM"]),
-        "detector": int(header["DETECTOR"]),
+        "exposure": number("EXPNUM", int),
+        "detector": detector,
         "band": band,
         "physical_filter": physical_filter,
         "day_obs": day_obs_from_mjd(mjd),
         "obs_type": OBSTYPE_TO_OBS_TYPE[obstype],
         "mjd": mjd,
         "date_obs": str(header["DATE-OBS"]),
-        "exptime": float(header["EXPTIME"]),
-        "darktime": float(header["DARKTIME"]),
-        "ra": float(header["RA"]),
-        "dec": float(header["DEC"]),
-        "airmass": float(header["AIRMASS"]),
-        "rot_angle": float(header["ROTANGLE"]),
+        "exptime": number("EXPTIME"),
+        "darktime": number("DARKTIME"),
+        "ra": number("RA"),
+        "dec": number("DEC"),
+        "airmass": number("AIRMASS"),
+        "rot_angle": number("ROTANGLE"),
         "geometry": str(header["SIMGEOM"]),
     }

@@ -323,6 +323,13 @@ def build_graph(
         already when neither ``skip_existing`` nor ``clobber_outputs`` is given.
     """
     tasks = pipeline.make_tasks()
+    if where:
+        # On its own first: combined with a connection's where as "(user) AND (conn)", a
+        # stray parenthesis would balance ("exposure = 1) OR (exposure = 101").
+        try:
+            compile_expression(where, Butler._expression_columns(), bind)
+        except ExpressionError as exc:
+            raise GraphBuildError(f"--where {where!r}: {exc}", []) from None
     collections = list(input_collections)
     known_collections = {c for c in butler.query_collections("*")}
     absent = [c for c in collections if c not in known_collections]

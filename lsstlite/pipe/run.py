@@ -255,7 +255,8 @@ def run_pipeline(
             for c in butler.get_chain(output)
             if c not in chain and c not in graph.input_collections
         ]
-    butler.set_chain(output, [*chain, *graph.input_collections])
+    # (the inputs of a resumed run include the output's own RUN: listed once)
+    butler.set_chain(output, [*chain, *(c for c in graph.input_collections if c not in chain)])
     log.info("running %d quanta into %s", len(graph), run)
     with cluster_client(client=client, address=address, n_workers=n_workers, slurm=slurm) as c:
         return execute_graph(

@@ -71,7 +71,10 @@ def export(
     if not overwrite:
         for dest in dests:
             if dest.exists():
-                raise FileExistsError(f"{dest} exists; pass overwrite=True to replace it")
+                raise FileExistsError(
+                    f"{dest} exists; pass overwrite=True (lsstlite export --overwrite) to "
+                    "replace it"
+                )
     jobs = list(zip(refs, dests, strict=True))
     if client is not None and jobs:
         futures = client.map(_export_one, [butler] * len(jobs), refs, dests, pure=False)

@@ -12,7 +12,7 @@ from typing import Any, Protocol
 from ._butler import Butler, DatasetRef
 from ._dataset_types import STANDARD_DATASET_TYPES
 from ._dimensions import data_id_path, escape_segment, normalize_data_id
-from ._errors import RepoError
+from ._errors import DatasetExistsError, RepoError
 from ._formatters import TRANSFER_MODES, payload_url
 
 __all__ = ["IngestReport", "certify", "ingest_raws", "ingest_refcat"]
@@ -267,6 +267,37 @@ def ingest_raws(
     return report
 
 
+def _check_refcat(table: Any, path: str) -> None:
+    """A reference catalog calibration can use: rows, numeric ``ra`` and ``dec``, and at
+    least one numeric ``<band>_flux`` column (a ValueError naming the file otherwise)."""
+    import numpy as np
+
+    columns = list(table.column_names if hasattr(table, "column_names") else table.columns)
+
+    def numeric(col: str) -> bool:
+        values = table.column(col) if hasattr(table, "column") else table[col]
+        return bool(np.issubdtype(np.asarray(values).dtype, np.number))
+
+    problems = [
+        f"column {c!r} is missing" if c not in columns else f"column {c!r} is not numeric"
+        for c in ("ra", "dec")
+        if c not in columns or not numeric(c)
+    ]
+    fluxes = [c for c in columns if c.endswith("_flux")]
+    if not any(numeric(c) for c in fluxes):
+        problems.append(
+            "no numeric <band>_flux column (nJy)"
+            + (f": {fluxes} are not numbers" if fluxes else "")
+        )
+    n_rows = table.num_rows if hasattr(table, "num_rows") else len(table)
+    if n_rows == 0:
+        problems.append("it has no rows")
+    if problems:
+        raise ValueError(
+            f"reference catalog {path}: " + "; ".join(problems) + f" (columns: {columns})"
+        )
+
+
 def ingest_refcat(
     butler: Butler,
     file: str | os.PathLike[str],
@@ -294,12 +325,21 @@ def ingest_refcat(
             table = Table.read(path, format="fits").to_pandas()
         else:
             raise ValueError("expected a .parquet or .fits file")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"reference catalog {path}: no such file") from None
     except (OSError, ValueError) as exc:
         raise ValueError(f"cannot read reference catalog {path}: {exc}") from exc
+    _check_refcat(table, path)
     run = run or f"refcats/{escape_segment(name)}"
-    ref = butler.put(
-        table, "refcat", {}, run=run, provenance={"source": os.path.abspath(path), "name": name}
-    )
+    try:
+        ref = butler.put(
+            table, "refcat", {}, run=run, provenance={"source": os.path.abspath(path), "name": name}
+        )
+    except DatasetExistsError:
+        raise DatasetExistsError(
+            f"a reference catalog named {name!r} is already in run {run!r}: ingest this one "
+            f"under another name, or remove that run first (lsstlite remove-runs)"
+        ) from None
     try:
         chain = butler.get_chain("refcats")
     except LookupError:

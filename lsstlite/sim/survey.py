@@ -337,7 +337,8 @@ def simulate_survey(
             )
             raise FileExistsError(
                 f"output directory '{out}' is not empty (it holds {what}); choose an empty "
-                f"directory or pass overwrite=True to replace a previous simulation"
+                f"directory or pass overwrite=True (lsstlite sim --overwrite) to replace a "
+                f"previous simulation"
             )
     out.mkdir(parents=True, exist_ok=True)
     (out / STARTED).write_text(json.dumps({**ident, "config": config.to_dict()}, sort_keys=True))

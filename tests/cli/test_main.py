@@ -48,6 +48,17 @@ def test_user_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[
     code = main(["qgraph", str(tmp_path / "nothing"), "-p", "x.yaml", "-i", "a", "-o", "b"])
     err = capsys.readouterr().err
     assert code == 2 and "not an lsstlite repository" in err and "Traceback" not in err
+    # a config override whose value is not YAML, a worker count below one
+    run = ["run", str(tmp_path / "nothing"), "-p", "drp.yaml#step1", "-i", "a", "-o", "b"]
+    assert main([*run, "-c", "isr:do_flat=[1,2"]) == 2
+    err = capsys.readouterr().err
+    assert "config override 'isr:do_flat=[1,2'" in err and "not valid YAML" in err
+    assert "Traceback" not in err
+    for jobs in ("0", "-2"):
+        with pytest.raises(SystemExit) as exit_info:
+            main([*run, "-j", jobs])
+        assert exit_info.value.code == 2
+        assert "expected a whole number ≥ 1" in capsys.readouterr().err
 
 
 def test_demo_runs_and_resumes(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 
 import numpy as np
@@ -83,6 +84,27 @@ def test_missing_key_raises(small_dir, tmp_path) -> None:
         with pytest.raises(RawReadError) as info:
             call(bad)
         assert str(info.value) == message
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("DETECTOR", 7, r"DETECTOR = 7, but SimCam \(small\) has detectors 0\.\.1"),
+        ("EXPTIME", -5.0, r"EXPTIME = -5\.0 is negative"),
+        ("EXPTIME", "thirty", r"EXPTIME = 'thirty' is not a number"),
+        ("EXPNUM", 101.5, r"EXPNUM = 101\.5 is not a whole number"),
+    ],
+)
+def test_impossible_header_values_raise(small_dir, tmp_path, key, value, message) -> None:
+    """A value the camera cannot have is refused with the file and the key: at ingest
+    (the metadata) as when the raw is read."""
+    bad = tmp_path / "bad.fits"
+    shutil.copy(raw_path(small_dir, "science", 101, 0), bad)
+    with fits.open(bad, mode="update") as hdul:
+        hdul[0].header[key] = value
+    for call in (SimCam("small").read_raw, SimCam("small").read_raw_metadata):
+        with pytest.raises(RawReadError, match=f"raw file '{re.escape(str(bad))}': {message}"):
+            call(bad)
 
 
 def test_camera_constants_are_fixed_and_in_range() -> None:

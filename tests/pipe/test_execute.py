@@ -164,6 +164,11 @@ def test_unregistered_prerequisite_is_named(toy_repo: str) -> None:
 def test_empty_selection_and_unknown_collection(toy_repo: str) -> None:
     with pytest.raises(GraphBuildError, match="empty"):
         prepare_run(toy_repo, PIPE, inputs=["toy/raw"], output="u/x", where="detector > 100")
+    # parsed on its own, not only inside "(where) AND (a connection's where)"
+    with pytest.raises(GraphBuildError, match=r"--where .*unexpected token"):
+        prepare_run(
+            toy_repo, PIPE, inputs=["toy/raw"], output="u/x", where="detector = 1) OR (detector = 2"
+        )
     with pytest.raises(GraphBuildError, match="do not exist"):
         prepare_run(toy_repo, PIPE, inputs=["no/such"], output="u/x")
 
@@ -193,6 +198,8 @@ def test_skip_existing_clobber_and_config_mismatch(toy_repo: str, client: Any) -
     )
     assert second.ok and second.output_run == first.output_run
     assert second.count("skipped") == 9 and second.count("succeeded") == 6
+    chain = Butler(toy_repo).get_chain("u/resume")
+    assert chain[0] == first.output_run and len(chain) == len(set(chain))  # the RUN once
     # existing outputs without a flag are refused at graph building
     with pytest.raises(GraphBuildError, match="--skip-existing"):
         prepare_run(toy_repo, PIPE, inputs=["toy/raw"], output="u/resume", extend_run=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import warnings
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ import pandas as pd
 import pytest
 from astropy.io import fits
 
-from lsstlite.repo import Butler, certify, export, ingest_raws, ingest_refcat
+from lsstlite.repo import Butler, DatasetExistsError, certify, export, ingest_raws, ingest_refcat
 from lsstlite.repo.cli import main as cli_main
 
 from .conftest import small_exposure
@@ -199,6 +200,25 @@ def test_ingest_refcat_parquet_and_fits(butler: Butler, tmp_path: Path) -> None:
     pd.testing.assert_frame_equal(butler.get("refcat", {}, collections="refcats"), df)
     with pytest.raises(ValueError, match="refcat name"):
         ingest_refcat(butler, pq_file, "../x")
+    # catalogs calibration could not use are refused at ingest, naming the file
+    bad = {
+        "no_ra": (df.drop(columns="ra"), r"column 'ra' is missing"),
+        "no_flux": (df.drop(columns="r_flux"), r"no numeric <band>_flux column"),
+        "str_flux": (df.assign(r_flux=["10", "20"]), r"\['r_flux'\] are not numbers"),
+        "empty": (df.iloc[:0], r"it has no rows"),
+    }
+    for name, (frame, message) in bad.items():
+        path = tmp_path / f"{name}.parquet"
+        frame.to_parquet(path)
+        with pytest.raises(
+            ValueError, match=f"reference catalog {re.escape(str(path))}: .*{message}"
+        ):
+            ingest_refcat(butler, path, name)
+    with pytest.raises(FileNotFoundError, match=r"nothing\.parquet: no such file"):
+        ingest_refcat(butler, tmp_path / "nothing.parquet", "x")
+    assert butler.get_chain("refcats") == ["refcats/gaia", "refcats/ps1"]  # nothing added
+    with pytest.raises(DatasetExistsError, match=r"named 'gaia' is already in run .*remove-runs"):
+        ingest_refcat(butler, pq_file, "gaia")
 
 
 def test_export(butler: Butler, tmp_path: Path) -> None:

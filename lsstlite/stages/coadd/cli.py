@@ -19,6 +19,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from lsstlite.cli._args import positive_int
+
 
 def add_commands(subparsers: Any) -> None:
     p = subparsers.add_parser(
@@ -41,14 +43,16 @@ def add_commands(subparsers: Any) -> None:
     p.add_argument(
         "--kernel", choices=["lanczos3", "lanczos4", "lanczos2", "bilinear"], default="lanczos3"
     )
-    p.add_argument("--chunk", type=int, default=512, help="output chunk side (px)")
+    p.add_argument("--chunk", type=positive_int, default=512, help="output chunk side (px)")
     p.add_argument(
         "--cache-mb",
         type=int,
         default=0,
         help="decoded input chunks kept for the next output chunks (MB; 0: least memory)",
     )
-    p.add_argument("--workers", type=int, default=None, help="threads (default: all cores)")
+    p.add_argument(
+        "--workers", type=positive_int, default=None, help="threads (default: all cores)"
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     p.set_defaults(func=_run)
 
