@@ -75,7 +75,9 @@ def truth_metrics(
         ``psf_fwhm_error_median``/``_max`` (model/true − 1 over detectors);
         ``astrometry_median_mas``/``_p90_mas`` (offset from the true position) and
         ``photometry_offset_mmag`` (median) of the unflagged single-frame detections of
-        isolated true stars with S/N > ``snr_min``, ``n_stars`` of them;
+        isolated true stars with S/N > ``snr_min``, ``n_stars`` of them, and
+        ``photometry_pull_sigma`` (1.4826 MAD of ``(psf_flux − true) / psf_flux_err`` at
+        S/N ``snr_min``–100);
         ``forced_offset_mmag``, ``forced_pull_sigma`` and ``n_forced`` of the same stars'
         ``forced_src`` rows (see :func:`_forced_metrics`);
         ``object_position_median_mas``/``_p90_mas`` (the same for the object table);
@@ -107,7 +109,7 @@ def truth_metrics(
     # Single-frame stars: astrometric scatter and photometric offset against truth, on
     # isolated stars (blends test the deblender, not the calibration).
     stars = objects[objects["is_star"].to_numpy() & _isolated(objects, isolation_arcsec)]
-    seps, dmag = [], []
+    seps, dmag, pulls = [], [], []
     srcs = butler.query_datasets("src", collections=cols)
     assert isinstance(srcs, list)
     band_of = exposures.set_index("visit")["band"].to_dict()
@@ -118,8 +120,12 @@ def truth_metrics(
         i, j, sep = match_sky(good["ra"], good["dec"], stars["ra"], stars["dec"], 1.0)
         seps.append(sep)
         if band is not None and f"flux_{band}" in stars:
-            ratio = good["psf_flux"].to_numpy()[i] / stars[f"flux_{band}"].to_numpy()[j]
+            flux, err = good["psf_flux"].to_numpy()[i], good["psf_flux_err"].to_numpy()[i]
+            true = stars[f"flux_{band}"].to_numpy()[j]
+            ratio = flux / true
             dmag.append(-2.5 * np.log10(ratio[ratio > 0]))
+            noisy = flux < 100.0 * err
+            pulls.append((flux[noisy] - true[noisy]) / err[noisy])
     sep_all = np.concatenate(seps) if seps else np.zeros(0)
     out["astrometry_median_mas"] = float(np.median(sep_all) * 1000) if len(sep_all) else math.nan
     out["astrometry_p90_mas"] = (
@@ -129,6 +135,7 @@ def truth_metrics(
         float(np.median(np.concatenate(dmag)) * 1000) if dmag else math.nan
     )
     out["n_stars"] = float(len(sep_all))
+    out["photometry_pull_sigma"] = _robust_sigma(np.concatenate(pulls) if pulls else np.zeros(0))
 
     # Forced photometry on the calexps (light curves): the same stars, unflagged rows.
     out.update(_forced_metrics(butler, cols, stars, band_of, snr_min))
@@ -205,14 +212,18 @@ def _forced_metrics(
         noisy = flux < 100.0 * err
         pulls.append((flux[noisy] - true[noisy]) / err[noisy])
     d = np.concatenate(dmag) if dmag else np.zeros(0)
-    p = np.concatenate(pulls) if pulls else np.zeros(0)
     return {
         "forced_offset_mmag": float(np.median(d) * 1000) if len(d) else math.nan,
-        "forced_pull_sigma": (
-            float(1.4826 * np.median(np.abs(p - np.median(p)))) if len(p) else math.nan
-        ),
+        "forced_pull_sigma": _robust_sigma(np.concatenate(pulls) if pulls else np.zeros(0)),
         "n_forced": float(len(d)),
     }
+
+
+def _robust_sigma(values: np.ndarray) -> float:
+    """1.4826 × the median absolute deviation (NaN when empty)."""
+    if not len(values):
+        return math.nan
+    return float(1.4826 * np.median(np.abs(values - np.median(values))))
 
 
 def _isolated(objects: pd.DataFrame, radius_arcsec: float) -> np.ndarray:
@@ -267,7 +278,8 @@ def format_metrics(metrics: dict[str, float]) -> dict[str, str]:
         f"max |{pct(m['psf_fwhm_error_max']).lstrip('+')}|",
         "astrometric offset (single-frame stars)": f"median {m['astrometry_median_mas']:.1f} "
         f"mas, 90% < {m['astrometry_p90_mas']:.1f} mas ({int(m['n_stars'])} detections)",
-        "photometric offset (PSF flux vs true)": f"{m['photometry_offset_mmag']:+.1f} mmag",
+        "photometric offset (PSF flux vs true)": f"{m['photometry_offset_mmag']:+.1f} mmag, "
+        f"pulls σ {m['photometry_pull_sigma']:.2f} at S/N < 100",
         "forced photometry on calexps": (
             "n/a"
             if math.isnan(m.get("forced_offset_mmag", math.nan))
