@@ -145,11 +145,8 @@ def _names_only(expression: str, dims: Sequence[str]) -> bool:
     Quoted strings are ignored; ``visit`` counts as ``exposure``; band, physical_filter,
     day_obs and mjd are implied by ``exposure``.
     """
-    unquoted = re.sub(r"'[^']*'|\"[^\"]*\"", "''", expression)
-    named = {ALIASES.get(m, m) for m in re.findall(r"[A-Za-z_][A-Za-z_0-9]*", unquoted)}
     have = set(dims) | (set(_IMPLIED) if "exposure" in dims else set())
-    known = set(DIMENSIONS) | set(_IMPLIED)
-    return not ((named & known) - have)
+    return not (_named_dims(expression) - have)
 
 
 def _named_dims(expression: str) -> set[str]:
@@ -460,7 +457,7 @@ def build_graph(
             example = {d: plans[0][0][d] for d in tdims} if plans else {}
             plans = _select_plans(plans, tdims, where, bind)
             if n_before and not plans:
-                unselected.append(f"{task.label} ({n_before}, e.g. {_fmt(example)})")
+                unselected.append(f"{task.label} ({n_before} quanta, e.g. {_fmt(example)})")
         # 3. build each quantum
         for plan_id, implied, plan_inputs in plans:
             data_id = {d: plan_id[d] for d in tdims}
