@@ -155,9 +155,10 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _qgraph(args: argparse.Namespace) -> int:
-    from lsstlite.pipe.run import prepare_run
+    from lsstlite.pipe.run import check_configs, prepare_run
 
-    _, graph = prepare_run(**_graph_options(args))
+    butler, graph = prepare_run(**_graph_options(args))
+    check_configs(butler, graph)  # what `run` would refuse (it can also --clobber-config)
     print(f"{len(graph)} quanta, output run {graph.output_run}")
     print(graph.summary())
     if args.dot:

@@ -111,6 +111,32 @@ def _register_types(butler: Butler, graph: QuantumGraph) -> None:
     )
 
 
+def _mismatch_error(run: str, mismatches: Sequence[str]) -> ConfigMismatchError:
+    return ConfigMismatchError(
+        f"run {run!r} was made with a different config ({'; '.join(mismatches)}); "
+        "use a new output collection, or --clobber-config to replace it"
+    )
+
+
+def check_configs(butler: Butler, graph: QuantumGraph) -> None:
+    """Raise :class:`ConfigMismatchError` if the graph's output RUN holds a config of one
+    of its tasks that differs from the task's (what ``run`` refuses, without writing:
+    ``lsstlite qgraph``)."""
+    run = graph.output_run
+    if run not in set(butler.query_collections(run)):
+        return
+    mismatches = []
+    for label, task in graph.tasks.items():
+        if not butler.exists(f"{label}_config", {}, collections=[run]):
+            continue
+        stored = butler.get(f"{label}_config", {}, collections=[run])
+        diff = config_diff(stored, task.config.to_dict())
+        if diff:
+            mismatches.append(f"{label}: " + ", ".join(f"{label}.{k}" for k in diff))
+    if mismatches:
+        raise _mismatch_error(run, mismatches)
+
+
 def _record_provenance(butler: Butler, graph: QuantumGraph, run: str, clobber_config: bool) -> None:
     """Write each task's config once per RUN; refuse a different one unless told to clobber.
 
@@ -132,10 +158,7 @@ def _record_provenance(butler: Butler, graph: QuantumGraph, run: str, clobber_co
         elif diff:
             mismatches.append(f"{label}: " + ", ".join(f"{label}.{k}" for k in diff))
     if mismatches:
-        raise ConfigMismatchError(
-            f"run {run!r} was made with a different config ({'; '.join(mismatches)}); "
-            "use a new output collection, or --clobber-config to replace it"
-        )
+        raise _mismatch_error(run, mismatches)
     try:
         butler.put(software_versions(), "packages", {}, run=run)
     except DatasetExistsError:

@@ -10,7 +10,7 @@ import pytest
 
 from lsstlite.pipe.graph import GraphBuildError
 from lsstlite.pipe.pipeline import Pipeline
-from lsstlite.pipe.run import ConfigMismatchError, prepare_run, run_pipeline
+from lsstlite.pipe.run import ConfigMismatchError, check_configs, prepare_run, run_pipeline
 from lsstlite.repo import Butler
 from lsstlite.repo._dataset_types import DatasetType
 from tests.pipe.toy_tasks import NeedsFlatTask, ScaleTask, SumTask
@@ -182,6 +182,16 @@ def test_skip_existing_clobber_and_config_mismatch(toy_repo: str, client: Any) -
         client=client,
     )
     assert first.count("failed") == 3
+    # qgraph (prepare_run, then check_configs) says what run will refuse, writing nothing
+    butler, graph = prepare_run(
+        toy_repo, PIPE, inputs=["toy/raw"], output="u/resume", skip_existing=True
+    )
+    with pytest.raises(ConfigMismatchError, match=r"scale\.fail_detector"):
+        check_configs(butler, graph)
+    check_configs(*prepare_run(
+        toy_repo, PIPE.with_config({"scale": {"fail_detector": 1}}), inputs=["toy/raw"],
+        output="u/resume", skip_existing=True,
+    ))  # fmt: skip
     # rerun into the same RUN without the failure: only the missing quanta run
     with pytest.raises(ConfigMismatchError, match=r"scale\.fail_detector"):
         run_pipeline(

@@ -64,6 +64,9 @@ FORCED_SRC_COLUMNS: dict[str, str] = {
     "flag_psf_flux": "bool",
 }
 
+#: Objects of two tables (overlapping tracts) closer than this are one object.
+DUPLICATE_RADIUS_ARCSEC = 0.5
+
 #: Mask planes that make ``flag_masked`` (those the exposure has).
 MASKED_PLANES = ("BAD", "NO_DATA", "SAT", "CR", "INTRP", "STREAK")
 
@@ -94,8 +97,10 @@ def _inside(calexp: xr.Dataset, ra: np.ndarray, dec: np.ndarray) -> tuple[np.nda
 def forced_photometry_ccd(
     calexp: xr.Dataset, objects: pd.DataFrame | Sequence[pd.DataFrame]
 ) -> pd.DataFrame:
-    """PSF fluxes of ``objects`` (``id``, ``ra``, ``dec``: an object table, or several)
-    on one calexp, at their positions (see the module docs for the columns).
+    """PSF fluxes of ``objects`` (``id``, ``ra``, ``dec``: an object table, or several:
+    an object in two of them, within :data:`DUPLICATE_RADIUS_ARCSEC`, is measured once,
+    as the first one's) on one calexp, at their positions (see the module docs for the
+    columns).
 
     The fit and its aperture correction are those of the calexp's ``src`` table
     (:func:`~lsstlite.stages.characterize.ops.psf_photometry`), so a star's forced flux
@@ -109,10 +114,21 @@ def forced_photometry_ccd(
             f"forced photometry: object table without column(s) {sorted(set(missing))}"
         )
     frame = (
-        pd.concat([t[["id", "ra", "dec"]] for t in tables], ignore_index=True)
+        pd.concat([t[["id", "ra", "dec"]].assign(_table=k) for k, t in enumerate(tables)],
+                  ignore_index=True)
         if tables
-        else pd.DataFrame({"id": [], "ra": [], "dec": []})
-    )
+        else pd.DataFrame({"id": [], "ra": [], "dec": [], "_table": []})
+    )  # fmt: skip
+    if len(tables) > 1 and len(frame):
+        # Overlapping tracts hold the same object twice: the first table's copy is kept.
+        chord = 2.0 * math.sin(math.radians(DUPLICATE_RADIUS_ARCSEC / 3600.0) / 2.0)
+        table_of = frame["_table"].to_numpy()
+        pairs = cKDTree(_unit(frame["ra"], frame["dec"])).query_pairs(chord, output_type="ndarray")
+        twins = pairs[table_of[pairs[:, 0]] != table_of[pairs[:, 1]]]
+        drop = np.where(table_of[twins[:, 0]] < table_of[twins[:, 1]], twins[:, 1], twins[:, 0])
+        keep = np.ones(len(frame), bool)
+        keep[drop] = False
+        frame = frame[keep].reset_index(drop=True)
     vi = calexp.attrs.get("visit_info") or {}
     ra, dec = frame["ra"].to_numpy(float), frame["dec"].to_numpy(float)
     idx, x, y = _inside(calexp, ra, dec) if len(frame) else (np.zeros(0, int),) * 3

@@ -108,6 +108,11 @@ def test_flags_and_objects_off_the_detector() -> None:
     assert f.loc[4, "flag_blended"] and f.loc[5, "flag_blended"]  # 2.9 px apart
     assert not f.loc[6].any()
     assert np.isfinite(table["psf_flux"]).all()
+    # the same objects in an overlapping tract's table: measured once (the first table's)
+    twin = objects.assign(id=objects["id"] + 1000, ra=objects["ra"] + 1e-5)  # 0.04"
+    both = forced_photometry_ccd(exp, [objects, twin])
+    assert sorted(both["object_id"]) == [1, 2, 3, 4, 5, 6]
+    assert (both.set_index("object_id")["flag_blended"] == f["flag_blended"]).all()
     empty = forced_photometry_ccd(exp, away.iloc[1:2])
     assert len(empty) == 0 and list(empty.columns) == list(FORCED_SRC_COLUMNS)
     with pytest.raises(ValueError, match=r"without column\(s\) \['dec'\]"):
