@@ -77,8 +77,23 @@ class SlurmSettings(BaseModel):
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> SlurmSettings:
-        data = yaml.safe_load(Path(path).read_text()) or {}
-        return cls.model_validate(data)
+        """Settings from a YAML mapping; a ValueError naming the file and the keys that
+        are wrong otherwise."""
+        from pydantic import ValidationError
+
+        try:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ValueError(f"SLURM settings {path}: not valid YAML ({exc})") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"SLURM settings {path}: expected a mapping of settings")
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            wrong = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+            )
+            raise ValueError(f"SLURM settings {path}: {wrong}") from None
 
 
 def slurm_cluster_kwargs(s: SlurmSettings) -> dict[str, Any]:

@@ -58,6 +58,9 @@ class IngestReport:
             f"failed {len(self.failed)}"
         ]
         lines += [f"  failed: {p}: {r}" for p, r in self.failed]
+        lines += [f"  skipped: {p}: {r}" for p, r in self.skipped[:10]]
+        if len(self.skipped) > 10:
+            lines.append(f"  ... and {len(self.skipped) - 10} more skipped")
         return "\n".join(lines)
 
 

@@ -37,3 +37,17 @@ def test_slurm_job_script_exports_malloc_settings() -> None:
     start = next(i for i, line in enumerate(lines) if "distributed.cli.dask_worker" in line)
     for k, v in WORKER_MALLOC_ENV.items():
         assert lines.index(f"export {k}={v}") < start
+
+
+def test_slurm_settings_file_errors_name_the_file(tmp_path) -> None:
+    """A settings file with a wrong value or an unknown key, or not YAML: one ValueError
+    naming the file and each key."""
+    path = tmp_path / "slurm.yaml"
+    path.write_text("cores: two\nbogus: 1\n")
+    with pytest.raises(ValueError, match=r"slurm\.yaml: cores: .*integer.*; bogus: Extra"):
+        SlurmSettings.from_yaml(path)
+    path.write_text("cores: [1\n")
+    with pytest.raises(ValueError, match=r"slurm\.yaml: not valid YAML"):
+        SlurmSettings.from_yaml(path)
+    path.write_text("queue: debug\ncores: 4\n")
+    assert SlurmSettings.from_yaml(path).cores == 4

@@ -118,6 +118,8 @@ def test_ingest_good_and_bad_files(butler: Butler, raw_dir: Path, tmp_path: Path
     # re-ingest: a no-op, reported as such
     again = ingest_raws(butler, raw_dir, transfer="copy", instrument=FakeCam())
     assert again.ingested == [] and len(again.skipped) == 4 and again.failed == []
+    summary = str(again)  # the summary names each file skipped
+    assert summary.count("  skipped: ") == 4 and all(p in summary for p, _ in again.skipped)
     assert len(butler.query_datasets("raw", collections="FakeCam/raw/all")) == 4
 
 
