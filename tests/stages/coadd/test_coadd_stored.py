@@ -164,14 +164,23 @@ def test_idle_chunks_leave_the_cache() -> None:
 def test_the_sweeper_empties_an_idle_cache_and_returns_its_memory(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    import threading
     import time
 
+    # (the sweeper of another cache, e.g. the process's shared one from an earlier test,
+    # may also call the patched function: only this cache's sweeper thread is counted)
     released: list[bool] = []
+
+    def release() -> None:
+        if threading.current_thread() is sweeper:
+            released.append(True)
+
     monkeypatch.setattr(_zarr_chunks, "CHUNK_CACHE_IDLE_S", 0.2)
-    monkeypatch.setattr(_zarr_chunks, "_release_freed_memory", lambda: released.append(True))
+    monkeypatch.setattr(_zarr_chunks, "_release_freed_memory", release)
     cache = _zarr_chunks._ChunkCache()
     cache.get("a", lambda: np.zeros(1000, np.float32), budget=10**6)
-    assert cache._sweeper is not None
+    sweeper = cache._sweeper
+    assert sweeper is not None
     deadline = time.monotonic() + 5.0
     while (cache._items or not released) and time.monotonic() < deadline:
         time.sleep(0.05)
